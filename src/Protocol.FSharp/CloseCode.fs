@@ -1,0 +1,5 @@
+/// Placeholder.
+module Realtime.Protocol.CloseCode
+
+/// Marker.
+let internal placeholder = ()

@@ -1,0 +1,5 @@
+/// Placeholder.
+module Realtime.Protocol.Connection
+
+/// Marker.
+let internal placeholder = ()

@@ -1,0 +1,5 @@
+/// Placeholder.
+module Realtime.Protocol.Frame
+
+/// Marker.
+let internal placeholder = ()

@@ -1,0 +1,5 @@
+/// Placeholder.
+module Realtime.Protocol.FrameDecoder
+
+/// Marker.
+let internal placeholder = ()

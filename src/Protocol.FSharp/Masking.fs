@@ -1,0 +1,5 @@
+/// Placeholder.
+module Realtime.Protocol.Masking
+
+/// Marker.
+let internal placeholder = ()

@@ -1,0 +1,5 @@
+/// Placeholder: filled in by its own change.
+module Realtime.Protocol.PerMessageDeflate
+
+/// Marker so the module is not empty.
+let internal placeholder = ()

@@ -1,0 +1,5 @@
+/// Placeholder.
+module Realtime.Protocol.ProtocolError
+
+/// Marker.
+let internal placeholder = ()

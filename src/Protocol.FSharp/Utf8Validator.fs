@@ -1,0 +1,5 @@
+/// Placeholder.
+module Realtime.Protocol.Utf8Validator
+
+/// Marker.
+let internal placeholder = ()

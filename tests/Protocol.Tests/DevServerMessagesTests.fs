@@ -1,0 +1,3 @@
+module Realtime.Protocol.Tests.DevServerMessagesTests
+
+open Expecto

@@ -1,0 +1,3 @@
+module Realtime.Protocol.Tests.FrameDecoderTests
+
+open Expecto

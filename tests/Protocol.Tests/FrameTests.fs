@@ -1,0 +1,3 @@
+module Realtime.Protocol.Tests.FrameTests
+
+open Expecto

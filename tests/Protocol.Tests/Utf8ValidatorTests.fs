@@ -1,0 +1,3 @@
+module Realtime.Protocol.Tests.Utf8ValidatorTests
+
+open Expecto

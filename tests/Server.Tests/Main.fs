@@ -1,0 +1,6 @@
+module Realtime.Server.Tests.Main
+
+open Expecto
+
+[<EntryPoint>]
+let main argv = runTestsInAssemblyWithCLIArgs [] argv
