@@ -1,5 +1,230 @@
-/// Placeholder: filled in by its own change.
+/// RFC 6455 §4.2 server side of the opening handshake: validates an upgrade request and produces either
+/// the 101 response or the error response to send, as plain values.
 module Realtime.Protocol.Handshake
 
-/// Marker so the module is not empty.
-let internal placeholder = ()
+open System
+open System.Security.Cryptography
+open System.Text
+
+/// One HTTP header line.
+type HttpHeader =
+    {
+        /// The header name; compared case-insensitively.
+        Name: string
+        /// The header value.
+        Value: string
+    }
+
+/// The parts of an HTTP request the handshake looks at.
+type HandshakeRequest =
+    {
+        /// The request method, e.g. "GET" (case-sensitive, RFC 7230 §3.1.1).
+        Method: string
+        /// The request target, e.g. "/chat".
+        Path: string
+        /// The protocol version, "HTTP/1.1" or "1.1" style.
+        HttpVersion: string
+        /// Every header line in order. Several lines with one name count as one comma-joined list
+        /// (RFC 7230 §3.2.2).
+        Headers: HttpHeader array
+    }
+
+/// What the server supports.
+type Policy =
+    {
+        /// Subprotocols the server speaks. The server selects the first protocol in the CLIENT's order
+        /// (its Sec-WebSocket-Protocol list) that appears here, compared exactly (case-sensitive), since the
+        /// response must repeat one of the client's values (RFC 6455 §4.1).
+        Subprotocols: string array
+        /// permessage-deflate settings.
+        Deflate: PerMessageDeflate.Config
+    }
+
+/// No subprotocols, permessage-deflate with its defaults.
+let defaultPolicy =
+    { Subprotocols = [||]
+      Deflate = PerMessageDeflate.defaults }
+
+/// A handshake the server accepts.
+type Acceptance =
+    {
+        /// The Sec-WebSocket-Accept value.
+        AcceptKey: string
+        /// The selected subprotocol, if any.
+        Subprotocol: string option
+        /// The negotiated permessage-deflate parameters, if compression was agreed.
+        Deflate: PerMessageDeflate.Parameters option
+        /// The headers of the 101 Switching Protocols response, in order.
+        ResponseHeaders: HttpHeader array
+    }
+
+/// A handshake the server refuses, with the HTTP error response to send.
+type Rejection =
+    {
+        /// The HTTP status code (405, 400 or 426).
+        Status: int
+        /// A stable code: "method-not-allowed", "http-version", "missing-host", "duplicate-host",
+        /// "missing-upgrade", "missing-connection-upgrade", "missing-version", "unsupported-version",
+        /// "missing-key", "duplicate-key" or "invalid-key".
+        Code: string
+        /// A human readable explanation.
+        Reason: string
+        /// Headers the error response must carry (Allow for 405, Sec-WebSocket-Version for 426).
+        Headers: HttpHeader array
+    }
+
+/// The outcome of `accept`.
+type HandshakeResult =
+    /// Send the 101 response and switch to WebSocket framing.
+    | Accepted of acceptance: Acceptance
+    /// Send the error response and do not upgrade.
+    | Rejected of rejection: Rejection
+
+// RFC 6455 §1.3: the GUID appended to the key before hashing.
+[<Literal>]
+let private KeyGuid = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+/// The Sec-WebSocket-Accept value for a Sec-WebSocket-Key: base64(SHA-1(key + GUID)) (RFC 6455 §1.3, §4.2.2).
+let acceptKey (key: string) : string =
+    let key = if isNull key then "" else key
+    Convert.ToBase64String(SHA1.HashData(Encoding.UTF8.GetBytes(key + KeyGuid)))
+
+let private orEmpty (text: string) = if isNull text then "" else text
+
+// RFC 7230 §3.2.4: optional whitespace around a field value is not part of it.
+let private trimOws (text: string) = text.Trim(' ', '\t')
+
+let private valuesOf (name: string) (headers: HttpHeader array) =
+    headers
+    |> Array.filter (fun h -> String.Equals(h.Name, name, StringComparison.OrdinalIgnoreCase))
+    |> Array.map (fun h -> trimOws h.Value)
+
+// RFC 7230 §7: a #list with empty elements skipped.
+let private listElements (values: string array) =
+    values |> Array.collect (fun v -> v.Split ',') |> Array.map trimOws |> Array.filter (fun e -> e <> "")
+
+let private hasToken (token: string) (values: string array) =
+    listElements values |> Array.exists (fun e -> String.Equals(e, token, StringComparison.OrdinalIgnoreCase))
+
+// RFC 6455 §4.1/§4.2.1: HTTP/1.1 or higher. Accepts "HTTP/1.1", "1.1", "HTTP/2" and the like.
+let private isHttp11OrLater (version: string) =
+    let number = if version.StartsWith("HTTP/", StringComparison.Ordinal) then version.Substring 5 else version
+    let digits (text: string) = text.Length > 0 && text.Length <= 3 && Seq.forall Char.IsAsciiDigit text
+    match number.Split '.' with
+    | [| major |] when digits major -> int major >= 2
+    | [| major; minor |] when digits major && digits minor -> (int major, int minor) >= (1, 1)
+    | _ -> false
+
+// RFC 6455 §4.2.1: the key is the base64 encoding of 16 bytes, i.e. 22 base64 characters and "==".
+let private isValidKey (key: string) =
+    let isBase64Char c = Char.IsAsciiLetterOrDigit c || c = '+' || c = '/' || c = '='
+    let bytes = Array.zeroCreate<byte> 18
+    let mutable written = 0
+    key.Length = 24
+    && Seq.forall isBase64Char key
+    && Convert.TryFromBase64String(key, Span<byte>(bytes), &written)
+    && written = 16
+
+// RFC 6455 §4.1: subprotocol names are tokens; a malformed list selects nothing.
+let private selectSubprotocol (supported: string array) (offered: string array) =
+    let requested = listElements offered
+    if requested |> Array.forall PerMessageDeflate.isToken then
+        requested |> Array.tryFind (fun p -> Array.contains p supported)
+    else
+        None
+
+// A malformed Sec-WebSocket-Extensions header declines compression instead of failing the handshake:
+// RFC 6455 §9.1 lets the server accept without any extension, which the client can always handle.
+let private negotiateDeflate (config: PerMessageDeflate.Config) (values: string array) =
+    match PerMessageDeflate.parseHeaderValues values with
+    | Ok offers -> (PerMessageDeflate.negotiate config offers).Accepted
+    | Error _ -> None
+
+let private header name value = { Name = name; Value = value }
+
+let private reject status code reason headers =
+    Rejected
+        { Status = status
+          Code = code
+          Reason = reason
+          Headers = headers }
+
+let private badRequest code reason = reject 400 code reason [||]
+
+// RFC 6455 §4.2.2: an unsupported version is answered with the versions the server understands.
+let private upgradeRequired code reason =
+    reject 426 code reason [| header "Sec-WebSocket-Version" "13" |]
+
+let private accepted (policy: Policy) (key: string) (headers: HttpHeader array) =
+    let subprotocol = selectSubprotocol policy.Subprotocols (valuesOf "Sec-WebSocket-Protocol" headers)
+    let deflate = negotiateDeflate policy.Deflate (valuesOf "Sec-WebSocket-Extensions" headers)
+    let acceptValue = acceptKey key
+    Accepted
+        { AcceptKey = acceptValue
+          Subprotocol = subprotocol
+          Deflate = deflate
+          ResponseHeaders =
+            [| header "Upgrade" "websocket"
+               header "Connection" "Upgrade"
+               header "Sec-WebSocket-Accept" acceptValue
+               match subprotocol with
+               | Some protocol -> header "Sec-WebSocket-Protocol" protocol
+               | None -> ()
+               match deflate with
+               | Some parameters ->
+                   header "Sec-WebSocket-Extensions" (PerMessageDeflate.responseHeaderValue parameters)
+               | None -> () |] }
+
+/// Validates a client's opening handshake (RFC 6455 §4.2.1) and builds the server's answer (§4.2.2).
+/// A request without `Upgrade: websocket` gets 400, not 426: it names a WebSocket endpoint but is not a
+/// valid handshake, which §4.2.1 answers with 400; a host that wants 426 for plain HTTP clients can map
+/// the "missing-upgrade" code. Never throws: null strings or arrays count as empty.
+let accept (policy: Policy) (request: HandshakeRequest) : HandshakeResult =
+    let policy =
+        if isNull (box policy) then defaultPolicy
+        else { policy with Subprotocols = (if isNull policy.Subprotocols then [||] else policy.Subprotocols) }
+    let request =
+        if isNull (box request) then { Method = ""; Path = ""; HttpVersion = ""; Headers = [||] } else request
+    let headers =
+        (if isNull request.Headers then [||] else request.Headers)
+        |> Array.filter (fun h -> not (isNull (box h)))
+        |> Array.map (fun h -> header (orEmpty h.Name) (orEmpty h.Value))
+    let find name = valuesOf name headers
+    let hosts = find "Host"
+    let versions = find "Sec-WebSocket-Version"
+    let keys = find "Sec-WebSocket-Key"
+    if request.Method <> "GET" then
+        reject 405 "method-not-allowed" "the opening handshake must be a GET request (RFC 6455 §4.1)" [| header "Allow" "GET" |]
+    elif not (isHttp11OrLater (orEmpty request.HttpVersion)) then
+        badRequest "http-version" "the opening handshake needs HTTP/1.1 or higher (RFC 6455 §4.1)"
+    elif hosts.Length = 0 || (hosts.Length = 1 && hosts[0] = "") then
+        badRequest "missing-host" "the Host header is missing (RFC 6455 §4.2.1)"
+    elif hosts.Length > 1 then
+        // RFC 7230 §5.4: more than one Host header is answered with 400.
+        badRequest "duplicate-host" "the Host header appears more than once (RFC 7230 §5.4)"
+    elif not (hasToken "websocket" (find "Upgrade")) then
+        badRequest "missing-upgrade" "the Upgrade header does not contain websocket (RFC 6455 §4.2.1)"
+    elif not (hasToken "upgrade" (find "Connection")) then
+        badRequest "missing-connection-upgrade" "the Connection header does not contain Upgrade (RFC 6455 §4.2.1)"
+    elif versions.Length = 0 then
+        upgradeRequired "missing-version" "the Sec-WebSocket-Version header is missing (RFC 6455 §4.2.1)"
+    elif versions <> [| "13" |] then
+        upgradeRequired "unsupported-version" "only Sec-WebSocket-Version 13 is supported (RFC 6455 §4.2.2)"
+    elif keys.Length = 0 then
+        badRequest "missing-key" "the Sec-WebSocket-Key header is missing (RFC 6455 §4.2.1)"
+    elif keys.Length > 1 then
+        badRequest "duplicate-key" "the Sec-WebSocket-Key header appears more than once (RFC 6455 §11.3.1)"
+    elif not (isValidKey keys[0]) then
+        badRequest "invalid-key" "Sec-WebSocket-Key is not the base64 encoding of 16 bytes (RFC 6455 §4.2.1)"
+    else
+        accepted policy keys[0] headers
+
+/// The raw HTTP/1.1 101 response for an acceptance: status line, header lines and a blank line, all
+/// ending in CRLF.
+let responseText (acceptance: Acceptance) : string =
+    let text = StringBuilder("HTTP/1.1 101 Switching Protocols\r\n")
+    let headers =
+        if isNull (box acceptance) || isNull acceptance.ResponseHeaders then [||] else acceptance.ResponseHeaders
+    for h in headers |> Array.filter (fun h -> not (isNull (box h))) do
+        text.Append(h.Name).Append(": ").Append(h.Value).Append("\r\n") |> ignore
+    text.Append("\r\n").ToString()

@@ -1,3 +1,323 @@
 module Realtime.Protocol.Tests.HandshakeTests
 
+open System
 open Expecto
+open FsCheck
+open FsCheck.FSharp
+open Realtime.Protocol
+open Realtime.Protocol.Handshake
+open Realtime.Protocol.Tests.Properties
+
+let private header name value : HttpHeader = { Name = name; Value = value }
+
+// RFC 6455 §1.3's example key and its accept value.
+let private sampleKey = "dGhlIHNhbXBsZSBub25jZQ=="
+let private sampleAccept = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+let private requiredHeaders =
+    [| header "Host" "server.example.com"
+       header "Upgrade" "websocket"
+       header "Connection" "Upgrade"
+       header "Sec-WebSocket-Key" sampleKey
+       header "Sec-WebSocket-Version" "13" |]
+
+let private request headers =
+    { Method = "GET"
+      Path = "/chat"
+      HttpVersion = "HTTP/1.1"
+      Headers = headers }
+
+let private sample = request requiredHeaders
+
+let private withHeader name value (r: HandshakeRequest) =
+    { r with Headers = Array.append r.Headers [| header name value |] }
+
+let private without name (r: HandshakeRequest) =
+    { r with Headers = r.Headers |> Array.filter (fun h -> not (String.Equals(h.Name, name, StringComparison.OrdinalIgnoreCase))) }
+
+let private replacing name value r = r |> without name |> withHeader name value
+
+let private acceptedBy policy r =
+    match accept policy r with
+    | Accepted acceptance -> acceptance
+    | Rejected rejection -> failtestf "should be accepted, got %A" rejection
+
+let private rejectedBy policy r =
+    match accept policy r with
+    | Rejected rejection -> rejection
+    | Accepted acceptance -> failtestf "should be rejected, got %A" acceptance
+
+let private expectRejection r status code headers =
+    let rejection = rejectedBy defaultPolicy r
+    Expect.equal (rejection.Status, rejection.Code) (status, code) "status and code"
+    Expect.equal rejection.Headers headers "headers"
+    Expect.isNotEmpty rejection.Reason "a reason"
+
+let private chat = { defaultPolicy with Subprotocols = [| "chat"; "superchat" |] }
+
+[<Tests>]
+let examples =
+    testList "RFC 6455 §1.3 / §4.2 opening handshake" [
+        test "§1.3: the sample key's accept value" {
+            Expect.equal (acceptKey sampleKey) sampleAccept "RFC 6455 §1.3"
+        }
+
+        test "§1.3: the full 101 response for the sample request" {
+            let acceptance = acceptedBy defaultPolicy sample
+            Expect.equal acceptance.AcceptKey sampleAccept "accept key"
+            Expect.equal
+                (responseText acceptance)
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+                "exact text"
+            Expect.equal (acceptance.Subprotocol, acceptance.Deflate) (None, None) "nothing else chosen"
+        }
+
+        test "§4.2.2: subprotocol and extensions appear in the response" {
+            let acceptance =
+                sample
+                |> withHeader "Sec-WebSocket-Protocol" "chat"
+                |> withHeader "Sec-WebSocket-Extensions" "permessage-deflate; client_max_window_bits"
+                |> acceptedBy chat
+            Expect.equal
+                (responseText acceptance)
+                ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 + "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: chat\r\n"
+                 + "Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+                "exact text"
+        }
+
+        test "a method other than GET is 405 with Allow: GET" {
+            expectRejection { sample with Method = "POST" } 405 "method-not-allowed" [| header "Allow" "GET" |]
+            expectRejection { sample with Method = "get" } 405 "method-not-allowed" [| header "Allow" "GET" |]
+        }
+
+        test "HTTP/1.0 and unreadable versions are 400; 1.1 and later are fine" {
+            for version in [ "HTTP/1.0"; "HTTP/0.9"; ""; "HTTP/1"; "HTTP/x.y"; "http/1.1" ] do
+                expectRejection { sample with HttpVersion = version } 400 "http-version" [||]
+            for version in [ "HTTP/1.1"; "1.1"; "HTTP/1.2"; "HTTP/2"; "HTTP/2.0" ] do
+                acceptedBy defaultPolicy { sample with HttpVersion = version } |> ignore
+        }
+
+        test "a missing, empty or repeated Host is 400" {
+            expectRejection (sample |> without "Host") 400 "missing-host" [||]
+            expectRejection (sample |> replacing "Host" " ") 400 "missing-host" [||]
+            expectRejection (sample |> withHeader "host" "other.example") 400 "duplicate-host" [||]
+        }
+
+        test "an Upgrade header without websocket is 400" {
+            expectRejection (sample |> without "Upgrade") 400 "missing-upgrade" [||]
+            expectRejection (sample |> replacing "Upgrade" "h2c") 400 "missing-upgrade" [||]
+            expectRejection (sample |> replacing "Upgrade" "websocket/13") 400 "missing-upgrade" [||]
+        }
+
+        test "a Connection header without the upgrade token is 400" {
+            expectRejection (sample |> without "Connection") 400 "missing-connection-upgrade" [||]
+            expectRejection (sample |> replacing "Connection" "keep-alive") 400 "missing-connection-upgrade" [||]
+            expectRejection (sample |> replacing "Connection" "upgrades") 400 "missing-connection-upgrade" [||]
+        }
+
+        test "a missing or other Sec-WebSocket-Version is 426 with Sec-WebSocket-Version: 13 (§4.2.2)" {
+            let advertised = [| header "Sec-WebSocket-Version" "13" |]
+            expectRejection (sample |> without "Sec-WebSocket-Version") 426 "missing-version" advertised
+            for version in [ "8"; "12"; "14"; "13, 8"; "013"; "" ] do
+                expectRejection (sample |> replacing "Sec-WebSocket-Version" version) 426 "unsupported-version" advertised
+            expectRejection (sample |> withHeader "Sec-WebSocket-Version" "8") 426 "unsupported-version" advertised
+        }
+
+        test "Sec-WebSocket-Key must be there once and decode to 16 bytes" {
+            expectRejection (sample |> without "Sec-WebSocket-Key") 400 "missing-key" [||]
+            expectRejection (sample |> withHeader "Sec-WebSocket-Key" sampleKey) 400 "duplicate-key" [||]
+            for key in
+                [ ""; "abc"; "dGhlIHNhbXBsZSBub25jZQ"; "dGhlIHNhbXBsZSBub25jZQ=x"; "dGhlIHNhbXBsZSBub25jZSE="
+                  "dGhlIHNhbXBsZSBub25j ZQ="; "*GhlIHNhbXBsZSBub25jZQ=="; "dGhlIHNhbXBsZSBub25jZQ==dGhl" ] do
+                expectRejection (sample |> replacing "Sec-WebSocket-Key" key) 400 "invalid-key" [||]
+        }
+
+        test "header names and tokens are case-insensitive" {
+            let headers =
+                [| header "HOST" "server.example.com"
+                   header "upgrade" "WebSocket"
+                   header "CONNECTION" "UPGRADE"
+                   header "sec-websocket-key" sampleKey
+                   header "SEC-WEBSOCKET-VERSION" "13" |]
+            Expect.equal (acceptedBy defaultPolicy (request headers)).AcceptKey sampleAccept "accepted"
+        }
+
+        test "comma lists and several header lines are read as lists (RFC 7230 §3.2.2, §7)" {
+            let r = sample |> replacing "Connection" "keep-alive, Upgrade" |> replacing "Upgrade" "h2c , websocket"
+            acceptedBy defaultPolicy r |> ignore
+            let split = sample |> replacing "Connection" "keep-alive" |> withHeader "Connection" " ,upgrade"
+            acceptedBy defaultPolicy split |> ignore
+        }
+
+        test "optional whitespace around values is ignored" {
+            let r = sample |> replacing "Sec-WebSocket-Key" $"\t{sampleKey} " |> replacing "Sec-WebSocket-Version" " 13 "
+            Expect.equal (acceptedBy defaultPolicy r).AcceptKey sampleAccept "trimmed key"
+        }
+
+        test "the subprotocol is the first in the client's order that the server supports" {
+            let chosen offered =
+                (sample |> withHeader "Sec-WebSocket-Protocol" offered |> acceptedBy chat).Subprotocol
+            Expect.equal (chosen "superchat, chat") (Some "superchat") "client's order wins"
+            Expect.equal (chosen "other, chat") (Some "chat") "first supported"
+            Expect.equal (chosen "other") None "nothing supported"
+            Expect.equal (chosen "Chat") None "compared exactly"
+            Expect.equal (chosen "") None "empty list"
+            Expect.equal (chosen " , ") None "only separators"
+            Expect.equal (chosen "chat, a b") None "malformed list selects nothing"
+            let twoLines = sample |> withHeader "Sec-WebSocket-Protocol" "other" |> withHeader "Sec-WebSocket-Protocol" "superchat"
+            Expect.equal (acceptedBy chat twoLines).Subprotocol (Some "superchat") "lines joined"
+            Expect.equal (acceptedBy defaultPolicy (sample |> withHeader "Sec-WebSocket-Protocol" "chat")).Subprotocol None "server speaks none"
+        }
+
+        test "permessage-deflate is negotiated through the handshake" {
+            let acceptance =
+                sample
+                |> withHeader "Sec-WebSocket-Extensions" "foo, permessage-deflate; server_max_window_bits=8"
+                |> withHeader "Sec-WebSocket-Extensions" "permessage-deflate; server_no_context_takeover"
+                |> acceptedBy defaultPolicy
+            Expect.equal
+                acceptance.Deflate
+                (Some { ServerNoContextTakeover = true; ClientNoContextTakeover = false; ServerMaxWindowBits = 15; ClientMaxWindowBits = 15 })
+                "second offer"
+            Expect.contains
+                acceptance.ResponseHeaders
+                (header "Sec-WebSocket-Extensions" "permessage-deflate; server_no_context_takeover")
+                "response header"
+        }
+
+        test "a malformed or unacceptable extensions header declines compression, not the connection" {
+            for value in [ "permessage-deflate; =1"; "permessage-deflate; foo"; "\"" ] do
+                let acceptance = sample |> withHeader "Sec-WebSocket-Extensions" value |> acceptedBy defaultPolicy
+                Expect.isNone acceptance.Deflate value
+                Expect.isFalse (acceptance.ResponseHeaders |> Array.exists (fun h -> h.Name = "Sec-WebSocket-Extensions")) "no header"
+            let disabled = { defaultPolicy with Deflate = { PerMessageDeflate.defaults with Enabled = false } }
+            Expect.isNone (sample |> withHeader "Sec-WebSocket-Extensions" "permessage-deflate" |> acceptedBy disabled).Deflate "disabled"
+        }
+
+        test "nulls from C# callers never throw" {
+            expectRejection (Unchecked.defaultof<HandshakeRequest>) 405 "method-not-allowed" [| header "Allow" "GET" |]
+            expectRejection { sample with HttpVersion = null } 400 "http-version" [||]
+            expectRejection { sample with Headers = null } 400 "missing-host" [||]
+            let odd = Array.append sample.Headers [| Unchecked.defaultof<HttpHeader>; header null null; header "X" null |]
+            acceptedBy { Subprotocols = null; Deflate = PerMessageDeflate.defaults } (request odd) |> ignore
+            acceptedBy (Unchecked.defaultof<Policy>) sample |> ignore
+            Expect.equal (acceptKey null) (acceptKey "") "null key"
+            Expect.equal (responseText (Unchecked.defaultof<Acceptance>)) "HTTP/1.1 101 Switching Protocols\r\n\r\n" "null acceptance"
+        }
+    ]
+
+// Generators
+
+let private relevantNames =
+    [ "Host"; "Upgrade"; "Connection"; "Sec-WebSocket-Key"; "Sec-WebSocket-Version"; "Sec-WebSocket-Protocol"
+      "Sec-WebSocket-Extensions"; "Origin" ]
+
+let private randomCase (text: string) =
+    gen {
+        let! upper = Gen.arrayOfLength text.Length (Gen.elements [ true; false ])
+        return String(text.ToCharArray() |> Array.mapi (fun i c -> if upper[i] then Char.ToUpperInvariant c else Char.ToLowerInvariant c))
+    }
+
+let private anyString = ArbMap.defaults |> ArbMap.generate<string>
+
+let private arbitraryHeader =
+    gen {
+        let! name = Gen.oneof [ Gen.elements relevantNames |> Gen.bind randomCase; anyString ]
+        let! value =
+            Gen.oneof
+                [ anyString
+                  Gen.elements [ "websocket"; "Upgrade"; "13"; sampleKey; "chat, superchat"; "permessage-deflate; x"; " , " ] ]
+        return header name value
+    }
+
+let private arbitraryRequest =
+    gen {
+        let! methodName = Gen.elements [ "GET"; "POST"; "get"; ""; null ]
+        let! version = Gen.elements [ "HTTP/1.1"; "HTTP/1.0"; "HTTP/2"; "1.1"; "junk"; null ]
+        let! headers = Gen.arrayOf arbitraryHeader
+        return { Method = methodName; Path = "/"; HttpVersion = version; Headers = headers }
+    }
+
+let private key = Gen.arrayOfLength 16 (Gen.choose (0, 255) |> Gen.map byte) |> Gen.map Convert.ToBase64String
+
+let private spaced (value: string) =
+    gen {
+        let! before = Gen.elements [ ""; " "; "\t" ]
+        let! after = Gen.elements [ ""; " "; "\t " ]
+        return before + value + after
+    }
+
+/// A valid handshake request: the required headers (names and tokens in random case, optional whitespace,
+/// extra list elements), optional extras, in random order.
+type private Template = { Required: HttpHeader array; Extras: HttpHeader array; Request: HandshakeRequest }
+
+let private template =
+    gen {
+        let! hostName = Gen.elements [ "Host"; "host"; "HOST" ]
+        let! host = Gen.elements [ "example.com"; "localhost:8080"; "[::1]" ]
+        let! upgradeToken = randomCase "websocket"
+        let! upgrade = Gen.elements [ upgradeToken; $"h2c, {upgradeToken}"; $"{upgradeToken}, foo/2" ]
+        let! upgradeName = randomCase "Upgrade"
+        let! connectionToken = randomCase "Upgrade"
+        let! connection = Gen.elements [ connectionToken; $"keep-alive, {connectionToken}"; $"{connectionToken},close" ]
+        let! connectionName = randomCase "Connection"
+        let! keyName = randomCase "Sec-WebSocket-Key"
+        let! keyValue = key
+        let! versionName = randomCase "Sec-WebSocket-Version"
+        let! values = [ upgrade; connection; keyValue; "13" ] |> List.map spaced |> Gen.sequenceToList
+        let required =
+            [| header hostName host
+               header upgradeName values[0]
+               header connectionName values[1]
+               header keyName values[2]
+               header versionName values[3] |]
+        let! extras =
+            Gen.subListOf
+                [ header "Origin" "http://example.com"
+                  header "User-Agent" "test"
+                  header "Sec-WebSocket-Protocol" "chat, superchat"
+                  header "Sec-WebSocket-Extensions" "permessage-deflate; client_max_window_bits"
+                  header "Cookie" "a=b" ]
+        let! headers = Gen.shuffle (Array.append required (List.toArray extras))
+        let! httpVersion = Gen.elements [ "HTTP/1.1"; "1.1"; "HTTP/2" ]
+        return
+            { Required = required
+              Extras = List.toArray extras
+              Request = { Method = "GET"; Path = "/ws"; HttpVersion = httpVersion; Headers = headers } }
+    }
+
+[<Tests>]
+let properties =
+    testList "RFC 6455 §4.2 opening handshake properties" [
+        property "accept never throws on arbitrary requests and gives a 4xx or a 101"
+        <| Prop.forAll (Arb.fromGen arbitraryRequest) (fun r ->
+            match accept chat r with
+            | Accepted acceptance -> Expect.isTrue (acceptance.AcceptKey.Length = 28) "accept key"
+            | Rejected rejection ->
+                Expect.isTrue (rejection.Status >= 400 && rejection.Status < 500) "4xx"
+                Expect.isNotEmpty rejection.Code "code")
+
+        property "acceptKey always yields 28 characters of base64 for 20 bytes"
+        <| Prop.forAll (Arb.fromGen (Gen.oneof [ anyString; key ])) (fun k ->
+            let value = acceptKey k
+            Expect.equal value.Length 28 "length"
+            Expect.equal (Convert.FromBase64String value).Length 20 "SHA-1 size")
+
+        property "a request built from a valid template is accepted"
+        <| Prop.forAll (Arb.fromGen template) (fun t ->
+            let acceptance = acceptedBy chat t.Request
+            let key = t.Required |> Array.find (fun h -> h.Name.Equals("Sec-WebSocket-Key", StringComparison.OrdinalIgnoreCase))
+            Expect.equal acceptance.AcceptKey (acceptKey (key.Value.Trim())) "accept key of the trimmed key"
+            let offeredProtocol = t.Extras |> Array.exists (fun h -> h.Name = "Sec-WebSocket-Protocol")
+            Expect.equal acceptance.Subprotocol (if offeredProtocol then Some "chat" else None) "subprotocol"
+            let offeredDeflate = t.Extras |> Array.exists (fun h -> h.Name = "Sec-WebSocket-Extensions")
+            Expect.equal acceptance.Deflate.IsSome offeredDeflate "deflate")
+
+        property "removing any one required header makes the request rejected with a 4xx"
+        <| Prop.forAll (Arb.fromGen (Gen.zip template (Gen.choose (0, 4)))) (fun (t, index) ->
+            let removed = t.Required[index]
+            let r = { t.Request with Headers = t.Request.Headers |> Array.filter (fun h -> not (obj.ReferenceEquals(h, removed))) }
+            let rejection = rejectedBy chat r
+            Expect.isTrue (rejection.Status >= 400 && rejection.Status < 500) "4xx")
+    ]

@@ -1,0 +1,64 @@
+// The chat demo of the seeds: rooms as topics, a name from the query string, join and leave
+// notices, "stop" closes the socket, /greet beside the WebSocket endpoint on the same port.
+// Run: dotnet run --project samples/Chat   (then open the printed URL in two browser windows)
+using Realtime;
+
+var builder = WebApplication.CreateBuilder(args);
+if (string.IsNullOrEmpty(builder.Configuration["urls"]) && string.IsNullOrEmpty(builder.Configuration["ASPNETCORE_URLS"]))
+    builder.WebHost.UseUrls("http://127.0.0.1:5080");
+builder.Services.AddRealtime(options => options.IdleTimeout = TimeSpan.FromSeconds(60));
+
+var app = builder.Build();
+app.UseDefaultFiles();
+app.UseStaticFiles();
+
+app.MapGet("/greet", () => "Hello World!");
+
+// An ordinary route that talks to the sockets: announce something in a room.
+app.MapPost("/rooms/{room}/announce", async (string room, HttpRequest request, IRealtimeServer realtime) =>
+{
+    using var reader = new StreamReader(request.Body);
+    var text = await reader.ReadToEndAsync();
+    int delivered = realtime.Publish(RoomTopic(room), $"announcement: {text}");
+    return Results.Ok(new { delivered });
+});
+
+app.MapRealtime("/chat", new RealtimeHandlers<ChatUser>
+{
+    Attach = http =>
+    {
+        string name = http.Request.Query["name"].ToString().Trim();
+        string room = http.Request.Query["room"].ToString().Trim();
+        if (name.Length > 40 || room.Length > 40) return Attachment<ChatUser>.Reject(400, "name and room are at most 40 characters");
+        return new ChatUser(name.Length == 0 ? $"guest" : name, room.Length == 0 ? "lobby" : room);
+    },
+    Open = ws =>
+    {
+        ws.Send("connected to WebSocket server");
+        ws.Subscribe(RoomTopic(ws.Data.Room));
+        ws.Publish(RoomTopic(ws.Data.Room), $"{ws.Data.Name} joined {ws.Data.Room}");
+    },
+    Message = (ws, message) =>
+    {
+        if (message.IsText && message.Text == "stop")
+        {
+            ws.Close(1000, "stop requested");
+            return;
+        }
+        // Everyone in the room sees the message, the sender included (as in the seed's broadcast).
+        app.Services.GetRequiredService<IRealtimeServer>().Publish(RoomTopic(ws.Data.Room), $"{ws.Data.Name}: {message}");
+    },
+    Close = (ws, code, reason) => ws.Publish(RoomTopic(ws.Data.Room), $"{ws.Data.Name} left {ws.Data.Room}"),
+});
+
+app.Lifetime.ApplicationStarted.Register(() =>
+{
+    foreach (var url in app.Urls) Console.WriteLine($"Chat is running: open {url}/ in two browser windows.");
+});
+
+app.Run();
+
+static string RoomTopic(string room) => $"room:{room}";
+
+/// <summary>Who is on the other end of a chat socket.</summary>
+internal sealed record ChatUser(string Name, string Room);

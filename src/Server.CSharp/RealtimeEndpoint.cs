@@ -1,0 +1,150 @@
+using System.Collections.Concurrent;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Realtime.Protocol;
+
+namespace Realtime;
+
+/// <summary>
+/// One mapped endpoint: its settings in the core's terms, its open connections, and the request
+/// handling that turns an HTTP request into a connection (handshake, Attach, upgrade).
+/// </summary>
+internal abstract class RealtimeEndpoint
+{
+    private readonly ConnectionOptions _plainConnection;
+
+    protected RealtimeEndpoint(RealtimeServer server, string pattern, RealtimeOptions options)
+    {
+        options.Validate();
+        Server = server;
+        Pattern = pattern;
+        Options = options;
+        Limits = new Backpressure.Limits(options.BackpressureLimit, options.MaxBufferedAmount, options.CloseOnBackpressureLimit);
+        Policy = new Handshake.Policy(
+            options.Subprotocols.ToArray(),
+            DisabledDeflate);
+        _plainConnection = new ConnectionOptions(
+            options.MaxPayloadLength,
+            false,
+            (long)options.IdleTimeout.TotalMilliseconds,
+            (long)options.CloseTimeout.TotalMilliseconds);
+        _compressedConnection = new ConnectionOptions(
+            _plainConnection.MaxMessageSize, true, _plainConnection.IdleTimeout, _plainConnection.CloseTimeout);
+    }
+
+    // Compression is negotiated once the host can compress (RFC 7692); until then offers are declined.
+    private static readonly PerMessageDeflate.Config DisabledDeflate = new(
+        false,
+        PerMessageDeflate.defaults.ServerNoContextTakeover,
+        PerMessageDeflate.defaults.ClientNoContextTakeover,
+        PerMessageDeflate.defaults.ServerMaxWindowBits,
+        PerMessageDeflate.defaults.ClientMaxWindowBits);
+
+    private readonly ConnectionOptions _compressedConnection;
+
+    public RealtimeServer Server { get; }
+
+    public string Pattern { get; }
+
+    public RealtimeOptions Options { get; }
+
+    public Backpressure.Limits Limits { get; }
+
+    public Handshake.Policy Policy { get; }
+
+    public ConcurrentDictionary<long, RealtimeSocket> Connections { get; } = new();
+
+    /// <summary>The core's settings for a connection, with or without negotiated compression.</summary>
+    public ConnectionOptions ConnectionOptions(bool compression) =>
+        compression ? _compressedConnection : _plainConnection;
+
+    /// <summary>Answers one HTTP request on the endpoint's route; never lets an exception reach Kestrel.</summary>
+    public abstract Task HandleAsync(HttpContext context);
+
+    /// <summary>The request as the core's handshake sees it.</summary>
+    protected static Handshake.HandshakeRequest ToHandshakeRequest(HttpRequest request)
+    {
+        var headers = new List<Handshake.HttpHeader>(request.Headers.Count + 2);
+        foreach (var (name, values) in request.Headers)
+        {
+            foreach (var value in values) headers.Add(new Handshake.HttpHeader(name, value ?? ""));
+        }
+        return new Handshake.HandshakeRequest(request.Method, request.Path.Value + request.QueryString.Value, request.Protocol, headers.ToArray());
+    }
+
+    /// <summary>Writes a refusal before the upgrade: status, extra headers and a short text body.</summary>
+    protected static async Task RejectAsync(HttpContext context, int status, string reason, IEnumerable<Handshake.HttpHeader> headers)
+    {
+        context.Response.StatusCode = status;
+        foreach (var header in headers) context.Response.Headers.Append(header.Name, header.Value);
+        context.Response.ContentType = "text/plain; charset=utf-8";
+        await context.Response.WriteAsync(reason, context.RequestAborted).ConfigureAwait(false);
+    }
+}
+
+/// <summary>An endpoint whose connections carry <typeparamref name="TData"/>.</summary>
+internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
+{
+    private readonly RealtimeHandlers<TData> _handlers;
+
+    public RealtimeEndpoint(RealtimeServer server, string pattern, RealtimeOptions options, RealtimeHandlers<TData> handlers)
+        : base(server, pattern, options)
+    {
+        _handlers = handlers;
+    }
+
+    public override async Task HandleAsync(HttpContext context)
+    {
+        try
+        {
+            await AcceptAsync(context).ConfigureAwait(false);
+        }
+        catch (Exception exception) when (!context.Response.HasStarted)
+        {
+            Server.Log.AttachFailed(exception, Pattern);
+            context.Response.StatusCode = StatusCodes.Status500InternalServerError;
+        }
+    }
+
+    private async Task AcceptAsync(HttpContext context)
+    {
+        if (Server.IsShuttingDown)
+        {
+            await RejectAsync(context, StatusCodes.Status503ServiceUnavailable, "server shutting down", []).ConfigureAwait(false);
+            return;
+        }
+        var result = Handshake.accept(Policy, ToHandshakeRequest(context.Request));
+        if (result is Handshake.HandshakeResult.Rejected { rejection: var rejection })
+        {
+            Server.Log.HandshakeRejected(Pattern, rejection.Status, rejection.Code, rejection.Reason);
+            await RejectAsync(context, rejection.Status, rejection.Reason, rejection.Headers).ConfigureAwait(false);
+            return;
+        }
+        var acceptance = ((Handshake.HandshakeResult.Accepted)result).acceptance;
+        var upgrade = context.Features.Get<IHttpUpgradeFeature>();
+        if (upgrade is null || !upgrade.IsUpgradableRequest)
+        {
+            Server.Log.HandshakeRejected(Pattern, 400, "not-upgradable", "the server cannot upgrade this request");
+            await RejectAsync(context, StatusCodes.Status400BadRequest, "this request cannot be upgraded (HTTP/1.1 is required)", []).ConfigureAwait(false);
+            return;
+        }
+
+        Attachment<TData> attachment;
+        if (_handlers.AttachAsync is { } attachAsync) attachment = await attachAsync(context).ConfigureAwait(false);
+        else if (_handlers.Attach is { } attach) attachment = attach(context);
+        else attachment = Attachment<TData>.Accept(default!);
+        if (attachment.IsRejected)
+        {
+            Server.Log.HandshakeRejected(Pattern, attachment.RejectStatus, "attach-rejected", attachment.RejectReason ?? "");
+            await RejectAsync(context, attachment.RejectStatus, attachment.RejectReason ?? "rejected", []).ConfigureAwait(false);
+            return;
+        }
+
+        foreach (var header in acceptance.ResponseHeaders) context.Response.Headers[header.Name] = header.Value;
+        Stream transport = await upgrade.UpgradeAsync().ConfigureAwait(false);
+        var socket = new RealtimeSocket<TData>(
+            Server, this, _handlers, context, transport,
+            acceptance.Subprotocol?.Value, acceptance.Deflate is not null, attachment.Data);
+        await socket.RunAsync().ConfigureAwait(false);
+    }
+}

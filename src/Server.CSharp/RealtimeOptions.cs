@@ -1,0 +1,74 @@
+namespace Realtime;
+
+/// <summary>
+/// Settings of Realtime endpoints, bound with the options pattern through
+/// <c>services.AddRealtime(options => ...)</c>. Every endpoint starts from these values and may
+/// override them in <c>MapRealtime(..., configure)</c>.
+/// </summary>
+public sealed class RealtimeOptions
+{
+    /// <summary>
+    /// The largest message accepted, in bytes, summed over its fragments. A larger message closes
+    /// the connection with 1009 (message too big) as soon as its frame header arrives. Default 16 MiB.
+    /// </summary>
+    public int MaxPayloadLength { get; set; } = 16 * 1024 * 1024;
+
+    /// <summary>
+    /// Silence after which the server pings the client; if the silence lasts as long again, the
+    /// connection is closed with 1001. <see cref="TimeSpan.Zero"/> turns keep-alive off. Default 120 s.
+    /// </summary>
+    public TimeSpan IdleTimeout { get; set; } = TimeSpan.FromSeconds(120);
+
+    /// <summary>
+    /// How long the server waits for the client's close frame after sending its own before it drops
+    /// the TCP connection. Default 5 s.
+    /// </summary>
+    public TimeSpan CloseTimeout { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// Buffered outgoing bytes above which <c>Send</c> reports <see cref="SendStatus.Backpressure"/>
+    /// (the message is still queued). <c>Drain</c> fires when the buffer falls back under it. Default 64 KiB.
+    /// </summary>
+    public long BackpressureLimit { get; set; } = 64 * 1024;
+
+    /// <summary>
+    /// Buffered outgoing bytes a message may not push the buffer past: such a message is dropped
+    /// (<see cref="SendStatus.Dropped"/>), or the connection is closed with 1008 when
+    /// <see cref="CloseOnBackpressureLimit"/> is set. Default 16 MiB.
+    /// </summary>
+    public long MaxBufferedAmount { get; set; } = 16 * 1024 * 1024;
+
+    /// <summary>Close a connection with 1008 instead of dropping messages once <see cref="MaxBufferedAmount"/> is reached. Default false.</summary>
+    public bool CloseOnBackpressureLimit { get; set; }
+
+    /// <summary>
+    /// Subprotocols the endpoint speaks. The first protocol in the client's
+    /// <c>Sec-WebSocket-Protocol</c> list that appears here is chosen. Empty by default.
+    /// </summary>
+    public IList<string> Subprotocols { get; set; } = new List<string>();
+
+    /// <summary>Size of the pooled buffer a connection reads into while data is arriving; an idle connection holds none. Default 16 KiB.</summary>
+    public int ReceiveBufferSize { get; set; } = 16 * 1024;
+
+    /// <summary>How long host shutdown waits for connections to finish their closing handshake after sending them 1001. Default 5 s.</summary>
+    public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>A copy, so that an endpoint's overrides do not change the defaults.</summary>
+    internal RealtimeOptions Clone()
+    {
+        var copy = (RealtimeOptions)MemberwiseClone();
+        copy.Subprotocols = new List<string>(Subprotocols);
+        return copy;
+    }
+
+    /// <summary>Checks that the values make sense together.</summary>
+    internal void Validate()
+    {
+        if (MaxPayloadLength <= 0) throw new ArgumentOutOfRangeException(nameof(MaxPayloadLength), "must be positive");
+        if (IdleTimeout < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(IdleTimeout), "must not be negative");
+        if (CloseTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(CloseTimeout), "must be positive");
+        if (BackpressureLimit < 0) throw new ArgumentOutOfRangeException(nameof(BackpressureLimit), "must not be negative");
+        if (MaxBufferedAmount < BackpressureLimit) throw new ArgumentOutOfRangeException(nameof(MaxBufferedAmount), "must be at least BackpressureLimit");
+        if (ReceiveBufferSize < 256) throw new ArgumentOutOfRangeException(nameof(ReceiveBufferSize), "must be at least 256 bytes");
+    }
+}

@@ -1,0 +1,238 @@
+using System.Collections.Concurrent;
+using System.Text;
+using Microsoft.Extensions.Logging;
+using Microsoft.FSharp.Core;
+using Realtime.Protocol;
+
+namespace Realtime;
+
+/// <summary>
+/// The server-wide state: connections by id and by endpoint, the topic table, the keep-alive
+/// timer and graceful shutdown. The topic table is an immutable value from the core: writers
+/// replace it under a lock, publishers read the current one without locking.
+/// </summary>
+internal sealed class RealtimeServer : IRealtimeServer, IDisposable
+{
+    private readonly TimeProvider _time;
+    private readonly ConcurrentDictionary<long, RealtimeSocket> _connections = new();
+    private readonly ConcurrentDictionary<string, RealtimeEndpoint> _endpoints = new(StringComparer.Ordinal);
+    private readonly object _topicsLock = new();
+    private Topics.TopicTable<RealtimeSocket> _topics = Topics.emptyWith<RealtimeSocket>(ReferenceEqualityComparer.Instance);
+    private long _lastId;
+    private ITimer? _timer;
+    private TimeSpan _timerPeriod = TimeSpan.MaxValue;
+    private readonly object _timerLock = new();
+    private volatile bool _shuttingDown;
+
+    public RealtimeServer(ILogger<RealtimeServer> logger, TimeProvider? time = null)
+    {
+        Log = logger;
+        _time = time ?? TimeProvider.System;
+    }
+
+    public ILogger Log { get; }
+
+    /// <summary>Milliseconds on a monotonic clock: the core's notion of now.</summary>
+    public long Now() => _time.GetTimestamp() * 1000 / _time.TimestampFrequency;
+
+    public long NextConnectionId() => Interlocked.Increment(ref _lastId);
+
+    public bool IsShuttingDown => _shuttingDown;
+
+    internal void AddEndpoint(RealtimeEndpoint endpoint)
+    {
+        if (!_endpoints.TryAdd(endpoint.Pattern, endpoint))
+            throw new InvalidOperationException($"A Realtime endpoint is already mapped at '{endpoint.Pattern}'.");
+        EnsureTimer(endpoint.Options);
+    }
+
+    /// <summary>One timer for all connections, ticking often enough for the shortest timeout.</summary>
+    private void EnsureTimer(RealtimeOptions options)
+    {
+        var shortest = options.CloseTimeout;
+        if (options.IdleTimeout > TimeSpan.Zero && options.IdleTimeout < shortest) shortest = options.IdleTimeout;
+        var period = TimeSpan.FromMilliseconds(Math.Clamp(shortest.TotalMilliseconds / 4, 10, 1000));
+        lock (_timerLock)
+        {
+            if (period >= _timerPeriod) return;
+            _timerPeriod = period;
+            _timer?.Dispose();
+            _timer = _time.CreateTimer(static state => ((RealtimeServer)state!).TickAll(), this, period, period);
+        }
+    }
+
+    private void TickAll()
+    {
+        long now = Now();
+        foreach (var connection in _connections.Values) connection.Tick(now);
+    }
+
+    internal void Register(RealtimeSocket connection)
+    {
+        _connections[connection.Id] = connection;
+        if (_endpoints.TryGetValue(connection.Endpoint, out var endpoint)) endpoint.Connections[connection.Id] = connection;
+    }
+
+    internal void Unregister(RealtimeSocket connection)
+    {
+        lock (_topicsLock)
+        {
+            var (table, _) = Topics.removeSubscriber(_topics, connection);
+            Volatile.Write(ref _topics, table);
+        }
+        _connections.TryRemove(connection.Id, out _);
+        if (_endpoints.TryGetValue(connection.Endpoint, out var endpoint)) endpoint.Connections.TryRemove(connection.Id, out _);
+    }
+
+    internal bool Subscribe(RealtimeSocket connection, string topic)
+    {
+        ArgumentNullException.ThrowIfNull(topic);
+        lock (_topicsLock)
+        {
+            // A connection that has left must not come back into the table through a late call.
+            if (!_connections.ContainsKey(connection.Id)) return false;
+            var (table, change) = Topics.subscribe(_topics, topic, connection);
+            if (change.IsRejected) throw new ArgumentException($"invalid topic: {change.code}", nameof(topic));
+            Volatile.Write(ref _topics, table);
+            return change.IsSubscribed;
+        }
+    }
+
+    internal bool Unsubscribe(RealtimeSocket connection, string topic)
+    {
+        ArgumentNullException.ThrowIfNull(topic);
+        lock (_topicsLock)
+        {
+            var (table, change) = Topics.unsubscribe(_topics, topic, connection);
+            Volatile.Write(ref _topics, table);
+            return change.IsUnsubscribed;
+        }
+    }
+
+    internal bool IsSubscribed(RealtimeSocket connection, string topic) =>
+        Topics.isSubscribed(Volatile.Read(ref _topics), topic, connection);
+
+    internal IReadOnlyList<string> SubscriptionsOf(RealtimeSocket connection) =>
+        Topics.topicsOf(Volatile.Read(ref _topics), connection);
+
+    public int SubscriberCount(string topic) => Topics.subscriberCount(Volatile.Read(ref _topics), topic);
+
+    IReadOnlyList<string> IRealtimeServer.Topics => Topics.topics(Volatile.Read(ref _topics));
+
+    internal int PublishText(string topic, string text, RealtimeSocket? sender, bool compress) =>
+        WithUtf8(text, (topic, sender, compress, server: this),
+            static (utf8, state) => state.server.PublishFrame(state.topic, MessageKind.Text, utf8, state.sender, state.compress));
+
+    /// <summary>Frames the message once and queues the same bytes to every recipient; never waits for one.</summary>
+    internal int PublishFrame(string topic, MessageKind kind, ReadOnlySpan<byte> payload, RealtimeSocket? sender, bool compress)
+    {
+        ArgumentNullException.ThrowIfNull(topic);
+        var excluded = sender is null ? FSharpValueOption<RealtimeSocket>.ValueNone : FSharpValueOption<RealtimeSocket>.NewValueSome(sender);
+        var recipients = Topics.publish(Volatile.Read(ref _topics), topic, excluded);
+        if (recipients.IsEmpty) return 0;
+        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
+        int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
+        int queued = 0;
+        foreach (var recipient in recipients)
+        {
+            if (recipient.Enqueue(header[..headerLength], payload).IsQueued) queued++;
+        }
+        return queued;
+    }
+
+    public int Publish(string topic, string text, bool compress = false)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        return PublishText(topic, text, null, compress);
+    }
+
+    public int Publish(string topic, ReadOnlySpan<byte> data, bool compress = false) =>
+        PublishFrame(topic, MessageKind.Binary, data, null, compress);
+
+    public int Publish(string topic, ReadOnlySpan<byte> data, MessageKind kind, bool compress = false)
+    {
+        if (kind == MessageKind.Text && !Utf8Validator.isValid(data))
+            throw new ArgumentException("a text message must be valid UTF-8", nameof(data));
+        return PublishFrame(topic, kind, data, null, compress);
+    }
+
+    public int ConnectionCount => _connections.Count;
+
+    public IReadOnlyList<RealtimeSocket> Connections => _connections.Values.ToArray();
+
+    public IReadOnlyList<RealtimeSocket> ConnectionsOf(string pattern) =>
+        _endpoints.TryGetValue(pattern, out var endpoint) ? endpoint.Connections.Values.ToArray() : [];
+
+    public bool TryGetConnection(long id, out RealtimeSocket connection) => _connections.TryGetValue(id, out connection!);
+
+    public int Broadcast(string pattern, string text, RealtimeSocket? except = null)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        return WithUtf8(text, (pattern, except, server: this),
+            static (utf8, state) => state.server.BroadcastFrame(state.pattern, MessageKind.Text, utf8, state.except));
+    }
+
+    public int Broadcast(string pattern, ReadOnlySpan<byte> data, RealtimeSocket? except = null) =>
+        BroadcastFrame(pattern, MessageKind.Binary, data, except);
+
+    private int BroadcastFrame(string pattern, MessageKind kind, ReadOnlySpan<byte> payload, RealtimeSocket? except)
+    {
+        if (!_endpoints.TryGetValue(pattern, out var endpoint)) return 0;
+        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
+        int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
+        int queued = 0;
+        foreach (var pair in endpoint.Connections)
+        {
+            if (ReferenceEquals(pair.Value, except)) continue;
+            if (pair.Value.Enqueue(header[..headerLength], payload).IsQueued) queued++;
+        }
+        return queued;
+    }
+
+    private delegate int Utf8Action<TState>(ReadOnlySpan<byte> utf8, TState state);
+
+    /// <summary>Encodes text as UTF-8 on the stack or in a pooled buffer and runs the action on it.</summary>
+    private static int WithUtf8<TState>(string text, TState state, Utf8Action<TState> action)
+    {
+        int length = Encoding.UTF8.GetByteCount(text);
+        if (length <= 512)
+        {
+            Span<byte> small = stackalloc byte[length];
+            Encoding.UTF8.GetBytes(text, small);
+            return action(small, state);
+        }
+        byte[] rented = System.Buffers.ArrayPool<byte>.Shared.Rent(length);
+        try
+        {
+            int written = Encoding.UTF8.GetBytes(text, rented);
+            return action(rented.AsSpan(0, written), state);
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+        }
+    }
+
+    /// <summary>Graceful shutdown: every connection gets 1001, then the server waits (bounded) for them to finish.</summary>
+    internal async Task ShutdownAsync(TimeSpan timeout)
+    {
+        _shuttingDown = true;
+        var open = _connections.Values.ToArray();
+        if (open.Length == 0) return;
+        Log.ShutdownStarted(open.Length);
+        foreach (var connection in open) connection.CloseLocally(CloseCode.GoingAway, "server shutdown");
+        var deadline = _time.GetTimestamp() + (long)(timeout.TotalSeconds * _time.TimestampFrequency);
+        while (!_connections.IsEmpty && _time.GetTimestamp() < deadline)
+            await Task.Delay(10).ConfigureAwait(false);
+        if (!_connections.IsEmpty)
+        {
+            Log.ShutdownTimedOut(_connections.Count);
+            foreach (var connection in _connections.Values) connection.Terminate();
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_timerLock) _timer?.Dispose();
+    }
+}

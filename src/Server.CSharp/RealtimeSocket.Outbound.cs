@@ -1,0 +1,293 @@
+using System.Buffers;
+using Realtime.Protocol;
+
+namespace Realtime;
+
+// The outgoing side of a connection.
+//
+// Sends from any thread copy their frame into one pending buffer under the connection's lock and
+// return at once with the core's backpressure verdict. One writer at a time (the receive loop
+// after a batch of handler calls, or a thread-pool work item for sends from elsewhere) swaps the
+// pending buffer out and writes it to the transport, so every send made meanwhile goes out in the
+// same write. Nothing ever waits for a slow client except that client's own writer. Buffers are
+// rented while there is something to write and returned when the connection goes idle.
+public abstract partial class RealtimeSocket : IThreadPoolWorkItem
+{
+    private const int MinimumPendingBuffer = 4096;
+    private const int KeptSpareBuffer = 64 * 1024;
+
+    private byte[]? _pending;
+    private int _pendingLength;
+    private int _pendingControlBytes;
+    private byte[]? _spare;
+    private bool _writing;
+    private int _corks;
+    private bool _transportFailed;
+    private bool _abortWhenFlushed;
+    private TaskCompletionSource? _writerIdle;
+
+    // Handlers of one connection never overlap: the receive loop and a writer that reports Drain
+    // take turns through this gate. A Drain that finds the gate taken is left pending and run by
+    // whoever leaves the gate.
+    private int _handlerGate;
+    private int _drainPending;
+    private bool _closeDispatched;
+
+    internal SendResult SendFrame(MessageKind kind, ReadOnlySpan<byte> payload, bool compress)
+    {
+        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
+        int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
+        return Enqueue(header[..headerLength], payload);
+    }
+
+    /// <summary>Queues a data frame (header and payload) under the backpressure rules.</summary>
+    internal SendResult Enqueue(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload)
+    {
+        int total = header.Length + payload.Length;
+        SendResult result;
+        bool startWriter;
+        bool closeForLimit = false;
+        lock (_sync)
+        {
+            if (!_core.CanSend || _ended) return SendResult.Dropped;
+            var (state, verdict) = Backpressure.offer(_endpoint.Limits, _backpressure, total);
+            _backpressure = state;
+            if (verdict.IsSent) result = new SendResult(SendStatus.Sent, total);
+            else if (verdict.IsBackpressure) result = new SendResult(SendStatus.Backpressure, total);
+            else
+            {
+                closeForLimit = verdict.IsCloseForLimit;
+                result = SendResult.Dropped;
+            }
+            if (result.IsQueued)
+            {
+                Append(header);
+                Append(payload);
+            }
+            startWriter = result.IsQueued && TryBecomeWriter();
+        }
+        if (closeForLimit)
+        {
+            _server.Log.BackpressureLimitClose(Id, _endpoint.Pattern);
+            CloseLocally(CloseCode.PolicyViolation, "backpressure limit");
+        }
+        if (startWriter) ScheduleWriter();
+        return result;
+    }
+
+    /// <summary>Queues a control frame made by the core (pong, close): never dropped, not counted against the limits.</summary>
+    private void EnqueueControl(byte[] frame)
+    {
+        if (frame.Length == 0) return;
+        bool startWriter;
+        lock (_sync)
+        {
+            if (_ended || _transportFailed) return;
+            Append(frame);
+            _pendingControlBytes += frame.Length;
+            startWriter = TryBecomeWriter();
+        }
+        if (startWriter) ScheduleWriter();
+    }
+
+    private void Append(ReadOnlySpan<byte> bytes)
+    {
+        if (bytes.IsEmpty) return;
+        int needed = _pendingLength + bytes.Length;
+        if (_pending is null || _pending.Length < needed)
+        {
+            byte[] grown = ArrayPool<byte>.Shared.Rent(Math.Max(needed, Math.Max(MinimumPendingBuffer, (_pending?.Length ?? 0) * 2)));
+            if (_pending is not null)
+            {
+                _pending.AsSpan(0, _pendingLength).CopyTo(grown);
+                ArrayPool<byte>.Shared.Return(_pending);
+            }
+            _pending = grown;
+        }
+        bytes.CopyTo(_pending.AsSpan(_pendingLength));
+        _pendingLength = needed;
+    }
+
+    /// <summary>Under the lock: claims the writer role when there is something to write and nobody holds it.</summary>
+    private bool TryBecomeWriter()
+    {
+        if (_writing || _corks > 0 || _pendingLength == 0 || _transportFailed) return false;
+        _writing = true;
+        return true;
+    }
+
+    private void ScheduleWriter() => ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+
+    void IThreadPoolWorkItem.Execute() => _ = WriteLoopAsync();
+
+    private void CorkIncrement()
+    {
+        lock (_sync) _corks++;
+    }
+
+    private void Uncork()
+    {
+        bool startWriter;
+        lock (_sync)
+        {
+            _corks--;
+            startWriter = TryBecomeWriter();
+        }
+        if (startWriter) ScheduleWriter();
+    }
+
+    /// <summary>Uncorks and, when there is something to write and no writer, writes it on this thread.</summary>
+    private Task UncorkAndFlushInline()
+    {
+        bool startWriter;
+        lock (_sync)
+        {
+            _corks--;
+            startWriter = TryBecomeWriter();
+        }
+        return startWriter ? WriteLoopAsync() : Task.CompletedTask;
+    }
+
+    /// <summary>The writer: runs while there are pending bytes; exactly one runs at a time.</summary>
+    private async Task WriteLoopAsync()
+    {
+        while (true)
+        {
+            byte[] chunk;
+            int length;
+            int controlBytes;
+            lock (_sync)
+            {
+                if (_pendingLength == 0 || _transportFailed)
+                {
+                    _writing = false;
+                    ReleaseIdleBuffers();
+                    _writerIdle?.TrySetResult();
+                    if (_abortWhenFlushed) AbortTransport();
+                    return;
+                }
+                chunk = _pending!;
+                length = _pendingLength;
+                controlBytes = _pendingControlBytes;
+                _pending = _spare;
+                _spare = null;
+                _pendingLength = 0;
+                _pendingControlBytes = 0;
+            }
+
+            try
+            {
+                await _transport.WriteAsync(chunk.AsMemory(0, length)).ConfigureAwait(false);
+            }
+            catch (Exception exception)
+            {
+                ArrayPool<byte>.Shared.Return(chunk);
+                _server.Log.TransportWriteFailed(Id, exception.Message);
+                lock (_sync)
+                {
+                    _transportFailed = true;
+                    _writing = false;
+                    ReleaseIdleBuffers();
+                    _writerIdle?.TrySetResult();
+                }
+                AbortTransport();
+                return;
+            }
+
+            bool drain;
+            lock (_sync)
+            {
+                var (state, flushed) = Backpressure.flushed(_endpoint.Limits, _backpressure, length - controlBytes);
+                _backpressure = state;
+                drain = flushed.IsDrain;
+                if (_spare is null && chunk.Length <= KeptSpareBuffer) _spare = chunk;
+                else ArrayPool<byte>.Shared.Return(chunk);
+            }
+            if (drain) RequestDrain();
+        }
+    }
+
+    /// <summary>Under the lock, with no writer running: gives the buffers back to the pool.</summary>
+    private void ReleaseIdleBuffers()
+    {
+        if (_pendingLength == 0 && _pending is not null)
+        {
+            ArrayPool<byte>.Shared.Return(_pending);
+            _pending = null;
+        }
+        if (_spare is not null)
+        {
+            ArrayPool<byte>.Shared.Return(_spare);
+            _spare = null;
+        }
+        if (_transportFailed && _pending is not null)
+        {
+            ArrayPool<byte>.Shared.Return(_pending);
+            _pending = null;
+            _pendingLength = 0;
+            _pendingControlBytes = 0;
+        }
+    }
+
+    /// <summary>Waits (bounded) until everything queued has been handed to the transport.</summary>
+    private async Task FlushRemainingAsync(TimeSpan timeout)
+    {
+        Task wait;
+        lock (_sync)
+        {
+            if (_writing)
+            {
+                _writerIdle ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                wait = _writerIdle.Task;
+            }
+            else if (TryBecomeWriter()) wait = WriteLoopAsync();
+            else return;
+        }
+        try
+        {
+            await wait.WaitAsync(timeout).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            // The client stopped reading; drop it rather than wait any longer.
+            AbortTransport();
+        }
+    }
+
+    private void EnterHandlers()
+    {
+        var spinner = new SpinWait();
+        while (Interlocked.CompareExchange(ref _handlerGate, 1, 0) != 0) spinner.SpinOnce();
+    }
+
+    private void ExitHandlers()
+    {
+        Volatile.Write(ref _handlerGate, 0);
+        if (Volatile.Read(ref _drainPending) != 0) RunPendingDrain();
+    }
+
+    private void RequestDrain()
+    {
+        Volatile.Write(ref _drainPending, 1);
+        RunPendingDrain();
+    }
+
+    private void RunPendingDrain()
+    {
+        while (Volatile.Read(ref _drainPending) != 0 && Interlocked.CompareExchange(ref _handlerGate, 1, 0) == 0)
+        {
+            try
+            {
+                if (Interlocked.Exchange(ref _drainPending, 0) != 0 && !_closeDispatched)
+                {
+                    try { OnDrain(); }
+                    catch (Exception exception) { HandlerFailed(exception, "Drain"); }
+                }
+            }
+            finally
+            {
+                Volatile.Write(ref _handlerGate, 0);
+            }
+        }
+    }
+}

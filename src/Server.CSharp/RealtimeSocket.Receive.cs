@@ -1,0 +1,356 @@
+using System.Buffers;
+using Realtime.Protocol;
+
+namespace Realtime;
+
+// The incoming side of a connection: one loop per connection reads, feeds the core, and calls
+// the handlers in order.
+//
+// While idle, the loop waits with a zero-byte read, so it holds no receive buffer. When bytes
+// arrive it rents a buffer, reads, and drives the core until it needs more data. Payloads are
+// unmasked in place; a message that arrived whole in one read is handed to the handler straight
+// from the receive buffer, others are assembled in a pooled buffer. The loop does not read again
+// until the message handler (and its task) has finished, so a client that floods a slow handler
+// is held back by TCP, not by server memory. Sends made by handlers during one batch are corked
+// and written together when the batch ends.
+public abstract partial class RealtimeSocket
+{
+    private byte[]? _message;
+    private int _messageLength;
+    private bool _messageInProgress;
+    private bool _ended;
+    private ushort _sentCloseCode;
+    private string _sentCloseReason = "";
+
+    /// <summary>Runs the connection from open to close; never throws.</summary>
+    internal async Task RunAsync()
+    {
+        _server.Register(this);
+        _server.Log.ConnectionOpened(Id, _endpoint.Pattern, RemoteAddress?.ToString());
+        try
+        {
+            RunHandler(static socket => socket.OnOpen(), "Open");
+            await UncorkAndFlushInline().ConfigureAwait(false);
+            await ReceiveLoopAsync().ConfigureAwait(false);
+        }
+        catch (Exception exception) when (exception is IOException or OperationCanceledException or ObjectDisposedException
+                                              || exception.GetType().Name == "ConnectionAbortedException"
+                                              || exception.GetType().Name == "ConnectionResetException")
+        {
+            _server.Log.TransportEnded(Id, exception.Message);
+        }
+        catch (Exception exception)
+        {
+            _server.Log.UnexpectedFailure(exception, Id);
+        }
+        finally
+        {
+            await FinishAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Open runs corked (the caller flushes after); any handler exception closes with 1011.</summary>
+    private void RunHandler(Action<RealtimeSocket> handler, string name)
+    {
+        CorkIncrement();
+        EnterHandlers();
+        try { handler(this); }
+        catch (Exception exception) { HandlerFailed(exception, name); }
+        finally { ExitHandlers(); }
+    }
+
+    private async Task ReceiveLoopAsync()
+    {
+        int bufferSize = _endpoint.Options.ReceiveBufferSize;
+        while (true)
+        {
+            lock (_sync)
+            {
+                if (_core.IsClosed || _transportFailed) return;
+            }
+            // Wait for data without holding a buffer: idle connections cost no receive memory.
+            await _transport.ReadAsync(Memory<byte>.Empty).ConfigureAwait(false);
+            byte[] buffer = ArrayPool<byte>.Shared.Rent(bufferSize);
+            try
+            {
+                int read = await _transport.ReadAsync(buffer.AsMemory(0, bufferSize)).ConfigureAwait(false);
+                if (read == 0) return;
+                await ProcessAsync(buffer, read).ConfigureAwait(false);
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+        }
+    }
+
+    /// <summary>Feeds one read to the core and acts on every event it returns.</summary>
+    private async Task ProcessAsync(byte[] buffer, int count)
+    {
+        long now = _server.Now();
+        int position = 0;
+        CorkIncrement();
+        try
+        {
+            while (true)
+            {
+                ConnectionEvent step;
+                int consumed;
+                bool deliver;
+                lock (_sync)
+                {
+                    var (core, used, found) = ConnectionModule.receive(_core, new ReadOnlySpan<byte>(buffer, position, count - position), now);
+                    _core = core;
+                    consumed = used;
+                    step = found;
+                    // After our close frame, the client's data is read only to reach its close frame.
+                    deliver = core.CanSend;
+                }
+                int sliceStart = position;
+                position += consumed;
+                switch (step.Tag)
+                {
+                    case ConnectionEvent.Tags.NeedMoreData:
+                        return;
+                    case ConnectionEvent.Tags.MessageData:
+                        await OnMessageDataAsync(buffer, sliceStart, step, deliver).ConfigureAwait(false);
+                        break;
+                    case ConnectionEvent.Tags.PingReceived:
+                        EnqueueControl(step.pong);
+                        if (deliver) DispatchControl(step.pingPayload, isPing: true);
+                        break;
+                    case ConnectionEvent.Tags.PongReceived:
+                        if (deliver) DispatchControl(step.pongPayload, isPing: false);
+                        break;
+                    case ConnectionEvent.Tags.CloseReceived:
+                        EnqueueControl(step.reply);
+                        return;
+                    case ConnectionEvent.Tags.ProtocolViolation:
+                        var error = step.error;
+                        _server.Log.ProtocolViolation(Id, error.Code, error.CloseCode);
+                        lock (_sync)
+                        {
+                            if (_sentCloseCode == 0)
+                            {
+                                _sentCloseCode = error.CloseCode;
+                                _sentCloseReason = error.Message;
+                            }
+                        }
+                        EnqueueControl(step.closeFrame);
+                        return;
+                }
+            }
+        }
+        finally
+        {
+            await UncorkAndFlushInline().ConfigureAwait(false);
+        }
+    }
+
+    private async ValueTask OnMessageDataAsync(byte[] buffer, int sliceStart, ConnectionEvent data, bool deliver)
+    {
+        var payload = buffer.AsSpan(sliceStart + data.payloadStart, data.length);
+        Masking.applyInPlace(data.maskKey, data.maskOffset, payload);
+        if (!deliver)
+        {
+            ResetMessage();
+            return;
+        }
+        if (!_messageInProgress && data.messageEnd)
+        {
+            // The whole message arrived in this read: hand it over without copying.
+            await DeliverAsync(data.kind, buffer.AsMemory(sliceStart + data.payloadStart, data.length)).ConfigureAwait(false);
+            return;
+        }
+        AppendToMessage(payload);
+        _messageInProgress = true;
+        if (data.messageEnd)
+        {
+            try
+            {
+                await DeliverAsync(data.kind, _message.AsMemory(0, _messageLength)).ConfigureAwait(false);
+            }
+            finally
+            {
+                ResetMessage();
+            }
+        }
+    }
+
+    private void AppendToMessage(ReadOnlySpan<byte> chunk)
+    {
+        if (chunk.IsEmpty) return;
+        int needed = _messageLength + chunk.Length;
+        if (_message is null || _message.Length < needed)
+        {
+            // The core already refused anything over MaxPayloadLength, so growth is bounded.
+            byte[] grown = ArrayPool<byte>.Shared.Rent(Math.Max(needed, (_message?.Length ?? 0) * 2));
+            if (_message is not null)
+            {
+                _message.AsSpan(0, _messageLength).CopyTo(grown);
+                ArrayPool<byte>.Shared.Return(_message);
+            }
+            _message = grown;
+        }
+        chunk.CopyTo(_message.AsSpan(_messageLength));
+        _messageLength = needed;
+    }
+
+    private void ResetMessage()
+    {
+        if (_message is not null) ArrayPool<byte>.Shared.Return(_message);
+        _message = null;
+        _messageLength = 0;
+        _messageInProgress = false;
+    }
+
+    private async ValueTask DeliverAsync(MessageKind kind, ReadOnlyMemory<byte> data)
+    {
+        EnterHandlers();
+        try
+        {
+            ValueTask pending;
+            try
+            {
+                pending = OnMessageAsync(new RealtimeMessage(kind, data));
+            }
+            catch (Exception exception)
+            {
+                HandlerFailed(exception, "Message");
+                return;
+            }
+            if (!pending.IsCompletedSuccessfully)
+            {
+                // The handler went asynchronous: let what it sent so far go out while it works.
+                Uncork();
+                try { await pending.ConfigureAwait(false); }
+                catch (Exception exception) { HandlerFailed(exception, "Message"); }
+                finally { CorkIncrement(); }
+            }
+        }
+        finally
+        {
+            ExitHandlers();
+        }
+    }
+
+    private void DispatchControl(byte[] payload, bool isPing)
+    {
+        EnterHandlers();
+        try
+        {
+            if (isPing) OnPing(payload);
+            else OnPong(payload);
+        }
+        catch (Exception exception)
+        {
+            HandlerFailed(exception, isPing ? "Ping" : "Pong");
+        }
+        finally
+        {
+            ExitHandlers();
+        }
+    }
+
+    /// <summary>A handler threw: log it and close the connection with 1011 (RFC 6455 §7.4.1).</summary>
+    private void HandlerFailed(Exception exception, string handler)
+    {
+        _server.Log.HandlerFailed(exception, handler, Id, _endpoint.Pattern);
+        CloseLocally(CloseCode.InternalError, "internal error");
+    }
+
+    internal void CloseLocally(ushort code, string reason)
+    {
+        byte[]? frame = null;
+        lock (_sync)
+        {
+            if (_ended) return;
+            var (core, request) = ConnectionModule.close(_core, code, reason, _server.Now());
+            _core = core;
+            if (request.IsSendCloseFrame)
+            {
+                frame = request.closeFrame;
+                _sentCloseCode = code;
+                _sentCloseReason = reason;
+            }
+        }
+        if (frame is not null) EnqueueControl(frame);
+    }
+
+    /// <summary>Called by the server's timer: keep-alive pings, idle and closing-handshake timeouts.</summary>
+    internal void Tick(long now)
+    {
+        TickAction action;
+        lock (_sync)
+        {
+            if (_ended) return;
+            var (core, due) = ConnectionModule.tick(_core, now);
+            _core = core;
+            action = due;
+            if (action.IsIdleTimedOut && _sentCloseCode == 0)
+            {
+                _sentCloseCode = CloseCode.GoingAway;
+                _sentCloseReason = "idle timeout";
+            }
+        }
+        switch (action.Tag)
+        {
+            case TickAction.Tags.SendPing:
+                EnqueueControl(action.pingFrame);
+                break;
+            case TickAction.Tags.IdleTimedOut:
+                _server.Log.IdleTimeout(Id);
+                lock (_sync) _abortWhenFlushed = true;
+                EnqueueControl(action.idleCloseFrame);
+                // A vanished peer may never take the close frame: the transport goes either way.
+                _ = Task.Delay(_endpoint.Options.CloseTimeout).ContinueWith(static (_, state) => ((RealtimeSocket)state!).AbortTransport(), this, TaskScheduler.Default);
+                break;
+            case TickAction.Tags.CloseHandshakeTimedOut:
+                AbortTransport();
+                break;
+        }
+    }
+
+    private void AbortTransport()
+    {
+        try { _context.Abort(); }
+        catch (Exception exception) { _server.Log.TransportEnded(Id, exception.Message); }
+    }
+
+    /// <summary>Last steps: let queued frames out, leave the topics, and call Close once.</summary>
+    private async Task FinishAsync()
+    {
+        try
+        {
+            await FlushRemainingAsync(_endpoint.Options.CloseTimeout).ConfigureAwait(false);
+        }
+        catch (Exception exception)
+        {
+            _server.Log.TransportEnded(Id, exception.Message);
+        }
+        ushort code;
+        string reason;
+        lock (_sync)
+        {
+            _ended = true;
+            _backpressure = Backpressure.closed(_backpressure);
+            var (peerCode, peerReason) = ConnectionModule.closeStatus(_core);
+            (code, reason) = peerCode == CloseCode.AbnormalClosure && _sentCloseCode != 0
+                ? (_sentCloseCode, _sentCloseReason)
+                : (peerCode, peerReason);
+            if (!_writing)
+            {
+                _transportFailed = true;
+                ReleaseIdleBuffers();
+            }
+        }
+        ResetMessage();
+        _server.Unregister(this);
+        _server.Log.ConnectionClosed(Id, code, reason);
+        EnterHandlers();
+        _closeDispatched = true;
+        try { OnClose(code, reason); }
+        catch (Exception exception) { _server.Log.HandlerFailed(exception, "Close", Id, _endpoint.Pattern); }
+        finally { Volatile.Write(ref _handlerGate, 0); }
+    }
+}

@@ -1,0 +1,219 @@
+using System.Net;
+using System.Text;
+using Microsoft.AspNetCore.Http;
+using Realtime.Protocol;
+
+namespace Realtime;
+
+/// <summary>
+/// One open WebSocket connection. Every member may be called from any thread: from the
+/// connection's own handlers, from another connection's handlers, or from an ordinary ASP.NET route.
+/// Sends never wait for the network: they queue the frame and report what happened.
+/// </summary>
+public abstract partial class RealtimeSocket
+{
+    private readonly RealtimeServer _server;
+    private readonly RealtimeEndpoint _endpoint;
+    private readonly HttpContext _context;
+    private readonly Stream _transport;
+    private readonly object _sync = new();
+
+    // The protocol core's state and the outgoing accounting; both guarded by _sync.
+    private Connection _core;
+    private Backpressure.State _backpressure;
+
+    private protected RealtimeSocket(RealtimeServer server, RealtimeEndpoint endpoint, HttpContext context, Stream transport, string? subprotocol, bool compression)
+    {
+        _server = server;
+        _endpoint = endpoint;
+        _context = context;
+        _transport = transport;
+        Id = server.NextConnectionId();
+        Protocol = subprotocol;
+        RemoteAddress = context.Connection.RemoteIpAddress;
+        _core = ConnectionModule.create(endpoint.ConnectionOptions(compression), server.Now());
+        _backpressure = Backpressure.initial;
+    }
+
+    /// <summary>A number that identifies the connection within the server, for <see cref="IRealtimeServer.TryGetConnection"/>.</summary>
+    public long Id { get; }
+
+    /// <summary>The route pattern of the endpoint the connection belongs to.</summary>
+    public string Endpoint => _endpoint.Pattern;
+
+    /// <summary>The subprotocol chosen in the handshake, if any.</summary>
+    public string? Protocol { get; }
+
+    /// <summary>The client's IP address.</summary>
+    public IPAddress? RemoteAddress { get; }
+
+    /// <summary>The HTTP context of the upgrade request (headers, user, services).</summary>
+    public HttpContext HttpContext => _context;
+
+    /// <summary>Bytes queued for this connection and not yet accepted by the transport.</summary>
+    public long BufferedAmount
+    {
+        get { lock (_sync) return _backpressure.Buffered; }
+    }
+
+    /// <summary>True until a close frame has been sent or the connection has ended.</summary>
+    public bool IsOpen
+    {
+        get { lock (_sync) return _core.CanSend && !_ended; }
+    }
+
+    /// <summary>Sends a text message.</summary>
+    /// <param name="text">The text, sent as UTF-8.</param>
+    /// <param name="compress">Compress the message when the client negotiated permessage-deflate.</param>
+    public SendResult Send(string text, bool compress = false)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        return SendText(text, compress);
+    }
+
+    /// <summary>Sends a binary message.</summary>
+    /// <param name="data">The bytes; they are copied before this returns.</param>
+    /// <param name="compress">Compress the message when the client negotiated permessage-deflate.</param>
+    public SendResult Send(ReadOnlySpan<byte> data, bool compress = false) => SendFrame(MessageKind.Binary, data, compress);
+
+    /// <summary>Sends a binary message.</summary>
+    public SendResult Send(byte[] data, bool compress = false)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        return SendFrame(MessageKind.Binary, data, compress);
+    }
+
+    /// <summary>Sends a binary message.</summary>
+    public SendResult Send(ReadOnlyMemory<byte> data, bool compress = false) => SendFrame(MessageKind.Binary, data.Span, compress);
+
+    /// <summary>Sends a message of the given kind; for <see cref="MessageKind.Text"/> the bytes must be UTF-8.</summary>
+    public SendResult Send(ReadOnlySpan<byte> data, MessageKind kind, bool compress = false)
+    {
+        if (kind == MessageKind.Text && !Utf8Validator.isValid(data))
+            throw new ArgumentException("a text message must be valid UTF-8", nameof(data));
+        return SendFrame(kind, data, compress);
+    }
+
+    /// <summary>Subscribes the connection to a topic; false when it already was.</summary>
+    public bool Subscribe(string topic) => _server.Subscribe(this, topic);
+
+    /// <summary>Unsubscribes the connection from a topic; false when it was not subscribed.</summary>
+    public bool Unsubscribe(string topic) => _server.Unsubscribe(this, topic);
+
+    /// <summary>True when the connection is subscribed to the topic.</summary>
+    public bool IsSubscribed(string topic) => _server.IsSubscribed(this, topic);
+
+    /// <summary>The topics the connection is subscribed to.</summary>
+    public IReadOnlyList<string> Subscriptions => _server.SubscriptionsOf(this);
+
+    /// <summary>Publishes a text message to every subscriber of the topic except this connection; returns how many it was queued to.</summary>
+    public int Publish(string topic, string text, bool compress = false)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        return _server.PublishText(topic, text, this, compress);
+    }
+
+    /// <summary>Publishes a binary message to every subscriber of the topic except this connection; returns how many it was queued to.</summary>
+    public int Publish(string topic, ReadOnlySpan<byte> data, bool compress = false) =>
+        _server.PublishFrame(topic, MessageKind.Binary, data, this, compress);
+
+    /// <summary>Publishes a message of the given kind to every subscriber of the topic except this connection.</summary>
+    public int Publish(string topic, ReadOnlySpan<byte> data, MessageKind kind, bool compress = false) =>
+        _server.PublishFrame(topic, kind, data, this, compress);
+
+    /// <summary>
+    /// Starts the closing handshake (RFC 6455 §7.1.2): sends a close frame with the code and reason
+    /// (cut to 123 UTF-8 bytes) and waits for the client's, up to the close timeout. No more
+    /// messages are delivered to the handlers. Does nothing when already closing.
+    /// </summary>
+    /// <param name="code">1000-1003, 1007-1011 or 3000-4999.</param>
+    /// <param name="reason">A short reason.</param>
+    public void Close(int code = 1000, string? reason = null)
+    {
+        if (code < 0 || code > ushort.MaxValue || !CloseCode.isSendable((ushort)code))
+            throw new ArgumentOutOfRangeException(nameof(code), code, "not a close code that may be sent (RFC 6455 §7.4)");
+        CloseLocally((ushort)code, reason ?? "");
+    }
+
+    /// <summary>Drops the TCP connection at once, without a closing handshake.</summary>
+    public void Terminate() => AbortTransport();
+
+    /// <summary>
+    /// Runs <paramref name="action"/> with the connection corked: every send made inside it goes
+    /// out in one write. Sends made inside a handler are already batched this way.
+    /// </summary>
+    public void Cork(Action action)
+    {
+        ArgumentNullException.ThrowIfNull(action);
+        CorkIncrement();
+        try { action(); }
+        finally { Uncork(); }
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => $"RealtimeSocket#{Id} {Endpoint}";
+
+    private SendResult SendText(string text, bool compress)
+    {
+        // Small texts are encoded on the stack; larger ones in a pooled buffer: no allocation either way.
+        int length = Encoding.UTF8.GetByteCount(text);
+        if (length <= 512)
+        {
+            Span<byte> utf8 = stackalloc byte[length];
+            Encoding.UTF8.GetBytes(text, utf8);
+            return SendFrame(MessageKind.Text, utf8, compress);
+        }
+        byte[] rented = System.Buffers.ArrayPool<byte>.Shared.Rent(length);
+        try
+        {
+            int written = Encoding.UTF8.GetBytes(text, rented);
+            return SendFrame(MessageKind.Text, rented.AsSpan(0, written), compress);
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(rented);
+        }
+    }
+
+    // Typed handler dispatch, implemented by RealtimeSocket<TData>.
+    private protected abstract void OnOpen();
+    private protected abstract ValueTask OnMessageAsync(RealtimeMessage message);
+    private protected abstract void OnClose(int code, string reason);
+    private protected abstract void OnDrain();
+    private protected abstract void OnPing(ReadOnlyMemory<byte> payload);
+    private protected abstract void OnPong(ReadOnlyMemory<byte> payload);
+}
+
+/// <summary>A connection of an endpoint whose connections carry data of type <typeparamref name="TData"/>.</summary>
+/// <typeparam name="TData">The data returned by the endpoint's <c>Attach</c> handler.</typeparam>
+public sealed class RealtimeSocket<TData> : RealtimeSocket
+{
+    private readonly RealtimeHandlers<TData> _handlers;
+
+    internal RealtimeSocket(RealtimeServer server, RealtimeEndpoint endpoint, RealtimeHandlers<TData> handlers, HttpContext context, Stream transport, string? subprotocol, bool compression, TData data)
+        : base(server, endpoint, context, transport, subprotocol, compression)
+    {
+        _handlers = handlers;
+        Data = data;
+    }
+
+    /// <summary>The data <c>Attach</c> returned for this connection; handlers may replace it.</summary>
+    public TData Data { get; set; }
+
+    private protected override void OnOpen() => _handlers.Open?.Invoke(this);
+
+    private protected override ValueTask OnMessageAsync(RealtimeMessage message)
+    {
+        if (_handlers.MessageAsync is { } asynchronous) return new ValueTask(asynchronous(this, message));
+        _handlers.Message?.Invoke(this, message);
+        return ValueTask.CompletedTask;
+    }
+
+    private protected override void OnClose(int code, string reason) => _handlers.Close?.Invoke(this, code, reason);
+
+    private protected override void OnDrain() => _handlers.Drain?.Invoke(this);
+
+    private protected override void OnPing(ReadOnlyMemory<byte> payload) => _handlers.Ping?.Invoke(this, payload);
+
+    private protected override void OnPong(ReadOnlyMemory<byte> payload) => _handlers.Pong?.Invoke(this, payload);
+}
