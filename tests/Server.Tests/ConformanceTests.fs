@@ -1,0 +1,3 @@
+module Realtime.Server.Tests.ConformanceTests
+
+open Expecto

@@ -1,0 +1,3 @@
+module Realtime.Server.Tests.HostTests
+
+open Expecto
