@@ -77,10 +77,11 @@ internal sealed class RealtimeServer : IRealtimeServer, IDisposable
     {
         lock (_topicsLock)
         {
+            // Leave the registry under the topics lock, so a late Subscribe cannot re-add the connection.
+            _connections.TryRemove(connection.Id, out _);
             var (table, _) = Topics.removeSubscriber(_topics, connection);
             Volatile.Write(ref _topics, table);
         }
-        _connections.TryRemove(connection.Id, out _);
         if (_endpoints.TryGetValue(connection.Endpoint, out var endpoint)) endpoint.Connections.TryRemove(connection.Id, out _);
     }
 

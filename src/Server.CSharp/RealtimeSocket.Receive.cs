@@ -1,4 +1,5 @@
 using System.Buffers;
+using Microsoft.AspNetCore.Connections;
 using Realtime.Protocol;
 
 namespace Realtime;
@@ -34,8 +35,7 @@ public abstract partial class RealtimeSocket
             await ReceiveLoopAsync().ConfigureAwait(false);
         }
         catch (Exception exception) when (exception is IOException or OperationCanceledException or ObjectDisposedException
-                                              || exception.GetType().Name == "ConnectionAbortedException"
-                                              || exception.GetType().Name == "ConnectionResetException")
+                                              or ConnectionAbortedException or ConnectionResetException)
         {
             _server.Log.TransportEnded(Id, exception.Message);
         }
