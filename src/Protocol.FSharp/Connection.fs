@@ -235,7 +235,13 @@ module Connection =
                 | Payload(length, offset, frameEnd) ->
                     let header = decoder.CurrentHeader
                     if Frame.isControl header.Opcode then
-                        Masking.apply (header.MaskKey, offset, input.Slice(start, length), current.Control.AsSpan(int offset, length))
+                        // Copy on write: the array may belong to an earlier connection value (the
+                        // header or the first payload bytes came in an earlier call), and writing
+                        // into it would change that value, and the payload of a ping or pong event
+                        // already handed out from it. Control payloads are at most 125 bytes.
+                        let control = if length = 0 then current.Control else Array.copy current.Control
+                        Masking.apply (header.MaskKey, offset, input.Slice(start, length), control.AsSpan(int offset, length))
+                        current <- { current with Control = control }
                         if frameEnd then
                             let struct (next, consumed, answer) = controlComplete current header.Opcode position
                             current <- next
@@ -279,19 +285,28 @@ module Connection =
         if connection.CloseReceived then struct (connection.ReceivedCode, connection.ReceivedReason)
         else struct (CloseCode.AbnormalClosure, "")
 
+    /// `time + timeout`, saturating at Int64.MaxValue ("never") instead of wrapping around: a
+    /// huge timeout (say Int64.MaxValue for "practically off") must not overflow into a deadline
+    /// in the past, which would fire at once.
+    let private after (time: int64) (timeout: int64) : int64 =
+        if time > 0L && timeout > Int64.MaxValue - time then Int64.MaxValue else time + timeout
+
     /// The time at which `tick` next has something to do (Int64.MaxValue when never).
     let nextDeadline (connection: Connection) : int64 =
         let options = connection.Options
         if connection.IsClosed then Int64.MaxValue
-        elif connection.CloseSent then connection.CloseSentAt + options.CloseTimeout
+        elif connection.CloseSent then after connection.CloseSentAt options.CloseTimeout
         elif options.IdleTimeout <= 0L then Int64.MaxValue
-        elif connection.PingSentAt >= 0L then connection.PingSentAt + options.IdleTimeout
-        else connection.LastActivity + options.IdleTimeout
+        elif connection.PingSentAt >= 0L then after connection.PingSentAt options.IdleTimeout
+        else after connection.LastActivity options.IdleTimeout
 
     /// Lets time pass: returns what is due at `now` (a keep-alive ping, an idle close, or the end
     /// of a closing handshake the peer never finished).
     let tick (connection: Connection, now: int64) : struct (Connection * TickAction) =
-        if now < nextDeadline connection then
+        let deadline = nextDeadline connection
+        // Int64.MaxValue means "never", even when `now` is Int64.MaxValue itself: otherwise a
+        // closed connection, or one with keep-alive off, would act at the end of time.
+        if deadline = Int64.MaxValue || now < deadline then
             struct (connection, NoAction)
         elif connection.CloseSent then
             struct ({ connection with TimedOut = true }, CloseHandshakeTimedOut)
