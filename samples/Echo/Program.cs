@@ -2,9 +2,21 @@
 //   /echo    every text or binary message goes back to its sender, same kind, same bytes.
 //   /fanout  every message goes to every other connection on /fanout (a topic publish that skips the sender).
 // Run: dotnet run -c Release --project samples/Echo -- --urls http://127.0.0.1:PORT
+// With --tls, the same URLs are served over HTTPS (wss://) with a self-signed certificate made at start.
 using Realtime;
 
+bool tls = args.Contains("--tls");
+args = args.Where(a => a != "--tls").ToArray();
+
 var builder = WebApplication.CreateBuilder(args);
+if (tls)
+{
+    var certificate = SelfSignedCertificate.Create();
+    builder.WebHost.ConfigureKestrel(kestrel => kestrel.ConfigureHttpsDefaults(https => https.ServerCertificate = certificate));
+    // --tls means every listening address speaks TLS, whatever scheme --urls gave.
+    string urls = builder.Configuration["urls"] ?? "http://127.0.0.1:5000";
+    builder.WebHost.UseUrls(urls.Replace("http://", "https://", StringComparison.OrdinalIgnoreCase));
+}
 builder.Logging.SetMinimumLevel(LogLevel.Warning);
 builder.Services.AddRealtime(options =>
 {
