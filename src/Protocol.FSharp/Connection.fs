@@ -273,6 +273,17 @@ module Connection =
                                 result <- ValueSome(struct (current, position, event))
             result.Value
 
+    /// Fails the connection for a message the shell found bad after the core passed it on: a
+    /// compressed message whose inflated size passes the limit (1009), whose text is not UTF-8 or
+    /// whose DEFLATE data is corrupt (1007). Returns the close frame to write (empty when a close
+    /// was already sent) before closing the transport, as for `ProtocolViolation`.
+    let failMessage (connection: Connection, error: ProtocolError) : struct (Connection * byte[]) =
+        if connection.IsClosed then struct (connection, Array.Empty<byte>())
+        else
+            let struct (failed, _, _) = failWith connection error 0
+            let closeFrame = if connection.CloseSent then Array.Empty<byte>() else Frame.close error.CloseCode error.Message
+            struct (failed, closeFrame)
+
     /// Asks to close with `code` and `reason` (cut to 123 UTF-8 bytes) at time `now`.
     let close (connection: Connection, code: uint16, reason: string, now: int64) : struct (Connection * CloseRequest) =
         if connection.CloseSent || connection.IsClosed then struct (connection, AlreadyClosing)

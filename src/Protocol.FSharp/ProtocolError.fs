@@ -28,13 +28,17 @@ type ProtocolError =
     | InvalidCloseCode of closeCode: uint16
     /// RFC 6455 §8.1: a text message or a close reason is not valid UTF-8.
     | InvalidUtf8
-    /// RFC 6455 §10.4: the message is larger than the configured maximum.
+    /// RFC 6455 §10.4: the message is larger than the configured maximum (for a compressed
+    /// message, once inflated: RFC 7692 §8.1 warns of messages that expand enormously).
     | MessageTooBig of limit: int64
+    /// RFC 7692 §7.2.2: a compressed message is not valid DEFLATE data.
+    | InvalidCompressedData
 
     /// The close code the connection is failed with.
     member error.CloseCode: uint16 =
         match error with
-        | InvalidUtf8 -> CloseCode.InvalidPayload
+        | InvalidUtf8
+        | InvalidCompressedData -> CloseCode.InvalidPayload
         | MessageTooBig _ -> CloseCode.MessageTooBig
         | _ -> CloseCode.ProtocolError
 
@@ -54,6 +58,7 @@ type ProtocolError =
         | InvalidCloseCode _ -> "invalid-close-code"
         | InvalidUtf8 -> "invalid-utf8"
         | MessageTooBig _ -> "message-too-big"
+        | InvalidCompressedData -> "invalid-compressed-data"
 
     /// A short human-readable explanation, also used as the close frame's reason.
     member error.Message: string =
@@ -71,3 +76,4 @@ type ProtocolError =
         | InvalidCloseCode code -> sprintf "invalid close code %d" code
         | InvalidUtf8 -> "invalid UTF-8"
         | MessageTooBig limit -> sprintf "message over %d bytes" limit
+        | InvalidCompressedData -> "invalid compressed data"

@@ -27,7 +27,8 @@ let protocolErrors: (ProtocolError * uint16 * string) list =
       InvalidClosePayload, 1002us, "invalid-close-payload"
       InvalidCloseCode 1004us, 1002us, "invalid-close-code"
       InvalidUtf8, 1007us, "invalid-utf8"
-      MessageTooBig 1024L, 1009us, "message-too-big" ]
+      MessageTooBig 1024L, 1009us, "message-too-big"
+      InvalidCompressedData, 1007us, "invalid-compressed-data" ]
 
 [<Tests>]
 let tests =

@@ -672,3 +672,32 @@ let tests =
                     | _ -> true))
         ]
     ]
+
+[<Tests>]
+let failMessageTests =
+    testList "RFC 7692 §7.2.2 failing a message found bad after inflating" [
+        testCase "an inflated size over the limit fails with 1009 and a close frame" <| fun () ->
+            let connection = Connection.create (Connection.defaultOptions, 0L)
+            let struct (failed, closeFrame) = Connection.failMessage (connection, MessageTooBig 10L)
+            Expect.isTrue failed.IsClosed "nothing more is read"
+            Expect.isFalse failed.CanSend "no data after the close frame"
+            Expect.equal closeFrame (Frame.close 1009us "message over 10 bytes") "close 1009 with the reason"
+        testCase "corrupt DEFLATE data and invalid inflated UTF-8 fail with 1007" <| fun () ->
+            for error in [ InvalidCompressedData; InvalidUtf8 ] do
+                let connection = Connection.create (Connection.defaultOptions, 0L)
+                let struct (_, closeFrame) = Connection.failMessage (connection, error)
+                Expect.equal closeFrame[2..3] [| 0x03uy; 0xEFuy |] $"{error.Code} closes with 1007"
+            Expect.equal InvalidCompressedData.Code "invalid-compressed-data" "stable code"
+        testCase "after our own close frame no second close frame is produced" <| fun () ->
+            let connection = Connection.create (Connection.defaultOptions, 0L)
+            let struct (closing, _) = Connection.close (connection, 1000us, "bye", 0L)
+            let struct (failed, closeFrame) = Connection.failMessage (closing, InvalidUtf8)
+            Expect.isEmpty closeFrame "the close frame was already sent"
+            Expect.isTrue failed.IsClosed "failed"
+        testCase "a connection already closed stays as it is" <| fun () ->
+            let connection = Connection.create (Connection.defaultOptions, 0L)
+            let struct (failed, _) = Connection.failMessage (connection, InvalidUtf8)
+            let struct (again, closeFrame) = Connection.failMessage (failed, MessageTooBig 1L)
+            Expect.isEmpty closeFrame "nothing more to write"
+            Expect.isTrue again.IsClosed "still closed"
+    ]
