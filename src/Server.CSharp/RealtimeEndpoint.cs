@@ -72,6 +72,35 @@ internal abstract class RealtimeEndpoint
         return new Handshake.HandshakeRequest(request.Method, request.Path.Value + request.QueryString.Value, request.Protocol, headers.ToArray());
     }
 
+    /// <summary>Total bytes of the request's header names and values.</summary>
+    protected static long HeaderBytes(HttpRequest request)
+    {
+        long total = 0;
+        foreach (var (name, values) in request.Headers)
+        {
+            foreach (var value in values) total += name.Length + (value?.Length ?? 0) + 4;
+        }
+        return total;
+    }
+
+    /// <summary>
+    /// RFC 6455 §10.2: the server decides which origins it serves. No <c>Origin</c> header means a
+    /// non-browser client, which the allow-list is not about.
+    /// </summary>
+    protected bool OriginAllowed(HttpRequest request)
+    {
+        if (Options.AllowedOrigins.Count == 0) return true;
+        var origins = request.Headers.Origin;
+        if (origins.Count == 0) return true;
+        if (origins.Count > 1) return false;
+        string origin = origins[0]!.Trim().TrimEnd('/');
+        foreach (var allowed in Options.AllowedOrigins)
+        {
+            if (string.Equals(origin, allowed.Trim().TrimEnd('/'), StringComparison.OrdinalIgnoreCase)) return true;
+        }
+        return false;
+    }
+
     /// <summary>Writes a refusal before the upgrade: status, extra headers and a short text body.</summary>
     protected static async Task RejectAsync(HttpContext context, int status, string reason, IEnumerable<Handshake.HttpHeader> headers)
     {
@@ -113,6 +142,12 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
             await RejectAsync(context, StatusCodes.Status503ServiceUnavailable, "server shutting down", []).ConfigureAwait(false);
             return;
         }
+        if (HeaderBytes(context.Request) > Options.MaxHandshakeHeaderBytes)
+        {
+            Server.Log.HandshakeRejected(Pattern, StatusCodes.Status431RequestHeaderFieldsTooLarge, "headers-too-large", "request headers over the limit");
+            await RejectAsync(context, StatusCodes.Status431RequestHeaderFieldsTooLarge, "request headers too large", []).ConfigureAwait(false);
+            return;
+        }
         var result = Handshake.accept(Policy, ToHandshakeRequest(context.Request));
         if (result is Handshake.HandshakeResult.Rejected { rejection: var rejection })
         {
@@ -129,6 +164,31 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
             return;
         }
 
+        if (!OriginAllowed(context.Request))
+        {
+            Server.Log.HandshakeRejected(Pattern, StatusCodes.Status403Forbidden, "origin-not-allowed", context.Request.Headers.Origin.ToString());
+            await RejectAsync(context, StatusCodes.Status403Forbidden, "origin not allowed", []).ConfigureAwait(false);
+            return;
+        }
+        var address = context.Connection.RemoteIpAddress;
+        if (!Server.TryReserveSlot(address, Options))
+        {
+            Server.Log.HandshakeRejected(Pattern, StatusCodes.Status503ServiceUnavailable, "too-many-connections", address?.ToString() ?? "");
+            await RejectAsync(context, StatusCodes.Status503ServiceUnavailable, "too many connections", []).ConfigureAwait(false);
+            return;
+        }
+        try
+        {
+            await AttachAndRunAsync(context, upgrade, acceptance).ConfigureAwait(false);
+        }
+        finally
+        {
+            Server.ReleaseSlot(address);
+        }
+    }
+
+    private async Task AttachAndRunAsync(HttpContext context, IHttpUpgradeFeature upgrade, Handshake.Acceptance acceptance)
+    {
         Attachment<TData> attachment;
         if (_handlers.AttachAsync is { } attachAsync) attachment = await attachAsync(context).ConfigureAwait(false);
         else if (_handlers.Attach is { } attach) attachment = attach(context);

@@ -27,6 +27,13 @@ namespace Microsoft.Extensions.DependencyInjection
                 provider.GetService<TimeProvider>()));
             services.TryAddSingleton<IRealtimeServer>(provider => provider.GetRequiredService<RealtimeServer>());
             services.AddHostedService<RealtimeShutdown>();
+            // The handshake's header time is Kestrel's to enforce: it reads the headers before any endpoint runs.
+            services.AddSingleton<IConfigureOptions<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>>(provider =>
+                new ConfigureOptions<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>(kestrel =>
+                {
+                    if (provider.GetRequiredService<IOptions<RealtimeOptions>>().Value.HandshakeTimeout is { } timeout)
+                        kestrel.Limits.RequestHeadersTimeout = timeout;
+                }));
             return new RealtimeBuilder(services);
         }
     }

@@ -50,6 +50,31 @@ public sealed class RealtimeOptions
     /// <summary>Size of the pooled buffer a connection reads into while data is arriving; an idle connection holds none. Default 16 KiB.</summary>
     public int ReceiveBufferSize { get; set; } = 16 * 1024;
 
+    /// <summary>
+    /// Origins allowed to open connections, compared case-insensitively with the request's
+    /// <c>Origin</c> header (for example <c>https://example.com</c>). A browser always sends
+    /// <c>Origin</c>, so this stops other sites' pages from connecting with the user's cookies
+    /// (cross-site WebSocket hijacking); a disallowed origin gets 403 before the upgrade. Requests
+    /// without <c>Origin</c> (non-browser clients) are allowed. Empty (the default) allows every origin.
+    /// </summary>
+    public IList<string> AllowedOrigins { get; set; } = new List<string>();
+
+    /// <summary>Most Realtime connections open at once on the server, all endpoints together; more get 503 before the upgrade. Null (the default) is no limit.</summary>
+    public int? MaxConnections { get; set; }
+
+    /// <summary>Most Realtime connections open at once from one remote IP address; more get 503 before the upgrade. Null (the default) is no limit.</summary>
+    public int? MaxConnectionsPerAddress { get; set; }
+
+    /// <summary>Largest total size of the upgrade request's header lines (names and values); larger gets 431. Default 16 KiB.</summary>
+    public int MaxHandshakeHeaderBytes { get; set; } = 16 * 1024;
+
+    /// <summary>
+    /// When set, the longest time a client may take to send its request headers, applied to
+    /// Kestrel's <c>RequestHeadersTimeout</c> (so it covers every HTTP request of the server, since
+    /// the headers are read before any endpoint runs). Null (the default) keeps Kestrel's 30 s.
+    /// </summary>
+    public TimeSpan? HandshakeTimeout { get; set; }
+
     /// <summary>How long host shutdown waits for connections to finish their closing handshake after sending them 1001. Default 5 s.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(5);
 
@@ -58,6 +83,7 @@ public sealed class RealtimeOptions
     {
         var copy = (RealtimeOptions)MemberwiseClone();
         copy.Subprotocols = new List<string>(Subprotocols);
+        copy.AllowedOrigins = new List<string>(AllowedOrigins);
         return copy;
     }
 
@@ -69,6 +95,9 @@ public sealed class RealtimeOptions
         if (CloseTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(CloseTimeout), "must be positive");
         if (BackpressureLimit < 0) throw new ArgumentOutOfRangeException(nameof(BackpressureLimit), "must not be negative");
         if (MaxBufferedAmount < BackpressureLimit) throw new ArgumentOutOfRangeException(nameof(MaxBufferedAmount), "must be at least BackpressureLimit");
+        if (MaxConnections is <= 0) throw new ArgumentOutOfRangeException(nameof(MaxConnections), "must be positive");
+        if (MaxConnectionsPerAddress is <= 0) throw new ArgumentOutOfRangeException(nameof(MaxConnectionsPerAddress), "must be positive");
+        if (MaxHandshakeHeaderBytes < 1024) throw new ArgumentOutOfRangeException(nameof(MaxHandshakeHeaderBytes), "must be at least 1 KiB");
         if (ReceiveBufferSize < 256) throw new ArgumentOutOfRangeException(nameof(ReceiveBufferSize), "must be at least 256 bytes");
     }
 }

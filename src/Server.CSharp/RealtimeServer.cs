@@ -23,6 +23,8 @@ internal sealed class RealtimeServer : IRealtimeServer, IDisposable
     private TimeSpan _timerPeriod = TimeSpan.MaxValue;
     private readonly object _timerLock = new();
     private volatile bool _shuttingDown;
+    private int _admitted;
+    private readonly ConcurrentDictionary<System.Net.IPAddress, int> _admittedPerAddress = new();
 
     public RealtimeServer(ILogger<RealtimeServer> logger, TimeProvider? time = null)
     {
@@ -65,6 +67,44 @@ internal sealed class RealtimeServer : IRealtimeServer, IDisposable
     {
         long now = Now();
         foreach (var connection in _connections.Values) connection.Tick(now);
+    }
+
+    /// <summary>
+    /// Reserves a connection slot before the upgrade, under the endpoint's limits; false when a
+    /// limit is reached. Every successful call is paired with one <see cref="ReleaseSlot"/>.
+    /// </summary>
+    internal bool TryReserveSlot(System.Net.IPAddress? address, RealtimeOptions options)
+    {
+        int total = Interlocked.Increment(ref _admitted);
+        if (options.MaxConnections is { } max && total > max)
+        {
+            Interlocked.Decrement(ref _admitted);
+            return false;
+        }
+        if (address is null) return true;
+        int fromAddress = _admittedPerAddress.AddOrUpdate(address, 1, static (_, count) => count + 1);
+        if (options.MaxConnectionsPerAddress is { } perAddress && fromAddress > perAddress)
+        {
+            ReleaseSlot(address);
+            return false;
+        }
+        return true;
+    }
+
+    /// <summary>Frees a slot taken by <see cref="TryReserveSlot"/>.</summary>
+    internal void ReleaseSlot(System.Net.IPAddress? address)
+    {
+        Interlocked.Decrement(ref _admitted);
+        if (address is null) return;
+        while (true)
+        {
+            if (!_admittedPerAddress.TryGetValue(address, out int count)) return;
+            if (count <= 1)
+            {
+                if (_admittedPerAddress.TryRemove(new KeyValuePair<System.Net.IPAddress, int>(address, count))) return;
+            }
+            else if (_admittedPerAddress.TryUpdate(address, count - 1, count)) return;
+        }
     }
 
     internal void Register(RealtimeSocket connection)
