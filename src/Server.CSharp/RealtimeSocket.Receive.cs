@@ -334,8 +334,11 @@ public abstract partial class RealtimeSocket
         {
             _ended = true;
             _backpressure = Backpressure.closed(_backpressure);
+            // When the server started the closing handshake (ws.Close, a failed handler, a protocol
+            // error, idle timeout, shutdown), its code says why the connection ended; the client's
+            // answer to it (often a plain 1000) does not.
             var (peerCode, peerReason) = ConnectionModule.closeStatus(_core);
-            (code, reason) = peerCode == CloseCode.AbnormalClosure && _sentCloseCode != 0
+            (code, reason) = _sentCloseCode != 0
                 ? (_sentCloseCode, _sentCloseReason)
                 : (peerCode, peerReason);
             if (!_writing)
