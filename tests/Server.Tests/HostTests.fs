@@ -215,6 +215,37 @@ let handlerOrderTests =
             Expect.equal (events |> Seq.filter (fun e -> e.StartsWith "close:") |> List.ofSeq) [ "close:carol:1006:" ] "abnormal closure, reported once"
         })
 
+        testCaseTask "an async Message handler finishes before the next message and before Close, even when the client closes meanwhile" (fun () -> task {
+            let events = ConcurrentQueue<string>()
+            let routes (app: WebApplication) =
+                app.MapRealtime(
+                    "/slow",
+                    RealtimeHandlers<obj>(
+                        MessageAsync =
+                            (fun _ message ->
+                                task {
+                                    let text = message.Text
+                                    events.Enqueue $"start:{text}"
+                                    do! Task.Delay 150
+                                    events.Enqueue $"end:{text}"
+                                }
+                                :> Task),
+                        Close = (fun _ code _ -> events.Enqueue $"close:{code}")
+                    )
+                )
+                |> ignore
+            let! server = start ignore routes
+            use _ = server
+            use! raw = RawClient.connect server.Port "/slow"
+            do! raw.SendText "a"
+            do! raw.SendText "b"
+            do! raw.SendClose(1000us, "")
+            let! code = raw.ReceiveClose(seconds 10.0)
+            Expect.equal code (Some 1000us) "the close is answered"
+            do! expectEventually (seconds 10.0) "Close ran" (fun () -> events |> Seq.exists (fun e -> e.StartsWith "close:"))
+            Expect.sequenceEqual (events.ToArray()) [ "start:a"; "end:a"; "start:b"; "end:b"; "close:1000" ] "never overlapping, in order"
+        })
+
         testCaseTask "every connection has its own id, TryGetConnection finds it while open and not after" (fun () -> task {
             let events = ConcurrentQueue<string>()
             let! server = start ignore (orderedRoutes events)
@@ -532,6 +563,35 @@ let pubSubTests =
             do! expectNothingBefore server b
         })
 
+        testCaseTask "a Close handler can still publish to the topic it left, as the Chat sample's leave notice does" (fun () -> task {
+            let sendsInClose = ConcurrentQueue<SendStatus>()
+            let routes (app: WebApplication) =
+                app.MapRealtime(
+                    "/chat",
+                    RealtimeHandlers<obj>(
+                        Open =
+                            (fun ws ->
+                                ws.Subscribe "room" |> ignore
+                                ws.Send($"id:{ws.Id}") |> ignore),
+                        Close =
+                            (fun ws _ _ ->
+                                sendsInClose.Enqueue (ws.Send "too late").Status
+                                ws.Publish("room", $"{ws.Id} left") |> ignore)
+                    )
+                )
+                |> ignore
+            let! server = start ignore routes
+            use _ = server
+            let! stay, _ = connectWithId (server.WsUrl + "/chat")
+            use _ = stay
+            let! leave, leaveId = connectWithId (server.WsUrl + "/chat")
+            do! closeClient leave 1000 ""
+            leave.Dispose()
+            let! notice = receiveText stay
+            Expect.equal notice $"{leaveId} left" "the one who stayed hears about it"
+            Expect.sequenceEqual sendsInClose [ SendStatus.Dropped ] "a send to the closed connection itself is dropped"
+        })
+
         testCaseTask "a closed connection leaves its topics" (fun () -> task {
             let counts = ConcurrentQueue<int>()
             let! server = start ignore (topicRoutes counts)
@@ -686,6 +746,22 @@ let private fillUntilStuck (socket: RealtimeSocket) : Task<ResizeArray<SendStatu
         return statuses, bufferedAtBackpressure
     }
 
+/// The client reads again: counts binary messages and collects texts up to the text "end".
+let private readUntilEnd (raw: RawClient.RawConnection) : Task<int * ResizeArray<string>> =
+    task {
+        let mutable binary = 0
+        let mutable finished = false
+        let texts = ResizeArray<string>()
+        while not finished do
+            let! kind, bytes = raw.ReceiveMessage()
+            if kind = Opcode.Binary then binary <- binary + 1
+            else
+                let text = Encoding.UTF8.GetString bytes
+                texts.Add text
+                finished <- text = "end"
+        return binary, texts
+    }
+
 [<Tests>]
 let backpressureTests =
     testList "Host: sends to a client that stops reading report Backpressure, then Dropped, and Drain fires when it reads again" [
@@ -715,21 +791,8 @@ let backpressureTests =
             do! Task.Delay 300
             Expect.equal drains.Value drainsWhileStuck "no Drain while the client does not read"
 
-            // The client reads again: everything queued arrives, then a marker.
-            let reader =
-                task {
-                    let mutable binary = 0
-                    let mutable finished = false
-                    let texts = ResizeArray<string>()
-                    while not finished do
-                        let! kind, bytes = raw.ReceiveMessage()
-                        if kind = Opcode.Binary then binary <- binary + 1
-                        else
-                            let text = Encoding.UTF8.GetString bytes
-                            texts.Add text
-                            finished <- text = "end"
-                    return binary, texts
-                }
+            // The client reads again: everything queued arrives, then the later sends.
+            let reader = readUntilEnd raw
             do! expectEventually (seconds 15.0) "Drain fired after the client read again" (fun () -> drains.Value = drainsWhileStuck + 1)
             do! expectEventually (seconds 15.0) "the buffer emptied" (fun () -> socket.BufferedAmount = 0L)
             let after = socket.Send "after"
@@ -740,6 +803,29 @@ let backpressureTests =
             Expect.sequenceEqual texts [ "after"; "end" ] "then the later sends"
             do! Task.Delay 100
             Expect.equal drains.Value (drainsWhileStuck + 1) "Drain fired once for the episode"
+        })
+
+        testCaseTask "each stall the client recovers from is a new episode with one Drain of its own" (fun () -> task {
+            let opened = TaskCompletionSource<RealtimeSocket>(TaskCreationOptions.RunContinuationsAsynchronously)
+            let drains = ref 0
+            let closes = ConcurrentQueue<int>()
+            let! server = start ignore (slowReaderRoutes opened drains closes false)
+            use _ = server
+            use! raw = connectRawSmallWindow server.Port "/slow-reader"
+            let! socket = opened.Task.WaitAsync(seconds 10.0)
+            for episode in 1..2 do
+                let! _ = fillUntilStuck socket
+                let before = drains.Value
+                do! Task.Delay 200
+                Expect.equal drains.Value before $"episode {episode}: no Drain while the client does not read"
+                let reader = readUntilEnd raw
+                do! expectEventually (seconds 15.0) $"episode {episode}: Drain fired" (fun () -> drains.Value = before + 1)
+                do! expectEventually (seconds 15.0) $"episode {episode}: the buffer emptied" (fun () -> socket.BufferedAmount = 0L)
+                socket.Send "end" |> ignore
+                let! _ = reader.WaitAsync(seconds 15.0)
+                do! Task.Delay 100
+                Expect.equal drains.Value (before + 1) $"episode {episode}: one Drain"
+            Expect.isEmpty closes "the connection stayed open throughout"
         })
 
         testCaseTask "with CloseOnBackpressureLimit the connection is closed with 1008 instead of dropping" (fun () -> task {
