@@ -70,8 +70,9 @@ public sealed class RealtimeHandlers<TData>
     public Func<RealtimeSocket<TData>, RealtimeMessage, Task>? MessageAsync { get; init; }
 
     /// <summary>
-    /// Runs once when the connection has ended, with the close code (the client's, the one the server
-    /// closed with, or 1006 when the transport ended without a close frame) and reason.
+    /// Runs once when the connection has ended, with a close code and reason: the server's own when
+    /// it started the closing handshake (<c>Close</c>, a failed handler, a protocol error, idle
+    /// timeout, shutdown), else the client's, or 1006 when the transport ended without a close frame.
     /// </summary>
     public Action<RealtimeSocket<TData>, int, string>? Close { get; init; }
 

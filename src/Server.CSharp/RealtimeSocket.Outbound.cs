@@ -23,7 +23,7 @@ public abstract partial class RealtimeSocket : IThreadPoolWorkItem
     private bool _writing;
     private int _corks;
     private bool _transportFailed;
-    private bool _abortWhenFlushed;
+    private bool _stopReceivingWhenFlushed;
     private TaskCompletionSource? _writerIdle;
 
     // Handlers of one connection never overlap: the receive loop and a writer that reports Drain
@@ -156,23 +156,36 @@ public abstract partial class RealtimeSocket : IThreadPoolWorkItem
             byte[] chunk;
             int length;
             int controlBytes;
+            bool stopReceiving;
             lock (_sync)
             {
+                stopReceiving = _stopReceivingWhenFlushed;
                 if (_pendingLength == 0 || _transportFailed)
                 {
                     _writing = false;
                     ReleaseIdleBuffers();
                     _writerIdle?.TrySetResult();
-                    if (_abortWhenFlushed) AbortTransport();
-                    return;
+                    chunk = null!;
+                    length = 0;
+                    controlBytes = 0;
                 }
-                chunk = _pending!;
-                length = _pendingLength;
-                controlBytes = _pendingControlBytes;
-                _pending = _spare;
-                _spare = null;
-                _pendingLength = 0;
-                _pendingControlBytes = 0;
+                else
+                {
+                    chunk = _pending!;
+                    length = _pendingLength;
+                    controlBytes = _pendingControlBytes;
+                    _pending = _spare;
+                    _spare = null;
+                    _pendingLength = 0;
+                    _pendingControlBytes = 0;
+                }
+            }
+            if (length == 0)
+            {
+                // Ending the receive loop lets Kestrel send what it was given, then close the TCP
+                // connection; aborting instead would drop the bytes still in its output pipe.
+                if (stopReceiving) StopReceiving();
+                return;
             }
 
             try

@@ -23,6 +23,10 @@ public abstract partial class RealtimeSocket
     private ushort _sentCloseCode;
     private string _sentCloseReason = "";
 
+    // Ends the receive loop without aborting the transport (after the idle-timeout close frame).
+    // It never gets a timer or wait handle, so it needs no Dispose.
+    private readonly CancellationTokenSource _receiving = new();
+
     /// <summary>Runs the connection from open to close; never throws.</summary>
     internal async Task RunAsync()
     {
@@ -69,11 +73,11 @@ public abstract partial class RealtimeSocket
                 if (_core.IsClosed || _transportFailed) return;
             }
             // Wait for data without holding a buffer: idle connections cost no receive memory.
-            await _transport.ReadAsync(Memory<byte>.Empty).ConfigureAwait(false);
+            await _transport.ReadAsync(Memory<byte>.Empty, _receiving.Token).ConfigureAwait(false);
             byte[] buffer = ArrayPool<byte>.Shared.Rent(bufferSize);
             try
             {
-                int read = await _transport.ReadAsync(buffer.AsMemory(0, bufferSize)).ConfigureAwait(false);
+                int read = await _transport.ReadAsync(buffer.AsMemory(0, bufferSize), _receiving.Token).ConfigureAwait(false);
                 if (read == 0) return;
                 await ProcessAsync(buffer, read).ConfigureAwait(false);
             }
@@ -300,9 +304,11 @@ public abstract partial class RealtimeSocket
                 break;
             case TickAction.Tags.IdleTimedOut:
                 _server.Log.IdleTimeout(Id);
-                lock (_sync) _abortWhenFlushed = true;
+                // Once the close frame is handed to Kestrel the connection ends without waiting for
+                // the silent client's answer; a vanished peer may never take the frame at all, so
+                // the transport is aborted after the close timeout either way.
+                lock (_sync) _stopReceivingWhenFlushed = true;
                 EnqueueControl(action.idleCloseFrame);
-                // A vanished peer may never take the close frame: the transport goes either way.
                 _ = Task.Delay(_endpoint.Options.CloseTimeout).ContinueWith(static (_, state) => ((RealtimeSocket)state!).AbortTransport(), this, TaskScheduler.Default);
                 break;
             case TickAction.Tags.CloseHandshakeTimedOut:
@@ -310,6 +316,9 @@ public abstract partial class RealtimeSocket
                 break;
         }
     }
+
+    /// <summary>Ends the receive loop: the connection finishes and Kestrel closes the TCP connection after sending what it holds.</summary>
+    private void StopReceiving() => _receiving.Cancel();
 
     private void AbortTransport()
     {
@@ -334,8 +343,11 @@ public abstract partial class RealtimeSocket
         {
             _ended = true;
             _backpressure = Backpressure.closed(_backpressure);
+            // When the server started the closing handshake (ws.Close, a failed handler, a protocol
+            // error, idle timeout, shutdown), its code says why the connection ended; the client's
+            // answer to it (often a plain 1000) does not.
             var (peerCode, peerReason) = ConnectionModule.closeStatus(_core);
-            (code, reason) = peerCode == CloseCode.AbnormalClosure && _sentCloseCode != 0
+            (code, reason) = _sentCloseCode != 0
                 ? (_sentCloseCode, _sentCloseReason)
                 : (peerCode, peerReason);
             if (!_writing)
