@@ -309,7 +309,7 @@ public abstract partial class RealtimeSocket
                 // the transport is aborted after the close timeout either way.
                 lock (_sync) _stopReceivingWhenFlushed = true;
                 EnqueueControl(action.idleCloseFrame);
-                _ = Task.Delay(_endpoint.Options.CloseTimeout).ContinueWith(static (_, state) => ((RealtimeSocket)state!).AbortTransport(), this, TaskScheduler.Default);
+                _ = Task.Delay(_endpoint.Options.CloseTimeout).ContinueWith(static (_, state) => ((RealtimeSocket)state!).AbortUnlessEnded(), this, TaskScheduler.Default);
                 break;
             case TickAction.Tags.CloseHandshakeTimedOut:
                 AbortTransport();
@@ -319,6 +319,14 @@ public abstract partial class RealtimeSocket
 
     /// <summary>Ends the receive loop: the connection finishes and Kestrel closes the TCP connection after sending what it holds.</summary>
     private void StopReceiving() => _receiving.Cancel();
+
+    /// <summary>The backstop after an idle close: drop the transport only if the connection is still running.</summary>
+    private void AbortUnlessEnded()
+    {
+        bool ended;
+        lock (_sync) ended = _ended;
+        if (!ended) AbortTransport();
+    }
 
     private void AbortTransport()
     {
