@@ -24,20 +24,22 @@ builder.Services.AddRealtime(options =>
     options.MaxPayloadLength = 64 * 1024 * 1024;
     options.MaxBufferedAmount = 256L * 1024 * 1024;
     options.BackpressureLimit = 1024 * 1024;
+    // Accept permessage-deflate offers; what arrives compressed goes back compressed.
+    options.PerMessageDeflate = true;
 });
 
 var app = builder.Build();
 
 app.MapRealtime("/echo", new RealtimeHandlers<object?>
 {
-    Message = (ws, message) => ws.Send(message.Data.Span, message.Kind),
+    Message = (ws, message) => ws.Send(message),
 });
 
 const string FanoutTopic = "fanout";
 app.MapRealtime("/fanout", new RealtimeHandlers<object?>
 {
     Open = ws => ws.Subscribe(FanoutTopic),
-    Message = (ws, message) => ws.Publish(FanoutTopic, message.Data.Span, message.Kind),
+    Message = (ws, message) => ws.Publish(FanoutTopic, message.Data.Span, message.Kind, message.Compressed),
 });
 
 app.MapGet("/", () => "Realtime echo server: /echo and /fanout");

@@ -22,7 +22,12 @@ internal abstract class RealtimeEndpoint
         Limits = new Backpressure.Limits(options.BackpressureLimit, options.MaxBufferedAmount, options.CloseOnBackpressureLimit);
         Policy = new Handshake.Policy(
             options.Subprotocols.ToArray(),
-            DisabledDeflate);
+            new PerMessageDeflate.Config(
+                options.PerMessageDeflate,
+                options.ServerNoContextTakeover,
+                options.ClientNoContextTakeover,
+                options.ServerMaxWindowBits,
+                options.ClientMaxWindowBits));
         _plainConnection = new ConnectionOptions(
             options.MaxPayloadLength,
             false,
@@ -31,14 +36,6 @@ internal abstract class RealtimeEndpoint
         _compressedConnection = new ConnectionOptions(
             _plainConnection.MaxMessageSize, true, _plainConnection.IdleTimeout, _plainConnection.CloseTimeout);
     }
-
-    // Compression is negotiated once the host can compress (RFC 7692); until then offers are declined.
-    private static readonly PerMessageDeflate.Config DisabledDeflate = new(
-        false,
-        PerMessageDeflate.defaults.ServerNoContextTakeover,
-        PerMessageDeflate.defaults.ClientNoContextTakeover,
-        PerMessageDeflate.defaults.ServerMaxWindowBits,
-        PerMessageDeflate.defaults.ClientMaxWindowBits);
 
     private readonly ConnectionOptions _compressedConnection;
 
@@ -204,7 +201,7 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         Stream transport = await upgrade.UpgradeAsync().ConfigureAwait(false);
         var socket = new RealtimeSocket<TData>(
             Server, this, _handlers, context, transport,
-            acceptance.Subprotocol?.Value, acceptance.Deflate is not null, attachment.Data);
+            acceptance.Subprotocol?.Value, acceptance.Deflate?.Value, attachment.Data);
         await socket.RunAsync().ConfigureAwait(false);
     }
 }

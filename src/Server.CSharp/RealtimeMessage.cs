@@ -12,10 +12,20 @@ public readonly struct RealtimeMessage
 {
     /// <summary>Wraps a message's kind and bytes.</summary>
     public RealtimeMessage(MessageKind kind, ReadOnlyMemory<byte> data)
+        : this(kind, data, false)
+    {
+    }
+
+    /// <summary>Wraps a message's kind and bytes, and whether the client sent it compressed.</summary>
+    public RealtimeMessage(MessageKind kind, ReadOnlyMemory<byte> data, bool compressed)
     {
         Kind = kind;
         Data = data;
+        Compressed = compressed;
     }
+
+    /// <summary>True when the client sent the message compressed (permessage-deflate); <see cref="Data"/> is already inflated.</summary>
+    public bool Compressed { get; }
 
     /// <summary>Text or binary.</summary>
     public MessageKind Kind { get; }

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Text;
 using Microsoft.Extensions.Logging;
 using Microsoft.FSharp.Core;
+using Realtime.Compression;
 using Realtime.Protocol;
 
 namespace Realtime;
@@ -173,10 +174,30 @@ internal sealed class RealtimeServer : IRealtimeServer, IDisposable
         if (recipients.IsEmpty) return 0;
         Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
         int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
+        // Compressed once, on first need, for every recipient that can take a shared compressed frame.
+        byte[]? compressed = null;
+        int compressedLength = 0;
         int queued = 0;
-        foreach (var recipient in recipients)
+        try
         {
-            if (recipient.Enqueue(header[..headerLength], payload).IsQueued) queued++;
+            foreach (var recipient in recipients)
+            {
+                SendResult result;
+                if (!recipient.WantsCompression(compress, payload.Length))
+                    result = recipient.Enqueue(header[..headerLength], payload);
+                else if (recipient.AcceptsSharedCompression)
+                {
+                    if (compressed is null) compressedLength = CompressorPool.SharedDeflater(15).Compress(payload, out compressed);
+                    result = recipient.EnqueueCompressed(kind, compressed.AsSpan(0, compressedLength));
+                }
+                else
+                    result = recipient.SendFrame(kind, payload, compress: true);
+                if (result.IsQueued) queued++;
+            }
+        }
+        finally
+        {
+            if (compressed is not null) System.Buffers.ArrayPool<byte>.Shared.Return(compressed);
         }
         return queued;
     }

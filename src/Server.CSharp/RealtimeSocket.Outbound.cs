@@ -33,12 +33,8 @@ public abstract partial class RealtimeSocket : IThreadPoolWorkItem
     private int _drainPending;
     private bool _closeDispatched;
 
-    internal SendResult SendFrame(MessageKind kind, ReadOnlySpan<byte> payload, bool compress)
-    {
-        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
-        int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
-        return Enqueue(header[..headerLength], payload);
-    }
+    internal SendResult SendFrame(MessageKind kind, ReadOnlySpan<byte> payload, bool compress) =>
+        WantsCompression(compress, payload.Length) ? SendCompressed(kind, payload) : SendUncompressed(kind, payload);
 
     /// <summary>Queues a data frame (header and payload) under the backpressure rules.</summary>
     internal SendResult Enqueue(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload)

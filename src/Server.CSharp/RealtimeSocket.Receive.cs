@@ -160,10 +160,24 @@ public abstract partial class RealtimeSocket
             ResetMessage();
             return;
         }
+        if (data.compressed)
+        {
+            var inflated = InflateChunk(payload, data.kind, data.messageEnd);
+            if (inflated is null) return;
+            try
+            {
+                await DeliverAsync(data.kind, inflated.Value, compressed: true).ConfigureAwait(false);
+            }
+            finally
+            {
+                ReleaseInflater();
+            }
+            return;
+        }
         if (!_messageInProgress && data.messageEnd)
         {
             // The whole message arrived in this read: hand it over without copying.
-            await DeliverAsync(data.kind, buffer.AsMemory(sliceStart + data.payloadStart, data.length)).ConfigureAwait(false);
+            await DeliverAsync(data.kind, buffer.AsMemory(sliceStart + data.payloadStart, data.length), compressed: false).ConfigureAwait(false);
             return;
         }
         AppendToMessage(payload);
@@ -172,7 +186,7 @@ public abstract partial class RealtimeSocket
         {
             try
             {
-                await DeliverAsync(data.kind, _message.AsMemory(0, _messageLength)).ConfigureAwait(false);
+                await DeliverAsync(data.kind, _message.AsMemory(0, _messageLength), compressed: false).ConfigureAwait(false);
             }
             finally
             {
@@ -208,7 +222,7 @@ public abstract partial class RealtimeSocket
         _messageInProgress = false;
     }
 
-    private async ValueTask DeliverAsync(MessageKind kind, ReadOnlyMemory<byte> data)
+    private async ValueTask DeliverAsync(MessageKind kind, ReadOnlyMemory<byte> data, bool compressed)
     {
         EnterHandlers();
         try
@@ -216,7 +230,7 @@ public abstract partial class RealtimeSocket
             ValueTask pending;
             try
             {
-                pending = OnMessageAsync(new RealtimeMessage(kind, data));
+                pending = OnMessageAsync(new RealtimeMessage(kind, data, compressed));
             }
             catch (Exception exception)
             {
@@ -365,6 +379,7 @@ public abstract partial class RealtimeSocket
             }
         }
         ResetMessage();
+        DisposeCompression();
         _server.Unregister(this);
         _server.Log.ConnectionClosed(Id, code, reason);
         EnterHandlers();

@@ -22,7 +22,7 @@ public abstract partial class RealtimeSocket
     private Connection _core;
     private Backpressure.State _backpressure;
 
-    private protected RealtimeSocket(RealtimeServer server, RealtimeEndpoint endpoint, HttpContext context, Stream transport, string? subprotocol, bool compression)
+    private protected RealtimeSocket(RealtimeServer server, RealtimeEndpoint endpoint, HttpContext context, Stream transport, string? subprotocol, PerMessageDeflate.Parameters? compression)
     {
         _server = server;
         _endpoint = endpoint;
@@ -31,7 +31,8 @@ public abstract partial class RealtimeSocket
         Id = server.NextConnectionId();
         Protocol = subprotocol;
         RemoteAddress = context.Connection.RemoteIpAddress;
-        _core = ConnectionModule.create(endpoint.ConnectionOptions(compression), server.Now());
+        _compression = compression;
+        _core = ConnectionModule.create(endpoint.ConnectionOptions(compression is not null), server.Now());
         _backpressure = Backpressure.initial;
     }
 
@@ -43,6 +44,9 @@ public abstract partial class RealtimeSocket
 
     /// <summary>The subprotocol chosen in the handshake, if any.</summary>
     public string? Protocol { get; }
+
+    /// <summary>True when permessage-deflate was negotiated with this client.</summary>
+    public bool Compression => _compression is not null;
 
     /// <summary>The client's IP address.</summary>
     public IPAddress? RemoteAddress { get; }
@@ -93,6 +97,12 @@ public abstract partial class RealtimeSocket
             throw new ArgumentException("a text message must be valid UTF-8", nameof(data));
         return SendFrame(kind, data, compress);
     }
+
+    /// <summary>
+    /// Sends a received message back out unchanged: same kind, same bytes, compressed when the client
+    /// sent it compressed. Its text was validated on arrival, so it is not checked again.
+    /// </summary>
+    public SendResult Send(RealtimeMessage message) => SendFrame(message.Kind, message.Data.Span, message.Compressed);
 
     /// <summary>Subscribes the connection to a topic; false when it already was.</summary>
     public bool Subscribe(string topic) => _server.Subscribe(this, topic);
@@ -190,7 +200,7 @@ public sealed class RealtimeSocket<TData> : RealtimeSocket
 {
     private readonly RealtimeHandlers<TData> _handlers;
 
-    internal RealtimeSocket(RealtimeServer server, RealtimeEndpoint endpoint, RealtimeHandlers<TData> handlers, HttpContext context, Stream transport, string? subprotocol, bool compression, TData data)
+    internal RealtimeSocket(RealtimeServer server, RealtimeEndpoint endpoint, RealtimeHandlers<TData> handlers, HttpContext context, Stream transport, string? subprotocol, PerMessageDeflate.Parameters? compression, TData data)
         : base(server, endpoint, context, transport, subprotocol, compression)
     {
         _handlers = handlers;

@@ -1,0 +1,145 @@
+using System.Buffers;
+using Realtime.Compression;
+using Realtime.Protocol;
+
+namespace Realtime;
+
+// permessage-deflate (RFC 7692) for one connection, as negotiated in its handshake.
+//
+// Sending: without context takeover (the default) a thread's shared compressor serves every
+// connection; with it the connection owns a compressor, used under the connection's lock so that
+// the order of compression is the order on the wire, and a message is compressed only once it is
+// sure to be queued (its window must match what the client inflates). Receiving: compressed
+// payloads are inflated as they arrive, bounded by MaxPayloadLength, with a pooled inflater when
+// the client resets its context after each message and a connection's own inflater when it does not.
+public abstract partial class RealtimeSocket
+{
+    private readonly PerMessageDeflate.Parameters? _compression;
+    private MessageDeflater? _deflater;
+    private MessageInflater? _inflater;
+
+    /// <summary>True when a message of this length goes out compressed: negotiated, and asked for or over the threshold.</summary>
+    internal bool WantsCompression(bool compress, int length) =>
+        _compression is not null && (compress || (_endpoint.Options.CompressionThreshold is { } threshold && length >= threshold));
+
+    /// <summary>True when this connection can take a frame compressed once for many: no context takeover, full window.</summary>
+    internal bool AcceptsSharedCompression => _compression is { ServerNoContextTakeover: true, ServerMaxWindowBits: 15 };
+
+    private SendResult SendCompressed(MessageKind kind, ReadOnlySpan<byte> payload)
+    {
+        var parameters = _compression!;
+        if (parameters.ServerNoContextTakeover)
+        {
+            int length = CompressorPool.SharedDeflater(parameters.ServerMaxWindowBits).Compress(payload, out byte[] compressed);
+            try { return EnqueueCompressed(kind, compressed.AsSpan(0, length)); }
+            finally { ArrayPool<byte>.Shared.Return(compressed); }
+        }
+        lock (_sync)
+        {
+            if (!_core.CanSend || _ended) return SendResult.Dropped;
+            // Judge admission on a bound of the compressed size, so nothing the compressor has seen is dropped.
+            int bound = payload.Length + (payload.Length >> 3) + 64;
+            var (_, verdict) = Backpressure.offer(_endpoint.Limits, _backpressure, bound);
+            if (!Backpressure.isQueued(verdict)) return SendUncompressed(kind, payload);
+            _deflater ??= new MessageDeflater(parameters.ServerMaxWindowBits, contextTakeover: true);
+            int length = _deflater.Compress(payload, out byte[] compressed);
+            try { return EnqueueCompressed(kind, compressed.AsSpan(0, length)); }
+            finally { ArrayPool<byte>.Shared.Return(compressed); }
+        }
+    }
+
+    /// <summary>Sends without compression (always allowed, RFC 7692 §6): the ordinary path decides whether it fits.</summary>
+    private SendResult SendUncompressed(MessageKind kind, ReadOnlySpan<byte> payload)
+    {
+        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
+        int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
+        return Enqueue(header[..headerLength], payload);
+    }
+
+    /// <summary>Queues an already compressed payload as one frame with RSV1 set (RFC 7692 §6).</summary>
+    internal SendResult EnqueueCompressed(MessageKind kind, ReadOnlySpan<byte> compressed)
+    {
+        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
+        var fields = new FrameHeader(true, true, false, false, (Opcode)(byte)kind, false, 0u, compressed.Length);
+        int headerLength = Frame.writeHeader(fields, header);
+        return Enqueue(header[..headerLength], compressed);
+    }
+
+    /// <summary>
+    /// Inflates one chunk of a compressed message. Returns the whole inflated message when this chunk
+    /// ended it, else null; fails the connection (1009, 1007) and returns null on bad data.
+    /// </summary>
+    private ReadOnlyMemory<byte>? InflateChunk(ReadOnlySpan<byte> chunk, MessageKind kind, bool messageEnd)
+    {
+        _inflater ??= _compression!.ClientNoContextTakeover ? CompressorPool.RentInflater() : new MessageInflater();
+        int limit = _endpoint.Options.MaxPayloadLength;
+        switch (_inflater.Inflate(chunk, messageEnd, limit))
+        {
+            case InflateStatus.TooBig:
+                FailMessage(ProtocolError.NewMessageTooBig(limit));
+                return null;
+            case InflateStatus.Corrupt:
+                FailMessage(ProtocolError.InvalidCompressedData);
+                return null;
+        }
+        if (!messageEnd) return null;
+        var output = _inflater.Output;
+        // RFC 6455 §8.1 holds for the inflated text (RFC 7692 §6: extensions sit below the message layer).
+        if (kind == MessageKind.Text && !Utf8Validator.isValid(output.Span))
+        {
+            FailMessage(ProtocolError.InvalidUtf8);
+            return null;
+        }
+        return output;
+    }
+
+    /// <summary>After a compressed message was handled: a pooled inflater goes back, an own one keeps its window.</summary>
+    private void ReleaseInflater()
+    {
+        if (_inflater is null) return;
+        if (_compression!.ClientNoContextTakeover)
+        {
+            CompressorPool.ReturnInflater(_inflater);
+            _inflater = null;
+        }
+        else
+        {
+            _inflater.Release(reset: false);
+        }
+    }
+
+    /// <summary>Fails the connection for a message found bad after the core passed it on.</summary>
+    private void FailMessage(ProtocolError error)
+    {
+        byte[] frame;
+        lock (_sync)
+        {
+            var (core, closeFrame) = ConnectionModule.failMessage(_core, error);
+            _core = core;
+            frame = closeFrame;
+            if (_sentCloseCode == 0)
+            {
+                _sentCloseCode = error.CloseCode;
+                _sentCloseReason = error.Message;
+            }
+        }
+        _server.Log.ProtocolViolation(Id, error.Code, error.CloseCode);
+        EnqueueControl(frame);
+    }
+
+    /// <summary>Frees the connection's compression state once it has ended.</summary>
+    private void DisposeCompression()
+    {
+        if (_inflater is not null)
+        {
+            if (_compression!.ClientNoContextTakeover) CompressorPool.ReturnInflater(_inflater);
+            else _inflater.Dispose();
+            _inflater = null;
+        }
+        lock (_sync)
+        {
+            _deflater?.Dispose();
+            _deflater = null;
+        }
+    }
+}
