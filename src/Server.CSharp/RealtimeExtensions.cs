@@ -24,9 +24,10 @@ namespace Microsoft.Extensions.DependencyInjection
             if (configure is not null) services.Configure(configure);
             services.TryAddSingleton(provider => new RealtimeServer(
                 provider.GetRequiredService<ILogger<RealtimeServer>>(),
-                provider.GetService<TimeProvider>()));
+                provider.GetService<TimeProvider>(),
+                provider.GetService<IRealtimeBackplane>()));
             services.TryAddSingleton<IRealtimeServer>(provider => provider.GetRequiredService<RealtimeServer>());
-            services.AddHostedService<RealtimeShutdown>();
+            services.AddHostedService<RealtimeLifecycle>();
             // The handshake's header time is Kestrel's to enforce: it reads the headers before any endpoint runs.
             services.AddSingleton<IConfigureOptions<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>>(provider =>
                 new ConfigureOptions<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>(kestrel =>
@@ -85,12 +86,17 @@ namespace Realtime
     }
 
     /// <summary>
-    /// Closes every connection with 1001 when the host stops. It acts in the host's "stopping" phase,
-    /// which runs before any hosted service stops, so Kestrel still carries the close handshakes.
+    /// Starts the backplane, if any, when the host starts, and closes every connection with 1001 when
+    /// it stops. It acts in the host's "starting" and "stopping" phases, which run before any hosted
+    /// service starts or stops, so Kestrel still carries the close handshakes.
     /// </summary>
-    internal sealed class RealtimeShutdown(RealtimeServer server, IOptions<RealtimeOptions> options) : IHostedLifecycleService
+    internal sealed class RealtimeLifecycle(RealtimeServer server, IOptions<RealtimeOptions> options) : IHostedLifecycleService
     {
-        public Task StartingAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+        public Task StartingAsync(CancellationToken cancellationToken)
+        {
+            server.StartBackplane();
+            return Task.CompletedTask;
+        }
 
         public Task StartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 

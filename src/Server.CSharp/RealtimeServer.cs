@@ -12,7 +12,7 @@ namespace Realtime;
 /// timer and graceful shutdown. The topic table is an immutable value from the core: writers
 /// replace it under a lock, publishers read the current one without locking.
 /// </summary>
-internal sealed class RealtimeServer : IRealtimeServer, IDisposable
+internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiver, IDisposable
 {
     private readonly TimeProvider _time;
     private readonly ConcurrentDictionary<long, RealtimeSocket> _connections = new();
@@ -27,11 +27,17 @@ internal sealed class RealtimeServer : IRealtimeServer, IDisposable
     private int _admitted;
     private readonly ConcurrentDictionary<System.Net.IPAddress, int> _admittedPerAddress = new();
 
-    public RealtimeServer(ILogger<RealtimeServer> logger, TimeProvider? time = null)
+    private readonly IRealtimeBackplane? _backplane;
+
+    public RealtimeServer(ILogger<RealtimeServer> logger, TimeProvider? time = null, IRealtimeBackplane? backplane = null)
     {
         Log = logger;
         _time = time ?? TimeProvider.System;
+        _backplane = backplane;
     }
+
+    /// <summary>Connects the backplane, if any, once the host starts.</summary>
+    internal void StartBackplane() => _backplane?.Start(this);
 
     public ILogger Log { get; }
 
@@ -120,8 +126,10 @@ internal sealed class RealtimeServer : IRealtimeServer, IDisposable
         {
             // Leave the registry under the topics lock, so a late Subscribe cannot re-add the connection.
             _connections.TryRemove(connection.Id, out _);
-            var (table, _) = Topics.removeSubscriber(_topics, connection);
+            var (table, removal) = Topics.removeSubscriber(_topics, connection);
             Volatile.Write(ref _topics, table);
+            if (_backplane is not null)
+                foreach (var topic in removal.TopicsEmptied) _backplane.TopicDeactivated(topic);
         }
         if (_endpoints.TryGetValue(connection.Endpoint, out var endpoint)) endpoint.Connections.TryRemove(connection.Id, out _);
     }
@@ -136,6 +144,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IDisposable
             var (table, change) = Topics.subscribe(_topics, topic, connection);
             if (change.IsRejected) throw new ArgumentException($"invalid topic: {change.code}", nameof(topic));
             Volatile.Write(ref _topics, table);
+            if (change.IsSubscribed && change.firstSubscriber) _backplane?.TopicActivated(topic);
             return change.IsSubscribed;
         }
     }
@@ -147,6 +156,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IDisposable
         {
             var (table, change) = Topics.unsubscribe(_topics, topic, connection);
             Volatile.Write(ref _topics, table);
+            if (change.IsUnsubscribed && change.lastSubscriberLeft) _backplane?.TopicDeactivated(topic);
             return change.IsUnsubscribed;
         }
     }
@@ -165,10 +175,24 @@ internal sealed class RealtimeServer : IRealtimeServer, IDisposable
         WithUtf8(text, (topic, sender, compress, server: this),
             static (utf8, state) => state.server.PublishFrame(state.topic, MessageKind.Text, utf8, state.sender, state.compress));
 
-    /// <summary>Frames the message once and queues the same bytes to every recipient; never waits for one.</summary>
+    /// <summary>Delivers to this server's subscribers, then hands the publish to the backplane, if any.</summary>
     internal int PublishFrame(string topic, MessageKind kind, ReadOnlySpan<byte> payload, RealtimeSocket? sender, bool compress)
     {
         ArgumentNullException.ThrowIfNull(topic);
+        int queued = DeliverToSubscribers(topic, kind, payload, sender, compress);
+        _backplane?.Publish(topic, kind, payload, compress, sender?.Id ?? 0);
+        return queued;
+    }
+
+    int IRealtimeBackplaneReceiver.DeliverLocally(string topic, MessageKind kind, ReadOnlySpan<byte> payload, bool compress)
+    {
+        ArgumentNullException.ThrowIfNull(topic);
+        return DeliverToSubscribers(topic, kind, payload, null, compress);
+    }
+
+    /// <summary>Frames the message once and queues the same bytes to every local recipient; never waits for one.</summary>
+    private int DeliverToSubscribers(string topic, MessageKind kind, ReadOnlySpan<byte> payload, RealtimeSocket? sender, bool compress)
+    {
         var excluded = sender is null ? FSharpValueOption<RealtimeSocket>.ValueNone : FSharpValueOption<RealtimeSocket>.NewValueSome(sender);
         var recipients = Topics.publish(Volatile.Read(ref _topics), topic, excluded);
         if (recipients.IsEmpty) return 0;

@@ -41,13 +41,14 @@ type RunningServer =
     interface IDisposable with
         member server.Dispose() = server.StopAsync().Wait()
 
-/// Starts a server on 127.0.0.1:0 with Realtime added (options set by `configureOptions`)
-/// and the app's routes mapped by `mapRoutes`.
-let start (configureOptions: RealtimeOptions -> unit) (mapRoutes: WebApplication -> unit) : Task<RunningServer> =
+/// Starts a server on 127.0.0.1:0 with extra services (`configureServices`), Realtime added
+/// (options set by `configureOptions`) and the app's routes mapped by `mapRoutes`.
+let startWith (configureServices: IServiceCollection -> unit) (configureOptions: RealtimeOptions -> unit) (mapRoutes: WebApplication -> unit) : Task<RunningServer> =
     task {
         let builder = WebApplication.CreateBuilder([||])
         builder.WebHost.UseUrls("http://127.0.0.1:0") |> ignore
         builder.Logging.ClearProviders().SetMinimumLevel(LogLevel.Warning) |> ignore
+        configureServices builder.Services
         builder.Services.AddRealtime(Action<RealtimeOptions> configureOptions) |> ignore
         let app = builder.Build()
         mapRoutes app
@@ -60,6 +61,11 @@ let start (configureOptions: RealtimeOptions -> unit) (mapRoutes: WebApplication
               WsUrl = url.Replace("http://", "ws://")
               Realtime = app.Services.GetRequiredService<IRealtimeServer>() }
     }
+
+/// Starts a server on 127.0.0.1:0 with Realtime added (options set by `configureOptions`)
+/// and the app's routes mapped by `mapRoutes`.
+let start (configureOptions: RealtimeOptions -> unit) (mapRoutes: WebApplication -> unit) : Task<RunningServer> =
+    startWith ignore configureOptions mapRoutes
 
 /// The repository's root folder (where Realtime.sln is).
 let repositoryRoot =
