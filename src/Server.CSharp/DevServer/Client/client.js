@@ -105,7 +105,9 @@ async function runImport(message) {
   const path = data.importPath;
   try {
     const module = await import(new URL(path, document.baseURI).href);
-    if (typeof module.default !== 'function') throw new TypeError(`the module has no default export function`);
+    // A module without a default export is imported for its side effects only (the data: URL case).
+    if (module.default === undefined) return;
+    if (typeof module.default !== 'function') throw new TypeError('the default export is not a function');
     await module.default(...(Array.isArray(data.args) ? data.args : []));
   } catch (error) {
     console.error(`${tag} import of ${String(path).slice(0, 200)} failed:`, error);
