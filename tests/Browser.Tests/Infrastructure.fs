@@ -67,9 +67,17 @@ let repositoryRoot =
         else up dir.Parent
     up (DirectoryInfo AppContext.BaseDirectory)
 
-/// A new temporary folder holding `files` (path relative to it, content).
+let private sites = ConcurrentBag<string>()
+
+/// Deletes the temporary folders the tests made.
+let deleteSites () =
+    for root in sites do
+        try Directory.Delete(root, true) with _ -> ()
+
+/// A new temporary folder holding `files` (path relative to it, content), deleted at the end of the run.
 let site (files: (string * string) list) : string =
     let root = Path.Combine(Path.GetTempPath(), "realtime-browser-" + Guid.NewGuid().ToString("N").Substring(0, 12))
+    sites.Add root
     for (path, content) in files do
         let full = Path.Combine(root, path)
         Directory.CreateDirectory(Path.GetDirectoryName full) |> ignore

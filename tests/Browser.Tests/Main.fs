@@ -8,5 +8,6 @@ let main argv =
     let clock = Stopwatch.StartNew()
     let result = runTestsInAssemblyWithCLIArgs [ Sequenced ] argv
     Infrastructure.closeBrowser ()
+    Infrastructure.deleteSites ()
     printfn "Browser suite took %.1f s" clock.Elapsed.TotalSeconds
     result
