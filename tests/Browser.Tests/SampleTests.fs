@@ -1,0 +1,125 @@
+/// The samples as real processes, in Chromium: samples/Chat across two pages, samples/DevServer.
+module Realtime.Browser.Tests.SampleTests
+
+open System
+open System.Diagnostics
+open System.IO
+open System.Net.Sockets
+open System.Text
+open System.Threading.Tasks
+open Microsoft.Playwright
+open Expecto
+open Realtime.Browser.Tests.Infrastructure
+
+/// The build configuration of these tests (Debug or Release): the samples were built with it.
+let private configuration = DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent.Name
+
+/// Starts a built sample (`dotnet samples/NAME/bin/CONFIG/net10.0/NAME.dll args`) in `workingDirectory`.
+let private startSample (name: string) (workingDirectory: string) (args: string) : Process * StringBuilder =
+    let dll = Path.Combine(repositoryRoot, "samples", name, "bin", configuration, "net10.0", name + ".dll")
+    if not (File.Exists dll) then failtestf "%s is not built (%s)" name dll
+    let info = ProcessStartInfo("dotnet", $"\"{dll}\" {args}")
+    info.WorkingDirectory <- workingDirectory
+    info.UseShellExecute <- false
+    info.RedirectStandardOutput <- true
+    info.RedirectStandardError <- true
+    let output = StringBuilder()
+    let collect (line: string) = if not (isNull line) then lock output (fun () -> output.AppendLine line |> ignore)
+    let child = new Process(StartInfo = info)
+    child.OutputDataReceived.Add(fun e -> collect e.Data)
+    child.ErrorDataReceived.Add(fun e -> collect e.Data)
+    child.Start() |> ignore
+    child.BeginOutputReadLine()
+    child.BeginErrorReadLine()
+    child, output
+
+/// Kills a process this test started (its tree), bounded.
+let private kill (child: Process) =
+    try
+        if not child.HasExited then
+            child.Kill(entireProcessTree = true)
+            child.WaitForExit 10_000 |> ignore
+    with _ -> ()
+
+/// Waits (bounded, 30 s) until something listens on the port.
+let private listening (port: int) (child: Process) (output: StringBuilder) =
+    waitUntilAsync $"a listener on {port}" 30000 (fun () ->
+        task {
+            if child.HasExited then failtestf "the sample exited:\n%O" output
+            use probe = new TcpClient()
+            do! probe.ConnectAsync("127.0.0.1", port)
+            return true
+        })
+
+let private status (p: BrowserPage) = p.Page.InnerTextAsync "#status"
+
+let private received (p: BrowserPage) = p.Page.InnerTextAsync "#received-area"
+
+/// Where the chat screenshot goes: docs/chat.png when UPDATE_SCREENSHOTS=1, else beside the tests.
+let private screenshotPath () =
+    if Environment.GetEnvironmentVariable "UPDATE_SCREENSHOTS" = "1" then Path.Combine(repositoryRoot, "docs", "chat.png")
+    else Path.Combine(AppContext.BaseDirectory, "chat.png")
+
+[<Tests>]
+let tests =
+    testSequenced <| testList "Samples in Chromium" [
+
+        browserTest "samples/Chat: a message typed in one page appears in the other; the status shows open, then closed and reconnecting, then open again after a restart" (fun () ->
+            task {
+                let port = freePort ()
+                let chatFolder = Path.Combine(repositoryRoot, "samples", "Chat")
+                let args = $"--urls http://127.0.0.1:{port}"
+                let chat, output = startSample "Chat" chatFolder args
+                let mutable current = chat
+                try
+                    do! listening port chat output
+                    let url = $"http://127.0.0.1:{port}/"
+                    let! alice = openPage (url + "?name=alice")
+                    use _ = alice
+                    let! bob = openPage (url + "?name=bob")
+                    use _ = bob
+                    for p in [ alice; bob ] do
+                        do! waitUntilAsync "the status shows open" 10000 (fun () -> task { let! s = status p in return s = "The WebSocket is open." })
+                    do! waitUntilAsync "alice sees bob join" 10000 (fun () -> task { let! r = received alice in return r.Contains "bob joined lobby" })
+                    do! alice.Page.FillAsync("#send-input", "Hello Bob, this is Alice.")
+                    do! alice.Page.PressAsync("#send-input", "Enter")
+                    do! waitUntilAsync "bob receives alice's message" 10000 (fun () -> task { let! r = received bob in return r.Contains "alice: Hello Bob, this is Alice." })
+                    do! bob.Page.FillAsync("#send-input", "Hi Alice! Bob here.")
+                    do! bob.Page.ClickAsync("button")
+                    do! waitUntilAsync "alice receives bob's message" 10000 (fun () -> task { let! r = received alice in return r.Contains "bob: Hi Alice! Bob here." })
+                    let path = screenshotPath ()
+                    Directory.CreateDirectory(Path.GetDirectoryName path) |> ignore
+                    let! _ = alice.Page.ScreenshotAsync(PageScreenshotOptions(Path = path))
+                    Expect.isTrue (FileInfo(path).Length > 1000L) "a screenshot"
+
+                    kill chat
+                    for p in [ alice; bob ] do
+                        do! waitUntilAsync "the status shows closed and reconnecting" 10000 (fun () -> task { let! s = status p in return s = "The WebSocket is closed. Reconnecting..." })
+
+                    let again, againOutput = startSample "Chat" chatFolder args
+                    current <- again
+                    do! listening port again againOutput
+                    for p in [ alice; bob ] do
+                        do! waitUntilAsync "open again after the restart" 15000 (fun () -> task { let! s = status p in return s = "The WebSocket is open." })
+                finally
+                    kill current
+                    kill chat
+            })
+
+        browserTest "samples/DevServer serves its site folder with the client injected; the page's request to the sample's plugin is answered" (fun () ->
+            task {
+                let port = freePort ()
+                // From the repository root, ./site is found in the project folder (as in the README's command).
+                let sample, output = startSample "DevServer" repositoryRoot $"./site --urls http://127.0.0.1:{port}"
+                try
+                    do! listening port sample output
+                    let! p = openPage $"http://127.0.0.1:{port}/"
+                    use _ = p
+                    do! waitUntilAsync "the greeting" 10000 (fun () -> task { let! t = p.Page.InnerTextAsync "#greeting" in return t = "Hello, browser!" })
+                    let! version = p.Page.InnerTextAsync "#version"
+                    Expect.stringStarts version "Realtime.Server " "the virtual module"
+                    do! p.WaitForLog "Hello from the Realtime dev server!"
+                finally
+                    kill sample
+            })
+    ]
