@@ -696,6 +696,57 @@ let slowPeerTests =
             Expect.isFalse sink.TransportClosed "the slow client is still connected"
         })
 
+        testCaseTask "a client that floods pings while never reading is held back by TCP: the pongs it will not read do not pile up in server memory" (fun () -> task {
+            let opened = TaskCompletionSource<RealtimeSocket>(TaskCreationOptions.RunContinuationsAsynchronously)
+            let closes = ConcurrentQueue<int>()
+            let! server = start ignore (slowPeerRoutes opened closes)
+            use _ = server
+            use! raw = connectSmallWindow server.Port "/sink"
+            let! socket = opened.Task.WaitAsync(seconds 10.0)
+            let before = GC.GetTotalMemory true
+            // The server also pushes data to the client from elsewhere (as a topic would), so the
+            // connection's writer is busy with a write the client never takes.
+            use stop = new CancellationTokenSource()
+            let pushing =
+                task {
+                    let data = Array.zeroCreate<byte> 1024
+                    while not stop.IsCancellationRequested do
+                        socket.Send data |> ignore
+                        do! Task.Delay 1
+                }
+            // Before the flood, the pushed data fills every buffer on the way, so that the writer
+            // that gets stuck is the pusher's, not the receive loop.
+            let chunk = Array.zeroCreate<byte> (16 * 1024)
+            let filling = Stopwatch.StartNew()
+            while socket.BufferedAmount < 1024L * 1024L && filling.Elapsed < seconds 10.0 do
+                socket.Send chunk |> ignore
+                do! Task.Delay 1
+            Expect.isGreaterThanOrEqual socket.BufferedAmount (1024L * 1024L) "the writer is stuck behind the client that does not read"
+            let ping = (Frame.encode { Frame.header Opcode.Ping 125L with Masked = true; MaskKey = 0x5A5A5A5Au } (ReadOnlyMemory(Array.zeroCreate 125))).ToArray()
+            let batch = Array.concat (Array.create 2048 ping) // 256 KiB of pings
+            let stream = raw.Tcp.GetStream()
+            let limit = 128L * 1024L * 1024L
+            let clock = Stopwatch.StartNew()
+            let mutable written = 0L
+            let mutable held = false
+            let mutable highest = before
+            while not held && written < limit && clock.Elapsed < seconds 15.0 do
+                use cancel = new CancellationTokenSource(seconds 2.0)
+                try
+                    do! stream.WriteAsync(batch, 0, batch.Length, cancel.Token)
+                    written <- written + int64 batch.Length
+                with
+                | :? OperationCanceledException
+                | :? IOException -> held <- true
+                highest <- max highest (GC.GetTotalMemory false)
+            stop.Cancel()
+            do! pushing
+            let growth = highest - before
+            printfn "ping flood: %d MiB of pings written in %O before the client was held back (%b); server memory grew by up to %d MiB" (written / 1048576L) clock.Elapsed held (growth / 1048576L)
+            Expect.isTrue held $"TCP held the flooding client back (it wrote {written / 1048576L} MiB of pings)"
+            Expect.isLessThan growth (32L * 1024L * 1024L) "server memory did not grow with the pongs the client will not read"
+        })
+
         testCaseTask "a client that stalls inside a frame header is closed by the idle timeout (1001) and its TCP connection ends" (fun () -> task {
             let opened = TaskCompletionSource<RealtimeSocket>(TaskCreationOptions.RunContinuationsAsynchronously)
             let closes = ConcurrentQueue<int>()
