@@ -696,7 +696,8 @@ let slowPeerTests =
             Expect.isFalse sink.TransportClosed "the slow client is still connected"
         })
 
-        testCaseTask "a client that floods pings while never reading is held back by TCP: the pongs it will not read do not pile up in server memory" (fun () -> task {
+        // Sequenced: it measures the process's memory, which tests running beside it would change.
+        testSequenced <| testCaseTask "a client that floods pings while never reading is held back by TCP: the pongs it will not read do not pile up in server memory" (fun () -> task {
             let opened = TaskCompletionSource<RealtimeSocket>(TaskCreationOptions.RunContinuationsAsynchronously)
             let closes = ConcurrentQueue<int>()
             let! server = start ignore (slowPeerRoutes opened closes)
@@ -744,7 +745,37 @@ let slowPeerTests =
             let growth = highest - before
             printfn "ping flood: %d MiB of pings written in %O before the client was held back (%b); server memory grew by up to %d MiB" (written / 1048576L) clock.Elapsed held (growth / 1048576L)
             Expect.isTrue held $"TCP held the flooding client back (it wrote {written / 1048576L} MiB of pings)"
+            Expect.isLessThan written (32L * 1024L * 1024L) "after a few MiB (what the kernel buffers and a bounded backlog hold)"
             Expect.isLessThan growth (32L * 1024L * 1024L) "server memory did not grow with the pongs the client will not read"
+        })
+
+        testCaseTask "a client that neither reads nor sends is dropped after the idle and close timeouts, though its close frame cannot be delivered" (fun () -> task {
+            let opened = TaskCompletionSource<RealtimeSocket>(TaskCreationOptions.RunContinuationsAsynchronously)
+            let closes = ConcurrentQueue<int>()
+            let! server =
+                start
+                    (fun options ->
+                        options.IdleTimeout <- TimeSpan.FromMilliseconds 500.0
+                        options.CloseTimeout <- seconds 1.0)
+                    (slowPeerRoutes opened closes)
+            use _ = server
+            use! raw = connectSmallWindow server.Port "/sink"
+            let! socket = opened.Task.WaitAsync(seconds 10.0)
+            // Fill every buffer on the way, up to MaxBufferedAmount (quickly: the client's silence
+            // already counts), so that the ping and the close frame cannot get out.
+            let chunk = Array.zeroCreate<byte> (64 * 1024)
+            let filling = Stopwatch.StartNew()
+            let mutable full = false
+            while not full && filling.Elapsed < seconds 5.0 do
+                full <- socket.Send(chunk).Status = SendStatus.Dropped && socket.BufferedAmount > 0L
+                if not full then do! Task.Yield()
+            Expect.isTrue full $"sends are dropped with the buffer full, before the idle timeout ({filling.Elapsed}): the writer is stuck behind the client"
+            let clock = Stopwatch.StartNew()
+            do! expectEventually (seconds 8.0) "Close ran with 1001" (fun () -> closes.ToArray() = [| 1001 |])
+            do! expectEventually (seconds 2.0) "the connection is gone" (fun () -> server.Realtime.ConnectionCount = 0)
+            Expect.isLessThan clock.Elapsed (seconds 6.0) $"within idle + close timeouts and a margin ({clock.Elapsed})"
+            let! ended = raw.WaitForTransportClose(seconds 10.0)
+            Expect.isTrue ended "the TCP connection ended"
         })
 
         testCaseTask "a client that stalls inside a frame header is closed by the idle timeout (1001) and its TCP connection ends" (fun () -> task {
