@@ -25,6 +25,7 @@ public abstract partial class RealtimeSocket : IThreadPoolWorkItem
     private bool _transportFailed;
     private bool _stopReceivingWhenFlushed;
     private TaskCompletionSource? _writerIdle;
+    private TaskCompletionSource? _controlTaken;
 
     // Handlers of one connection never overlap: the receive loop and a writer that reports Drain
     // take turns through this gate. A Drain that finds the gate taken is left pending and run by
@@ -153,9 +154,13 @@ public abstract partial class RealtimeSocket : IThreadPoolWorkItem
             int length;
             int controlBytes;
             bool stopReceiving;
+            TaskCompletionSource? controlTaken;
             lock (_sync)
             {
                 stopReceiving = _stopReceivingWhenFlushed;
+                // Either way no control frame is left pending below: a receive loop held back by them may go on.
+                controlTaken = _controlTaken;
+                _controlTaken = null;
                 if (_pendingLength == 0 || _transportFailed)
                 {
                     _writing = false;
@@ -176,6 +181,7 @@ public abstract partial class RealtimeSocket : IThreadPoolWorkItem
                     _pendingControlBytes = 0;
                 }
             }
+            controlTaken?.TrySetResult();
             if (length == 0)
             {
                 // Ending the receive loop lets Kestrel send what it was given, then close the TCP
@@ -198,7 +204,10 @@ public abstract partial class RealtimeSocket : IThreadPoolWorkItem
                     _writing = false;
                     ReleaseIdleBuffers();
                     _writerIdle?.TrySetResult();
+                    controlTaken = _controlTaken;
+                    _controlTaken = null;
                 }
+                controlTaken?.TrySetResult();
                 AbortTransport();
                 return;
             }
@@ -214,6 +223,21 @@ public abstract partial class RealtimeSocket : IThreadPoolWorkItem
             }
             if (drain) RequestDrain();
         }
+    }
+
+    /// <summary>
+    /// Under the lock: null when the receive loop may read on, else a task that completes when a
+    /// writer has taken the pending control frames. Pongs are never dropped and not counted against
+    /// the send limits, so a client that sends pings without reading (while the connection's writer
+    /// is stuck behind it) would otherwise make them pile up in server memory without bound; once
+    /// more than <see cref="RealtimeOptions.BackpressureLimit"/> of them are pending, the loop stops
+    /// reading and TCP holds the client back, as it does for a slow message handler.
+    /// </summary>
+    private Task? ControlBacklog()
+    {
+        if (_pendingControlBytes <= _endpoint.Options.BackpressureLimit || _transportFailed) return null;
+        _controlTaken ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        return _controlTaken.Task;
     }
 
     /// <summary>Under the lock, with no writer running: gives the buffers back to the pool.</summary>

@@ -68,9 +68,17 @@ public abstract partial class RealtimeSocket
         int bufferSize = _endpoint.Options.ReceiveBufferSize;
         while (true)
         {
+            Task? controlBacklog;
             lock (_sync)
             {
                 if (_core.IsClosed || _transportFailed) return;
+                controlBacklog = ControlBacklog();
+            }
+            if (controlBacklog is not null)
+            {
+                // Pongs the client has not taken yet: read no further until a writer has them.
+                await controlBacklog.WaitAsync(_receiving.Token).ConfigureAwait(false);
+                continue;
             }
             // Wait for data without holding a buffer: idle connections cost no receive memory.
             await _transport.ReadAsync(Memory<byte>.Empty, _receiving.Token).ConfigureAwait(false);
