@@ -58,6 +58,11 @@ type RedisInstance(port: int) =
     member _.LogFile = Path.Combine(folder, "redis.log")
     member _.IsRunning = running
 
+    /// Stops it and removes its folder (pid file, log).
+    member this.Remove() =
+        this.Stop()
+        try Directory.Delete(folder, true) with _ -> ()
+
     /// redis-cli against this instance; its output, trimmed.
     member _.Cli(arguments: string list) : string =
         let code, output = run "redis-cli" ([ "-p"; string port ] @ arguments) 10.0
@@ -100,8 +105,8 @@ type RedisInstance(port: int) =
 let private redis =
     lazy
         (let instance = RedisInstance(freePort ())
-         AppDomain.CurrentDomain.ProcessExit.Add(fun _ -> instance.Stop())
-         Console.CancelKeyPress.Add(fun _ -> instance.Stop())
+         AppDomain.CurrentDomain.ProcessExit.Add(fun _ -> instance.Remove())
+         Console.CancelKeyPress.Add(fun _ -> instance.Remove())
          instance.Start()
          instance)
 
