@@ -1,12 +1,14 @@
 // The chat demo of the seeds: rooms as topics, a name from the query string, join and leave
 // notices, "stop" closes the socket, /greet beside the WebSocket endpoint on the same port.
 // Run: dotnet run --project samples/Chat   (then open the printed URL in two browser windows)
+// Two nodes as one: add --redis HOST:PORT to each, the second with --urls http://127.0.0.1:5081.
 using Realtime;
 
 var builder = WebApplication.CreateBuilder(args);
 if (string.IsNullOrEmpty(builder.Configuration["urls"]) && string.IsNullOrEmpty(builder.Configuration["ASPNETCORE_URLS"]))
     builder.WebHost.UseUrls("http://127.0.0.1:5080");
-builder.Services.AddRealtime(options => options.IdleTimeout = TimeSpan.FromSeconds(60));
+var realtime = builder.Services.AddRealtime(options => options.IdleTimeout = TimeSpan.FromSeconds(60));
+if (builder.Configuration["redis"] is { Length: > 0 } redis) realtime.AddRedisBackplane(redis);
 
 var app = builder.Build();
 app.UseDefaultFiles();

@@ -3,6 +3,8 @@
 //   /fanout  every message goes to every other connection on /fanout (a topic publish that skips the sender).
 // Run: dotnet run -c Release --project samples/Echo -- --urls http://127.0.0.1:PORT
 // With --tls, the same URLs are served over HTTPS (wss://) with a self-signed certificate made at start.
+// With --redis HOST:PORT, /fanout spans every Echo node on that Redis: a message sent on one node
+// reaches every other /fanout connection on every node, the sender excluded, in order per sender.
 using Realtime;
 
 bool tls = args.Contains("--tls");
@@ -18,7 +20,7 @@ if (tls)
     builder.WebHost.UseUrls(urls.Replace("http://", "https://", StringComparison.OrdinalIgnoreCase));
 }
 builder.Logging.SetMinimumLevel(LogLevel.Warning);
-builder.Services.AddRealtime(options =>
+var realtime = builder.Services.AddRealtime(options =>
 {
     // Large enough for the conformance suites' biggest messages (16 MiB), with room to echo them.
     options.MaxPayloadLength = 64 * 1024 * 1024;
@@ -27,6 +29,7 @@ builder.Services.AddRealtime(options =>
     // Accept permessage-deflate offers; what arrives compressed goes back compressed.
     options.PerMessageDeflate = true;
 });
+if (builder.Configuration["redis"] is { Length: > 0 } redis) realtime.AddRedisBackplane(redis);
 
 var app = builder.Build();
 

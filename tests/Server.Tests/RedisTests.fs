@@ -1,0 +1,717 @@
+/// Scale-out through a real Redis: several Kestrel servers in one run, each with the Redis backplane,
+/// against a redis-server this test run starts itself on a private port (and stops when it ends).
+/// Every list here is sequenced: they share the one Redis, and one of them stops and restarts it.
+module Realtime.Server.Tests.RedisTests
+
+open System
+open System.Collections.Concurrent
+open System.Diagnostics
+open System.IO
+open System.Net
+open System.Net.Sockets
+open System.Net.WebSockets
+open System.Text
+open System.Threading
+open System.Threading.Tasks
+open Expecto
+open Microsoft.AspNetCore.Builder
+open Microsoft.Extensions.DependencyInjection
+open Microsoft.Extensions.Logging
+open StackExchange.Redis
+open Realtime
+open Realtime.Redis
+open Realtime.Server.Tests.TestHost
+
+// ---------------------------------------------------------------------------------------------
+// Processes: redis-server, redis-cli, dotnet.
+// ---------------------------------------------------------------------------------------------
+
+let private freePort () =
+    let listener = new TcpListener(IPAddress.Loopback, 0)
+    listener.Start()
+    let port = (listener.LocalEndpoint :?> IPEndPoint).Port
+    listener.Stop()
+    port
+
+/// Runs a program to its end (at most `seconds`), returning its exit code and standard output.
+let private run (program: string) (arguments: string list) (seconds: float) : int * string =
+    let info = ProcessStartInfo(program)
+    for argument in arguments do info.ArgumentList.Add argument
+    info.UseShellExecute <- false
+    info.RedirectStandardOutput <- true
+    info.RedirectStandardError <- true
+    use child = Process.Start info
+    let output = child.StandardOutput.ReadToEndAsync()
+    let errors = child.StandardError.ReadToEndAsync()
+    if not (child.WaitForExit(TimeSpan.FromSeconds seconds)) then
+        (try child.Kill true with _ -> ())
+        failwithf "%s %s did not finish within %.0f s" program (String.Join(" ", arguments)) seconds
+    child.ExitCode, output.Result + errors.Result
+
+/// A redis-server of this test run: private port, no persistence, daemonized with a pid file.
+type RedisInstance(port: int) =
+    let folder = Path.Combine(Path.GetTempPath(), $"realtime-redis-{Environment.ProcessId}-{port}")
+    let mutable running = false
+
+    member _.Port = port
+    member _.Endpoint = $"127.0.0.1:{port}"
+    member _.LogFile = Path.Combine(folder, "redis.log")
+    member _.IsRunning = running
+
+    /// Stops it and removes its folder (pid file, log).
+    member this.Remove() =
+        this.Stop()
+        try Directory.Delete(folder, true) with _ -> ()
+
+    /// redis-cli against this instance; its output, trimmed.
+    member _.Cli(arguments: string list) : string =
+        let code, output = run "redis-cli" ([ "-p"; string port ] @ arguments) 10.0
+        if code <> 0 then failwithf "redis-cli %A failed (%d): %s" arguments code output
+        output.Trim()
+
+    member private this.Answers() =
+        try run "redis-cli" [ "-p"; string port; "ping" ] 5.0 |> snd |> fun s -> s.Trim() = "PONG" with _ -> false
+
+    /// Starts redis-server and waits (at most 10 s) until it answers.
+    member this.Start() =
+        Directory.CreateDirectory folder |> ignore
+        let code, output =
+            try
+                run
+                    "redis-server"
+                    [ "--port"; string port; "--bind"; "127.0.0.1"; "--save"; ""; "--appendonly"; "no"
+                      "--daemonize"; "yes"; "--pidfile"; Path.Combine(folder, "redis.pid"); "--logfile"; this.LogFile
+                      "--dir"; folder ]
+                    10.0
+            with :? ComponentModel.Win32Exception ->
+                failwith "redis-server is not installed (apt-get install redis-server)"
+        if code <> 0 then failwithf "redis-server did not start (%d): %s" code output
+        running <- true
+        let deadline = DateTime.UtcNow.AddSeconds 10.0
+        while not (this.Answers()) do
+            if DateTime.UtcNow > deadline then failwithf "redis-server on %d did not answer within 10 s" port
+            Thread.Sleep 50
+
+    /// Stops it (shutdown nosave) and waits (at most 10 s) until the port is closed.
+    member this.Stop() =
+        if running then
+            running <- false
+            (try run "redis-cli" [ "-p"; string port; "shutdown"; "nosave" ] 10.0 |> ignore with _ -> ())
+            let deadline = DateTime.UtcNow.AddSeconds 10.0
+            while this.Answers() && DateTime.UtcNow < deadline do
+                Thread.Sleep 50
+
+/// The one instance of this run, started on first use and stopped when the test process exits.
+let private redis =
+    lazy
+        (let instance = RedisInstance(freePort ())
+         AppDomain.CurrentDomain.ProcessExit.Add(fun _ -> instance.Remove())
+         Console.CancelKeyPress.Add(fun _ -> instance.Remove())
+         instance.Start()
+         instance)
+
+/// The run's Redis, started again if a test that stops it failed before restarting it.
+let private runningRedis () =
+    let instance = redis.Value
+    if not instance.IsRunning then instance.Start()
+    instance
+
+/// Stops Redis for the body, and starts it again afterwards even when the body fails.
+let private whileStopped (body: unit -> Task<unit>) : Task<unit> =
+    task {
+        redis.Value.Stop()
+        try
+            do! body ()
+        finally
+            if not redis.Value.IsRunning then redis.Value.Start()
+    }
+
+/// How many servers subscribe in Redis to a channel (PUBSUB NUMSUB).
+let private subscribersOf (channel: string) =
+    let output = (runningRedis ()).Cli [ "pubsub"; "numsub"; channel ]
+    let lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries)
+    int lines[lines.Length - 1]
+
+/// The channels with at least one subscriber matching a pattern (PUBSUB CHANNELS).
+let private channelsLike (pattern: string) =
+    (redis.Value.Cli [ "pubsub"; "channels"; pattern ]).Split('\n', StringSplitOptions.RemoveEmptyEntries ||| StringSplitOptions.TrimEntries)
+    |> Array.sort
+    |> Array.toList
+
+let private within (seconds: float) (what: string) (condition: unit -> bool) =
+    task {
+        let! held = eventually (TimeSpan.FromSeconds seconds) condition
+        if not held then failtestf "not within %.0f s: %s" seconds what
+    }
+
+// ---------------------------------------------------------------------------------------------
+// Logs.
+// ---------------------------------------------------------------------------------------------
+
+type private Entry = { Level: LogLevel; EventId: int; Category: string; Text: string }
+
+/// Keeps every log entry a server writes (at its minimum level, Warning in TestHost).
+type private CapturingLogs() =
+    let entries = ConcurrentQueue<Entry>()
+    member _.Entries = entries |> Seq.toList
+    member this.Has (eventId: int) (level: LogLevel) = this.Entries |> List.exists (fun e -> e.EventId = eventId && e.Level = level)
+    interface ILoggerProvider with
+        member _.CreateLogger(category) =
+            { new ILogger with
+                member _.BeginScope<'TState>(_: 'TState) : IDisposable = null
+                member _.IsEnabled _ = true
+                member _.Log<'TState>(level, eventId, state: 'TState, error, formatter: Func<'TState, exn, string>) =
+                    entries.Enqueue { Level = level; EventId = eventId.Id; Category = category; Text = formatter.Invoke(state, error) } }
+        member _.Dispose() = ()
+
+// ---------------------------------------------------------------------------------------------
+// Nodes and clients.
+// ---------------------------------------------------------------------------------------------
+
+/// A test node's one endpoint, driven by text commands:
+/// "sub T" / "unsub T" subscribe or unsubscribe and answer "subscribed T" / "unsubscribed T" once done;
+/// "pub T BODY" publishes BODY to T (skipping the sender); "ping" answers "pong".
+let private nodeRoutes (app: WebApplication) =
+    app.MapRealtime(
+        "/node",
+        RealtimeHandlers<obj>(
+            Message =
+                fun ws message ->
+                    let text = message.Text
+                    if text.StartsWith "sub " then
+                        ws.Subscribe(text.Substring 4) |> ignore
+                        ws.Send("subscribed " + text.Substring 4) |> ignore
+                    elif text.StartsWith "unsub " then
+                        ws.Unsubscribe(text.Substring 6) |> ignore
+                        ws.Send("unsubscribed " + text.Substring 6) |> ignore
+                    elif text = "ping" then
+                        ws.Send "pong" |> ignore
+                    elif text.StartsWith "pub " then
+                        let rest = text.Substring 4
+                        let space = rest.IndexOf ' '
+                        ws.Publish(rest.Substring(0, space), rest.Substring(space + 1)) |> ignore))
+    |> ignore
+
+type private Node =
+    { Server: RunningServer
+      Backplane: RedisBackplane
+      Logs: CapturingLogs }
+
+    member node.Url = node.Server.WsUrl + "/node"
+
+    interface IDisposable with
+        member node.Dispose() = (node.Server :> IDisposable).Dispose()
+
+/// A server with the Redis backplane on this run's Redis, channels under `prefix`.
+let private startNode (prefix: string) : Task<Node> =
+    task {
+        let redis = runningRedis ()
+        let logs = new CapturingLogs()
+        let! server =
+            startWith
+                (fun services ->
+                    services.AddSingleton<ILoggerProvider>(logs) |> ignore
+                    let builder = { new IRealtimeBuilder with member _.Services = services }
+                    let configuration = ConfigurationOptions()
+                    configuration.EndPoints.Add(IPAddress.Loopback, redis.Port)
+                    configuration.ConnectTimeout <- 2000
+                    configuration.ReconnectRetryPolicy <- LinearRetry(250)
+                    builder.AddRedisBackplane(configuration, fun options -> options.ChannelPrefix <- prefix) |> ignore)
+                ignore
+                nodeRoutes
+        let backplane = server.App.Services.GetRequiredService<RedisBackplane>()
+        return { Server = server; Backplane = backplane; Logs = logs }
+    }
+
+/// A prefix no other test uses, so tests on the shared Redis never see each other's channels.
+let private newPrefix () = "t" + Guid.NewGuid().ToString("N").Substring(0, 8)
+
+/// A client whose messages are read in the background into a queue, so a test can wait for the
+/// next one with any timeout without aborting the socket.
+type private Client(socket: ClientWebSocket) =
+    let inbox = Channels.Channel.CreateUnbounded<string>()
+    let reading =
+        task {
+            let buffer = Array.zeroCreate 65536
+            use stream = new MemoryStream()
+            try
+                while socket.State = WebSocketState.Open do
+                    let! result = socket.ReceiveAsync(ArraySegment buffer, CancellationToken.None)
+                    if result.MessageType = WebSocketMessageType.Close then
+                        inbox.Writer.TryComplete() |> ignore
+                    else
+                        stream.Write(buffer, 0, result.Count)
+                        if result.EndOfMessage then
+                            inbox.Writer.TryWrite(Encoding.UTF8.GetString(stream.ToArray())) |> ignore
+                            stream.SetLength 0L
+            with _ -> ()
+            inbox.Writer.TryComplete() |> ignore
+        }
+
+    static member Connect(url: string) =
+        task {
+            let! socket = connect url
+            return new Client(socket)
+        }
+
+    member _.Send(text: string) = sendText socket text
+
+    /// The next message within `seconds`, or None.
+    member _.TryNext(seconds: float) : Task<string option> =
+        task {
+            use cancel = new CancellationTokenSource(TimeSpan.FromSeconds seconds)
+            try
+                let! text = inbox.Reader.ReadAsync(cancel.Token)
+                return Some text
+            with _ ->
+                return None
+        }
+
+    /// The next message (fails the test after 10 s).
+    member client.Next() : Task<string> =
+        task {
+            match! client.TryNext 10.0 with
+            | Some text -> return text
+            | None -> return failtest "no message within 10 s"
+        }
+
+    /// Sends a command and reads until its answer; returns what came before it.
+    member client.Command (command: string) (answer: string) : Task<string list> =
+        task {
+            do! client.Send command
+            let before = ResizeArray()
+            let mutable finished = false
+            while not finished do
+                let! text = client.Next()
+                if text = answer then finished <- true else before.Add text
+            return List.ofSeq before
+        }
+
+    member client.Subscribe(topic: string) = task { let! _ = client.Command ("sub " + topic) ("subscribed " + topic) in () }
+
+    interface IDisposable with
+        member _.Dispose() =
+            (try socket.Abort() with _ -> ())
+            socket.Dispose()
+
+/// Waits until `count` servers subscribe in Redis to the topic's channel.
+let private untilSubscribed (node: Node) (topic: string) (count: int) =
+    let channel = node.Backplane.ChannelOf topic
+    within 10.0 $"{count} servers subscribed to {channel}" (fun () -> subscribersOf channel = count)
+
+let private disposeAll (things: IDisposable seq) =
+    for thing in Seq.rev (Seq.toList things) do
+        try thing.Dispose() with _ -> ()
+
+// ---------------------------------------------------------------------------------------------
+// Tests.
+// ---------------------------------------------------------------------------------------------
+
+[<Tests>]
+let fanoutTests =
+    testSequenced
+    <| testList "Redis scale-out: three servers as one" [
+        testCaseTask "a publish on each node reaches every subscriber on every node exactly once, skips its sender, in order" (fun () -> task {
+            let prefix = newPrefix ()
+            let! a = startNode prefix
+            let! b = startNode prefix
+            let! c = startNode prefix
+            let nodes = [ a; b; c ]
+            let owned = ResizeArray<IDisposable>(nodes |> List.map (fun n -> n :> IDisposable))
+            try
+                // Two clients on each node.
+                let! clients =
+                    [ for node in nodes do yield node; yield node ]
+                    |> List.map (fun node -> Client.Connect node.Url)
+                    |> Task.WhenAll
+                for client in clients do owned.Add client
+                for client in clients do do! client.Subscribe "room"
+                do! untilSubscribed a "room" 3
+                let perSender = 40
+                // Every client publishes numbered messages, then "fin".
+                let! _ =
+                    clients
+                    |> Array.mapi (fun i client -> task {
+                        for n in 1 .. perSender do do! client.Send $"pub room {i}:{n}"
+                        do! client.Send $"pub room {i}:fin" })
+                    |> Task.WhenAll
+                // Each receives every other client's messages in order, then its fin, and none of its own.
+                let! _ =
+                    clients
+                    |> Array.mapi (fun i client -> task {
+                        let next = Array.create clients.Length 1
+                        let mutable fins = 0
+                        while fins < clients.Length - 1 do
+                            let! text = client.Next()
+                            let sender, body = let parts = text.Split ':' in int parts[0], parts[1]
+                            if sender = i then failtestf "client %d got its own message %s" i text
+                            if body = "fin" then
+                                Expect.equal next[sender] (perSender + 1) $"client {i}: all of {sender}'s messages before its fin"
+                                next[sender] <- perSender + 2
+                                fins <- fins + 1
+                            else
+                                Expect.equal (int body) next[sender] $"client {i}: {sender}'s messages in order, once"
+                                next[sender] <- next[sender] + 1 })
+                    |> Task.WhenAll
+                // A last message from one client of each node crosses Redis after everything above:
+                // a duplicate still on its way would arrive before it.
+                let lastSenders = [ 0; 2; 4 ]
+                for i in lastSenders do do! clients[i].Send $"pub room {i}:last"
+                let! _ =
+                    clients
+                    |> Array.mapi (fun i client -> task {
+                        let expected = lastSenders |> List.filter (fun s -> s <> i) |> List.length
+                        for _ in 1 .. expected do
+                            let! text = client.Next()
+                            Expect.stringEnds text ":last" $"client {i}: nothing but the last messages, no duplicate"
+                        let! extra = client.TryNext 0.2
+                        Expect.isNone extra $"client {i}: nothing more" })
+                    |> Task.WhenAll
+                for node in nodes do
+                    Expect.equal node.Backplane.UnreadableCount 0L "no unreadable envelope"
+                    Expect.equal node.Backplane.PublishFailureCount 0L "no lost publish"
+            finally
+                disposeAll owned
+        })
+
+        testCaseTask "a server-wide publish on a node without subscribers reaches the other nodes" (fun () -> task {
+            let prefix = newPrefix ()
+            let! a = startNode prefix
+            use _ = a
+            let! b = startNode prefix
+            use _ = b
+            let! listener = Client.Connect b.Url
+            use _ = listener
+            do! listener.Subscribe "news"
+            do! untilSubscribed b "news" 1
+            Expect.equal (a.Server.Realtime.Publish("news", "from a's route")) 0 "nobody local on a"
+            let! text = listener.Next()
+            Expect.equal text "from a's route" "crossed through Redis"
+        })
+
+        testCaseTask "subscribe/unsubscribe churn while publishing: nothing after an unsubscribe returned, nothing lost to steady subscribers" (fun () -> task {
+            let prefix = newPrefix ()
+            let! a = startNode prefix
+            let! b = startNode prefix
+            let! c = startNode prefix
+            let owned = ResizeArray<IDisposable>([ a :> IDisposable; b; c ])
+            try
+                let! publisher = Client.Connect a.Url
+                owned.Add publisher
+                let! steadyA = Client.Connect a.Url
+                owned.Add steadyA
+                let! steadyB = Client.Connect b.Url
+                owned.Add steadyB
+                do! steadyA.Subscribe "churn"
+                do! steadyB.Subscribe "churn"
+                do! untilSubscribed a "churn" 2
+                let! churners = [ b; b; c ] |> List.map (fun n -> Client.Connect n.Url) |> Task.WhenAll
+                for churner in churners do owned.Add churner
+                let total = 400
+                let published = ref 0
+                let publishing =
+                    task {
+                        for n in 1 .. total do
+                            do! publisher.Send $"pub churn {n}"
+                            published.Value <- n
+                            if n % 10 = 0 then do! Task.Delay 5
+                        do! publisher.Send "pub churn end"
+                    }
+                // Steady subscribers read everything, in order, while the churners come and go.
+                let steadyRead (client: Client) = task {
+                    let mutable expected = 1
+                    let mutable finished = false
+                    while not finished do
+                        let! text = client.Next()
+                        if text = "end" then finished <- true
+                        else
+                            Expect.equal (int text) expected "a steady subscriber misses nothing"
+                            expected <- expected + 1
+                    Expect.equal expected (total + 1) "all of them"
+                }
+                let steadyReading = Task.WhenAll [| steadyRead steadyA; steadyRead steadyB |]
+                let churn (client: Client) = task {
+                    let mutable rounds = 0
+                    while published.Value < total - 20 && rounds < 50 do
+                        rounds <- rounds + 1
+                        let! _ = client.Command "sub churn" "subscribed churn"
+                        do! Task.Delay 10
+                        // Whatever arrives before the answer to unsubscribe is allowed.
+                        let! _ = client.Command "unsub churn" "unsubscribed churn"
+                        // Let publishes made after the unsubscribe reach the nodes, then a marker through
+                        // the same connection: anything on the topic before it came after the unsubscribe.
+                        let mark = published.Value
+                        let! _ = eventually (TimeSpan.FromSeconds 2.0) (fun () -> published.Value >= min total (mark + 5))
+                        do! Task.Delay 20
+                        let! stray = client.Command "ping" "pong"
+                        Expect.isEmpty stray "nothing on the topic after its unsubscribe returned"
+                    return rounds
+                }
+                let! rounds = churners |> Array.map churn |> Task.WhenAll
+                do! publishing
+                let! _ = steadyReading
+                Expect.isTrue (Array.forall (fun r -> r >= 2) rounds) $"each churner came and went at least twice ({rounds})"
+            finally
+                disposeAll owned
+        })
+
+        testCaseTask "traffic follows interest: a node subscribes to a topic's channel only while it has local subscribers" (fun () -> task {
+            let prefix = newPrefix ()
+            let! a = startNode prefix
+            use _ = a
+            let! b = startNode prefix
+            use _ = b
+            let pattern = $"realtime:{prefix}:*"
+            let channel = a.Backplane.ChannelOf "alpha"
+            Expect.equal channel $"realtime:{prefix}:alpha" "one channel per topic"
+            Expect.isEmpty (channelsLike pattern) "no subscriber, no channel"
+            let! first = Client.Connect a.Url
+            use _ = first
+            let! second = Client.Connect a.Url
+            use _ = second
+            do! first.Subscribe "alpha"
+            do! within 10.0 "a subscribed to alpha" (fun () -> channelsLike pattern = [ channel ])
+            do! second.Subscribe "alpha"
+            do! Task.Delay 100
+            Expect.equal (subscribersOf channel) 1 "one Redis subscription for the node, however many local subscribers"
+            let! _ = first.Command "unsub alpha" "unsubscribed alpha"
+            do! Task.Delay 200
+            Expect.equal (channelsLike pattern) [ channel ] "still one local subscriber"
+            // The last one leaves by closing its connection.
+            do! second.Send "ping"
+            let! _ = second.Next()
+            (second :> IDisposable).Dispose()
+            do! within 10.0 "alpha dropped once its last subscriber left" (fun () -> channelsLike pattern |> List.isEmpty)
+            // Back again.
+            do! first.Subscribe "alpha"
+            do! within 10.0 "alpha subscribed again" (fun () -> channelsLike pattern = [ channel ])
+            Expect.equal (subscribersOf (b.Backplane.ChannelOf "alpha")) 1 "b, with no subscriber, never subscribed"
+        })
+
+        testCaseTask "an unreadable envelope on a channel is ignored, counted and logged; delivery goes on" (fun () -> task {
+            let prefix = newPrefix ()
+            let! a = startNode prefix
+            use _ = a
+            let! b = startNode prefix
+            use _ = b
+            let! listener = Client.Connect a.Url
+            use _ = listener
+            let! sender = Client.Connect b.Url
+            use _ = sender
+            do! listener.Subscribe "room"
+            do! untilSubscribed a "room" 1
+            let channel = a.Backplane.ChannelOf "room"
+            let receivers = redis.Value.Cli [ "publish"; channel; "not an envelope" ]
+            Expect.equal receivers "1" "a received it"
+            // Version 1, text kind, valid header, but the topic is another one's.
+            let wrongTopic = Realtime.Protocol.BackplaneEnvelope.encodeParts ("other", Realtime.Protocol.MessageKind.Text, ReadOnlySpan(Encoding.UTF8.GetBytes "x"), false, "someone", 1L)
+            use client = ConnectionMultiplexer.Connect(redis.Value.Endpoint)
+            client.GetSubscriber().Publish(RedisChannel.Literal channel, RedisValue.op_Implicit wrongTopic) |> ignore
+            do! within 10.0 "two unreadable envelopes counted" (fun () -> a.Backplane.UnreadableCount = 2L)
+            do! within 5.0 "logged as a warning" (fun () -> a.Logs.Has 105 LogLevel.Warning)
+            do! sender.Send "pub room after the garbage"
+            let! text = listener.Next()
+            Expect.equal text "after the garbage" "still delivering"
+        })
+    ]
+
+[<Tests>]
+let outageTests =
+    testSequenced
+    <| testList "Redis scale-out: Redis going away and coming back" [
+        testCaseTask "while Redis is down local delivery goes on and lost publishes are counted and logged; after it restarts delivery across nodes resumes" (fun () -> task {
+            let prefix = newPrefix ()
+            let! a = startNode prefix
+            use _ = a
+            let! b = startNode prefix
+            use _ = b
+            let! a1 = Client.Connect a.Url
+            use _ = a1
+            let! a2 = Client.Connect a.Url
+            use _ = a2
+            let! b1 = Client.Connect b.Url
+            use _ = b1
+            for client in [ a1; a2; b1 ] do do! client.Subscribe "room"
+            do! untilSubscribed a "room" 2
+            do! a1.Send "pub room before"
+            let! onA = a2.Next()
+            let! onB = b1.Next()
+            Expect.equal (onA, onB) ("before", "before") "crosses while Redis is up"
+
+            do! whileStopped (fun () -> task {
+                do! within 10.0 "both nodes see Redis gone" (fun () -> not a.Backplane.IsConnected && not b.Backplane.IsConnected)
+                do! a1.Send "pub room during"
+                let! local = a2.Next()
+                Expect.equal local "during" "local delivery goes on"
+                do! within 5.0 "the lost publish is counted" (fun () -> a.Backplane.PublishFailureCount >= 1L)
+                do! within 5.0 "and logged as a warning" (fun () -> a.Logs.Has 104 LogLevel.Warning)
+            })
+            // Bounded: probes until one crosses (the subscriptions come back without a server restart).
+            let deadline = DateTime.UtcNow.AddSeconds 30.0
+            let mutable crossed = false
+            let mutable probe = 0
+            while not crossed && DateTime.UtcNow < deadline do
+                probe <- probe + 1
+                do! a1.Send $"pub room probe {probe}"
+                let! _ = a2.Next()
+                match! b1.TryNext 0.3 with
+                | Some text when text.StartsWith "probe" -> crossed <- true
+                | Some text -> failtestf "b got %s" text
+                | None -> ()
+            Expect.isTrue crossed "a publish on a reaches b again within 30 s of Redis's return"
+            Expect.equal (channelsLike $"realtime:{prefix}:*") [ a.Backplane.ChannelOf "room" ] "the channel is subscribed again"
+            Expect.equal (subscribersOf (a.Backplane.ChannelOf "room")) 2 "by both nodes"
+            // And the other way, with subscriptions made while Redis was away restored as well.
+            do! b1.Send "pub room from b"
+            let! fromB = a1.Next()
+            let! fromB2 = a2.Next()
+            Expect.equal (fromB, fromB2) ("from b", "from b") "b to a"
+        })
+
+        testCaseTask "a topic first subscribed while Redis is down is subscribed once it returns" (fun () -> task {
+            let prefix = newPrefix ()
+            let! a = startNode prefix
+            use _ = a
+            let! b = startNode prefix
+            use _ = b
+            do! within 10.0 "connected" (fun () -> a.Backplane.IsConnected && b.Backplane.IsConnected)
+            let! listener = Client.Connect b.Url
+            use _ = listener
+            do! whileStopped (fun () -> task {
+                do! within 10.0 "both nodes see Redis gone" (fun () -> not a.Backplane.IsConnected && not b.Backplane.IsConnected)
+                do! listener.Subscribe "late"
+                do! Task.Delay 700 // at least one failed attempt
+            })
+            do! untilSubscribed b "late" 1
+            do! within 10.0 "a reconnected too" (fun () -> a.Backplane.IsConnected)
+            let! sender = Client.Connect a.Url
+            use _ = sender
+            do! sender.Send "pub late hello"
+            let! text = listener.Next()
+            Expect.equal text "hello" "crossed"
+            Expect.equal (subscribersOf (b.Backplane.ChannelOf "late")) 1 "one subscription, not a leftover duplicate"
+        })
+    ]
+
+// ---------------------------------------------------------------------------------------------
+// The real samples/Echo, two processes on one Redis.
+// ---------------------------------------------------------------------------------------------
+
+/// Starts `dotnet` with `arguments` in the repository root, collecting its output.
+let private startDotnet (arguments: string) : Process * StringBuilder =
+    let info = ProcessStartInfo("dotnet", arguments)
+    info.WorkingDirectory <- repositoryRoot
+    info.UseShellExecute <- false
+    info.RedirectStandardOutput <- true
+    info.RedirectStandardError <- true
+    info.Environment["MSBUILDDISABLENODEREUSE"] <- "1"
+    info.Environment["DOTNET_CLI_USE_MSBUILD_SERVER"] <- "0"
+    let output = StringBuilder()
+    let collect (line: string) = if not (isNull line) then lock output (fun () -> output.AppendLine line |> ignore)
+    let child = new Process(StartInfo = info)
+    child.OutputDataReceived.Add(fun args -> collect args.Data)
+    child.ErrorDataReceived.Add(fun args -> collect args.Data)
+    child.Start() |> ignore
+    child.BeginOutputReadLine()
+    child.BeginErrorReadLine()
+    child, output
+
+let private stop (child: Process) =
+    try
+        if not child.HasExited then
+            child.Kill(entireProcessTree = true)
+            child.WaitForExit(10_000) |> ignore
+    with _ -> ()
+
+/// True when samples/Echo's Release build is newer than every source it is built from.
+let private sampleIsBuilt () =
+    let separator = string Path.DirectorySeparatorChar
+    let outside (file: string) = not (file.Contains(separator + "bin" + separator) || file.Contains(separator + "obj" + separator))
+    let sources =
+        [ for folder in [ "src"; Path.Combine("samples", "Echo") ] do
+              yield! Directory.EnumerateFiles(Path.Combine(repositoryRoot, folder), "*", SearchOption.AllDirectories) |> Seq.filter outside
+          yield! Directory.GetFiles(repositoryRoot, "Directory.Build.*") ]
+    let bin = Path.Combine(repositoryRoot, "samples", "Echo", "bin", "Release")
+    let built = if Directory.Exists bin then Directory.GetFiles(bin, "*.dll", SearchOption.AllDirectories) else [||]
+    built |> Array.exists (fun dll -> Path.GetFileName dll = "Echo.dll")
+    && (let builtAt = built |> Array.map File.GetLastWriteTimeUtc |> Array.max
+        sources |> List.forall (fun file -> File.GetLastWriteTimeUtc file < builtAt))
+
+let private ensureSampleBuilt () =
+    task {
+        if not (sampleIsBuilt ()) then
+            let build, buildOutput = startDotnet "build samples/Echo/Echo.csproj -c Release -v q --nologo -nodeReuse:false"
+            use _ = build
+            use buildWait = new CancellationTokenSource(TimeSpan.FromSeconds 180.0)
+            try
+                do! build.WaitForExitAsync(buildWait.Token)
+            with :? OperationCanceledException ->
+                stop build
+                failtest "building samples/Echo took over 180 s"
+            Expect.equal build.ExitCode 0 $"samples/Echo builds:\n{buildOutput}"
+    }
+
+/// Starts samples/Echo with extra arguments and waits (at most 30 s) until it listens on `port`.
+let private startEcho (port: int) (extra: string) =
+    task {
+        let sample, output = startDotnet $"run -c Release --project samples/Echo/Echo.csproj --no-build -- --urls http://127.0.0.1:{port} {extra}"
+        let deadline = DateTime.UtcNow.AddSeconds 30.0
+        let mutable listening = false
+        while not listening && DateTime.UtcNow < deadline && not sample.HasExited do
+            try
+                use probe = new TcpClient()
+                do! probe.ConnectAsync("127.0.0.1", port)
+                listening <- true
+            with _ ->
+                do! Task.Delay 100
+        if not listening then
+            stop sample
+            failtestf "samples/Echo did not listen on %d within 30 s:\n%s" port (output.ToString())
+        return sample
+    }
+
+[<Tests>]
+let sampleTests =
+    testSequenced
+    <| testList "Redis scale-out: two real samples/Echo --redis processes" [
+        testCaseTask "/fanout spans both nodes: every other connection on either node gets each message once, in order per sender, the sender none" (fun () -> task {
+            do! ensureSampleBuilt ()
+            let port1, port2 = freePort (), freePort ()
+            let! node1 = startEcho port1 $"--redis {redis.Value.Endpoint}"
+            use _ = node1
+            let! node2 = startEcho port2 $"--redis {redis.Value.Endpoint}"
+            use _ = node2
+            let owned = ResizeArray<IDisposable>()
+            try
+                let! clients =
+                    [ port1; port1; port2; port2 ]
+                    |> List.map (fun port -> Client.Connect $"ws://127.0.0.1:{port}/fanout")
+                    |> Task.WhenAll
+                for client in clients do owned.Add client
+                do! within 10.0 "both Echo nodes subscribed to realtime:default:fanout" (fun () -> subscribersOf "realtime:default:fanout" = 2)
+                let perSender = 30
+                let! _ =
+                    clients
+                    |> Array.mapi (fun i client -> task {
+                        for n in 1 .. perSender do do! client.Send $"{i}:{n}" })
+                    |> Task.WhenAll
+                let! _ =
+                    clients
+                    |> Array.mapi (fun i client -> task {
+                        let next = Array.create clients.Length 1
+                        for _ in 1 .. (clients.Length - 1) * perSender do
+                            let! text = client.Next()
+                            let sender, n = let parts = text.Split ':' in int parts[0], int parts[1]
+                            if sender = i then failtestf "client %d got its own message %s" i text
+                            Expect.equal n next[sender] $"client {i}: {sender}'s messages in order, once"
+                            next[sender] <- n + 1
+                        let! extra = client.TryNext 0.3
+                        Expect.isNone extra $"client {i}: nothing more" })
+                    |> Task.WhenAll
+                ()
+            finally
+                disposeAll owned
+                stop node1
+                stop node2
+        })
+    ]
