@@ -213,11 +213,17 @@ let ensureEchoSampleBuilt () : Task<string option> =
             echoSampleBuild.Release() |> ignore
     }
 
-/// Starts the built samples/Echo with `arguments` after `--` and waits (at most 30 s) until it
+/// Starts the built samples/Echo (its Release Echo.dll, straight away: `dotnet run` would spend
+/// seconds evaluating the project first) with `arguments` and waits (at most 30 s) until it
 /// accepts TCP connections on `port`; returns the process and its output so far.
 let startEchoSample (port: int) (arguments: string) : Task<Diagnostics.Process * Text.StringBuilder> =
     task {
-        let sample, output = startDotnet $"run -c Release --project samples/Echo/Echo.csproj --no-build -- {arguments}"
+        let bin = Path.Combine(repositoryRoot, "samples", "Echo", "bin", "Release")
+        let dll =
+            Directory.GetFiles(bin, "Echo.dll", SearchOption.AllDirectories)
+            |> Array.sortByDescending File.GetLastWriteTimeUtc
+            |> Array.head
+        let sample, output = startDotnet $"exec \"{dll}\" {arguments}"
         let deadline = DateTime.UtcNow.AddSeconds 30.0
         let mutable listening = false
         while not listening && DateTime.UtcNow < deadline && not sample.HasExited do
