@@ -512,6 +512,55 @@ let autobahn12Tests =
                 expectEchoes session [ for size in [ 1; 7; 64; 4096 ] -> Opcode.Text, textMessage size 50000, Some size ]
             Expect.equal count 4 "all echoed"
         })
+
+        testCaseTask "a ping between the fragments of a compressed message is answered first and the message still echoes whole" (fun () -> task {
+            let! port = echoPort ()
+            use! session = openSession port "/takeover" "permessage-deflate"
+            let message = textMessage 11 30000
+            let compressed = ClientDeflater(false, 15).Compress message
+            let half = compressed.Length / 2
+            do! session.Connection.SendFrame(Opcode.Text, compressed[.. half - 1], fin = false, rsv1 = true)
+            do! session.Connection.SendFrame(Opcode.Ping, Encoding.UTF8.GetBytes "mid-message")
+            do! session.Connection.SendFrame(Opcode.Continuation, compressed[half ..])
+            match! session.Connection.ReceiveFrame() with
+            | Some frame when frame.Opcode = Opcode.Pong -> Expect.equal frame.Text "mid-message" "the pong carries the ping's data"
+            | other -> failtestf "expected the pong first, got %A" other
+            // The raw session's own compressor did not see that message: inflate the echo on a fresh stream.
+            let! kind, compressedEcho, payload = receiveFrames session.Connection
+            Expect.equal kind Opcode.Text "text"
+            Expect.isTrue compressedEcho "compressed"
+            Expect.equal (ServerInflater(false).Inflate payload) message "the whole message"
+        })
+
+        testCaseTask "a compressed message whose first and last frames are empty echoes whole" (fun () -> task {
+            let! port = echoPort ()
+            use! session = openSession port "/echo" "permessage-deflate"
+            let message = textMessage 12 5000
+            let compressed = ClientDeflater(false, 15).Compress message
+            do! session.Connection.SendFrame(Opcode.Text, [||], fin = false, rsv1 = true)
+            do! session.Connection.SendFrame(Opcode.Continuation, compressed, fin = false)
+            do! session.Connection.SendFrame(Opcode.Continuation, [||])
+            let! kind, compressedEcho, echoed = session.Receive()
+            Expect.equal kind Opcode.Text "text"
+            Expect.isTrue compressedEcho "compressed"
+            Expect.equal echoed message "the whole message"
+        })
+
+        testCaseTask "uncompressed messages between compressed ones leave both compression contexts as they were" (fun () -> task {
+            let! port = echoPort ()
+            use! session = openSession port "/takeover" "permessage-deflate"
+            let first = textMessage 13 4000
+            let! _ = expectEchoes session [ Opcode.Text, first, None ]
+            for i in 1..3 do
+                do! session.Connection.SendFrame(Opcode.Binary, binaryMessage i 3000)
+                let! kind, compressed, echoed = receiveFrames session.Connection
+                Expect.equal (kind, compressed) (Opcode.Binary, false) "an uncompressed message is echoed uncompressed"
+                Expect.equal echoed (binaryMessage i 3000) "same bytes"
+            // Mostly a repeat of the first: both compressors refer back to it across the plain messages.
+            let again = Array.append first (Encoding.UTF8.GetBytes " and again")
+            let! count = expectEchoes session [ Opcode.Text, again, None ]
+            Expect.equal count 1 "echoed"
+        })
     ]
 
 /// Autobahn 13.x: the same messages under every combination of the negotiable parameters.
@@ -649,6 +698,11 @@ let zipBombTests =
             Expect.isLessThan elapsed (TimeSpan.FromSeconds 1.0) "well under a second"
             // Generous: other tests run in the same process; inflating the bomb would hold 100 MiB.
             Expect.isLessThan (after - before) (32L * 1024L * 1024L) "the live heap did not grow by anything like 100 MiB"
+            // The pooled inflater that met the bomb serves the next connection cleanly.
+            for _ in 1..3 do
+                use! next = openSession port "/small" "permessage-deflate"
+                let! count = expectEchoes next [ Opcode.Text, textMessage 21 10000, None ]
+                Expect.equal count 1 "a later connection's message inflates correctly"
         })
 
         testCaseTask "the same bomb cut into 64 KiB continuation frames is stopped the same way" (fun () -> task {
