@@ -26,6 +26,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     private volatile bool _shuttingDown;
     private int _admitted;
     private readonly ConcurrentDictionary<System.Net.IPAddress, int> _admittedPerAddress = new();
+    private long _sharedPublishCompressions;
 
     private readonly IRealtimeBackplane? _backplane;
 
@@ -175,6 +176,13 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         WithUtf8(text, (topic, sender, compress, server: this),
             static (utf8, state) => state.server.PublishFrame(state.topic, MessageKind.Text, utf8, state.sender, state.compress));
 
+    /// <summary>
+    /// How many times <see cref="PublishFrame"/> compressed a message for the recipients that take a
+    /// shared compressed frame (no context takeover, full window): at most once per publish, however
+    /// many such recipients there are. Kept for tests and diagnostics.
+    /// </summary>
+    internal long SharedPublishCompressions => Interlocked.Read(ref _sharedPublishCompressions);
+
     /// <summary>Delivers to this server's subscribers, then hands the publish to the backplane, if any.</summary>
     internal int PublishFrame(string topic, MessageKind kind, ReadOnlySpan<byte> payload, RealtimeSocket? sender, bool compress)
     {
@@ -211,7 +219,11 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
                     result = recipient.Enqueue(header[..headerLength], payload);
                 else if (recipient.AcceptsSharedCompression)
                 {
-                    if (compressed is null) compressedLength = CompressorPool.SharedDeflater(15).Compress(payload, out compressed);
+                    if (compressed is null)
+                    {
+                        compressedLength = CompressorPool.SharedDeflater(15).Compress(payload, out compressed);
+                        Interlocked.Increment(ref _sharedPublishCompressions);
+                    }
                     result = recipient.EnqueueCompressed(kind, compressed.AsSpan(0, compressedLength));
                 }
                 else

@@ -54,7 +54,7 @@ let private routes (app: WebApplication) =
 let private startNode bus =
     let backplane = InMemoryBackplane(bus)
     task {
-        let! server = startWith (fun services -> services.AddSingleton<IRealtimeBackplane>(backplane) |> ignore) ignore routes
+        let! server = startWith (fun host -> host.Services.AddSingleton<IRealtimeBackplane>(backplane) |> ignore) ignore routes
         return server, backplane
     }
 

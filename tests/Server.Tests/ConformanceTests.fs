@@ -865,89 +865,18 @@ let autoFragmentationTests =
 // The real samples/Echo, as a process.
 // ---------------------------------------------------------------------------------------------
 
-/// Starts `dotnet` with `arguments` in the repository root, collecting its output.
-let private startDotnet (arguments: string) : Process * StringBuilder =
-    let info = ProcessStartInfo("dotnet", arguments)
-    info.WorkingDirectory <- TestHost.repositoryRoot
-    info.UseShellExecute <- false
-    info.RedirectStandardOutput <- true
-    info.RedirectStandardError <- true
-    // No MSBuild nodes or build servers left running after the test.
-    info.Environment["MSBUILDDISABLENODEREUSE"] <- "1"
-    info.Environment["DOTNET_CLI_USE_MSBUILD_SERVER"] <- "0"
-    let output = StringBuilder()
-    let collect (line: string) = if not (isNull line) then lock output (fun () -> output.AppendLine line |> ignore)
-    let child = new Process(StartInfo = info)
-    child.OutputDataReceived.Add(fun args -> collect args.Data)
-    child.ErrorDataReceived.Add(fun args -> collect args.Data)
-    child.Start() |> ignore
-    child.BeginOutputReadLine()
-    child.BeginErrorReadLine()
-    child, output
-
-let private stop (child: Process) =
-    try
-        if not child.HasExited then
-            child.Kill(entireProcessTree = true)
-            child.WaitForExit(10_000) |> ignore
-    with _ -> ()
-
-let private freePort () =
-    let listener = new TcpListener(IPAddress.Loopback, 0)
-    listener.Start()
-    let port = (listener.LocalEndpoint :?> IPEndPoint).Port
-    listener.Stop()
-    port
-
-/// True when samples/Echo's Release build is newer than every source it is built from.
-let private sampleIsBuilt () =
-    let root = TestHost.repositoryRoot
-    let separator = string Path.DirectorySeparatorChar
-    let outside (file: string) = not (file.Contains(separator + "bin" + separator) || file.Contains(separator + "obj" + separator))
-    let sources =
-        [ for folder in [ "src"; Path.Combine("samples", "Echo") ] do
-              yield! Directory.EnumerateFiles(Path.Combine(root, folder), "*", SearchOption.AllDirectories) |> Seq.filter outside
-          yield! Directory.GetFiles(root, "Directory.Build.*") ]
-    let bin = Path.Combine(root, "samples", "Echo", "bin", "Release")
-    let built = if Directory.Exists bin then Directory.GetFiles(bin, "*.dll", SearchOption.AllDirectories) else [||]
-    built |> Array.exists (fun dll -> Path.GetFileName dll = "Echo.dll")
-    && (let builtAt = built |> Array.map File.GetLastWriteTimeUtc |> Array.max
-        sources |> List.forall (fun file -> File.GetLastWriteTimeUtc file < builtAt))
-
 [<Tests>]
 let sampleProcessTests =
     testSequenced <| testList "Autobahn smoke: the real samples/Echo as a process" [
         testCaseTask "the built samples/Echo echoes text and binary, takes a 16 MiB + 1 message, and fails a reserved opcode with 1002" (fun () ->
             task {
-                // Make sure it is built: when any source is newer than the built sample, build it
-                // (incremental, bounded); MSBuild's own up-to-date check costs seconds otherwise.
-                if not (sampleIsBuilt ()) then
-                    let build, buildOutput = startDotnet "build samples/Echo/Echo.csproj -c Release -v q --nologo -nodeReuse:false"
-                    use _ = build
-                    use buildWait = new CancellationTokenSource(TimeSpan.FromSeconds 180.0)
-                    try
-                        do! build.WaitForExitAsync(buildWait.Token)
-                    with :? OperationCanceledException ->
-                        stop build
-                        failtest "building samples/Echo took over 180 s"
-                    Expect.equal build.ExitCode 0 $"samples/Echo builds:\n{buildOutput}"
-
-                let port = freePort ()
-                let sample, output = startDotnet $"run -c Release --project samples/Echo/Echo.csproj --no-build -- --urls http://127.0.0.1:{port}"
+                match! TestHost.ensureEchoSampleBuilt () with
+                | Some problem -> failtest problem
+                | None -> ()
+                let port = TestHost.freePort ()
+                let! sample, _ = TestHost.startEchoSample port $"--urls http://127.0.0.1:{port}"
                 use _ = sample
                 try
-                    // Bounded wait until it listens.
-                    let deadline = DateTime.UtcNow.AddSeconds 30.0
-                    let mutable listening = false
-                    while not listening && DateTime.UtcNow < deadline && not sample.HasExited do
-                        try
-                            use probe = new TcpClient()
-                            do! probe.ConnectAsync("127.0.0.1", port)
-                            listening <- true
-                        with _ ->
-                            do! Task.Delay 100
-                    if not listening then failtestf "samples/Echo did not listen on %d within 30 s:\n%s" port (output.ToString())
-
                     let! connection = RawClient.connect port "/echo"
                     use _ = connection
                     let text = utf8 "Hello from the real sample, κόσμε"
@@ -967,6 +896,6 @@ let sampleProcessTests =
                     do! violator.SendRaw(whole (opcode 3) [||])
                     do! expectFailure violator CloseCode.ProtocolError "reserved opcode 3"
                 finally
-                    stop sample
+                    TestHost.stopProcess sample
             })
     ]

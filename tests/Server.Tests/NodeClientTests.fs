@@ -29,7 +29,7 @@ let private requireNodeModules () =
 
 /// Runs `node script args...` in the node folder, bounded by the timeout, and returns the JSON
 /// object on the last line of its output; fails the test on a non-zero exit or a timeout.
-let private runNode (timeout: TimeSpan) (script: string) (args: string list) : Task<JsonElement> =
+let runNode (timeout: TimeSpan) (script: string) (args: string list) : Task<JsonElement> =
     task {
         requireNodeModules ()
         let info = ProcessStartInfo("node", WorkingDirectory = nodeFolder, UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true)

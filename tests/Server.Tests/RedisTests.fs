@@ -209,7 +209,8 @@ let private startNode (prefix: string) : Task<Node> =
         let logs = new CapturingLogs()
         let! server =
             startWith
-                (fun services ->
+                (fun host ->
+                    let services = host.Services
                     services.AddSingleton<ILoggerProvider>(logs) |> ignore
                     let builder = { new IRealtimeBuilder with member _.Services = services }
                     let configuration = ConfigurationOptions()
