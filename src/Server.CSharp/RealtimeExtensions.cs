@@ -24,7 +24,8 @@ namespace Microsoft.Extensions.DependencyInjection
             if (configure is not null) services.Configure(configure);
             services.TryAddSingleton(provider => new RealtimeServer(
                 provider.GetRequiredService<ILogger<RealtimeServer>>(),
-                provider.GetService<TimeProvider>()));
+                provider.GetService<TimeProvider>(),
+                new RealtimeMetrics(provider.GetService<System.Diagnostics.Metrics.IMeterFactory>())));
             services.TryAddSingleton<IRealtimeServer>(provider => provider.GetRequiredService<RealtimeServer>());
             services.AddHostedService<RealtimeShutdown>();
             // The handshake's header time is Kestrel's to enforce: it reads the headers before any endpoint runs.

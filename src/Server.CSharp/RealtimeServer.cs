@@ -27,13 +27,16 @@ internal sealed class RealtimeServer : IRealtimeServer, IDisposable
     private int _admitted;
     private readonly ConcurrentDictionary<System.Net.IPAddress, int> _admittedPerAddress = new();
 
-    public RealtimeServer(ILogger<RealtimeServer> logger, TimeProvider? time = null)
+    public RealtimeServer(ILogger<RealtimeServer> logger, TimeProvider? time = null, RealtimeMetrics? metrics = null)
     {
         Log = logger;
         _time = time ?? TimeProvider.System;
+        Metrics = metrics ?? new RealtimeMetrics(null);
     }
 
     public ILogger Log { get; }
+
+    public RealtimeMetrics Metrics { get; }
 
     /// <summary>Milliseconds on a monotonic clock: the core's notion of now.</summary>
     public long Now() => _time.GetTimestamp() * 1000 / _time.TimestampFrequency;
@@ -171,7 +174,11 @@ internal sealed class RealtimeServer : IRealtimeServer, IDisposable
         ArgumentNullException.ThrowIfNull(topic);
         var excluded = sender is null ? FSharpValueOption<RealtimeSocket>.ValueNone : FSharpValueOption<RealtimeSocket>.NewValueSome(sender);
         var recipients = Topics.publish(Volatile.Read(ref _topics), topic, excluded);
-        if (recipients.IsEmpty) return 0;
+        if (recipients.IsEmpty)
+        {
+            Metrics.Published(0);
+            return 0;
+        }
         Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
         int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
         // Compressed once, on first need, for every recipient that can take a shared compressed frame.
@@ -199,6 +206,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IDisposable
         {
             if (compressed is not null) System.Buffers.ArrayPool<byte>.Shared.Return(compressed);
         }
+        Metrics.Published(queued);
         return queued;
     }
 
@@ -296,5 +304,6 @@ internal sealed class RealtimeServer : IRealtimeServer, IDisposable
     public void Dispose()
     {
         lock (_timerLock) _timer?.Dispose();
+        Metrics.Dispose();
     }
 }
