@@ -101,9 +101,11 @@ let private connectInbox (url: string) =
 
 let private packageVersion () = $"""0.1.0-consumer.{DateTime.UtcNow.ToString("yyyyMMddHHmmss")}.{Environment.ProcessId}"""
 
+/// Sequenced: Expecto runs it after the parallel tests, one at a time, so its builds (two cores'
+/// worth for most of a minute) do not disturb the timing-sensitive host tests.
 [<Tests>]
 let tests =
-    testList "Packages" [
+    testSequenced <| testList "Packages" [
         testCaseTask "a fresh dotnet new web app builds the README's quick start against the packed packages and chats" (fun () -> task {
             let root = Path.Combine(Path.GetTempPath(), $"realtime-consumer-{Guid.NewGuid():N}")
             let feed = Path.Combine(root, "feed")
