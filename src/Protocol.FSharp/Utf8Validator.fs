@@ -20,13 +20,16 @@ type Utf8State =
     /// True at a character boundary: the bytes so far form complete, valid UTF-8.
     member state.IsComplete = state.Packed = 0
 
+    /// True when `other` is a Utf8State at the same point: both complete, or both needing the same continuation bytes.
     override state.Equals(other: obj) =
         match other with
         | :? Utf8State as o -> o.Packed = state.Packed
         | _ -> false
 
+    /// A hash consistent with Equals.
     override state.GetHashCode() = state.Packed
 
+    /// A short text for debugging: "Utf8State.Complete" at a character boundary, else "Utf8State.Needs(...)".
     override state.ToString() =
         if state.Packed = 0 then "Utf8State.Complete"
         else sprintf "Utf8State.Needs(%d)" (state.Packed >>> 16)

@@ -98,6 +98,13 @@ internal abstract class RealtimeEndpoint
         return false;
     }
 
+    /// <summary>Logs and counts a refused upgrade: its HTTP status and stable reason code.</summary>
+    protected void Rejected(int status, string code, string detail)
+    {
+        Server.Log.HandshakeRejected(Pattern, status, code, detail);
+        Server.Metrics.HandshakeRejected(Pattern, status, code);
+    }
+
     /// <summary>Writes a refusal before the upgrade: status, extra headers and a short text body.</summary>
     protected static async Task RejectAsync(HttpContext context, int status, string reason, IEnumerable<Handshake.HttpHeader> headers)
     {
@@ -136,19 +143,20 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
     {
         if (Server.IsShuttingDown)
         {
+            Rejected(StatusCodes.Status503ServiceUnavailable, "shutting-down", "server shutting down");
             await RejectAsync(context, StatusCodes.Status503ServiceUnavailable, "server shutting down", []).ConfigureAwait(false);
             return;
         }
         if (HeaderBytes(context.Request) > Options.MaxHandshakeHeaderBytes)
         {
-            Server.Log.HandshakeRejected(Pattern, StatusCodes.Status431RequestHeaderFieldsTooLarge, "headers-too-large", "request headers over the limit");
+            Rejected(StatusCodes.Status431RequestHeaderFieldsTooLarge, "headers-too-large", "request headers over the limit");
             await RejectAsync(context, StatusCodes.Status431RequestHeaderFieldsTooLarge, "request headers too large", []).ConfigureAwait(false);
             return;
         }
         var result = Handshake.accept(Policy, ToHandshakeRequest(context.Request));
         if (result is Handshake.HandshakeResult.Rejected { rejection: var rejection })
         {
-            Server.Log.HandshakeRejected(Pattern, rejection.Status, rejection.Code, rejection.Reason);
+            Rejected(rejection.Status, rejection.Code, rejection.Reason);
             await RejectAsync(context, rejection.Status, rejection.Reason, rejection.Headers).ConfigureAwait(false);
             return;
         }
@@ -156,21 +164,21 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         var upgrade = context.Features.Get<IHttpUpgradeFeature>();
         if (upgrade is null || !upgrade.IsUpgradableRequest)
         {
-            Server.Log.HandshakeRejected(Pattern, 400, "not-upgradable", "the server cannot upgrade this request");
+            Rejected(400, "not-upgradable", "the server cannot upgrade this request");
             await RejectAsync(context, StatusCodes.Status400BadRequest, "this request cannot be upgraded (HTTP/1.1 is required)", []).ConfigureAwait(false);
             return;
         }
 
         if (!OriginAllowed(context.Request))
         {
-            Server.Log.HandshakeRejected(Pattern, StatusCodes.Status403Forbidden, "origin-not-allowed", context.Request.Headers.Origin.ToString());
+            Rejected(StatusCodes.Status403Forbidden, "origin-not-allowed", context.Request.Headers.Origin.ToString());
             await RejectAsync(context, StatusCodes.Status403Forbidden, "origin not allowed", []).ConfigureAwait(false);
             return;
         }
         var address = context.Connection.RemoteIpAddress;
         if (!Server.TryReserveSlot(address, Options))
         {
-            Server.Log.HandshakeRejected(Pattern, StatusCodes.Status503ServiceUnavailable, "too-many-connections", address?.ToString() ?? "");
+            Rejected(StatusCodes.Status503ServiceUnavailable, "too-many-connections", address?.ToString() ?? "");
             await RejectAsync(context, StatusCodes.Status503ServiceUnavailable, "too many connections", []).ConfigureAwait(false);
             return;
         }
@@ -192,7 +200,7 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         else attachment = Attachment<TData>.Accept(default!);
         if (attachment.IsRejected)
         {
-            Server.Log.HandshakeRejected(Pattern, attachment.RejectStatus, "attach-rejected", attachment.RejectReason ?? "");
+            Rejected(attachment.RejectStatus, "attach-rejected", attachment.RejectReason ?? "");
             await RejectAsync(context, attachment.RejectStatus, attachment.RejectReason ?? "rejected", []).ConfigureAwait(false);
             return;
         }

@@ -25,7 +25,8 @@ namespace Microsoft.Extensions.DependencyInjection
             services.TryAddSingleton(provider => new RealtimeServer(
                 provider.GetRequiredService<ILogger<RealtimeServer>>(),
                 provider.GetService<TimeProvider>(),
-                provider.GetService<IRealtimeBackplane>()));
+                provider.GetService<IRealtimeBackplane>(),
+                new RealtimeMetrics(provider.GetService<System.Diagnostics.Metrics.IMeterFactory>())));
             services.TryAddSingleton<IRealtimeServer>(provider => provider.GetRequiredService<RealtimeServer>());
             services.AddHostedService<RealtimeLifecycle>();
             // The handshake's header time is Kestrel's to enforce: it reads the headers before any endpoint runs.

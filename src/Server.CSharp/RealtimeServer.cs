@@ -30,17 +30,20 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
 
     private readonly IRealtimeBackplane? _backplane;
 
-    public RealtimeServer(ILogger<RealtimeServer> logger, TimeProvider? time = null, IRealtimeBackplane? backplane = null)
+    public RealtimeServer(ILogger<RealtimeServer> logger, TimeProvider? time = null, IRealtimeBackplane? backplane = null, RealtimeMetrics? metrics = null)
     {
         Log = logger;
         _time = time ?? TimeProvider.System;
         _backplane = backplane;
+        Metrics = metrics ?? new RealtimeMetrics(null);
     }
 
     /// <summary>Connects the backplane, if any, once the host starts.</summary>
     internal void StartBackplane() => _backplane?.Start(this);
 
     public ILogger Log { get; }
+
+    public RealtimeMetrics Metrics { get; }
 
     /// <summary>Milliseconds on a monotonic clock: the core's notion of now.</summary>
     public long Now() => _time.GetTimestamp() * 1000 / _time.TimestampFrequency;
@@ -203,7 +206,11 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     {
         var excluded = sender is null ? FSharpValueOption<RealtimeSocket>.ValueNone : FSharpValueOption<RealtimeSocket>.NewValueSome(sender);
         var recipients = Topics.publish(Volatile.Read(ref _topics), topic, excluded);
-        if (recipients.IsEmpty) return 0;
+        if (recipients.IsEmpty)
+        {
+            Metrics.Published(0);
+            return 0;
+        }
         Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
         int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
         // Compressed once, on first need, for every recipient that can take a shared compressed frame.
@@ -235,6 +242,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         {
             if (compressed is not null) System.Buffers.ArrayPool<byte>.Shared.Return(compressed);
         }
+        Metrics.Published(queued);
         return queued;
     }
 
@@ -332,5 +340,6 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     public void Dispose()
     {
         lock (_timerLock) _timer?.Dispose();
+        Metrics.Dispose();
     }
 }

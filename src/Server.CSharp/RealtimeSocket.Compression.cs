@@ -36,7 +36,11 @@ public abstract partial class RealtimeSocket
         }
         lock (_sync)
         {
-            if (!_core.CanSend || _ended) return SendResult.Dropped;
+            if (!_core.CanSend || _ended)
+            {
+                _server.Metrics.Queued(SendStatus.Dropped);
+                return SendResult.Dropped;
+            }
             // Judge admission on a bound of the compressed size, so nothing the compressor has seen is dropped.
             int bound = payload.Length + (payload.Length >> 3) + 64;
             var (_, verdict) = Backpressure.offer(_endpoint.Limits, _backpressure, bound);

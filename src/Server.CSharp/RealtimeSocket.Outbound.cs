@@ -46,7 +46,11 @@ public abstract partial class RealtimeSocket : IThreadPoolWorkItem
         bool closeForLimit = false;
         lock (_sync)
         {
-            if (!_core.CanSend || _ended) return SendResult.Dropped;
+            if (!_core.CanSend || _ended)
+            {
+                _server.Metrics.Queued(SendStatus.Dropped);
+                return SendResult.Dropped;
+            }
             var (state, verdict) = Backpressure.offer(_endpoint.Limits, _backpressure, total);
             _backpressure = state;
             if (verdict.IsSent) result = new SendResult(SendStatus.Sent, total);
@@ -63,6 +67,7 @@ public abstract partial class RealtimeSocket : IThreadPoolWorkItem
             }
             startWriter = result.IsQueued && TryBecomeWriter();
         }
+        _server.Metrics.Queued(result.Status);
         if (closeForLimit)
         {
             _server.Log.BackpressureLimitClose(Id, _endpoint.Pattern);
@@ -193,6 +198,7 @@ public abstract partial class RealtimeSocket : IThreadPoolWorkItem
             try
             {
                 await _transport.WriteAsync(chunk.AsMemory(0, length)).ConfigureAwait(false);
+                _server.Metrics.BytesSent(length);
             }
             catch (Exception exception)
             {
@@ -301,6 +307,7 @@ public abstract partial class RealtimeSocket : IThreadPoolWorkItem
 
     private void RequestDrain()
     {
+        _server.Metrics.Drain();
         Volatile.Write(ref _drainPending, 1);
         RunPendingDrain();
     }

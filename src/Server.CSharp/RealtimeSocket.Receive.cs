@@ -31,6 +31,7 @@ public abstract partial class RealtimeSocket
     internal async Task RunAsync()
     {
         _server.Register(this);
+        _server.Metrics.ConnectionOpened(_endpoint.Pattern);
         _server.Log.ConnectionOpened(Id, _endpoint.Pattern, RemoteAddress?.ToString());
         try
         {
@@ -87,6 +88,7 @@ public abstract partial class RealtimeSocket
             {
                 int read = await _transport.ReadAsync(buffer.AsMemory(0, bufferSize), _receiving.Token).ConfigureAwait(false);
                 if (read == 0) return;
+                _server.Metrics.BytesReceived(read);
                 await ProcessAsync(buffer, read).ConfigureAwait(false);
             }
             finally
@@ -232,6 +234,7 @@ public abstract partial class RealtimeSocket
 
     private async ValueTask DeliverAsync(MessageKind kind, ReadOnlyMemory<byte> data, bool compressed)
     {
+        _server.Metrics.MessageReceived();
         EnterHandlers();
         try
         {
@@ -389,6 +392,7 @@ public abstract partial class RealtimeSocket
         ResetMessage();
         DisposeCompression();
         _server.Unregister(this);
+        _server.Metrics.ConnectionClosed(_endpoint.Pattern, code);
         _server.Log.ConnectionClosed(Id, code, reason);
         EnterHandlers();
         _closeDispatched = true;

@@ -1,0 +1,230 @@
+/// The packages as a consumer gets them: pack both, make a fresh `dotnet new web` app outside the
+/// repository that takes them from a local folder only, put the README's quick start in its
+/// Program.cs, build and run it, and talk to it with WebSocket clients.
+module Realtime.Server.Tests.PackageTests
+
+open System
+open System.Collections.Concurrent
+open System.Diagnostics
+open System.IO
+open System.Net.Http
+open System.Net.WebSockets
+open System.Text
+open System.Text.RegularExpressions
+open System.Threading
+open System.Threading.Tasks
+open Expecto
+open Realtime.Server.Tests.TestHost
+
+/// The C# code of the README's "Quick start" section: its first ```csharp block.
+let quickStartCode () =
+    let readme = File.ReadAllText(Path.Combine(repositoryRoot, "README.md"))
+    let section = readme.IndexOf("## Quick start", StringComparison.Ordinal)
+    if section < 0 then failtest "README.md has no \"## Quick start\" section"
+    let block = Regex.Match(readme.Substring section, "```csharp\r?\n(.*?)```", RegexOptions.Singleline)
+    if not block.Success then failtest "the Quick start section of README.md has no ```csharp block"
+    block.Groups[1].Value
+
+/// Runs a dotnet command to its end, bounded by `timeout`; fails the test with its output when it
+/// fails or runs over. MSBuild's variables of the test run (set when `dotnet test` runs the suite)
+/// are not passed on, so the child is an ordinary build.
+let private dotnet (workingDirectory: string) (environment: (string * string) list) (timeout: TimeSpan) (arguments: string list) =
+    task {
+        let info = ProcessStartInfo("dotnet", arguments, WorkingDirectory = workingDirectory, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
+        for key in info.Environment.Keys |> Seq.toArray do
+            if key.StartsWith("MSBuild", StringComparison.OrdinalIgnoreCase) || key = "DOTNET_HOST_PATH" then info.Environment.Remove key |> ignore
+        info.Environment["MSBUILDDISABLENODEREUSE"] <- "1"
+        info.Environment["DOTNET_CLI_USE_MSBUILD_SERVER"] <- "0"
+        info.Environment["DOTNET_NOLOGO"] <- "1"
+        info.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] <- "1"
+        for key, value in environment do info.Environment[key] <- value
+        let output = StringBuilder()
+        use proc = new Process(StartInfo = info)
+        proc.OutputDataReceived.Add(fun e -> if not (isNull e.Data) then lock output (fun () -> output.AppendLine e.Data |> ignore))
+        proc.ErrorDataReceived.Add(fun e -> if not (isNull e.Data) then lock output (fun () -> output.AppendLine e.Data |> ignore))
+        let started = Stopwatch.StartNew()
+        proc.Start() |> ignore
+        proc.BeginOutputReadLine()
+        proc.BeginErrorReadLine()
+        use cancel = new CancellationTokenSource(timeout)
+        try
+            do! proc.WaitForExitAsync cancel.Token
+        with :? OperationCanceledException ->
+            try proc.Kill true with _ -> ()
+            failtestf "dotnet %s ran over %O; output:\n%O" (String.Join(" ", arguments)) timeout output
+        if proc.ExitCode <> 0 then
+            failtestf "dotnet %s exited with %d; output:\n%O" (String.Join(" ", arguments)) proc.ExitCode output
+        return started.Elapsed
+    }
+
+/// A client whose messages are collected by a receive loop, so a test can wait for a given one.
+type private Inbox(client: ClientWebSocket) =
+    let messages = ConcurrentQueue<string>()
+    let pump =
+        task {
+            let buffer = Array.zeroCreate<byte> 65536
+            try
+                while client.State = WebSocketState.Open do
+                    use message = new MemoryStream()
+                    let mutable finished = false
+                    while not finished do
+                        let! result = client.ReceiveAsync(ArraySegment buffer, CancellationToken.None)
+                        message.Write(buffer, 0, result.Count)
+                        finished <- result.EndOfMessage
+                        if result.MessageType = WebSocketMessageType.Close then finished <- true
+                    if client.State = WebSocketState.Open then messages.Enqueue(Encoding.UTF8.GetString(message.ToArray()))
+            with _ -> ()
+        }
+
+    member _.Client = client
+    member _.Has(text: string) = messages |> Seq.contains text
+    member _.Messages = List.ofSeq messages
+
+    /// Waits (at most 10 s) until `text` has arrived.
+    member inbox.WaitFor(text: string) =
+        task {
+            let! ok = eventually (TimeSpan.FromSeconds 10.0) (fun () -> inbox.Has text)
+            if not ok then failtestf "expected %A, received %A" text inbox.Messages
+        }
+
+    interface IDisposable with
+        member _.Dispose() =
+            client.Abort()
+            client.Dispose()
+            pump.Wait(TimeSpan.FromSeconds 5.0) |> ignore
+
+let private connectInbox (url: string) =
+    task {
+        let! client = connect url
+        return new Inbox(client)
+    }
+
+let private packageVersion () = $"""0.1.0-consumer.{DateTime.UtcNow.ToString("yyyyMMddHHmmss")}.{Environment.ProcessId}"""
+
+/// Sequenced: Expecto runs it after the parallel tests, one at a time, so its builds (two cores'
+/// worth for most of a minute) do not disturb the timing-sensitive host tests.
+[<Tests>]
+let tests =
+    testSequenced <| testList "Packages" [
+        testCaseTask "a fresh dotnet new web app builds the README's quick start against the packed packages and chats" (fun () -> task {
+            let root = Path.Combine(Path.GetTempPath(), $"realtime-consumer-{Guid.NewGuid():N}")
+            let feed = Path.Combine(root, "feed")
+            let packages = Path.Combine(root, "packages")
+            let app = Path.Combine(root, "app")
+            Directory.CreateDirectory feed |> ignore
+            let version = packageVersion ()
+            let timings = ResizeArray<string>()
+            let step name (elapsed: TimeSpan) = timings.Add $"{name} {elapsed.TotalSeconds:F0}s"
+            let mutable server: Process = null
+            try
+                // 1. Pack both packages with a version no cache has seen, into the local folder.
+                for project in [ "src/Protocol.FSharp/Protocol.FSharp.fsproj"; "src/Server.CSharp/Server.CSharp.csproj" ] do
+                    let! elapsed =
+                        dotnet repositoryRoot [] (TimeSpan.FromMinutes 5.0)
+                            [ "pack"; project; "-c"; "Release"; "--no-restore"; "-o"; feed; $"-p:Version={version}"; "-v"; "q" ]
+                    step $"pack {Path.GetFileNameWithoutExtension project}" elapsed
+                let files = Directory.GetFiles feed |> Array.map Path.GetFileName |> Array.sort
+                Expect.equal
+                    files
+                    [| $"Realtime.Protocol.{version}.nupkg"; $"Realtime.Protocol.{version}.snupkg"
+                       $"Realtime.Server.{version}.nupkg"; $"Realtime.Server.{version}.snupkg" |]
+                    "both packages and their symbol packages"
+
+                // 2. The app's NuGet sources: the local folder, and nuget.org for FSharp.Core. The
+                //    packages folder is the test's own, so nothing lands in the user's cache; the
+                //    user's cache is a fallback folder, so FSharp.Core need not be downloaded again.
+                let userCache =
+                    match Environment.GetEnvironmentVariable "NUGET_PACKAGES" with
+                    | null | "" -> Path.Combine(Environment.GetFolderPath Environment.SpecialFolder.UserProfile, ".nuget", "packages")
+                    | path -> path
+                let config =
+                    [ """<?xml version="1.0" encoding="utf-8"?>"""
+                      "<configuration>"
+                      "  <packageSources>"
+                      "    <clear />"
+                      $"""    <add key="realtime-local" value="{feed}" />"""
+                      """    <add key="nuget.org" value="https://api.nuget.org/v3/index.json" />"""
+                      "  </packageSources>"
+                      if Directory.Exists userCache then
+                          "  <fallbackPackageFolders>"
+                          $"""    <add key="user-cache" value="{userCache}" />"""
+                          "  </fallbackPackageFolders>"
+                      "</configuration>" ]
+                File.WriteAllLines(Path.Combine(root, "nuget.config"), config)
+                let nugetEnvironment = [ "NUGET_PACKAGES", packages ]
+
+                // 3. A fresh web app, the package, and the README's code as its whole Program.cs.
+                let! elapsed = dotnet root nugetEnvironment (TimeSpan.FromMinutes 2.0) [ "new"; "web"; "-o"; app; "-n"; "ConsumerApp"; "--no-restore" ]
+                step "new web" elapsed
+                let! elapsed = dotnet app nugetEnvironment (TimeSpan.FromMinutes 3.0) [ "add"; "package"; "Realtime.Server"; "--version"; version ]
+                step "add package" elapsed
+                File.WriteAllText(Path.Combine(app, "Program.cs"), quickStartCode ())
+                let! elapsed = dotnet app nugetEnvironment (TimeSpan.FromMinutes 5.0) [ "build"; "-c"; "Debug"; "-v"; "q"; "-o"; Path.Combine(app, "out") ]
+                step "build" elapsed
+                let assets = File.ReadAllText(Path.Combine(app, "obj", "project.assets.json"))
+                Expect.stringContains assets $"Realtime.Protocol/{version}" "Realtime.Protocol came from the packed folder"
+                Expect.stringContains assets "FSharp.Core/" "FSharp.Core restored as a dependency"
+
+                // 4. Run it on 127.0.0.1 with a port Kestrel picks, and read the port from its log.
+                let info =
+                    ProcessStartInfo("dotnet", [ Path.Combine(app, "out", "ConsumerApp.dll"); "--urls"; "http://127.0.0.1:0" ],
+                                     WorkingDirectory = app, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
+                info.Environment["ASPNETCORE_ENVIRONMENT"] <- "Production"
+                let log = StringBuilder()
+                let listening = TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously)
+                server <- new Process(StartInfo = info)
+                server.OutputDataReceived.Add(fun e ->
+                    if not (isNull e.Data) then
+                        lock log (fun () -> log.AppendLine e.Data |> ignore)
+                        let m = Regex.Match(e.Data, @"Now listening on: (http://127\.0\.0\.1:\d+)")
+                        if m.Success then listening.TrySetResult m.Groups[1].Value |> ignore)
+                server.ErrorDataReceived.Add(fun e -> if not (isNull e.Data) then lock log (fun () -> log.AppendLine e.Data |> ignore))
+                let started = Stopwatch.StartNew()
+                server.Start() |> ignore
+                server.BeginOutputReadLine()
+                server.BeginErrorReadLine()
+                let! first = Task.WhenAny(listening.Task, Task.Delay(TimeSpan.FromSeconds 30.0))
+                if not (Object.ReferenceEquals(first, listening.Task)) then failtestf "the app did not start within 30 s; output:\n%O" log
+                let httpUrl = listening.Task.Result
+                let wsUrl = httpUrl.Replace("http://", "ws://")
+                step "start" started.Elapsed
+
+                // 5. Chat as the README promises: join notices, messages to the others, a route's publish.
+                use http = new HttpClient(Timeout = TimeSpan.FromSeconds 10.0)
+                let! aliceInbox = connectInbox (wsUrl + "/chat?name=alice")
+                use alice = aliceInbox
+                // Alice's Open has subscribed her once /greet's publish reaches her (bounded: 10 s).
+                let deadline = DateTime.UtcNow.AddSeconds 10.0
+                let mutable greeted = false
+                while not greeted && DateTime.UtcNow < deadline do
+                    let! answer = http.GetStringAsync(httpUrl + "/greet")
+                    Expect.equal answer "Hello" "/greet answers"
+                    let! arrived = eventually (TimeSpan.FromMilliseconds 300.0) (fun () -> alice.Has "hello from a route")
+                    greeted <- arrived
+                Expect.isTrue greeted "a route's publish reaches a subscriber"
+                let! bobInbox = connectInbox (wsUrl + "/chat?name=bob")
+                use bob = bobInbox
+                do! alice.WaitFor "bob joined"
+                do! sendText bob.Client "hi alice"
+                do! alice.WaitFor "bob: hi alice"
+                do! sendText alice.Client "hi bob"
+                do! bob.WaitFor "alice: hi bob"
+                Expect.isFalse (alice.Has "alice: hi bob") "a socket's publish skips the sender"
+                let! answer = http.GetStringAsync(httpUrl + "/greet")
+                Expect.equal answer "Hello" "the ordinary route answers"
+                do! bob.WaitFor "hello from a route"
+                use closing = new CancellationTokenSource(TimeSpan.FromSeconds 10.0)
+                do! bob.Client.CloseAsync(WebSocketCloseStatus.NormalClosure, "bye", closing.Token)
+                do! alice.WaitFor "bob left"
+                printfn "consumer test timings: %s" (String.Join(", ", timings))
+            finally
+                if not (isNull server) then
+                    try
+                        if not server.HasExited then
+                            server.Kill true
+                            server.WaitForExit 10000 |> ignore
+                    with _ -> ()
+                    server.Dispose()
+                try Directory.Delete(root, true) with _ -> ()
+        })
+    ]
