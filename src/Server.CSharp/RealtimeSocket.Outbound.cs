@@ -11,7 +11,7 @@ namespace Realtime;
 // pending buffer out and writes it to the transport, so every send made meanwhile goes out in the
 // same write. Nothing ever waits for a slow client except that client's own writer. Buffers are
 // rented while there is something to write and returned when the connection goes idle.
-public abstract partial class RealtimeSocket : IThreadPoolWorkItem
+public abstract partial class RealtimeSocket
 {
     private const int MinimumPendingBuffer = 4096;
     private const int KeptSpareBuffer = 64 * 1024;
@@ -118,9 +118,16 @@ public abstract partial class RealtimeSocket : IThreadPoolWorkItem
         return true;
     }
 
-    private void ScheduleWriter() => ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+    private WriterWorkItem? _writerWorkItem;
 
-    void IThreadPoolWorkItem.Execute() => _ = WriteLoopAsync();
+    // Only the thread that just claimed the writer role schedules, so the lazy creation does not race.
+    private void ScheduleWriter() => ThreadPool.UnsafeQueueUserWorkItem(_writerWorkItem ??= new WriterWorkItem(this), preferLocal: false);
+
+    /// <summary>Runs the writer on the thread pool without allocating per run (and without making the socket itself a work item).</summary>
+    private sealed class WriterWorkItem(RealtimeSocket socket) : IThreadPoolWorkItem
+    {
+        public void Execute() => _ = socket.WriteLoopAsync();
+    }
 
     private void CorkIncrement()
     {

@@ -18,6 +18,7 @@ let updateVariable = "UPDATE_PUBLIC_API"
 
 let private protocolAssembly = typeof<Realtime.Protocol.FrameHeader>.Assembly
 let private serverAssembly = typeof<Realtime.IRealtimeServer>.Assembly
+let private redisAssembly = typeof<Realtime.Redis.RedisBackplane>.Assembly
 
 // ---------------------------------------------------------------------------------------------
 // The public surface as text: one line per type and per member, sorted.
@@ -348,6 +349,8 @@ let tests =
             checkSurface protocolAssembly "src/Protocol.FSharp/PublicAPI.txt")
         testCase "Realtime.Server's public surface matches src/Server.CSharp/PublicAPI.txt" (fun () ->
             checkSurface serverAssembly "src/Server.CSharp/PublicAPI.txt")
+        testCase "Realtime.Redis's public surface matches src/Redis.CSharp/PublicAPI.txt" (fun () ->
+            checkSurface redisAssembly "src/Redis.CSharp/PublicAPI.txt")
         testCase "the surface text is deterministic and names members with their signatures" (fun () ->
             let text = describe serverAssembly
             Expect.equal (describe serverAssembly) text "same text twice"
