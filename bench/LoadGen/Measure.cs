@@ -23,12 +23,53 @@ public static class Phase
         Set(Warmup);
         await Task.Delay(TimeSpan.FromSeconds(o.Warmup));
         atStart();
+        ServerAtStart = ServerUsage.Read(o.Pid);
         Set(Measure);
         long start = Stopwatch.GetTimestamp();
         await Task.Delay(TimeSpan.FromSeconds(o.Duration));
         Set(Done);
         atEnd();
+        ServerAtEnd = ServerUsage.Read(o.Pid);
         return Stopwatch.GetElapsedTime(start).TotalSeconds;
+    }
+
+    /// <summary>The server's counters at the start and the end of the measured window (when --pid was given).</summary>
+    public static ServerUsage? ServerAtStart, ServerAtEnd;
+}
+
+/// <summary>
+/// A server process's CPU time and context switches (summed over its threads) from /proc (Linux),
+/// so results can say what one operation cost the server. Socket sends and receives are not in
+/// /proc/PID/io's syscall counts, so context switches stand in for wakeups.
+/// </summary>
+public sealed record ServerUsage(double CpuSeconds, long ContextSwitches)
+{
+    public static ServerUsage? Read(int pid)
+    {
+        if (pid <= 0) return null;
+        try
+        {
+            string stat = File.ReadAllText($"/proc/{pid}/stat");
+            string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            // Fields 14 and 15 of /proc/PID/stat (utime, stime) are the 12th and 13th after the command name.
+            double ticks = double.Parse(fields[11], CultureInfo.InvariantCulture) + double.Parse(fields[12], CultureInfo.InvariantCulture);
+            long switches = 0;
+            foreach (string task in Directory.EnumerateDirectories($"/proc/{pid}/task"))
+            {
+                try
+                {
+                    foreach (string line in File.ReadLines(Path.Combine(task, "status")))
+                        if (line.Contains("ctxt_switches:", StringComparison.Ordinal))
+                            switches += long.Parse(line.AsSpan(line.IndexOf(':') + 1).Trim(), CultureInfo.InvariantCulture);
+                }
+                catch (IOException) { } // the thread ended meanwhile
+            }
+            return new ServerUsage(ticks / 100.0, switches); // USER_HZ is 100 on Linux
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or IndexOutOfRangeException)
+        {
+            return null;
+        }
     }
 }
 
@@ -103,6 +144,18 @@ public sealed class Result
     }
 
     public Result Set(string key, JsonNode? value) { json[key] = value; return this; }
+
+    /// <summary>Adds the server's cost per operation over the measured window (needs --pid).</summary>
+    public Result ServerCost(double operations, double seconds)
+    {
+        var (a, b) = (Phase.ServerAtStart, Phase.ServerAtEnd);
+        if (a is null || b is null || operations <= 0 || seconds <= 0) return this;
+        double cpu = b.CpuSeconds - a.CpuSeconds;
+        json["serverCores"] = Math.Round(cpu / seconds, 2);
+        json["serverCpuUsPerOp"] = Math.Round(cpu * 1e6 / operations, 3);
+        json["serverSwitchesPerOp"] = Math.Round((b.ContextSwitches - a.ContextSwitches) / operations, 3);
+        return this;
+    }
 
     public void Print()
     {

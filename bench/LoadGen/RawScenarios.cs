@@ -98,7 +98,8 @@ public static class RawScenarios
             .Set("p50us", all.Percentile(50)).Set("p99us", all.Percentile(99))
             .Set("connections", o.Connections).Set("inflight", o.InFlight).Set("size", o.Size)
             .Set("seconds", Math.Round(seconds, 2)).Set("orderErrors", Interlocked.Read(ref disorder)).Set("badMessages", Interlocked.Read(ref bad))
-            .Set("uncompressedReplies", plain).Set("errors", errors).Set("firstError", firstError);
+            .Set("uncompressedReplies", plain).Set("errors", errors).Set("firstError", firstError)
+            .ServerCost(atEnd - atStart, seconds);
     }
 
     static long Sum(long[] values)
@@ -199,7 +200,8 @@ public static class RawScenarios
             .Set(chat ? "clients" : "subscribers", chat ? count : o.Subscribers).Set("size", o.Size).Set("window", o.Window)
             .Set("seconds", Math.Round(seconds, 2)).Set("sent", sent).Set("lost", mesh.Lost).Set("orderErrors", mesh.Disorder)
             .Set("badMessages", mesh.Bad).Set("selfDeliveries", mesh.Self).Set("uncompressedDeliveries", mesh.Plain)
-            .Set("errors", errors).Set("firstError", firstError);
+            .Set("errors", errors).Set("firstError", firstError)
+            .ServerCost(atEnd - atStart, seconds);
     }
 
     // ---------------------------------------------------------------- connections

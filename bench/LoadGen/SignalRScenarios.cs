@@ -90,7 +90,8 @@ public static class SignalRScenarios
             .Set("p50us", all.Percentile(50)).Set("p99us", all.Percentile(99))
             .Set("connections", o.Connections).Set("inflight", o.InFlight).Set("size", o.Size)
             .Set("seconds", Math.Round(seconds, 2)).Set("orderErrors", disorder).Set("badMessages", bad)
-            .Set("errors", errors).Set("firstError", firstError).Set("note", "SignalR .NET client (heavier than the raw client)");
+            .Set("errors", errors).Set("firstError", firstError).Set("note", "SignalR .NET client (heavier than the raw client)")
+            .ServerCost(atEnd - atStart, seconds);
     }
 
     public static async Task MeshAsync(Options o, Result result)
@@ -145,6 +146,7 @@ public static class SignalRScenarios
             .Set(chat ? "clients" : "subscribers", chat ? count : o.Subscribers).Set("size", o.Size).Set("window", o.Window)
             .Set("seconds", Math.Round(seconds, 2)).Set("sent", sent).Set("lost", mesh.Lost).Set("orderErrors", mesh.Disorder)
             .Set("badMessages", mesh.Bad).Set("selfDeliveries", mesh.Self)
-            .Set("errors", errors).Set("firstError", firstError).Set("note", "SignalR .NET client (heavier than the raw client)");
+            .Set("errors", errors).Set("firstError", firstError).Set("note", "SignalR .NET client (heavier than the raw client)")
+            .ServerCost(atEnd - atStart, seconds);
     }
 }
