@@ -24,17 +24,22 @@ public static class Phase
         await Task.Delay(TimeSpan.FromSeconds(o.Warmup));
         atStart();
         ServerAtStart = ServerUsage.Read(o.Pid);
+        ClientAllocatedAtStart = GC.GetTotalAllocatedBytes(precise: false);
         Set(Measure);
         long start = Stopwatch.GetTimestamp();
         await Task.Delay(TimeSpan.FromSeconds(o.Duration));
         Set(Done);
         atEnd();
+        ClientAllocatedAtEnd = GC.GetTotalAllocatedBytes(precise: false);
         ServerAtEnd = ServerUsage.Read(o.Pid);
         return Stopwatch.GetElapsedTime(start).TotalSeconds;
     }
 
     /// <summary>The server's counters at the start and the end of the measured window (when --pid was given).</summary>
     public static ServerUsage? ServerAtStart, ServerAtEnd;
+
+    /// <summary>The load generator's own allocations at the start and the end of the measured window.</summary>
+    public static long ClientAllocatedAtStart, ClientAllocatedAtEnd;
 }
 
 /// <summary>
@@ -148,6 +153,8 @@ public sealed class Result
     /// <summary>Adds the server's cost per operation over the measured window (needs --pid).</summary>
     public Result ServerCost(double operations, double seconds)
     {
+        if (operations > 0)
+            json["clientBytesAllocatedPerOp"] = Math.Round((Phase.ClientAllocatedAtEnd - Phase.ClientAllocatedAtStart) / operations, 1);
         var (a, b) = (Phase.ServerAtStart, Phase.ServerAtEnd);
         if (a is null || b is null || operations <= 0 || seconds <= 0) return this;
         double cpu = b.CpuSeconds - a.CpuSeconds;

@@ -252,13 +252,51 @@ public static class RawScenarios
         int open = clients.Count(c => c is not null);
         await Task.Delay(TimeSpan.FromSeconds(o.Settle));
         long after = ReadRssKiB(o.Pid);
-        int stillOpen = clients.Count(c => c is not null && !c.Closed);
+        int alive = await CheckAliveAsync(o, clients, signalR);
         foreach (var c in clients) c?.Dispose();
         double perConnection = open > 0 && before > 0 && after > 0 ? (after - before) * 1024.0 / open : 0;
         result.Set("metric", "bytes/connection").Set("value", Math.Round(perConnection))
-            .Set("requested", o.Connections).Set("opened", open).Set("stillOpen", stillOpen).Set("failed", failed)
+            .Set("requested", o.Connections).Set("opened", open).Set("failed", failed)
+            .Set("checked", Math.Min(100, open)).Set("alive", alive)
             .Set("openSeconds", Math.Round(openSeconds, 2)).Set("connectsPerSecond", Math.Round(open / Math.Max(openSeconds, 0.001)))
             .Set("rssBeforeKiB", before).Set("rssAfterKiB", after).Set("settleSeconds", o.Settle).Set("firstError", firstError);
+    }
+
+    /// <summary>
+    /// After the memory reading: sends one echo (or a SignalR Echo invocation) on up to 100
+    /// connections spread over the set and counts those that answer within 10 s, so a server that
+    /// dropped idle connections cannot look lean.
+    /// </summary>
+    static async Task<int> CheckAliveAsync(Options o, WsClient?[] clients, bool signalR)
+    {
+        var open = clients.Where(c => c is not null).Select(c => c!).ToArray();
+        if (open.Length == 0) return 0;
+        int step = Math.Max(1, open.Length / 100);
+        var sample = Enumerable.Range(0, Math.Min(100, open.Length)).Select(i => open[i * step % open.Length]).Distinct().ToArray();
+        byte[] payload = signalR
+            ? Encoding.UTF8.GetBytes("{\"type\":1,\"target\":\"Echo\",\"arguments\":[\"alive\"]}\u001e")
+            : "alive"u8.ToArray();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        var answers = await Task.WhenAll(sample.Select(async client =>
+        {
+            try
+            {
+                var frame = new byte[payload.Length + 16];
+                int n = Frames.Write(frame, 0x1, payload, client.MaskKey, compressed: false);
+                await client.Stream.WriteAsync(frame.AsMemory(0, n), timeout.Token);
+                while (true)
+                {
+                    while (client.TryNext(out var m))
+                        if (m.Span.IndexOf("alive"u8) >= 0) return true; // SignalR pings ({"type":6}) are skipped
+                    if (!await client.FillAsync(timeout.Token)) return false;
+                }
+            }
+            catch (Exception e) when (e is IOException or OperationCanceledException or ObjectDisposedException or System.Net.Sockets.SocketException)
+            {
+                return false;
+            }
+        }));
+        return answers.Count(a => a);
     }
 
     /// <summary>VmRSS of a process in KiB from /proc/PID/status (0 when unknown).</summary>

@@ -76,7 +76,7 @@ public static class Report
             var oursRow = best.GetValueOrDefault((id, "ours"));
             double ours = oursRow is not null && oursRow["na"] is null ? Num(oursRow, "value") : 0;
             string unit = rows.Where(r => Str(r, "scenario") == id).Select(r => Str(r, "metric")).FirstOrDefault(m => m != "") ?? "";
-            md.AppendLine($"| Server | {unit} | vs ours{(higher ? "" : " (lower is better)")} | Checks | Details | Server cost per message | Client cores |");
+            md.AppendLine($"| Server | {unit} | vs ours{(higher ? "" : " (lower is better)")} | Checks | Details | Server cost per message | Client cores, allocations |");
             md.AppendLine("|---|---:|---:|---|---|---|---:|");
             foreach (var (sid, name) in Servers)
             {
@@ -85,7 +85,7 @@ public static class Report
                 if (r["error"] is not null && r["value"] is null) { md.AppendLine($"| {name} | failed | | {Esc(Str(r, "error"))} | | | |"); continue; }
                 double v = Num(r, "value");
                 string ratio = ours > 0 && v > 0 ? (v / ours).ToString("0.00", Inv) + "×" : "";
-                md.AppendLine($"| {name} | {v.ToString("N0", Inv)} | {ratio} | {Esc(Checks(r))} | {Esc(Details(id, r))} | {Cost(r)} | {Num(r, "clientCores").ToString("0.00", Inv)} |");
+                md.AppendLine($"| {name} | {v.ToString("N0", Inv)} | {ratio} | {Esc(Checks(r))} | {Esc(Details(id, r))} | {Cost(r)} | {Num(r, "clientCores").ToString("0.00", Inv)}{(r["clientBytesAllocatedPerOp"] is null ? "" : $", {Num(r, "clientBytesAllocatedPerOp").ToString("0.#", Inv)} B/msg")} |");
             }
             md.AppendLine();
         }
@@ -104,7 +104,7 @@ public static class Report
 
     static bool Clean(JsonObject r) =>
         r["error"] is null && r["na"] is null && Num(r, "errors") == 0 && Num(r, "lost") == 0 && Num(r, "orderErrors") == 0 && Num(r, "badMessages") == 0
-        && (Str(r, "scenario") != "connections" || Num(r, "opened") == Num(r, "requested"));
+        && (Str(r, "scenario") != "connections" || (Num(r, "opened") == Num(r, "requested") && Num(r, "alive") == Num(r, "checked")));
 
     static string Checks(JsonObject r)
     {
@@ -119,6 +119,8 @@ public static class Report
         Add("uncompressedDeliveries", "deliveries not compressed");
         if (Str(r, "scenario") == "connections" && Num(r, "opened") < Num(r, "requested"))
             problems.Add($"opened {Num(r, "opened")} of {Num(r, "requested")}");
+        if (Str(r, "scenario") == "connections" && Num(r, "alive") < Num(r, "checked"))
+            problems.Add($"only {Num(r, "alive")} of {Num(r, "checked")} sampled connections answered");
         if (r["error"] is not null) problems.Add(Str(r, "error"));
         if (r["firstError"] is not null && problems.Count > 0) problems.Add("first: " + Str(r, "firstError"));
         return problems.Count == 0 ? "ok" : "⚠ " + string.Join("; ", problems);
@@ -132,7 +134,7 @@ public static class Report
             "echo" => $"p50 {Ms(Num(r, "p50us"))} ms, p99 {Ms(Num(r, "p99us"))} ms; {Num(r, "connections")} conns × {Num(r, "inflight")} in flight, {Num(r, "size")} B",
             "fanout" => $"{Num(r, "subscribers")} subscribers, window {Num(r, "window")}, {Num(r, "size")} B",
             "chat" => $"{Num(r, "clients")} clients, window {Num(r, "window")}, {Num(r, "size")} B",
-            "connections" => $"{Num(r, "opened"):N0} opened in {Num(r, "openSeconds")} s ({Num(r, "connectsPerSecond"):N0}/s); RSS {Num(r, "rssBeforeKiB") / 1024:0} → {Num(r, "rssAfterKiB") / 1024:0} MiB",
+            "connections" => $"{Num(r, "opened"):N0} opened, {Num(r, "alive")} of {Num(r, "checked")} sampled still answer; opened in {Num(r, "openSeconds")} s ({Num(r, "connectsPerSecond"):N0}/s); RSS {Num(r, "rssBeforeKiB") / 1024:0} → {Num(r, "rssAfterKiB") / 1024:0} MiB",
             _ => "",
         };
     }
