@@ -92,23 +92,7 @@ public abstract partial class RealtimeSocket
         if (startWriter) ScheduleWriter();
     }
 
-    private void Append(ReadOnlySpan<byte> bytes)
-    {
-        if (bytes.IsEmpty) return;
-        int needed = _pendingLength + bytes.Length;
-        if (_pending is null || _pending.Length < needed)
-        {
-            byte[] grown = ArrayPool<byte>.Shared.Rent(Math.Max(needed, Math.Max(MinimumPendingBuffer, (_pending?.Length ?? 0) * 2)));
-            if (_pending is not null)
-            {
-                _pending.AsSpan(0, _pendingLength).CopyTo(grown);
-                ArrayPool<byte>.Shared.Return(_pending);
-            }
-            _pending = grown;
-        }
-        bytes.CopyTo(_pending.AsSpan(_pendingLength));
-        _pendingLength = needed;
-    }
+    private void Append(ReadOnlySpan<byte> bytes) => PooledBuffer.Append(ref _pending, ref _pendingLength, bytes, MinimumPendingBuffer);
 
     /// <summary>Under the lock: claims the writer role when there is something to write and nobody holds it.</summary>
     private bool TryBecomeWriter()

@@ -205,24 +205,8 @@ public abstract partial class RealtimeSocket
         }
     }
 
-    private void AppendToMessage(ReadOnlySpan<byte> chunk)
-    {
-        if (chunk.IsEmpty) return;
-        int needed = _messageLength + chunk.Length;
-        if (_message is null || _message.Length < needed)
-        {
-            // The core already refused anything over MaxPayloadLength, so growth is bounded.
-            byte[] grown = ArrayPool<byte>.Shared.Rent(Math.Max(needed, (_message?.Length ?? 0) * 2));
-            if (_message is not null)
-            {
-                _message.AsSpan(0, _messageLength).CopyTo(grown);
-                ArrayPool<byte>.Shared.Return(_message);
-            }
-            _message = grown;
-        }
-        chunk.CopyTo(_message.AsSpan(_messageLength));
-        _messageLength = needed;
-    }
+    // The core already refused anything over MaxPayloadLength, so growth is bounded.
+    private void AppendToMessage(ReadOnlySpan<byte> chunk) => PooledBuffer.Append(ref _message, ref _messageLength, chunk);
 
     private void ResetMessage()
     {

@@ -26,13 +26,6 @@ open Realtime.Server.Tests.TestHost
 // Processes: redis-server, redis-cli, dotnet.
 // ---------------------------------------------------------------------------------------------
 
-let private freePort () =
-    let listener = new TcpListener(IPAddress.Loopback, 0)
-    listener.Start()
-    let port = (listener.LocalEndpoint :?> IPEndPoint).Port
-    listener.Stop()
-    port
-
 /// Runs a program to its end (at most `seconds`), returning its exit code and standard output.
 let private run (program: string) (arguments: string list) (seconds: float) : int * string =
     let info = ProcessStartInfo(program)
@@ -598,89 +591,18 @@ let outageTests =
 // The real samples/Echo, two processes on one Redis.
 // ---------------------------------------------------------------------------------------------
 
-/// Starts `dotnet` with `arguments` in the repository root, collecting its output.
-let private startDotnet (arguments: string) : Process * StringBuilder =
-    let info = ProcessStartInfo("dotnet", arguments)
-    info.WorkingDirectory <- repositoryRoot
-    info.UseShellExecute <- false
-    info.RedirectStandardOutput <- true
-    info.RedirectStandardError <- true
-    info.Environment["MSBUILDDISABLENODEREUSE"] <- "1"
-    info.Environment["DOTNET_CLI_USE_MSBUILD_SERVER"] <- "0"
-    let output = StringBuilder()
-    let collect (line: string) = if not (isNull line) then lock output (fun () -> output.AppendLine line |> ignore)
-    let child = new Process(StartInfo = info)
-    child.OutputDataReceived.Add(fun args -> collect args.Data)
-    child.ErrorDataReceived.Add(fun args -> collect args.Data)
-    child.Start() |> ignore
-    child.BeginOutputReadLine()
-    child.BeginErrorReadLine()
-    child, output
-
-let private stop (child: Process) =
-    try
-        if not child.HasExited then
-            child.Kill(entireProcessTree = true)
-            child.WaitForExit(10_000) |> ignore
-    with _ -> ()
-
-/// True when samples/Echo's Release build is newer than every source it is built from.
-let private sampleIsBuilt () =
-    let separator = string Path.DirectorySeparatorChar
-    let outside (file: string) = not (file.Contains(separator + "bin" + separator) || file.Contains(separator + "obj" + separator))
-    let sources =
-        [ for folder in [ "src"; Path.Combine("samples", "Echo") ] do
-              yield! Directory.EnumerateFiles(Path.Combine(repositoryRoot, folder), "*", SearchOption.AllDirectories) |> Seq.filter outside
-          yield! Directory.GetFiles(repositoryRoot, "Directory.Build.*") ]
-    let bin = Path.Combine(repositoryRoot, "samples", "Echo", "bin", "Release")
-    let built = if Directory.Exists bin then Directory.GetFiles(bin, "*.dll", SearchOption.AllDirectories) else [||]
-    built |> Array.exists (fun dll -> Path.GetFileName dll = "Echo.dll")
-    && (let builtAt = built |> Array.map File.GetLastWriteTimeUtc |> Array.max
-        sources |> List.forall (fun file -> File.GetLastWriteTimeUtc file < builtAt))
-
-let private ensureSampleBuilt () =
-    task {
-        if not (sampleIsBuilt ()) then
-            let build, buildOutput = startDotnet "build samples/Echo/Echo.csproj -c Release -v q --nologo -nodeReuse:false"
-            use _ = build
-            use buildWait = new CancellationTokenSource(TimeSpan.FromSeconds 180.0)
-            try
-                do! build.WaitForExitAsync(buildWait.Token)
-            with :? OperationCanceledException ->
-                stop build
-                failtest "building samples/Echo took over 180 s"
-            Expect.equal build.ExitCode 0 $"samples/Echo builds:\n{buildOutput}"
-    }
-
-/// Starts samples/Echo with extra arguments and waits (at most 30 s) until it listens on `port`.
-let private startEcho (port: int) (extra: string) =
-    task {
-        let sample, output = startDotnet $"run -c Release --project samples/Echo/Echo.csproj --no-build -- --urls http://127.0.0.1:{port} {extra}"
-        let deadline = DateTime.UtcNow.AddSeconds 30.0
-        let mutable listening = false
-        while not listening && DateTime.UtcNow < deadline && not sample.HasExited do
-            try
-                use probe = new TcpClient()
-                do! probe.ConnectAsync("127.0.0.1", port)
-                listening <- true
-            with _ ->
-                do! Task.Delay 100
-        if not listening then
-            stop sample
-            failtestf "samples/Echo did not listen on %d within 30 s:\n%s" port (output.ToString())
-        return sample
-    }
-
 [<Tests>]
 let sampleTests =
     testSequenced
     <| testList "Redis scale-out: two real samples/Echo --redis processes" [
         testCaseTask "/fanout spans both nodes: every other connection on either node gets each message once, in order per sender, the sender none" (fun () -> task {
-            do! ensureSampleBuilt ()
+            match! ensureEchoSampleBuilt () with
+            | Some reason -> failtest reason
+            | None -> ()
             let port1, port2 = freePort (), freePort ()
-            let! node1 = startEcho port1 $"--redis {redis.Value.Endpoint}"
+            let! node1, _ = startEchoSample port1 $"--urls http://127.0.0.1:{port1} --redis {redis.Value.Endpoint}"
             use _ = node1
-            let! node2 = startEcho port2 $"--redis {redis.Value.Endpoint}"
+            let! node2, _ = startEchoSample port2 $"--urls http://127.0.0.1:{port2} --redis {redis.Value.Endpoint}"
             use _ = node2
             let owned = ResizeArray<IDisposable>()
             try
@@ -712,7 +634,7 @@ let sampleTests =
                 ()
             finally
                 disposeAll owned
-                stop node1
-                stop node2
+                stopProcess node1
+                stopProcess node2
         })
     ]
