@@ -23,7 +23,7 @@ public static class Phase
         Set(Warmup);
         await Task.Delay(TimeSpan.FromSeconds(o.Warmup));
         atStart();
-        ServerAtStart = ServerUsage.Read(o.Pid);
+        ServerAtStart = ServerUsage.Read(o.Pid, o.Pid2);
         ClientAllocatedAtStart = GC.GetTotalAllocatedBytes(precise: false);
         Set(Measure);
         long start = Stopwatch.GetTimestamp();
@@ -31,7 +31,7 @@ public static class Phase
         Set(Done);
         atEnd();
         ClientAllocatedAtEnd = GC.GetTotalAllocatedBytes(precise: false);
-        ServerAtEnd = ServerUsage.Read(o.Pid);
+        ServerAtEnd = ServerUsage.Read(o.Pid, o.Pid2);
         return Stopwatch.GetElapsedTime(start).TotalSeconds;
     }
 
@@ -49,6 +49,15 @@ public static class Phase
 /// </summary>
 public sealed record ServerUsage(double CpuSeconds, long ContextSwitches)
 {
+    /// <summary>Two server processes (two nodes) together; just the first when pid2 is 0.</summary>
+    public static ServerUsage? Read(int pid, int pid2)
+    {
+        var a = Read(pid);
+        if (pid2 <= 0 || a is null) return a;
+        var b = Read(pid2);
+        return b is null ? null : new ServerUsage(a.CpuSeconds + b.CpuSeconds, a.ContextSwitches + b.ContextSwitches);
+    }
+
     public static ServerUsage? Read(int pid)
     {
         if (pid <= 0) return null;
@@ -142,7 +151,7 @@ public sealed class Result
 
     public Result(Options o)
     {
-        json["scenario"] = o.Scenario + (o.Deflate ? "-deflate" : "") + (o.Tls ? "-tls" : "");
+        json["scenario"] = o.Name.Length > 0 ? o.Name : o.Scenario + (o.Deflate ? "-deflate" : "") + (o.Tls ? "-tls" : "");
         json["server"] = o.Label;
         json["round"] = o.Round;
         json["protocol"] = o.Protocol;

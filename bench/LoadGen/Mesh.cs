@@ -87,6 +87,9 @@ public sealed class Mesh
         await wake[s].WaitAsync(50);
     }
 
+    /// <summary>How many messages receiver r has got so far.</summary>
+    public long Delivered(int r) => Volatile.Read(ref delivered[r]);
+
     public long TotalDelivered()
     {
         long sum = 0;

@@ -9,6 +9,12 @@ public sealed class Options
     /// <summary>"raw" (own WebSocket client) or "signalr" (Microsoft.AspNetCore.SignalR.Client against /hub).</summary>
     public string Protocol = "raw";
     public int Port = 8080;
+    /// <summary>Fanout: a second node's port (0: none); every other subscriber connects there, the publisher stays on --port.</summary>
+    public int Port2;
+    /// <summary>Fanout: before the warmup, probe until every subscriber gets messages (implied by --port2).</summary>
+    public bool Sync;
+    /// <summary>The scenario name in the JSON result (default: the scenario with -deflate/-tls).</summary>
+    public string Name = "";
     public bool Tls;
     public bool Deflate;
     /// <summary>Echo: connections; chat: clients; connections: how many to open.</summary>
@@ -29,6 +35,8 @@ public sealed class Options
     public double Settle = 5;
     /// <summary>Connections: the server's process id (VmRSS is read from /proc).</summary>
     public int Pid;
+    /// <summary>Fanout over two nodes: the second node's process id (its cost is added to the first's).</summary>
+    public int Pid2;
     /// <summary>Copied into the JSON result so the runner can collect it.</summary>
     public string Label = "";
     public int Round = 1;
@@ -49,6 +57,9 @@ public sealed class Options
                 case "--scenario": o.Scenario = Next(); break;
                 case "--protocol": o.Protocol = Next(); break;
                 case "--port": o.Port = Int(); break;
+                case "--port2": o.Port2 = Int(); break;
+                case "--sync": o.Sync = true; break;
+                case "--name": o.Name = Next(); break;
                 case "--tls": o.Tls = true; break;
                 case "--deflate": o.Deflate = true; break;
                 case "--connections": o.Connections = Int(); break;
@@ -61,6 +72,7 @@ public sealed class Options
                 case "--concurrency": o.Concurrency = Int(); break;
                 case "--settle": o.Settle = Dbl(); break;
                 case "--pid": o.Pid = Int(); break;
+                case "--pid2": o.Pid2 = Int(); break;
                 case "--label": o.Label = Next(); break;
                 case "--round": o.Round = Int(); break;
                 default: throw new ArgumentException($"unknown option {a}");
@@ -68,6 +80,8 @@ public sealed class Options
         }
         if (o.Size < Payload.MinSize) throw new ArgumentException($"--size must be at least {Payload.MinSize}");
         if (o.Protocol is not ("raw" or "signalr")) throw new ArgumentException("--protocol is raw or signalr");
+        if ((o.Port2 > 0 || o.Sync) && (o.Scenario != "fanout" || o.Protocol != "raw" || o.Deflate))
+            throw new ArgumentException("--port2 and --sync are for the raw fanout scenario without --deflate");
         return o;
     }
 }

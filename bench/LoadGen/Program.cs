@@ -4,6 +4,10 @@
 //   LoadGen --scenario echo|fanout|chat|connections --port P [--protocol raw|signalr] [--tls] [--deflate]
 //           [--connections C] [--inflight P] [--size S] [--subscribers N] [--window W]
 //           [--warmup s] [--duration s] [--concurrency K] [--settle s] [--pid PID] [--label NAME] [--round R]
+//           [--port2 P2 --pid2 PID2] [--sync] [--name SCENARIO]
+//     fanout with --port2: the publisher and half the subscribers on --port, the other half on --port2
+//     (two nodes sharing a backplane); --sync (implied by --port2) first probes until every subscriber
+//     gets messages; --name sets the scenario name in the result.
 //   LoadGen freeport                       prints a free TCP port on 127.0.0.1
 //   LoadGen wait PORT SECONDS              exits 0 once 127.0.0.1:PORT accepts connections
 //   LoadGen report RESULTS.jsonl BENCHMARKS.md CHART.svg [KEY=VALUE...]   writes the tables and the chart

@@ -8,12 +8,12 @@ public static class RawScenarios
 {
     const int ReceiveBuffer = 64 * 1024;
 
-    /// <summary>Opens `count` connections, at most `concurrency` handshakes at a time.</summary>
-    public static async Task<WsClient[]> ConnectAllAsync(Options o, int count, string path, int receiveBuffer, CancellationToken ct)
+    /// <summary>Opens `count` connections, at most `concurrency` handshakes at a time (connection i to portOf(i), default --port).</summary>
+    public static async Task<WsClient[]> ConnectAllAsync(Options o, int count, string path, int receiveBuffer, CancellationToken ct, Func<int, int>? portOf = null)
     {
         var clients = new WsClient[count];
         await Parallel.ForAsync(0, count, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, o.Concurrency), CancellationToken = ct },
-            async (i, token) => clients[i] = await WsClient.ConnectAsync(o.Port, path, o.Tls, o.Deflate, receiveBuffer, token));
+            async (i, token) => clients[i] = await WsClient.ConnectAsync(portOf?.Invoke(i) ?? o.Port, path, o.Tls, o.Deflate, receiveBuffer, token));
         return clients;
     }
 
@@ -121,9 +121,14 @@ public static class RawScenarios
             ? new Mesh(count, _ => true, _ => true, o.Window)
             : new Mesh(count, i => i == publisher, i => i != publisher, o.Window);
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-        var clients = await ConnectAllAsync(o, count, "/fanout", ReceiveBuffer, timeout.Token);
+        // With --port2 (fanout over two nodes): the publisher and the even subscribers on --port, the odd ones on --port2.
+        Func<int, int>? portOf = !chat && o.Port2 > 0 ? i => i != publisher && i % 2 == 1 ? o.Port2 : o.Port : null;
+        var clients = await ConnectAllAsync(o, count, "/fanout", ReceiveBuffer, timeout.Token, portOf);
         // Every connection must be subscribed before the first publish: give the servers a moment.
         await Task.Delay(300);
+        // Across nodes a subscription is only live once the node's backplane subscription is: probe until every subscriber hears the publisher.
+        bool sync = !chat && (o.Sync || o.Port2 > 0);
+        if (sync) await ProbeAsync(clients, publisher, timeout.Token);
         long errors = 0;
         string? firstError = null;
         var template = Payload.Template(o.Size, 0);
@@ -145,6 +150,7 @@ public static class RawScenarios
                             int n = decoder is null ? -1 : decoder.Decompress(payload, decoded);
                             payload = n < 0 ? default : decoded.AsSpan(0, n);
                         }
+                        if (sync && !m.Compressed && payload.SequenceEqual(ReadyProbe)) continue; // a late probe from ProbeAsync
                         mesh.Receive(r, payload, template, m.Compressed, o.Deflate);
                     }
                     mesh.Progress(r);
@@ -193,15 +199,65 @@ public static class RawScenarios
             if (mesh.IsSender[index]) loops.Add(Task.Run(() => Send(index)));
         }
         long atStart = 0, atEnd = 0;
-        double seconds = await Phase.RunAsync(o, () => atStart = mesh.TotalDelivered(), () => atEnd = mesh.TotalDelivered());
+        int silent = 0;
+        double seconds = await Phase.RunAsync(o, () =>
+        {
+            atStart = mesh.TotalDelivered();
+            // Every receiver must have got messages during the warmup, or the window measures fewer subscribers than asked.
+            silent = Enumerable.Range(0, count).Count(r => mesh.IsReceiver[r] && mesh.Delivered(r) == 0);
+        }, () => atEnd = mesh.TotalDelivered());
         await StopAsync(clients, loops.ToArray());
         long sent = Enumerable.Range(0, count).Sum(mesh.Sent);
+        if (o.Port2 > 0) result.Set("nodes", 2).Set("subscribersOnSecondNode", Enumerable.Range(0, count).Count(i => portOf!(i) == o.Port2));
+        if (silent > 0) result.Set("silentAtStart", silent);
         result.Set("metric", "deliveries/s").Set("value", Math.Round((atEnd - atStart) / seconds))
             .Set(chat ? "clients" : "subscribers", chat ? count : o.Subscribers).Set("size", o.Size).Set("window", o.Window)
             .Set("seconds", Math.Round(seconds, 2)).Set("sent", sent).Set("lost", mesh.Lost).Set("orderErrors", mesh.Disorder)
             .Set("badMessages", mesh.Bad).Set("selfDeliveries", mesh.Self).Set("uncompressedDeliveries", mesh.Plain)
             .Set("errors", errors).Set("firstError", firstError)
             .ServerCost(atEnd - atStart, seconds);
+    }
+
+    /// <summary>The probe ProbeAsync publishes: not a benchmark payload, skipped by the receive loops.</summary>
+    static ReadOnlySpan<byte> ReadyProbe => "ready?"u8;
+
+    /// <summary>
+    /// Before the fanout starts: the publisher sends a probe every 100 ms until every other
+    /// connection has received one (20 s at most), so that subscribers on a second node, whose
+    /// backplane subscription may not be live yet, do not miss the first messages. Frames read
+    /// after a probe stay buffered in the client for the receive loop.
+    /// </summary>
+    static async Task ProbeAsync(WsClient[] clients, int publisher, CancellationToken ct)
+    {
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        limit.CancelAfter(TimeSpan.FromSeconds(20));
+        async Task Hear(WsClient client)
+        {
+            while (true)
+            {
+                while (client.TryNext(out var m))
+                    if (m.Span.SequenceEqual(ReadyProbe)) return;
+                if (client.HasControl) await client.Stream.WriteAsync(client.TakeControl(), limit.Token);
+                if (!await client.FillAsync(limit.Token)) throw new IOException("closed while waiting for the probe");
+            }
+        }
+        var heard = Task.WhenAll(clients.Where((_, i) => i != publisher).Select(c => Task.Run(() => Hear(c))));
+        var source = clients[publisher];
+        var frame = new byte[ReadyProbe.Length + 16];
+        int length = Frames.Write(frame, 0x1, ReadyProbe, source.MaskKey, compressed: false);
+        try
+        {
+            while (!heard.IsCompleted)
+            {
+                await source.Stream.WriteAsync(frame.AsMemory(0, length), limit.Token);
+                await Task.WhenAny(heard, Task.Delay(100, limit.Token));
+            }
+            await heard;
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            throw new TimeoutException("not every subscriber heard the publisher within 20 s");
+        }
     }
 
     // ---------------------------------------------------------------- connections

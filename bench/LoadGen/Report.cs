@@ -42,7 +42,7 @@ public static class Report
         var best = new Dictionary<(string, string), JsonObject>();
         foreach (var group in rows.GroupBy(r => (Str(r, "scenario"), Str(r, "server"))))
         {
-            bool higher = Scenarios.FirstOrDefault(s => s.Id == group.Key.Item1).HigherIsBetter;
+            bool higher = Scenarios.Where(s => s.Id == group.Key.Item1).Select(s => s.HigherIsBetter).DefaultIfEmpty(true).First();
             var ordered = group.OrderBy(r => Clean(r) ? 0 : 1).ThenBy(r => r["na"] is null ? 0 : 1)
                 .ThenBy(r => higher ? -Num(r, "value") : (Num(r, "value") <= 0 ? double.MaxValue : Num(r, "value")));
             best[group.Key] = ordered.First();
@@ -90,6 +90,8 @@ public static class Report
             md.AppendLine();
         }
 
+        TwoNodes(md, rows, best);
+
         string micro = $"{MicroStart}\n## Micro-benchmarks\n\nNot run yet: `bench/micro` writes this section.\n{MicroEnd}";
         if (File.Exists(markdownPath))
         {
@@ -102,8 +104,44 @@ public static class Report
         File.WriteAllText(svgPath, Chart(best));
     }
 
+    /// <summary>
+    /// Our fanout over two Echo nodes sharing a Redis backplane (publisher on node A, subscribers
+    /// split over A and B) next to the single-node fanout with as many subscribers, from the same
+    /// run: rows "1node" and "2nodes" of scenario fanout-2nodes.
+    /// </summary>
+    static void TwoNodes(StringBuilder md, List<JsonObject> rows, Dictionary<(string, string), JsonObject> best)
+    {
+        const string id = "fanout-2nodes";
+        if (!rows.Any(r => Str(r, "scenario") == id)) return;
+        md.AppendLine("## Fan-out across two nodes (Redis)").AppendLine();
+        md.AppendLine("Ours only (the peers have no scale-out): `samples/Echo --redis` on two nodes sharing a private `redis-server`,");
+        md.AppendLine("the publisher on node A and the subscribers split evenly over A and B, against one node (no Redis) with as");
+        md.AppendLine("many subscribers. Deliveries/s are summed over all subscribers; loss and order are checked per subscriber as");
+        md.AppendLine("in the single-node fanout. Before the warmup the publisher probes until every subscriber hears it, and every");
+        md.AppendLine("subscriber must have received messages before the measured window starts. Server cost covers both nodes, not Redis.").AppendLine();
+        var one = best.GetValueOrDefault((id, "1node"));
+        var two = best.GetValueOrDefault((id, "2nodes"));
+        static bool Ok(JsonObject? r) => r is not null && r["value"] is not null && Num(r, "value") > 0;
+        double baseline = Ok(one) ? Num(one!, "value") : 0;
+        md.AppendLine("| Setup | deliveries/s | vs one node | Checks | Details | Server cost per message | Client cores, allocations |");
+        md.AppendLine("|---|---:|---:|---|---|---|---:|");
+        foreach (var (key, name) in new[] { ("1node", "One node"), ("2nodes", "Two nodes (Redis)") })
+        {
+            if (!best.TryGetValue((id, key), out var r)) { md.AppendLine($"| {name} | not run | | | | | |"); continue; }
+            if (r["error"] is not null && r["value"] is null) { md.AppendLine($"| {name} | failed | | {Esc(Str(r, "error"))} | | | |"); continue; }
+            double v = Num(r, "value");
+            string ratio = baseline > 0 && v > 0 ? (v / baseline).ToString("0.00", Inv) + "×" : "";
+            string details = Details(id, r) + (r["nodes"] is null ? "" : $"; {Num(r, "subscribersOnSecondNode")} of them on node B");
+            md.AppendLine($"| {name} | {v.ToString("N0", Inv)} | {ratio} | {Esc(Checks(r))} | {Esc(details)} | {Cost(r)} | {Num(r, "clientCores").ToString("0.00", Inv)}{(r["clientBytesAllocatedPerOp"] is null ? "" : $", {Num(r, "clientBytesAllocatedPerOp").ToString("0.#", Inv)} B/msg")} |");
+        }
+        md.AppendLine();
+        if (Ok(one) && Ok(two))
+            md.AppendLine($"Two nodes deliver {(Num(two!, "value") / baseline).ToString("0.00", Inv)}× the single node's deliveries/s.").AppendLine();
+    }
+
     static bool Clean(JsonObject r) =>
         r["error"] is null && r["na"] is null && Num(r, "errors") == 0 && Num(r, "lost") == 0 && Num(r, "orderErrors") == 0 && Num(r, "badMessages") == 0
+        && Num(r, "silentAtStart") == 0
         && (Str(r, "scenario") != "connections" || (Num(r, "opened") == Num(r, "requested") && Num(r, "alive") == Num(r, "checked")));
 
     static string Checks(JsonObject r)
@@ -115,6 +153,7 @@ public static class Report
         Add("badMessages", "bad messages");
         Add("selfDeliveries", "sent back to the sender");
         Add("errors", "connection errors");
+        Add("silentAtStart", "subscribers without a message when the measurement started");
         Add("uncompressedReplies", "replies not compressed");
         Add("uncompressedDeliveries", "deliveries not compressed");
         if (Str(r, "scenario") == "connections" && Num(r, "opened") < Num(r, "requested"))
