@@ -176,7 +176,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     IReadOnlyList<string> IRealtimeServer.Topics => Topics.topics(Volatile.Read(ref _topics));
 
     internal int PublishText(string topic, string text, RealtimeSocket? sender, bool compress) =>
-        WithUtf8(text, (topic, sender, compress, server: this),
+        Utf8Text.With(text, (topic, sender, compress, server: this),
             static (utf8, state) => state.server.PublishFrame(state.topic, MessageKind.Text, utf8, state.sender, state.compress));
 
     /// <summary>
@@ -274,7 +274,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     public int Broadcast(string pattern, string text, RealtimeSocket? except = null)
     {
         ArgumentNullException.ThrowIfNull(text);
-        return WithUtf8(text, (pattern, except, server: this),
+        return Utf8Text.With(text, (pattern, except, server: this),
             static (utf8, state) => state.server.BroadcastFrame(state.pattern, MessageKind.Text, utf8, state.except));
     }
 
@@ -293,30 +293,6 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
             if (pair.Value.Enqueue(header[..headerLength], payload).IsQueued) queued++;
         }
         return queued;
-    }
-
-    private delegate int Utf8Action<TState>(ReadOnlySpan<byte> utf8, TState state);
-
-    /// <summary>Encodes text as UTF-8 on the stack or in a pooled buffer and runs the action on it.</summary>
-    private static int WithUtf8<TState>(string text, TState state, Utf8Action<TState> action)
-    {
-        int length = Encoding.UTF8.GetByteCount(text);
-        if (length <= 512)
-        {
-            Span<byte> small = stackalloc byte[length];
-            Encoding.UTF8.GetBytes(text, small);
-            return action(small, state);
-        }
-        byte[] rented = System.Buffers.ArrayPool<byte>.Shared.Rent(length);
-        try
-        {
-            int written = Encoding.UTF8.GetBytes(text, rented);
-            return action(rented.AsSpan(0, written), state);
-        }
-        finally
-        {
-            System.Buffers.ArrayPool<byte>.Shared.Return(rented);
-        }
     }
 
     /// <summary>Graceful shutdown: every connection gets 1001, then the server waits (bounded) for them to finish.</summary>

@@ -163,27 +163,9 @@ public abstract partial class RealtimeSocket
     /// <inheritdoc />
     public override string ToString() => $"RealtimeSocket#{Id} {Endpoint}";
 
-    private SendResult SendText(string text, bool compress)
-    {
-        // Small texts are encoded on the stack; larger ones in a pooled buffer: no allocation either way.
-        int length = Encoding.UTF8.GetByteCount(text);
-        if (length <= 512)
-        {
-            Span<byte> utf8 = stackalloc byte[length];
-            Encoding.UTF8.GetBytes(text, utf8);
-            return SendFrame(MessageKind.Text, utf8, compress);
-        }
-        byte[] rented = System.Buffers.ArrayPool<byte>.Shared.Rent(length);
-        try
-        {
-            int written = Encoding.UTF8.GetBytes(text, rented);
-            return SendFrame(MessageKind.Text, rented.AsSpan(0, written), compress);
-        }
-        finally
-        {
-            System.Buffers.ArrayPool<byte>.Shared.Return(rented);
-        }
-    }
+    private SendResult SendText(string text, bool compress) =>
+        Utf8Text.With(text, (socket: this, compress),
+            static (utf8, state) => state.socket.SendFrame(MessageKind.Text, utf8, state.compress));
 
     // Typed handler dispatch, implemented by RealtimeSocket<TData>.
     private protected abstract void OnOpen();

@@ -112,24 +112,8 @@ let private expectEventually (timeout: TimeSpan) (message: string) (condition: u
 /// kernel holds little of what the server writes to a client that stops reading.
 let private connectRawSmallWindow (port: int) (path: string) : Task<RawClient.RawConnection> =
     task {
-        let tcp = new TcpClient()
-        tcp.ReceiveBufferSize <- 8192
-        do! tcp.ConnectAsync("127.0.0.1", port)
-        tcp.NoDelay <- true
-        let stream = tcp.GetStream()
-        let request = Encoding.ASCII.GetBytes(RawClient.upgradeRequest path "")
-        do! stream.WriteAsync(request, 0, request.Length)
-        let head = StringBuilder()
-        let one = Array.zeroCreate<byte> 1
-        use cancel = new CancellationTokenSource(seconds 10.0)
-        let mutable finished = false
-        while not finished do
-            let! read = stream.ReadAsync(one, 0, 1, cancel.Token)
-            if read = 0 then finished <- true
-            else
-                head.Append(char one[0]) |> ignore
-                if head.Length >= 4 && head.ToString(head.Length - 4, 4) = "\r\n\r\n" then finished <- true
-        let head = head.ToString()
+        let! tcp, stream, head =
+            RawClient.handshakeRawWith (fun tcp -> tcp.ReceiveBufferSize <- 8192) port (RawClient.upgradeRequest path "")
         if not (head.StartsWith "HTTP/1.1 101") then failtestf "expected 101, got: %s" head
         return new RawClient.RawConnection(tcp, stream, head)
     }

@@ -170,11 +170,12 @@ type RawConnection(tcp: TcpClient, stream: NetworkStream, handshakeResponse: str
             stream.Dispose()
             tcp.Dispose()
 
-/// Writes an opening handshake for `path` with extra header lines and returns the raw response
-/// head (status line and headers) plus the connected stream.
-let handshakeRaw (port: int) (requestText: string) : Task<TcpClient * NetworkStream * string> =
+/// Like `handshakeRaw`, with `configure` applied to the socket before it connects (for example a
+/// small receive buffer, which must be set before the connection exists).
+let handshakeRawWith (configure: TcpClient -> unit) (port: int) (requestText: string) : Task<TcpClient * NetworkStream * string> =
     task {
         let tcp = new TcpClient()
+        configure tcp
         do! tcp.ConnectAsync("127.0.0.1", port)
         tcp.NoDelay <- true
         let stream = tcp.GetStream()
@@ -193,6 +194,11 @@ let handshakeRaw (port: int) (requestText: string) : Task<TcpClient * NetworkStr
                 if head.Length >= 4 && head.ToString(head.Length - 4, 4) = "\r\n\r\n" then finished <- true
         return tcp, stream, head.ToString()
     }
+
+/// Writes an opening handshake (the request text as given) and returns the raw response head
+/// (status line and headers) plus the connected stream.
+let handshakeRaw (port: int) (requestText: string) : Task<TcpClient * NetworkStream * string> =
+    handshakeRawWith ignore port requestText
 
 /// A standard upgrade request for `path` with optional extra header lines (each ending in CRLF).
 let upgradeRequest (path: string) (extraHeaders: string) =
