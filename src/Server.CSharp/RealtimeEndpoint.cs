@@ -206,7 +206,11 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         }
 
         foreach (var header in acceptance.ResponseHeaders) context.Response.Headers[header.Name] = header.Value;
-        Stream transport = await upgrade.UpgradeAsync().ConfigureAwait(false);
+        Stream upgraded = await upgrade.UpgradeAsync().ConfigureAwait(false);
+        // A directly accepted connection runs on its own pipes rather than on a stream.
+        var transport = upgrade is Direct.DirectConnectionFeature direct
+            ? RealtimeTransport.FromPipe(direct.Transport)
+            : RealtimeTransport.FromStream(upgraded);
         var socket = new RealtimeSocket<TData>(
             Server, this, _handlers, context, transport,
             acceptance.Subprotocol?.Value, acceptance.Deflate?.Value, attachment.Data);

@@ -1,4 +1,5 @@
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
@@ -67,7 +68,49 @@ namespace Microsoft.AspNetCore.Builder
             configure?.Invoke(options);
             var endpoint = new RealtimeEndpoint<TData>(server, pattern, options, handlers);
             server.AddEndpoint(endpoint);
-            return endpoints.Map(pattern, endpoint.HandleAsync).WithDisplayName($"Realtime {pattern}");
+            // The endpoint itself is metadata, so direct connections find it under its full route (group prefixes included).
+            return endpoints.Map(pattern, endpoint.HandleAsync).WithDisplayName($"Realtime {pattern}").WithMetadata(endpoint);
+        }
+    }
+}
+
+namespace Microsoft.AspNetCore.Hosting
+{
+    /// <summary>Lets Realtime accept WebSocket connections directly on Kestrel listeners.</summary>
+    public static class RealtimeDirectConnectionExtensions
+    {
+        /// <summary>
+        /// Makes this listener accept WebSocket upgrades to Realtime endpoints at the connection level,
+        /// below Kestrel's HTTP layer: the first request of each new connection is looked at, and a GET
+        /// to a Realtime endpoint's route is handled by Realtime itself (the same handshake checks,
+        /// limits, <c>Attach</c> and handlers), then runs on the connection's own pipes. Such
+        /// connections cost less memory and CPU; in exchange the application's HTTP middleware does
+        /// not run for them. Endpoints that need middleware are left to the ordinary route: those with
+        /// <see cref="RealtimeOptions.DirectConnections"/> false, authorization or host metadata, or
+        /// route constraints. Every other request passes through untouched.
+        /// For TLS, call it after <c>UseHttps</c>, so it sees the decrypted bytes.
+        /// </summary>
+        /// <param name="listen">The Kestrel listener.</param>
+        public static ListenOptions UseRealtimeDirectConnections(this ListenOptions listen)
+        {
+            ArgumentNullException.ThrowIfNull(listen);
+            var services = listen.ApplicationServices;
+            listen.Use(next => new Realtime.Direct.DirectConnectionMiddleware(next, services).OnConnectionAsync);
+            return listen;
+        }
+
+        /// <summary>
+        /// <see cref="UseRealtimeDirectConnections(ListenOptions)"/> on every Kestrel listener, including those
+        /// made from <c>--urls</c> or <c>ASPNETCORE_URLS</c>. On an HTTPS listener made that way the
+        /// middleware sits before TLS and passes every connection on (they take the ordinary route);
+        /// configure such a listener with <c>Listen(..., l => { l.UseHttps(...); l.UseRealtimeDirectConnections(); })</c>
+        /// for direct connections over TLS.
+        /// </summary>
+        /// <param name="host">The web host builder, for example <c>builder.WebHost</c>.</param>
+        public static IWebHostBuilder UseRealtimeDirectConnections(this IWebHostBuilder host)
+        {
+            ArgumentNullException.ThrowIfNull(host);
+            return host.ConfigureKestrel(kestrel => kestrel.ConfigureEndpointDefaults(listen => listen.UseRealtimeDirectConnections()));
         }
     }
 }

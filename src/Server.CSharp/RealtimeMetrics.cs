@@ -86,7 +86,7 @@ internal sealed class RealtimeMetrics : IDisposable
 
     public void MessageReceived() => _messagesReceived.Add(1);
 
-    public void BytesReceived(int count) => _bytesReceived.Add(count);
+    public void BytesReceived(long count) => _bytesReceived.Add(count);
 
     public void BytesSent(int count) => _bytesSent.Add(count);
 

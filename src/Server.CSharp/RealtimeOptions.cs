@@ -106,6 +106,14 @@ public sealed class RealtimeOptions
     /// </summary>
     public TimeSpan? HandshakeTimeout { get; set; }
 
+    /// <summary>
+    /// Whether the endpoint takes connections accepted directly by a listener with
+    /// <c>UseRealtimeDirectConnections</c> (no HTTP middleware runs for them). Default true; set it
+    /// false for an endpoint that relies on middleware (authentication, path base, custom headers),
+    /// and its connections always go through the ordinary route. Ignored on listeners without it.
+    /// </summary>
+    public bool DirectConnections { get; set; } = true;
+
     /// <summary>How long host shutdown waits for connections to finish their closing handshake after sending them 1001. Default 5 s.</summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(5);
 

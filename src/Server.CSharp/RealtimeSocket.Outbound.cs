@@ -188,7 +188,7 @@ public abstract partial class RealtimeSocket
 
             try
             {
-                await _transport.WriteAsync(chunk.AsMemory(0, length)).ConfigureAwait(false);
+                await WriteToTransportAsync(chunk.AsMemory(0, length)).ConfigureAwait(false);
                 _server.Metrics.BytesSent(length);
             }
             catch (Exception exception)
@@ -220,6 +220,24 @@ public abstract partial class RealtimeSocket
             }
             if (drain) RequestDrain();
         }
+    }
+
+    /// <summary>Hands one batch of frames to the transport; completes when the transport has taken it.</summary>
+    private ValueTask WriteToTransportAsync(ReadOnlyMemory<byte> bytes)
+    {
+        if (_pipe is null) return _transport!.WriteAsync(bytes);
+        var output = _pipe.Output;
+        output.Write(bytes.Span);
+        var flush = output.FlushAsync();
+        return flush.IsCompletedSuccessfully ? CheckFlushed(flush.Result) : AwaitFlushAsync(flush);
+
+        static async ValueTask AwaitFlushAsync(ValueTask<System.IO.Pipelines.FlushResult> pending) =>
+            await CheckFlushed(await pending.ConfigureAwait(false)).ConfigureAwait(false);
+
+        static ValueTask CheckFlushed(System.IO.Pipelines.FlushResult result) =>
+            result.IsCompleted || result.IsCanceled
+                ? ValueTask.FromException(new IOException("the connection's output was closed"))
+                : ValueTask.CompletedTask;
     }
 
     /// <summary>

@@ -8,7 +8,8 @@ namespace Realtime;
 // the handlers in order.
 //
 // While idle, the loop waits with a zero-byte read, so it holds no receive buffer. When bytes
-// arrive it rents a buffer, reads, and drives the core until it needs more data. Payloads are
+// arrive it rents a buffer, reads, and drives the core until it needs more data (a directly
+// accepted connection reads its transport pipe instead, whose memory is the receive buffer). Payloads are
 // unmasked in place; a message that arrived whole in one read is handed to the handler straight
 // from the receive buffer, others are assembled in a pooled buffer. The loop does not read again
 // until the message handler (and its task) has finished, so a client that floods a slow handler
@@ -64,17 +65,29 @@ public abstract partial class RealtimeSocket
         finally { ExitHandlers(); }
     }
 
-    private async Task ReceiveLoopAsync()
+    private Task ReceiveLoopAsync() => _pipe is { } pipe ? ReceivePipeLoopAsync(pipe.Input) : ReceiveStreamLoopAsync(_transport!);
+
+    /// <summary>
+    /// True when the loop must stop (the connection is over); otherwise <paramref name="controlBacklog"/>
+    /// is a task to wait for before reading on when pongs are piling up (see <see cref="ControlBacklog"/>).
+    /// </summary>
+    private bool ShouldStopReading(out Task? controlBacklog)
+    {
+        lock (_sync)
+        {
+            controlBacklog = null;
+            if (_core.IsClosed || _transportFailed) return true;
+            controlBacklog = ControlBacklog();
+            return false;
+        }
+    }
+
+    private async Task ReceiveStreamLoopAsync(Stream transport)
     {
         int bufferSize = _endpoint.Options.ReceiveBufferSize;
         while (true)
         {
-            Task? controlBacklog;
-            lock (_sync)
-            {
-                if (_core.IsClosed || _transportFailed) return;
-                controlBacklog = ControlBacklog();
-            }
+            if (ShouldStopReading(out var controlBacklog)) return;
             if (controlBacklog is not null)
             {
                 // Pongs the client has not taken yet: read no further until a writer has them.
@@ -82,14 +95,14 @@ public abstract partial class RealtimeSocket
                 continue;
             }
             // Wait for data without holding a buffer: idle connections cost no receive memory.
-            await _transport.ReadAsync(Memory<byte>.Empty, _receiving.Token).ConfigureAwait(false);
+            await transport.ReadAsync(Memory<byte>.Empty, _receiving.Token).ConfigureAwait(false);
             byte[] buffer = ArrayPool<byte>.Shared.Rent(bufferSize);
             try
             {
-                int read = await _transport.ReadAsync(buffer.AsMemory(0, bufferSize), _receiving.Token).ConfigureAwait(false);
+                int read = await transport.ReadAsync(buffer.AsMemory(0, bufferSize), _receiving.Token).ConfigureAwait(false);
                 if (read == 0) return;
                 _server.Metrics.BytesReceived(read);
-                await ProcessAsync(buffer, read).ConfigureAwait(false);
+                await ProcessAsync(buffer.AsMemory(0, read)).ConfigureAwait(false);
             }
             finally
             {
@@ -98,8 +111,46 @@ public abstract partial class RealtimeSocket
         }
     }
 
+    /// <summary>
+    /// The same loop over the connection's own input pipe: frames are decoded and unmasked where the
+    /// transport put them, with no copy into a buffer of ours. While idle the transport waits with a
+    /// zero-byte receive and the pipe holds no memory.
+    /// </summary>
+    private async Task ReceivePipeLoopAsync(System.IO.Pipelines.PipeReader input)
+    {
+        while (true)
+        {
+            if (ShouldStopReading(out var controlBacklog)) return;
+            if (controlBacklog is not null)
+            {
+                await controlBacklog.WaitAsync(_receiving.Token).ConfigureAwait(false);
+                continue;
+            }
+            var result = await input.ReadAsync(_receiving.Token).ConfigureAwait(false);
+            var buffer = result.Buffer;
+            try
+            {
+                if (!buffer.IsEmpty)
+                {
+                    _server.Metrics.BytesReceived(buffer.Length);
+                    foreach (var segment in buffer)
+                    {
+                        // The core keeps what it needs of a frame split across segments.
+                        await ProcessAsync(System.Runtime.InteropServices.MemoryMarshal.AsMemory(segment)).ConfigureAwait(false);
+                        if (ShouldStopReading(out _)) return;
+                    }
+                }
+                if (result.IsCompleted || result.IsCanceled) return;
+            }
+            finally
+            {
+                input.AdvanceTo(buffer.End);
+            }
+        }
+    }
+
     /// <summary>Feeds one read to the core and acts on every event it returns.</summary>
-    private async Task ProcessAsync(byte[] buffer, int count)
+    private async Task ProcessAsync(Memory<byte> buffer)
     {
         long now = _server.Now();
         int position = 0;
@@ -113,7 +164,7 @@ public abstract partial class RealtimeSocket
                 bool deliver;
                 lock (_sync)
                 {
-                    var (core, used, found) = ConnectionModule.receive(_core, new ReadOnlySpan<byte>(buffer, position, count - position), now);
+                    var (core, used, found) = ConnectionModule.receive(_core, buffer.Span.Slice(position), now);
                     _core = core;
                     consumed = used;
                     step = found;
@@ -161,9 +212,9 @@ public abstract partial class RealtimeSocket
         }
     }
 
-    private async ValueTask OnMessageDataAsync(byte[] buffer, int sliceStart, ConnectionEvent data, bool deliver)
+    private async ValueTask OnMessageDataAsync(Memory<byte> buffer, int sliceStart, ConnectionEvent data, bool deliver)
     {
-        var payload = buffer.AsSpan(sliceStart + data.payloadStart, data.length);
+        var payload = buffer.Span.Slice(sliceStart + data.payloadStart, data.length);
         Masking.applyInPlace(data.maskKey, data.maskOffset, payload);
         if (!deliver)
         {
@@ -187,7 +238,7 @@ public abstract partial class RealtimeSocket
         if (!_messageInProgress && data.messageEnd)
         {
             // The whole message arrived in this read: hand it over without copying.
-            await DeliverAsync(data.kind, buffer.AsMemory(sliceStart + data.payloadStart, data.length), compressed: false).ConfigureAwait(false);
+            await DeliverAsync(data.kind, buffer.Slice(sliceStart + data.payloadStart, data.length), compressed: false).ConfigureAwait(false);
             return;
         }
         AppendToMessage(payload);

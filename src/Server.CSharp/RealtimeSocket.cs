@@ -15,19 +15,23 @@ public abstract partial class RealtimeSocket
     private readonly RealtimeServer _server;
     private readonly RealtimeEndpoint _endpoint;
     private readonly HttpContext _context;
-    private readonly Stream _transport;
+    // Exactly one of the two carries the connection's bytes: the stream Kestrel's HTTP upgrade
+    // returns, or the connection's own pipes when it was accepted directly (see DirectConnections).
+    private readonly Stream? _transport;
+    private readonly System.IO.Pipelines.IDuplexPipe? _pipe;
     private readonly object _sync = new();
 
     // The protocol core's state and the outgoing accounting; both guarded by _sync.
     private Connection _core;
     private Backpressure.State _backpressure;
 
-    private protected RealtimeSocket(RealtimeServer server, RealtimeEndpoint endpoint, HttpContext context, Stream transport, string? subprotocol, PerMessageDeflate.Parameters? compression)
+    private protected RealtimeSocket(RealtimeServer server, RealtimeEndpoint endpoint, HttpContext context, RealtimeTransport transport, string? subprotocol, PerMessageDeflate.Parameters? compression)
     {
         _server = server;
         _endpoint = endpoint;
         _context = context;
-        _transport = transport;
+        _transport = transport.Stream;
+        _pipe = transport.Pipe;
         Id = server.NextConnectionId();
         Protocol = subprotocol;
         RemoteAddress = context.Connection.RemoteIpAddress;
@@ -182,7 +186,7 @@ public sealed class RealtimeSocket<TData> : RealtimeSocket
 {
     private readonly RealtimeHandlers<TData> _handlers;
 
-    internal RealtimeSocket(RealtimeServer server, RealtimeEndpoint endpoint, RealtimeHandlers<TData> handlers, HttpContext context, Stream transport, string? subprotocol, PerMessageDeflate.Parameters? compression, TData data)
+    internal RealtimeSocket(RealtimeServer server, RealtimeEndpoint endpoint, RealtimeHandlers<TData> handlers, HttpContext context, RealtimeTransport transport, string? subprotocol, PerMessageDeflate.Parameters? compression, TData data)
         : base(server, endpoint, context, transport, subprotocol, compression)
     {
         _handlers = handlers;

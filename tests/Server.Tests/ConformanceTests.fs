@@ -48,8 +48,9 @@ let private echoRoutes (app: WebApplication) =
     app.MapRealtime("/echo", RealtimeHandlers<obj>(Message = fun ws message -> ws.Send(message.Data.Span, message.Kind) |> ignore))
     |> ignore
 
-/// A server started on first use and shared by one test list (it lives until the test run ends).
-let private echoServer () : Lazy<Task<TestHost.RunningServer>> = lazy (TestHost.start echoOptions echoRoutes)
+/// A server started on first use and shared by one test list (it lives until the test run ends);
+/// `direct`: its listener accepts connections directly (UseRealtimeDirectConnections), else through the route.
+let private echoServer (direct: bool) : Lazy<Task<TestHost.RunningServer>> = lazy (TestHost.startIn direct echoOptions echoRoutes)
 
 let private connectTo (server: Lazy<Task<TestHost.RunningServer>>) : Task<RawConnection> =
     task {
@@ -276,9 +277,8 @@ let private closeNormally (connection: RawConnection) (what: string) : Task<unit
 // Autobahn 1: framing.
 // ---------------------------------------------------------------------------------------------
 
-[<Tests>]
-let framingTests =
-    let server = echoServer ()
+let private framingTestsOn (direct: bool) =
+    let server = echoServer direct
     let kinds = [ 1, Opcode.Text, "text", byte '*'; 2, Opcode.Binary, "binary", 0xFEuy ]
     let sizes = [ 0; 125; 126; 127; 128; 65535; 65536 ]
     testList "Autobahn 1: framing (text and binary)" [
@@ -306,9 +306,8 @@ let framingTests =
 // Autobahn 2: pings and pongs.
 // ---------------------------------------------------------------------------------------------
 
-[<Tests>]
-let pingTests =
-    let server = echoServer ()
+let private pingTestsOn (direct: bool) =
+    let server = echoServer direct
     let pingCase name (payload: byte[]) =
         echoCase server name (fun connection ->
             task {
@@ -372,9 +371,8 @@ let pingTests =
 // Autobahn 3: reserved bits (no extension is negotiated, so any RSV bit fails the connection).
 // ---------------------------------------------------------------------------------------------
 
-[<Tests>]
-let reservedBitTests =
-    let server = echoServer ()
+let private reservedBitTestsOn (direct: bool) =
+    let server = echoServer direct
     let hello = ascii "Hello, world!"
     /// 3.2-3.4: a good message (echoed), the bad frame, a ping (never answered).
     let afterGoodMessage name rsv (send: RawConnection -> byte[] list -> Task<unit>) =
@@ -404,9 +402,8 @@ let reservedBitTests =
 // Autobahn 4: opcodes (3-7 and 11-15 are reserved).
 // ---------------------------------------------------------------------------------------------
 
-[<Tests>]
-let opcodeTests =
-    let server = echoServer ()
+let private opcodeTestsOn (direct: bool) =
+    let server = echoServer direct
     let hello = ascii "Hello, world!"
     let payload = ascii "reserved opcode payload"
     let alone name code (body: byte[]) =
@@ -439,9 +436,8 @@ let opcodeTests =
 // Autobahn 5: fragmentation.
 // ---------------------------------------------------------------------------------------------
 
-[<Tests>]
-let fragmentationTests =
-    let server = echoServer ()
+let private fragmentationTestsOn (direct: bool) =
+    let server = echoServer direct
     let f1 = ascii "fragment1"
     let f2 = ascii "fragment2"
     let ways: (string * (RawConnection -> byte[] list -> Task<unit>)) list =
@@ -576,9 +572,8 @@ let private utf8Sequences: (int * string * (bool * byte[]) list) list =
       22, "non-character code points (valid UTF-8)", [ for digits in nonCharacters -> valid digits ]
       23, "Unicode specials (valid)", [ for digits in [ "EFBFB9"; "EFBFBA"; "EFBFBB"; "EFBFBC"; "EFBFBD"; "EFBFBE"; "EFBFBF" ] -> valid digits ] ]
 
-[<Tests>]
-let utf8Tests =
-    let server = echoServer ()
+let private utf8TestsOn (direct: bool) =
+    let server = echoServer direct
     let textEchoes (connection: RawConnection) (expected: byte[]) (what: string) =
         task {
             do! expectNext connection (Message(Opcode.Text, expected)) what
@@ -683,9 +678,8 @@ let utf8Tests =
 // Autobahn 7: close handling.
 // ---------------------------------------------------------------------------------------------
 
-[<Tests>]
-let closeTests =
-    let server = echoServer ()
+let private closeTestsOn (direct: bool) =
+    let server = echoServer direct
     let closeWith (code: uint16) = Frame.closePayload code ""
     /// The client sends `payload` as its close frame; the server must answer with `expected`.
     let answered name (payload: byte[]) (expected: uint16) =
@@ -767,9 +761,8 @@ let closeTests =
 // Autobahn 9: limits and performance (run one at a time: they are the heavy ones).
 // ---------------------------------------------------------------------------------------------
 
-[<Tests>]
-let largeMessageTests =
-    let server = echoServer ()
+let private largeMessageTestsOn (direct: bool) =
+    let server = echoServer direct
     let mib = 1024 * 1024
     let kinds = [ Opcode.Text, "text", textOf; Opcode.Binary, "binary", binaryOf ]
     /// Sends the message with `send` and expects its echo within `limit` seconds.
@@ -848,9 +841,8 @@ let largeMessageTests =
 // Autobahn 10: auto-fragmentation.
 // ---------------------------------------------------------------------------------------------
 
-[<Tests>]
-let autoFragmentationTests =
-    let server = echoServer ()
+let private autoFragmentationTestsOn (direct: bool) =
+    let server = echoServer direct
     testList "Autobahn 10: auto-fragmentation" [
         echoCase server "10.1.1 65536-byte text message auto-fragmented into 1300-byte frames echoes" (fun connection ->
             task {
@@ -860,6 +852,30 @@ let autoFragmentationTests =
                 do! closeNormally connection "10.1.1"
             })
     ]
+
+// ---------------------------------------------------------------------------------------------
+// Every case above, once through the ordinary route (Kestrel's HTTP upgrade) and once on a
+// listener that accepts connections directly (Realtime's connection middleware, no HTTP layer).
+// ---------------------------------------------------------------------------------------------
+
+let private conformance (direct: bool) =
+    testList (if direct then "on direct connections" else "through the HTTP route") [
+        framingTestsOn direct
+        pingTestsOn direct
+        reservedBitTestsOn direct
+        opcodeTestsOn direct
+        fragmentationTestsOn direct
+        utf8TestsOn direct
+        closeTestsOn direct
+        largeMessageTestsOn direct
+        autoFragmentationTestsOn direct
+    ]
+
+[<Tests>]
+let conformanceThroughRoute = conformance false
+
+[<Tests>]
+let conformanceOnDirectConnections = conformance true
 
 // ---------------------------------------------------------------------------------------------
 // The real samples/Echo, as a process.

@@ -68,6 +68,11 @@ let startWith (configureBuilder: WebApplicationBuilder -> unit) (configureOption
 let start (configureOptions: RealtimeOptions -> unit) (mapRoutes: WebApplication -> unit) : Task<RunningServer> =
     startWith ignore configureOptions mapRoutes
 
+/// `start`, on a listener that accepts WebSocket connections directly (UseRealtimeDirectConnections)
+/// when `direct` is true.
+let startIn (direct: bool) (configureOptions: RealtimeOptions -> unit) (mapRoutes: WebApplication -> unit) : Task<RunningServer> =
+    startWith (fun builder -> if direct then builder.WebHost.UseRealtimeDirectConnections() |> ignore) configureOptions mapRoutes
+
 /// The repository's root folder (where Realtime.sln is).
 let repositoryRoot =
     let rec up (dir: DirectoryInfo) =

@@ -21,7 +21,7 @@ open Realtime
 open Realtime.Server.Tests.TestHost
 
 /// A self-signed server certificate for 127.0.0.1 (ECDSA P-256), made in memory.
-let private createCertificate (subject: string) : X509Certificate2 =
+let createCertificate (subject: string) : X509Certificate2 =
     use key = ECDsa.Create(ECCurve.NamedCurves.nistP256)
     let request = CertificateRequest($"CN={subject}", key, HashAlgorithmName.SHA256)
     let names = SubjectAlternativeNameBuilder()
@@ -34,9 +34,10 @@ let private createCertificate (subject: string) : X509Certificate2 =
     // Through PKCS#12 so that SslStream can use the private key on every platform.
     X509CertificateLoader.LoadPkcs12(certificate.Export X509ContentType.Pfx, null)
 
-let private certificate = lazy (createCertificate "Realtime TLS test")
+/// One certificate for the run.
+let certificate = lazy (createCertificate "Realtime TLS test")
 
-let private thumbprint (certificate: X509Certificate) = certificate.GetCertHashString HashAlgorithmName.SHA256
+let thumbprint (certificate: X509Certificate) = certificate.GetCertHashString HashAlgorithmName.SHA256
 
 /// Starts a server serving HTTPS only, on 127.0.0.1:0, with the certificate.
 let private startHttps (certificate: X509Certificate2) (configureOptions: RealtimeOptions -> unit) (mapRoutes: WebApplication -> unit) =
@@ -49,7 +50,7 @@ let private startHttps (certificate: X509Certificate2) (configureOptions: Realti
         mapRoutes
 
 /// A client that accepts the server's certificate only when it is exactly `trusted` (by SHA-256 thumbprint).
-let private clientTrusting (trusted: X509Certificate2) : ClientWebSocket =
+let clientTrusting (trusted: X509Certificate2) : ClientWebSocket =
     let client = new ClientWebSocket()
     let expected = thumbprint trusted
     client.Options.RemoteCertificateValidationCallback <-

@@ -1,0 +1,218 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Net;
+using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Connections.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+using Realtime.Protocol;
+
+namespace Realtime.Direct;
+
+/// <summary>
+/// A Kestrel connection middleware that accepts WebSocket upgrades itself, below Kestrel's HTTP
+/// layer. It looks at the first request of each new connection: a GET whose path is a Realtime
+/// endpoint's route is handled here (same handshake checks, limits, <c>Attach</c> and handlers as
+/// through the route), and the connection then runs on its transport pipes with no HTTP/1.1 state
+/// kept under it, which saves memory per connection and a copy per read. Anything else (other
+/// paths and methods, HTTP/2, TLS bytes when placed before <c>UseHttps</c>, heads too large or
+/// malformed) is passed on untouched to the next middleware, normally Kestrel's HTTP server.
+/// The application's HTTP middleware does not run for connections accepted here.
+/// </summary>
+internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServiceProvider services)
+{
+    // Room for a request line and the headers Kestrel would accept (its default limits: 8 KiB and 32 KiB).
+    private const int MaxHeadBytes = 40 * 1024;
+    private static ReadOnlySpan<byte> Get => "GET "u8;
+
+    private DirectRoutes? _routes;
+    private RealtimeServer? _server;
+    private TimeSpan _headTimeout;
+    private IServiceScopeFactory? _scopes;
+
+    public async Task OnConnectionAsync(ConnectionContext connection)
+    {
+        EnsureServices();
+        var input = connection.Transport.Input;
+        Accepted? accepted = null;
+        using (var timeout = new CancellationTokenSource(_headTimeout))
+        {
+            while (true)
+            {
+                ReadResult result;
+                try
+                {
+                    result = await input.ReadAsync(timeout.Token).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException) when (timeout.IsCancellationRequested)
+                {
+                    // No complete request head in time: close, as Kestrel's header timeout would
+                    // (returning lets Kestrel end the connection gracefully).
+                    return;
+                }
+                var buffer = result.Buffer;
+                var verdict = Inspect(buffer, out var request, out long consumed);
+                if (verdict == Verdict.NeedMore && !result.IsCompleted && !result.IsCanceled)
+                {
+                    input.AdvanceTo(buffer.Start, buffer.End);
+                    continue;
+                }
+                if (verdict == Verdict.Upgrade) accepted = Accept(connection, request!);
+                // Not ours: every byte stays for the next reader.
+                input.AdvanceTo(accepted is null ? buffer.Start : buffer.GetPosition(consumed));
+                break;
+            }
+        }
+        if (accepted is null) await next(connection).ConfigureAwait(false);
+        else await RunAsync(accepted).ConfigureAwait(false);
+    }
+
+    /// <summary>A request this middleware takes: its endpoint and the HTTP context made for it.</summary>
+    private sealed record Accepted(RealtimeEndpoint Endpoint, DefaultHttpContext Context, DirectConnectionFeature Direct, MemoryStream Body);
+
+    /// <summary>
+    /// The endpoint and context for a request head, or null when no Realtime endpoint takes it
+    /// directly. Synchronous, so the parsed head is not kept alive by the connection's async state.
+    /// </summary>
+    private Accepted? Accept(ConnectionContext connection, Handshake.HandshakeRequest request)
+    {
+        string target = request.Path;
+        if (target.Length == 0 || target[0] != '/') return null;
+        int query = target.IndexOf('?');
+        var path = PathString.FromUriComponent(query < 0 ? target : target[..query]);
+        var endpoint = _routes!.Match(path, out var routeValues);
+        if (endpoint is null) return null;
+        var context = CreateContext(connection, request, path, query < 0 ? "" : target[query..], routeValues!, out var direct, out var body);
+        return new Accepted(endpoint, context, direct, body);
+    }
+
+    private enum Verdict { NotOurs, NeedMore, Upgrade }
+
+    private static Verdict Inspect(ReadOnlySequence<byte> buffer, out Handshake.HandshakeRequest? request, out long consumed)
+    {
+        request = null;
+        consumed = 0;
+        // Only a GET can open a WebSocket (RFC 6455 §4.1); look no further at anything else.
+        var start = buffer.FirstSpan;
+        int prefix = (int)Math.Min(Get.Length, buffer.Length);
+        Span<byte> first = stackalloc byte[Get.Length];
+        buffer.Slice(0, prefix).CopyTo(first);
+        if (!first[..prefix].SequenceEqual(Get[..prefix])) return Verdict.NotOurs;
+        if (buffer.Length < Get.Length) return Verdict.NeedMore;
+
+        long length = Math.Min(buffer.Length, MaxHeadBytes);
+        byte[]? rented = null;
+        ReadOnlySpan<byte> head;
+        if (start.Length >= length) head = start[..(int)length];
+        else
+        {
+            rented = ArrayPool<byte>.Shared.Rent((int)length);
+            buffer.Slice(0, length).CopyTo(rented);
+            head = rented.AsSpan(0, (int)length);
+        }
+        try
+        {
+            switch (RequestHead.parse(head, MaxHeadBytes))
+            {
+                case RequestHead.RequestHeadResult.Complete complete:
+                    request = complete.request;
+                    consumed = complete.consumed;
+                    return Verdict.Upgrade;
+                case var incomplete when incomplete.IsIncomplete:
+                    return buffer.Length >= MaxHeadBytes ? Verdict.NotOurs : Verdict.NeedMore;
+                default:
+                    // Malformed: Kestrel's HTTP parser gives its own 400.
+                    return Verdict.NotOurs;
+            }
+        }
+        finally
+        {
+            if (rented is not null) ArrayPool<byte>.Shared.Return(rented);
+        }
+    }
+
+    private async Task RunAsync(Accepted accepted)
+    {
+        var context = accepted.Context;
+        var requestServices = new RequestServicesFeature(context, _scopes);
+        context.Features.Set<IServiceProvidersFeature>(requestServices);
+        try
+        {
+            await accepted.Endpoint.HandleAsync(context).ConfigureAwait(false);
+            if (!accepted.Direct.Upgraded)
+                await accepted.Direct.WriteResponseAsync(accepted.Body.GetBuffer().AsMemory(0, (int)accepted.Body.Length)).ConfigureAwait(false);
+        }
+        catch (Exception exception) when (exception is IOException or ConnectionAbortedException or ConnectionResetException or OperationCanceledException)
+        {
+            _server!.Log.TransportEnded(0, exception.Message);
+        }
+        finally
+        {
+            await requestServices.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>The request as ASP.NET code sees it: method, target, headers, addresses, route values.</summary>
+    private static DefaultHttpContext CreateContext(ConnectionContext connection, Handshake.HandshakeRequest request, PathString path,
+        string query, RouteValueDictionary routeValues, out DirectConnectionFeature direct, out MemoryStream body)
+    {
+        var headers = new HeaderDictionary(request.Headers.Length);
+        foreach (var header in request.Headers) headers.Append(header.Name, header.Value);
+        var tls = connection.Features.Get<ITlsConnectionFeature>();
+        var requestFeature = new HttpRequestFeature
+        {
+            Protocol = request.HttpVersion,
+            Scheme = tls is null ? "http" : "https",
+            Method = request.Method,
+            PathBase = "",
+            Path = path.Value ?? "/",
+            QueryString = query,
+            RawTarget = request.Path,
+            Headers = headers,
+        };
+        var responseFeature = new HttpResponseFeature();
+        body = new MemoryStream();
+        direct = new DirectConnectionFeature(connection, responseFeature);
+        var features = new FeatureCollection(10);
+        features.Set<IHttpRequestFeature>(requestFeature);
+        features.Set<IHttpResponseFeature>(responseFeature);
+        features.Set<IHttpResponseBodyFeature>(new StreamResponseBodyFeature(body));
+        features.Set<IHttpUpgradeFeature>(direct);
+        features.Set<IHttpRequestLifetimeFeature>(direct);
+        features.Set<IHttpConnectionFeature>(ConnectionFeature(connection));
+        features.Set<IRouteValuesFeature>(new RouteValuesFeature { RouteValues = routeValues });
+        if (tls is not null) features.Set(tls);
+        return new DefaultHttpContext(features);
+    }
+
+    private static HttpConnectionFeature ConnectionFeature(ConnectionContext connection)
+    {
+        var feature = new HttpConnectionFeature { ConnectionId = connection.ConnectionId };
+        if (connection.RemoteEndPoint is IPEndPoint remote)
+        {
+            feature.RemoteIpAddress = remote.Address;
+            feature.RemotePort = remote.Port;
+        }
+        if (connection.LocalEndPoint is IPEndPoint local)
+        {
+            feature.LocalIpAddress = local.Address;
+            feature.LocalPort = local.Port;
+        }
+        return feature;
+    }
+
+    private void EnsureServices()
+    {
+        if (Volatile.Read(ref _routes) is not null) return;
+        _server = services.GetService<RealtimeServer>()
+            ?? throw new InvalidOperationException("Call services.AddRealtime() before UseRealtimeDirectConnections.");
+        _scopes = services.GetRequiredService<IServiceScopeFactory>();
+        _headTimeout = services.GetRequiredService<IOptions<RealtimeOptions>>().Value.HandshakeTimeout
+            ?? services.GetRequiredService<IOptions<KestrelServerOptions>>().Value.Limits.RequestHeadersTimeout;
+        Volatile.Write(ref _routes, new DirectRoutes(services.GetRequiredService<EndpointDataSource>()));
+    }
+}

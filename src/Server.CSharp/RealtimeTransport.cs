@@ -1,0 +1,25 @@
+using System.IO.Pipelines;
+
+namespace Realtime;
+
+/// <summary>
+/// What carries a connection's bytes: the stream returned by Kestrel's HTTP upgrade, or, for a
+/// connection accepted directly by <see cref="Direct.DirectConnectionMiddleware"/>, the connection's
+/// own transport pipes (no HTTP layer between them and the socket).
+/// </summary>
+internal readonly struct RealtimeTransport
+{
+    private RealtimeTransport(Stream? stream, IDuplexPipe? pipe)
+    {
+        Stream = stream;
+        Pipe = pipe;
+    }
+
+    public Stream? Stream { get; }
+
+    public IDuplexPipe? Pipe { get; }
+
+    public static RealtimeTransport FromStream(Stream stream) => new(stream, null);
+
+    public static RealtimeTransport FromPipe(IDuplexPipe pipe) => new(null, pipe);
+}

@@ -1,0 +1,375 @@
+/// Listeners with UseRealtimeDirectConnections: WebSocket upgrades to Realtime endpoints are accepted
+/// by Realtime's connection middleware, below Kestrel's HTTP layer, and everything else passes
+/// through to Kestrel untouched. (The Autobahn-style conformance cases run on such a listener too,
+/// in ConformanceTests.)
+module Realtime.Server.Tests.DirectConnectionTests
+
+open System
+open System.Collections.Concurrent
+open System.Net
+open System.Net.Http
+open System.Net.Sockets
+open System.Net.WebSockets
+open System.Text
+open System.Threading
+open System.Threading.Tasks
+open Expecto
+open Microsoft.AspNetCore.Builder
+open Microsoft.AspNetCore.Hosting
+open Microsoft.AspNetCore.Http
+open Microsoft.AspNetCore.Routing
+open Microsoft.Extensions.DependencyInjection
+open Realtime
+open Realtime.Protocol
+open Realtime.Server.Tests.TestHost
+
+let private seconds (value: float) = TimeSpan.FromSeconds value
+
+let private http = new HttpClient(Timeout = seconds 10.0)
+
+/// A scoped service, to see that Attach gets request services.
+type ScopedMarker() =
+    member val Id = Guid.NewGuid()
+
+/// Counts the requests the application's HTTP middleware sees.
+let private counting (requests: int ref) (app: WebApplication) =
+    app.Use(fun (context: HttpContext) (next: RequestDelegate) ->
+        Interlocked.Increment requests |> ignore
+        next.Invoke context)
+    |> ignore
+
+let private echo () =
+    RealtimeHandlers<obj>(Message = fun ws message -> ws.Send(message) |> ignore)
+
+/// Sends the connection's attached data as the first message.
+let private announcing (attach: HttpContext -> Attachment<string>) =
+    RealtimeHandlers<string>(Attach = attach, Open = fun ws -> ws.Send(ws.Data) |> ignore)
+
+let private routes (requests: int ref) (app: WebApplication) =
+    counting requests app
+    app.MapRealtime("/echo", echo ()) |> ignore
+    app.MapRealtime(
+        "/rooms/{room}",
+        announcing (fun context ->
+            let request = context.Request
+            let marker = context.RequestServices.GetRequiredService<ScopedMarker>()
+            Attachment<string>.Accept(
+                String.Join(
+                    "|",
+                    [ request.Method
+                      request.Path.Value
+                      request.QueryString.Value
+                      string request.RouteValues["room"]
+                      request.Headers["X-Test"].ToString()
+                      request.Host.Value
+                      string context.Connection.RemoteIpAddress
+                      string (context.Connection.RemotePort > 0)
+                      request.Scheme
+                      string (marker.Id <> Guid.Empty) ]
+                )
+            ))
+    )
+    |> ignore
+    app.MapRealtime("/reject", announcing (fun _ -> Attachment<string>.Reject(403, "not you"))) |> ignore
+    app.MapRealtime("/routed", echo (), fun options -> options.DirectConnections <- false) |> ignore
+    app.MapRealtime("/hosted", echo ()).RequireHost("127.0.0.1") |> ignore
+    app.MapRealtime("/elsewhere", echo ()).RequireHost("elsewhere.example") |> ignore
+    app.MapRealtime("/items/{id:int}", echo ()) |> ignore
+    app.MapGroup("/api").MapRealtime("/chat", echo ()) |> ignore
+    app.MapGet("/hello", Func<string>(fun () -> "hi")) |> ignore
+    app.MapPost("/hello", Func<HttpRequest, Task<string>>(fun request -> task {
+        use reader = new IO.StreamReader(request.Body)
+        let! body = reader.ReadToEndAsync()
+        return "got " + body
+    })) |> ignore
+
+let private startDirect (configureOptions: RealtimeOptions -> unit) (requests: int ref) =
+    startWith
+        (fun builder ->
+            builder.Services.AddScoped<ScopedMarker>() |> ignore
+            builder.WebHost.UseRealtimeDirectConnections() |> ignore)
+        configureOptions
+        (routes requests)
+
+/// Connects, sends one text message and expects it back.
+let private expectEcho (url: string) : Task<unit> =
+    task {
+        use! client = connect url
+        do! sendText client "ping"
+        let! answer = receiveText client
+        Expect.equal answer "ping" $"echo on {url}"
+        do! client.CloseAsync(WebSocketCloseStatus.NormalClosure, "", CancellationToken.None)
+    }
+
+/// Reads what the server sends until it closes the TCP connection (bounded by 10 s).
+let private readToEnd (stream: NetworkStream) : Task<string> =
+    task {
+        use cancel = new CancellationTokenSource(seconds 10.0)
+        let text = StringBuilder()
+        let buffer = Array.zeroCreate<byte> 4096
+        let mutable finished = false
+        while not finished do
+            let! read = stream.ReadAsync(buffer, 0, buffer.Length, cancel.Token)
+            if read = 0 then finished <- true else text.Append(Encoding.ASCII.GetString(buffer, 0, read)) |> ignore
+        return text.ToString()
+    }
+
+/// Reads a response head byte by byte, up to and including the blank line, so no frame bytes are taken.
+let private readHead (stream: NetworkStream) : Task<string> =
+    task {
+        use cancel = new CancellationTokenSource(seconds 10.0)
+        let head = StringBuilder()
+        let one = Array.zeroCreate<byte> 1
+        let mutable finished = false
+        while not finished do
+            let! read = stream.ReadAsync(one, 0, 1, cancel.Token)
+            if read = 0 then finished <- true
+            else
+                head.Append(char one[0]) |> ignore
+                finished <- head.Length >= 4 && head.ToString(head.Length - 4, 4) = "\r\n\r\n"
+        return head.ToString()
+    }
+
+let private rawExchange (port: int) (request: byte[]) : Task<string> =
+    task {
+        use tcp = new TcpClient()
+        do! tcp.ConnectAsync(IPAddress.Loopback, port)
+        use stream = tcp.GetStream()
+        do! stream.WriteAsync(request, 0, request.Length)
+        return! readToEnd stream
+    }
+
+/// Sends a request and returns the response head only (Kestrel may keep the connection open).
+let private rawStatus (port: int) (request: string) : Task<string> =
+    task {
+        use tcp = new TcpClient()
+        do! tcp.ConnectAsync(IPAddress.Loopback, port)
+        use stream = tcp.GetStream()
+        let bytes = Encoding.ASCII.GetBytes request
+        do! stream.WriteAsync(bytes, 0, bytes.Length)
+        return! readHead stream
+    }
+
+[<Tests>]
+let directConnectionTests =
+    testList "Direct connections (UseRealtimeDirectConnections)" [
+        testCaseTask "an upgrade to a Realtime endpoint is accepted below the HTTP layer: no middleware sees it, and it echoes" (fun () -> task {
+            let requests = ref 0
+            let! server = startDirect ignore requests
+            use _ = server
+            do! expectEcho (server.WsUrl + "/echo")
+            Expect.equal requests.Value 0 "the application's middleware saw no request"
+            let! served = http.GetStringAsync(server.HttpUrl + "/hello")
+            Expect.equal served "hi" "an ordinary route on the same listener"
+            Expect.equal requests.Value 1 "and the middleware saw that one"
+        })
+
+        testCaseTask "ordinary requests pass through untouched: GET, POST with a body, several on one keep-alive connection" (fun () -> task {
+            let requests = ref 0
+            let! server = startDirect ignore requests
+            use _ = server
+            use handler = new SocketsHttpHandler(MaxConnectionsPerServer = 1)
+            use client = new HttpClient(handler, Timeout = seconds 10.0)
+            for i in 1..3 do
+                let! got = client.GetStringAsync(server.HttpUrl + "/hello")
+                Expect.equal got "hi" $"GET {i}"
+                use! posted = client.PostAsync(server.HttpUrl + "/hello", new StringContent($"body {i}"))
+                let! text = posted.Content.ReadAsStringAsync()
+                Expect.equal text $"got body {i}" $"POST {i}"
+            Expect.equal requests.Value 6 "every request reached the middleware"
+            let! missing = client.GetAsync(server.HttpUrl + "/nowhere")
+            Expect.equal missing.StatusCode HttpStatusCode.NotFound "unknown paths still get Kestrel's 404"
+        })
+
+        testCaseTask "Attach sees the method, path, query, route values, headers, host, remote address, scheme and request services" (fun () -> task {
+            let requests = ref 0
+            let! server = startDirect ignore requests
+            use _ = server
+            use client = new ClientWebSocket()
+            client.Options.SetRequestHeader("X-Test", "value 1")
+            use cancel = new CancellationTokenSource(seconds 10.0)
+            do! client.ConnectAsync(Uri(server.WsUrl + "/rooms/lobby%20one?user=ann"), cancel.Token)
+            let! data = receiveText client
+            let expected =
+                String.Join("|", [ "GET"; "/rooms/lobby one"; "?user=ann"; "lobby one"; "value 1"; $"127.0.0.1:{server.Port}"; "127.0.0.1"; "True"; "http"; "True" ])
+            Expect.equal data expected "what Attach saw"
+            Expect.equal requests.Value 0 "directly accepted"
+        })
+
+        testCaseTask "an Attach rejection is answered with its status and reason, then the connection closes" (fun () -> task {
+            let requests = ref 0
+            let! server = startDirect ignore requests
+            use _ = server
+            let! response = rawExchange server.Port (Encoding.ASCII.GetBytes(RawClient.upgradeRequest "/reject" ""))
+            Expect.stringStarts response "HTTP/1.1 403 Forbidden\r\n" "the status line"
+            Expect.stringContains response "Connection: close\r\n" "the connection is not kept"
+            Expect.stringContains response "Content-Length: 7\r\n" "the body's length"
+            Expect.isTrue (response.EndsWith "\r\n\r\nnot you") $"the reason as body: {response}"
+            Expect.isFalse (response.Contains "Sec-WebSocket-Accept") "no upgrade"
+        })
+
+        testCaseTask "handshake errors get the same answers as through the route: 400 without a key, 426 for another version" (fun () -> task {
+            let requests = ref 0
+            let! server = startDirect ignore requests
+            use _ = server
+            let noKey = "GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            let! missing = rawExchange server.Port (Encoding.ASCII.GetBytes noKey)
+            Expect.stringStarts missing "HTTP/1.1 400 Bad Request\r\n" "no Sec-WebSocket-Key"
+            let version8 = (RawClient.upgradeRequest "/echo" "").Replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8")
+            let! older = rawExchange server.Port (Encoding.ASCII.GetBytes version8)
+            Expect.stringStarts older "HTTP/1.1 426 Upgrade Required\r\n" "version 8"
+            Expect.stringContains older "Sec-WebSocket-Version: 13\r\n" "the version the server speaks"
+            let plainGet = "GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            let! notUpgrade = rawExchange server.Port (Encoding.ASCII.GetBytes plainGet)
+            Expect.stringStarts notUpgrade "HTTP/1.1 400 Bad Request\r\n" "a plain GET to a WebSocket endpoint"
+            Expect.equal requests.Value 0 "all answered below the HTTP layer"
+        })
+
+        testCaseTask "endpoints that need middleware take the ordinary route: opted out, host-restricted, constrained" (fun () -> task {
+            let requests = ref 0
+            let! server = startDirect ignore requests
+            use _ = server
+            do! expectEcho (server.WsUrl + "/routed")
+            Expect.equal requests.Value 1 "DirectConnections = false: through the middleware"
+            do! expectEcho (server.WsUrl + "/hosted")
+            Expect.equal requests.Value 2 "RequireHost: through the middleware"
+            do! expectEcho (server.WsUrl + "/items/5")
+            Expect.equal requests.Value 3 "a route constraint: through the middleware"
+            let! elsewhere = rawStatus server.Port (RawClient.upgradeRequest "/elsewhere" "")
+            Expect.stringStarts elsewhere "HTTP/1.1 404" "the host restriction still holds"
+            let! notInt = rawStatus server.Port (RawClient.upgradeRequest "/items/five" "")
+            Expect.stringStarts notInt "HTTP/1.1 404" "the constraint still holds"
+        })
+
+        testCaseTask "an endpoint in a route group is found under its full route" (fun () -> task {
+            let requests = ref 0
+            let! server = startDirect ignore requests
+            use _ = server
+            do! expectEcho (server.WsUrl + "/api/chat")
+            Expect.equal requests.Value 0 "directly accepted"
+        })
+
+        testCaseTask "a request head sent byte by byte, and a frame sent in the same write as the head, are both handled" (fun () -> task {
+            let requests = ref 0
+            let! server = startDirect ignore requests
+            use _ = server
+            use tcp = new TcpClient(NoDelay = true)
+            do! tcp.ConnectAsync(IPAddress.Loopback, server.Port)
+            use stream = tcp.GetStream()
+            let head = Encoding.ASCII.GetBytes(RawClient.upgradeRequest "/echo" "")
+            // The head one byte per write, except the last byte, which goes with a masked text frame.
+            for i in 0 .. head.Length - 2 do
+                do! stream.WriteAsync(head, i, 1)
+                do! stream.FlushAsync()
+            let payload = Encoding.UTF8.GetBytes "early"
+            let header =
+                { Fin = true; Rsv1 = false; Rsv2 = false; Rsv3 = false; Opcode = Opcode.Text
+                  Masked = true; MaskKey = 0x01020304u; PayloadLength = int64 payload.Length }
+            let frame = (Frame.encode header (ReadOnlyMemory payload)).ToArray()
+            let last = Array.append [| head[head.Length - 1] |] frame
+            do! stream.WriteAsync(last, 0, last.Length)
+            let! response = readHead stream
+            Expect.stringStarts response "HTTP/1.1 101 Switching Protocols\r\n" "upgraded"
+            let connection = new RawClient.RawConnection(tcp, stream, response)
+            let! kind, payload = connection.ReceiveMessage()
+            Expect.equal (Encoding.UTF8.GetString payload) "early" "the frame that came with the head"
+            Expect.equal requests.Value 0 "directly accepted"
+        })
+
+        testCaseTask "a connection that sends no complete request head is closed after the handshake timeout" (fun () -> task {
+            let requests = ref 0
+            let! server = startDirect (fun options -> options.HandshakeTimeout <- Nullable(seconds 1.0)) requests
+            use _ = server
+            use tcp = new TcpClient()
+            do! tcp.ConnectAsync(IPAddress.Loopback, server.Port)
+            use stream = tcp.GetStream()
+            let partial = Encoding.ASCII.GetBytes "GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            do! stream.WriteAsync(partial, 0, partial.Length)
+            let clock = Diagnostics.Stopwatch.StartNew()
+            let! rest = readToEnd stream
+            Expect.equal rest "" "closed without an answer"
+            Expect.isLessThan clock.Elapsed (seconds 5.0) "within a few seconds of the 1 s timeout"
+        })
+
+        testCaseTask "bytes that are not a GET go to Kestrel: garbage gets its 400, a POST to the endpoint its route" (fun () -> task {
+            let requests = ref 0
+            let! server = startDirect ignore requests
+            use _ = server
+            let! garbage = rawExchange server.Port (Encoding.ASCII.GetBytes "BLAH BLAH\r\n\r\n")
+            Expect.stringStarts garbage "HTTP/1.1 400" "Kestrel's answer to a malformed request line"
+            use! posted = http.PostAsync(server.HttpUrl + "/echo", new StringContent "x")
+            Expect.equal posted.StatusCode HttpStatusCode.MethodNotAllowed "the endpoint's answer through the route"
+            Expect.equal requests.Value 1 "the POST went through the middleware"
+        })
+
+        testCaseTask "over TLS, placed after UseHttps: wss:// connections are accepted directly" (fun () -> task {
+            let requests = ref 0
+            let! server =
+                startWith
+                    (fun builder ->
+                        builder.WebHost.UseUrls() |> ignore
+                        builder.WebHost.ConfigureKestrel(fun kestrel ->
+                            kestrel.Listen(IPAddress.Loopback, 0, fun listen ->
+                                listen.UseHttps(TlsTests.certificate.Value).UseRealtimeDirectConnections() |> ignore))
+                        |> ignore)
+                    ignore
+                    (routes requests)
+            use _ = server
+            Expect.stringStarts server.WsUrl "wss://" "served over TLS"
+            use client = TlsTests.clientTrusting TlsTests.certificate.Value
+            use cancel = new CancellationTokenSource(seconds 10.0)
+            do! client.ConnectAsync(Uri(server.WsUrl + "/echo"), cancel.Token)
+            for size in [ 1; 1000; 100_000 ] do
+                let payload = Array.init size (fun i -> byte (i % 251))
+                do! client.SendAsync(ArraySegment payload, WebSocketMessageType.Binary, true, cancel.Token)
+                let! kind, back = receive client
+                Expect.equal kind WebSocketMessageType.Binary "binary"
+                Expect.equal back payload $"{size} bytes back"
+            do! client.CloseAsync(WebSocketCloseStatus.NormalClosure, "", cancel.Token)
+            Expect.equal requests.Value 0 "directly accepted"
+        })
+
+        testCaseTask "stopping the host closes direct connections with 1001" (fun () -> task {
+            let requests = ref 0
+            let! server = startDirect (fun options -> options.ShutdownTimeout <- seconds 3.0) requests
+            let mutable stopped = false
+            try
+                use! client = connect (server.WsUrl + "/echo")
+                do! expectEcho (server.WsUrl + "/echo")
+                let closing =
+                    task {
+                        let buffer = Array.zeroCreate<byte> 1024
+                        use cancel = new CancellationTokenSource(seconds 10.0)
+                        let! result = client.ReceiveAsync(ArraySegment buffer, cancel.Token)
+                        return result.MessageType, client.CloseStatus
+                    }
+                do! server.StopAsync()
+                stopped <- true
+                let! kind, status = closing
+                Expect.equal kind WebSocketMessageType.Close "a close frame"
+                Expect.equal status (Nullable(enum<WebSocketCloseStatus> 1001)) "going away"
+            finally
+                if not stopped then (server :> IDisposable).Dispose()
+        })
+
+        testCaseTask "100 direct connections with 20 messages each: none lost or reordered, and all are gone after closing" (fun () -> task {
+            let requests = ref 0
+            let! server = startDirect ignore requests
+            use _ = server
+            let! clients = Task.WhenAll [ for _ in 1..100 -> connect (server.WsUrl + "/echo") ]
+            do! Task.WhenAll [
+                    for index, client in Array.indexed clients ->
+                        task {
+                            for i in 1..20 do do! sendText client $"{index}:{i}"
+                            for i in 1..20 do
+                                let! answer = receiveText client
+                                Expect.equal answer $"{index}:{i}" "in order"
+                        } :> Task ]
+            for client in clients do
+                do! client.CloseAsync(WebSocketCloseStatus.NormalClosure, "", CancellationToken.None)
+                client.Dispose()
+            let! gone = eventually (seconds 10.0) (fun () -> server.Realtime.ConnectionCount = 0)
+            Expect.isTrue gone "every connection ended"
+            Expect.equal requests.Value 0 "all directly accepted"
+        })
+    ]
