@@ -3,21 +3,43 @@
 //   /fanout  every message goes to every other connection on /fanout (a topic publish that skips the sender).
 // Run: dotnet run -c Release --project samples/Echo -- --urls http://127.0.0.1:PORT
 // With --tls, the same URLs are served over HTTPS (wss://) with a self-signed certificate made at start.
+// Connections are accepted directly by Realtime's connection middleware; --route sends them through the route.
 // With --redis HOST:PORT, /fanout spans every Echo node on that Redis: a message sent on one node
 // reaches every other /fanout connection on every node, the sender excluded, in order per sender.
 using Realtime;
 
 bool tls = args.Contains("--tls");
-args = args.Where(a => a != "--tls").ToArray();
+// By default the listeners accept WebSocket connections directly (UseRealtimeDirectConnections):
+// no HTTP middleware runs for them, which this sample has none of. --route takes them through the
+// ordinary ASP.NET route instead (Kestrel's HTTP upgrade), for comparison.
+bool direct = !args.Contains("--route");
+args = args.Where(a => a is not ("--tls" or "--route")).ToArray();
 
 var builder = WebApplication.CreateBuilder(args);
+string[] urls = (builder.Configuration["urls"] ?? "http://127.0.0.1:5000").Split(';', StringSplitOptions.RemoveEmptyEntries);
 if (tls)
 {
+    // --tls means every listening address speaks TLS, whatever scheme --urls gave. The listeners are
+    // configured here so that direct connections sit after TLS and see the decrypted bytes.
     var certificate = SelfSignedCertificate.Create();
-    builder.WebHost.ConfigureKestrel(kestrel => kestrel.ConfigureHttpsDefaults(https => https.ServerCertificate = certificate));
-    // --tls means every listening address speaks TLS, whatever scheme --urls gave.
-    string urls = builder.Configuration["urls"] ?? "http://127.0.0.1:5000";
-    builder.WebHost.UseUrls(urls.Replace("http://", "https://", StringComparison.OrdinalIgnoreCase));
+    builder.WebHost.UseUrls();
+    builder.WebHost.ConfigureKestrel(kestrel =>
+    {
+        foreach (var url in urls)
+        {
+            var address = new Uri(url.Replace("https://", "http://", StringComparison.OrdinalIgnoreCase));
+            var ip = address.Host == "localhost" ? System.Net.IPAddress.Loopback : System.Net.IPAddress.Parse(address.Host);
+            kestrel.Listen(ip, address.Port, listen =>
+            {
+                listen.UseHttps(certificate);
+                if (direct) listen.UseRealtimeDirectConnections();
+            });
+        }
+    });
+}
+else if (direct)
+{
+    builder.WebHost.UseRealtimeDirectConnections();
 }
 builder.Logging.SetMinimumLevel(LogLevel.Warning);
 var realtime = builder.Services.AddRealtime(options =>
