@@ -75,9 +75,6 @@ module FrameDecoder =
             else high <- high ||| (uint64 input[j] <<< ((i - 8) * 8))
         { decoder with Low = low; High = high; PendingCount = decoder.PendingCount + input.Length }
 
-    let private fail (decoder: FrameDecoder) (error: ProtocolError) consumed =
-        struct ({ decoder with Error = ValueSome error }, consumed, Failed error)
-
     /// The rules the first two header bytes settle on their own, checked before the rest of the
     /// header arrives so that a bad frame fails fast.
     let private checkStart (role: Role, allowRsv1: bool, b0: byte, b1: byte) : ProtocolError voption =
@@ -104,63 +101,132 @@ module FrameDecoder =
         elif Frame.isControl opcode && not fin then ValueSome FragmentedControlFrame
         else ValueNone
 
-    let private readHeader (role: Role, allowRsv1: bool, decoder: FrameDecoder, input: ReadOnlySpan<byte>) =
-        let available = decoder.PendingCount + input.Length
+    /// The header whose first two bytes are `b0` and `b1`, with its payload length and mask key.
+    let inline private makeHeader (b0: byte) (b1: byte) (length: int64) (key: uint32) : FrameHeader =
+        { Fin = (b0 &&& 0x80uy) <> 0uy
+          Rsv1 = (b0 &&& 0x40uy) <> 0uy
+          Rsv2 = false
+          Rsv3 = false
+          Opcode = LanguagePrimitives.EnumOfValue<byte, Opcode>(b0 &&& 0x0Fuy)
+          Masked = (b1 &&& 0x80uy) <> 0uy
+          MaskKey = key
+          // RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0.
+          // Such a length is read as the largest value, which any size limit refuses.
+          PayloadLength = if length < 0L then Int64.MaxValue else length }
+
+    /// The size of the header that starts with `b1`: 2 bytes, the extended length, the mask key.
+    let inline private headerSize (b1: byte) : int =
+        let lengthCode = b1 &&& 0x7Fuy
+        2 + (if lengthCode = 126uy then 2 elif lengthCode = 127uy then 8 else 0) + (if (b1 &&& 0x80uy) <> 0uy then 4 else 0)
+
+    /// A complete header was read: the decoder moves into its payload.
+    let inline private enterPayload (decoder: byref<FrameDecoder>) (header: FrameHeader) =
+        decoder <- { Low = 0UL; High = 0UL; PendingCount = 0; InPayload = true; Current = header; Remaining = header.PayloadLength; Offset = 0L; Error = ValueNone }
+
+    /// The header at the front of `input`, with nothing kept from earlier input: read straight
+    /// from the span (the usual case).
+    let private readWholeHeader (role: Role, allowRsv1: bool, decoder: byref<FrameDecoder>, input: ReadOnlySpan<byte>, consumed: byref<int>) : DecodeEvent =
+        let b0 = input[0]
+        let b1 = input[1]
+        match checkStart (role, allowRsv1, b0, b1) with
+        | ValueSome error ->
+            decoder <- { decoder with Error = ValueSome error }
+            consumed <- 0
+            Failed error
+        | ValueNone ->
+            let size = headerSize b1
+            if input.Length < size then
+                decoder <- keep (decoder, input)
+                consumed <- input.Length
+                NeedMore
+            else
+                let lengthCode = b1 &&& 0x7Fuy
+                let length =
+                    if lengthCode = 126uy then int64 (BinaryPrimitives.ReadUInt16BigEndian(input.Slice 2))
+                    elif lengthCode = 127uy then BinaryPrimitives.ReadInt64BigEndian(input.Slice 2)
+                    else int64 lengthCode
+                let key = if (b1 &&& 0x80uy) <> 0uy then Masking.readKey (input.Slice(size - 4)) else 0u
+                let header = makeHeader b0 b1 length key
+                enterPayload &decoder header
+                consumed <- size
+                Header header
+
+    /// The header when part of it was kept from earlier input, or too little input is left to
+    /// tell its size: kept bytes and input are read as one.
+    let private readSplitHeader (role: Role, allowRsv1: bool, decoder: byref<FrameDecoder>, input: ReadOnlySpan<byte>, consumed: byref<int>) : DecodeEvent =
+        let pending = decoder.PendingCount
+        let available = pending + input.Length
         if available < 2 then
-            struct (keep (decoder, input), input.Length, NeedMore)
+            decoder <- keep (decoder, input)
+            consumed <- input.Length
+            NeedMore
         else
             let b0 = headerByte (decoder, input, 0)
             let b1 = headerByte (decoder, input, 1)
             match checkStart (role, allowRsv1, b0, b1) with
-            | ValueSome error -> fail decoder error 0
+            | ValueSome error ->
+                decoder <- { decoder with Error = ValueSome error }
+                consumed <- 0
+                Failed error
             | ValueNone ->
-                let masked = (b1 &&& 0x80uy) <> 0uy
-                let lengthCode = int (b1 &&& 0x7Fuy)
-                let lengthBytes = if lengthCode = 126 then 2 elif lengthCode = 127 then 8 else 0
-                let size = 2 + lengthBytes + (if masked then 4 else 0)
+                let size = headerSize b1
                 if available < size then
-                    struct (keep (decoder, input), input.Length, NeedMore)
+                    decoder <- keep (decoder, input)
+                    consumed <- input.Length
+                    NeedMore
                 else
+                    // Keep just the rest of the header: the kept words then hold all of it.
+                    let whole = keep (decoder, input.Slice(0, size - pending))
+                    let lengthCode = b1 &&& 0x7Fuy
+                    let lengthBytes = if lengthCode = 126uy then 2 elif lengthCode = 127uy then 8 else 0
                     let mutable length = int64 lengthCode
                     if lengthBytes > 0 then
                         length <- 0L
                         for i in 2 .. 1 + lengthBytes do
-                            length <- (length <<< 8) ||| int64 (headerByte (decoder, input, i))
+                            length <- (length <<< 8) ||| int64 (pendingByte whole i)
                     let mutable key = 0u
-                    if masked then
+                    if (b1 &&& 0x80uy) <> 0uy then
                         for i in 0..3 do
-                            key <- key ||| (uint32 (headerByte (decoder, input, 2 + lengthBytes + i)) <<< (i * 8))
-                    let header =
-                        { Fin = (b0 &&& 0x80uy) <> 0uy
-                          Rsv1 = (b0 &&& 0x40uy) <> 0uy
-                          Rsv2 = false
-                          Rsv3 = false
-                          Opcode = LanguagePrimitives.EnumOfValue<byte, Opcode>(b0 &&& 0x0Fuy)
-                          Masked = masked
-                          MaskKey = key
-                          // RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0.
-                          // Such a length is read as the largest value, which any size limit refuses.
-                          PayloadLength = if length < 0L then Int64.MaxValue else length }
-                    let consumed = size - decoder.PendingCount
-                    let next =
-                        { decoder with Low = 0UL; High = 0UL; PendingCount = 0; InPayload = true; Current = header; Remaining = header.PayloadLength; Offset = 0L }
-                    struct (next, consumed, Header header)
+                            key <- key ||| (uint32 (pendingByte whole (2 + lengthBytes + i)) <<< (i * 8))
+                    let header = makeHeader b0 b1 length key
+                    enterPayload &decoder header
+                    consumed <- size - pending
+                    Header header
+
+    /// `step` on a decoder held by the caller: updates it in place and returns the event, with
+    /// the number of input bytes consumed in `consumed`. The connection's receive loop uses this
+    /// to avoid copying the decoder and the event through a returned tuple at every step.
+    let internal advance (role: Role, allowRsv1: bool, decoder: byref<FrameDecoder>, input: ReadOnlySpan<byte>, consumed: byref<int>) : DecodeEvent =
+        if decoder.Error.IsSome then
+            consumed <- 0
+            Failed decoder.Error.Value
+        elif not decoder.InPayload then
+            if decoder.PendingCount = 0 && input.Length >= 2 then
+                readWholeHeader (role, allowRsv1, &decoder, input, &consumed)
+            else
+                readSplitHeader (role, allowRsv1, &decoder, input, &consumed)
+        else
+            let remaining = decoder.Remaining
+            let offset = decoder.Offset
+            if remaining = 0L then
+                decoder <- { decoder with InPayload = false }
+                consumed <- 0
+                Payload(0, offset, true)
+            elif input.IsEmpty then
+                consumed <- 0
+                NeedMore
+            else
+                let length = if remaining < int64 input.Length then int remaining else input.Length
+                let left = remaining - int64 length
+                decoder <- { decoder with Remaining = left; Offset = offset + int64 length; InPayload = left > 0L }
+                consumed <- length
+                Payload(length, offset, left = 0L)
 
     /// Decodes from the front of `input`: returns the next decoder, how many input bytes were
     /// consumed, and what was found. `allowRsv1` is true when permessage-deflate was negotiated.
     /// Call again with the unconsumed bytes until the event is `NeedMore` (or `Failed`).
     let step (role: Role, allowRsv1: bool, decoder: FrameDecoder, input: ReadOnlySpan<byte>) : struct (FrameDecoder * int * DecodeEvent) =
-        match decoder.Error with
-        | ValueSome error -> struct (decoder, 0, Failed error)
-        | ValueNone ->
-            if not decoder.InPayload then
-                readHeader (role, allowRsv1, decoder, input)
-            elif decoder.Remaining = 0L then
-                struct ({ decoder with InPayload = false }, 0, Payload(0, decoder.Offset, true))
-            elif input.IsEmpty then
-                struct (decoder, 0, NeedMore)
-            else
-                let length = int (min decoder.Remaining (int64 input.Length))
-                let remaining = decoder.Remaining - int64 length
-                let next = { decoder with Remaining = remaining; Offset = decoder.Offset + int64 length; InPayload = remaining > 0L }
-                struct (next, length, Payload(length, decoder.Offset, remaining = 0L))
+        let mutable next = decoder
+        let mutable consumed = 0
+        let event = advance (role, allowRsv1, &next, input, &consumed)
+        struct (next, consumed, event)
