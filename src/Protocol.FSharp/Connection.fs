@@ -91,6 +91,33 @@ type internal Lifecycle =
     /// The closing handshake completed, or the connection failed or timed out.
     member life.IsClosed = life.CloseReceived || life.Failed || life.TimedOut
 
+/// The per-frame part of a connection: the decoder and the message being received. It holds
+/// no references, so the receive loop updates a copy of it in place (the fields are mutable for
+/// that local copy only; a `Connection` never changes once made).
+[<Struct; NoComparison>]
+type internal Receiver =
+    {
+        mutable Decoder: FrameDecoder
+        mutable InMessage: bool
+        mutable Kind: MessageKind
+        mutable Compressed: bool
+        mutable MessageLength: int64
+        mutable Utf8: Utf8Validator.Utf8State
+    }
+
+/// Where the receive loop stopped, and the data event it found (`Data`), if any.
+[<Struct; NoEquality; NoComparison>]
+type internal Stop =
+    {
+        mutable Position: int
+        mutable Data: bool
+        mutable Start: int
+        mutable Length: int
+        mutable MaskKey: uint32
+        mutable Offset: int64
+        mutable MessageEnd: bool
+    }
+
 /// A server-side WebSocket connection as an immutable value (RFC 6455 §5-§7).
 ///
 /// Theory of operation: the shell feeds received bytes with `receive` in a loop; each call
@@ -104,12 +131,7 @@ type Connection =
     private
         {
             // Per-frame state: the decoder and the message being received.
-            Decoder: FrameDecoder
-            InMessage: bool
-            Kind: MessageKind
-            Compressed: bool
-            MessageLength: int64
-            Utf8: Utf8Validator.Utf8State
+            Receiver: Receiver
             Control: byte[]
             LastActivity: int64
             PingSentAt: int64
@@ -143,12 +165,13 @@ module Connection =
 
     /// A connection just after the opening handshake, at time `now`.
     let create (options: ConnectionOptions, now: int64) : Connection =
-        { Decoder = FrameDecoder.initial
-          InMessage = false
-          Kind = MessageKind.Binary
-          Compressed = false
-          MessageLength = 0L
-          Utf8 = Utf8Validator.initial
+        { Receiver =
+            { Decoder = FrameDecoder.initial
+              InMessage = false
+              Kind = MessageKind.Binary
+              Compressed = false
+              MessageLength = 0L
+              Utf8 = Utf8Validator.initial }
           Control = null
           LastActivity = now
           PingSentAt = -1L
@@ -230,6 +253,89 @@ module Connection =
             control <- copy
         if frameEnd then controlComplete (&life, &control, &event, header.Opcode) else false
 
+    /// The receive loop: decodes from the front of `input` until an event is due, updating the
+    /// caller's copies of the per-frame state, the control frame and the lifecycle in place.
+    /// Control frames and failures write their event into `event`; a data event is described in
+    /// `stop` for `receive` to build. Kept out of `receive` (no inlining) so that its frame holds
+    /// no structs with references, which the runtime would have to clear at every call.
+    [<MethodImpl(MethodImplOptions.NoInlining); SkipLocalsInit>]
+    let private scan
+        (
+            receiver: byref<Receiver>,
+            control: byref<byte[]>,
+            life: byref<Lifecycle>,
+            event: byref<ConnectionEvent>,
+            input: ReadOnlySpan<byte>,
+            stop: byref<Stop>
+        ) : unit =
+        let options = life.Options
+        let allowRsv1 = options.PerMessageDeflate
+        let mutable position = 0
+        let mutable searching = true
+        while searching do
+            let start = position
+            let mutable consumed = 0
+            let found = FrameDecoder.advance (Role.Server, allowRsv1, &receiver.Decoder, input.Slice start, &consumed)
+            position <- start + consumed
+            match found with
+            | NeedMore -> searching <- false
+            | Failed error ->
+                fail (&life, &control, &event, error)
+                searching <- false
+            | Header header ->
+                // The message-level rules (RFC 6455 §5.4) and the size limit.
+                if Frame.isControl header.Opcode then
+                    control <- if header.PayloadLength = 0L then Array.Empty<byte>() else Array.zeroCreate (int header.PayloadLength)
+                elif header.Opcode = Opcode.Continuation && not receiver.InMessage then
+                    fail (&life, &control, &event, UnexpectedContinuation)
+                    searching <- false
+                elif header.Opcode <> Opcode.Continuation && receiver.InMessage then
+                    fail (&life, &control, &event, ExpectedContinuation)
+                    searching <- false
+                else
+                    let soFar = if header.Opcode = Opcode.Continuation then receiver.MessageLength else 0L
+                    // RFC 6455 §10.4: refuse at the header, before reading any of an oversized payload.
+                    if header.PayloadLength > options.MaxMessageSize - soFar then
+                        fail (&life, &control, &event, MessageTooBig options.MaxMessageSize)
+                        searching <- false
+                    elif header.Opcode <> Opcode.Continuation then
+                        receiver.InMessage <- true
+                        receiver.Kind <- if header.Opcode = Opcode.Text then MessageKind.Text else MessageKind.Binary
+                        receiver.Compressed <- header.Rsv1
+                        receiver.MessageLength <- 0L
+                        receiver.Utf8 <- Utf8Validator.initial
+            | Payload(length, offset, frameEnd) ->
+                let header = receiver.Decoder.CurrentHeader
+                if Frame.isControl header.Opcode then
+                    if controlPayload (&life, &control, &event, header, input.Slice(start, length), offset, frameEnd) then
+                        searching <- false
+                else
+                    let messageEnd = frameEnd && header.Fin
+                    let checkText = receiver.Kind = MessageKind.Text && not receiver.Compressed
+                    let mutable valid = true
+                    let mutable utf8 = receiver.Utf8
+                    if checkText && length > 0 then
+                        match Utf8Validator.advanceMasked (utf8, header.MaskKey, offset, input.Slice(start, length)) with
+                        | Utf8Validator.Valid after -> utf8 <- after
+                        | Utf8Validator.InvalidAt _ -> valid <- false
+                    // RFC 6455 §8.1: the message must not end inside a UTF-8 sequence.
+                    if not valid || (messageEnd && checkText && not utf8.IsComplete) then
+                        fail (&life, &control, &event, InvalidUtf8)
+                        searching <- false
+                    else
+                        receiver.Utf8 <- utf8
+                        receiver.MessageLength <- receiver.MessageLength + int64 length
+                        receiver.InMessage <- not messageEnd
+                        if length > 0 || messageEnd then
+                            stop.Data <- true
+                            stop.Start <- start
+                            stop.Length <- length
+                            stop.MaskKey <- header.MaskKey
+                            stop.Offset <- offset
+                            stop.MessageEnd <- messageEnd
+                            searching <- false
+        stop.Position <- position
+
     /// Consumes bytes from the front of `input` (received at time `now`) and returns the next
     /// connection, how many bytes were consumed, and at most one event. Call it again with the
     /// rest of the input until it returns `NeedMoreData`. Never throws: bad bytes give
@@ -239,90 +345,26 @@ module Connection =
             // RFC 6455 §5.5.1: after the close frame nothing more is processed.
             struct (connection, input.Length, NeedMoreData)
         else
-            // The connection is taken apart into locals, updated in place as frames go by, and
-            // put together once at the end: the value given is never changed.
-            let options = connection.Life.Options
-            let allowRsv1 = options.PerMessageDeflate
-            let mutable life = connection.Life
-            let mutable decoder = connection.Decoder
-            let mutable inMessage = connection.InMessage
-            let mutable kind = connection.Kind
-            let mutable compressed = connection.Compressed
-            let mutable messageLength = connection.MessageLength
-            let mutable utf8 = connection.Utf8
+            // Copies of the connection's parts, updated in place by the loop and put together
+            // once at the end: the value given is never changed.
+            let mutable receiver = connection.Receiver
             let mutable control = connection.Control
-            let mutable position = 0
+            let mutable life = connection.Life
             let mutable event = NeedMoreData
-            let mutable searching = true
-            while searching do
-                let start = position
-                let mutable consumed = 0
-                let found = FrameDecoder.advance (Role.Server, allowRsv1, &decoder, input.Slice start, &consumed)
-                position <- start + consumed
-                match found with
-                | NeedMore -> searching <- false
-                | Failed error ->
-                    fail (&life, &control, &event, error)
-                    searching <- false
-                | Header header ->
-                    // The message-level rules (RFC 6455 §5.4) and the size limit.
-                    if Frame.isControl header.Opcode then
-                        control <- if header.PayloadLength = 0L then Array.Empty<byte>() else Array.zeroCreate (int header.PayloadLength)
-                    elif header.Opcode = Opcode.Continuation && not inMessage then
-                        fail (&life, &control, &event, UnexpectedContinuation)
-                        searching <- false
-                    elif header.Opcode <> Opcode.Continuation && inMessage then
-                        fail (&life, &control, &event, ExpectedContinuation)
-                        searching <- false
-                    else
-                        let soFar = if header.Opcode = Opcode.Continuation then messageLength else 0L
-                        // RFC 6455 §10.4: refuse at the header, before reading any of an oversized payload.
-                        if header.PayloadLength > options.MaxMessageSize - soFar then
-                            fail (&life, &control, &event, MessageTooBig options.MaxMessageSize)
-                            searching <- false
-                        elif header.Opcode <> Opcode.Continuation then
-                            inMessage <- true
-                            kind <- if header.Opcode = Opcode.Text then MessageKind.Text else MessageKind.Binary
-                            compressed <- header.Rsv1
-                            messageLength <- 0L
-                            utf8 <- Utf8Validator.initial
-                | Payload(length, offset, frameEnd) ->
-                    let header = decoder.CurrentHeader
-                    if Frame.isControl header.Opcode then
-                        if controlPayload (&life, &control, &event, header, input.Slice(start, length), offset, frameEnd) then
-                            searching <- false
-                    else
-                        let messageEnd = frameEnd && header.Fin
-                        let checkText = kind = MessageKind.Text && not compressed
-                        let mutable valid = true
-                        let mutable state = utf8
-                        if checkText && length > 0 then
-                            match Utf8Validator.advanceMasked (utf8, header.MaskKey, offset, input.Slice(start, length)) with
-                            | Utf8Validator.Valid after -> state <- after
-                            | Utf8Validator.InvalidAt _ -> valid <- false
-                        // RFC 6455 §8.1: the message must not end inside a UTF-8 sequence.
-                        if not valid || (messageEnd && checkText && not state.IsComplete) then
-                            fail (&life, &control, &event, InvalidUtf8)
-                            searching <- false
-                        else
-                            utf8 <- state
-                            messageLength <- messageLength + int64 length
-                            inMessage <- not messageEnd
-                            if length > 0 || messageEnd then
-                                event <- MessageData(kind, start, length, header.MaskKey, offset, messageEnd, compressed)
-                                searching <- false
+            let mutable stop = Unchecked.defaultof<Stop>
+            scan (&receiver, &control, &life, &event, input, &stop)
+            let active = not input.IsEmpty
             let next =
-                { Decoder = decoder
-                  InMessage = inMessage
-                  Kind = kind
-                  Compressed = compressed
-                  MessageLength = messageLength
-                  Utf8 = utf8
+                { Receiver = receiver
                   Control = control
-                  LastActivity = (if input.IsEmpty then connection.LastActivity else now)
-                  PingSentAt = (if input.IsEmpty then connection.PingSentAt else -1L)
+                  LastActivity = (if active then now else connection.LastActivity)
+                  PingSentAt = (if active then -1L else connection.PingSentAt)
                   Life = life }
-            struct (next, position, event)
+            if stop.Data then
+                let event = MessageData(receiver.Kind, stop.Start, stop.Length, stop.MaskKey, stop.Offset, stop.MessageEnd, receiver.Compressed)
+                struct (next, stop.Position, event)
+            else
+                struct (next, stop.Position, event)
 
     /// Fails the connection for a message the shell found bad after the core passed it on: a
     /// compressed message whose inflated size passes the limit (1009), whose text is not UTF-8 or

@@ -36,44 +36,82 @@ type DecodeEvent =
 type FrameDecoder =
     private
         {
+            // The kept bytes of a partial header, little-endian: bytes 0-7, then 8-15.
             Low: uint64
             High: uint64
-            PendingCount: int
-            InPayload: bool
-            Current: FrameHeader
+            // The current frame's header, packed: its first two bytes (FIN, RSV1, opcode, MASK),
+            // its mask key and its payload length.
+            B0: byte
+            B1: byte
+            MaskKey: uint32
+            Length: int64
+            // Payload bytes of the current frame not yet consumed.
             Remaining: int64
-            Offset: int64
-            Error: ProtocolError voption
+            PendingCount: byte
+            // Reading a header, a payload or nothing more (failed, with `Error`).
+            Phase: byte
+            Error: ProtocolError
         }
 
     /// The header of the frame whose payload is being read (meaningful after a `Header` event).
-    member decoder.CurrentHeader = decoder.Current
+    member decoder.CurrentHeader: FrameHeader =
+        let b0 = decoder.B0
+        { Fin = (b0 &&& 0x80uy) <> 0uy
+          Rsv1 = (b0 &&& 0x40uy) <> 0uy
+          Rsv2 = false
+          Rsv3 = false
+          Opcode = LanguagePrimitives.EnumOfValue<byte, Opcode>(b0 &&& 0x0Fuy)
+          Masked = (decoder.B1 &&& 0x80uy) <> 0uy
+          MaskKey = decoder.MaskKey
+          PayloadLength = decoder.Length }
 
     /// True when the decoder sits between frames with no partial header kept.
-    member decoder.AtFrameBoundary = not decoder.InPayload && decoder.PendingCount = 0
+    member decoder.AtFrameBoundary = decoder.Phase = 0uy && decoder.PendingCount = 0uy
 
 /// Functions over `FrameDecoder`.
 module FrameDecoder =
 
+    open System.Runtime.CompilerServices
+
+    [<Literal>]
+    let private ReadingHeader = 0uy
+
+    [<Literal>]
+    let private ReadingPayload = 1uy
+
+    [<Literal>]
+    let private Stopped = 2uy
+
     /// A decoder before the first byte.
     let initial: FrameDecoder =
-        { Low = 0UL; High = 0UL; PendingCount = 0; InPayload = false; Current = Frame.header Opcode.Continuation 0L; Remaining = 0L; Offset = 0L; Error = ValueNone }
+        { Low = 0UL
+          High = 0UL
+          B0 = 0x80uy
+          B1 = 0uy
+          MaskKey = 0u
+          Length = 0L
+          Remaining = 0L
+          PendingCount = 0uy
+          Phase = ReadingHeader
+          Error = Unchecked.defaultof<ProtocolError> }
 
     let private pendingByte (decoder: FrameDecoder) (i: int) : byte =
         if i < 8 then byte (decoder.Low >>> (i * 8)) else byte (decoder.High >>> ((i - 8) * 8))
 
     /// Byte `i` of the header seen as the kept bytes followed by the input.
     let private headerByte (decoder: FrameDecoder, input: ReadOnlySpan<byte>, i: int) : byte =
-        if i < decoder.PendingCount then pendingByte decoder i else input[i - decoder.PendingCount]
+        let pending = int decoder.PendingCount
+        if i < pending then pendingByte decoder i else input[i - pending]
 
     let private keep (decoder: FrameDecoder, input: ReadOnlySpan<byte>) : FrameDecoder =
         let mutable low = decoder.Low
         let mutable high = decoder.High
+        let pending = int decoder.PendingCount
         for j in 0 .. input.Length - 1 do
-            let i = decoder.PendingCount + j
+            let i = pending + j
             if i < 8 then low <- low ||| (uint64 input[j] <<< (i * 8))
             else high <- high ||| (uint64 input[j] <<< ((i - 8) * 8))
-        { decoder with Low = low; High = high; PendingCount = decoder.PendingCount + input.Length }
+        { decoder with Low = low; High = high; PendingCount = byte (pending + input.Length) }
 
     /// The rules the first two header bytes settle on their own, checked before the rest of the
     /// header arrives so that a bad frame fails fast.
@@ -101,18 +139,11 @@ module FrameDecoder =
         elif Frame.isControl opcode && not fin then ValueSome FragmentedControlFrame
         else ValueNone
 
-    /// The header whose first two bytes are `b0` and `b1`, with its payload length and mask key.
-    let inline private makeHeader (b0: byte) (b1: byte) (length: int64) (key: uint32) : FrameHeader =
-        { Fin = (b0 &&& 0x80uy) <> 0uy
-          Rsv1 = (b0 &&& 0x40uy) <> 0uy
-          Rsv2 = false
-          Rsv3 = false
-          Opcode = LanguagePrimitives.EnumOfValue<byte, Opcode>(b0 &&& 0x0Fuy)
-          Masked = (b1 &&& 0x80uy) <> 0uy
-          MaskKey = key
-          // RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0.
-          // Such a length is read as the largest value, which any size limit refuses.
-          PayloadLength = if length < 0L then Int64.MaxValue else length }
+    /// The decoder fails: it stays failed, and every later step reports the same error.
+    let inline private stopWith (decoder: byref<FrameDecoder>) (error: ProtocolError) (consumed: byref<int>) : DecodeEvent =
+        decoder <- { decoder with Phase = Stopped; Error = error }
+        consumed <- 0
+        Failed error
 
     /// The size of the header that starts with `b1`: 2 bytes, the extended length, the mask key.
     let inline private headerSize (b1: byte) : int =
@@ -120,8 +151,22 @@ module FrameDecoder =
         2 + (if lengthCode = 126uy then 2 elif lengthCode = 127uy then 8 else 0) + (if (b1 &&& 0x80uy) <> 0uy then 4 else 0)
 
     /// A complete header was read: the decoder moves into its payload.
-    let inline private enterPayload (decoder: byref<FrameDecoder>) (header: FrameHeader) =
-        decoder <- { Low = 0UL; High = 0UL; PendingCount = 0; InPayload = true; Current = header; Remaining = header.PayloadLength; Offset = 0L; Error = ValueNone }
+    let inline private enterPayload (decoder: byref<FrameDecoder>) (b0: byte) (b1: byte) (length: int64) (key: uint32) : DecodeEvent =
+        // RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0. Such a length is
+        // read as the largest value, which any size limit refuses.
+        let length = if length < 0L then Int64.MaxValue else length
+        decoder <-
+            { Low = 0UL
+              High = 0UL
+              B0 = b0
+              B1 = b1
+              MaskKey = key
+              Length = length
+              Remaining = length
+              PendingCount = 0uy
+              Phase = ReadingPayload
+              Error = decoder.Error }
+        Header decoder.CurrentHeader
 
     /// The header at the front of `input`, with nothing kept from earlier input: read straight
     /// from the span (the usual case).
@@ -129,10 +174,7 @@ module FrameDecoder =
         let b0 = input[0]
         let b1 = input[1]
         match checkStart (role, allowRsv1, b0, b1) with
-        | ValueSome error ->
-            decoder <- { decoder with Error = ValueSome error }
-            consumed <- 0
-            Failed error
+        | ValueSome error -> stopWith &decoder error &consumed
         | ValueNone ->
             let size = headerSize b1
             if input.Length < size then
@@ -146,15 +188,13 @@ module FrameDecoder =
                     elif lengthCode = 127uy then BinaryPrimitives.ReadInt64BigEndian(input.Slice 2)
                     else int64 lengthCode
                 let key = if (b1 &&& 0x80uy) <> 0uy then Masking.readKey (input.Slice(size - 4)) else 0u
-                let header = makeHeader b0 b1 length key
-                enterPayload &decoder header
                 consumed <- size
-                Header header
+                enterPayload &decoder b0 b1 length key
 
     /// The header when part of it was kept from earlier input, or too little input is left to
     /// tell its size: kept bytes and input are read as one.
     let private readSplitHeader (role: Role, allowRsv1: bool, decoder: byref<FrameDecoder>, input: ReadOnlySpan<byte>, consumed: byref<int>) : DecodeEvent =
-        let pending = decoder.PendingCount
+        let pending = int decoder.PendingCount
         let available = pending + input.Length
         if available < 2 then
             decoder <- keep (decoder, input)
@@ -164,10 +204,7 @@ module FrameDecoder =
             let b0 = headerByte (decoder, input, 0)
             let b1 = headerByte (decoder, input, 1)
             match checkStart (role, allowRsv1, b0, b1) with
-            | ValueSome error ->
-                decoder <- { decoder with Error = ValueSome error }
-                consumed <- 0
-                Failed error
+            | ValueSome error -> stopWith &decoder error &consumed
             | ValueNone ->
                 let size = headerSize b1
                 if available < size then
@@ -188,28 +225,25 @@ module FrameDecoder =
                     if (b1 &&& 0x80uy) <> 0uy then
                         for i in 0..3 do
                             key <- key ||| (uint32 (pendingByte whole (2 + lengthBytes + i)) <<< (i * 8))
-                    let header = makeHeader b0 b1 length key
-                    enterPayload &decoder header
                     consumed <- size - pending
-                    Header header
+                    enterPayload &decoder b0 b1 length key
 
     /// `step` on a decoder held by the caller: updates it in place and returns the event, with
     /// the number of input bytes consumed in `consumed`. The connection's receive loop uses this
     /// to avoid copying the decoder and the event through a returned tuple at every step.
+    [<MethodImpl(MethodImplOptions.NoInlining)>]
     let internal advance (role: Role, allowRsv1: bool, decoder: byref<FrameDecoder>, input: ReadOnlySpan<byte>, consumed: byref<int>) : DecodeEvent =
-        if decoder.Error.IsSome then
-            consumed <- 0
-            Failed decoder.Error.Value
-        elif not decoder.InPayload then
-            if decoder.PendingCount = 0 && input.Length >= 2 then
+        let phase = decoder.Phase
+        if phase = ReadingHeader then
+            if decoder.PendingCount = 0uy && input.Length >= 2 then
                 readWholeHeader (role, allowRsv1, &decoder, input, &consumed)
             else
                 readSplitHeader (role, allowRsv1, &decoder, input, &consumed)
-        else
+        elif phase = ReadingPayload then
             let remaining = decoder.Remaining
-            let offset = decoder.Offset
+            let offset = decoder.Length - remaining
             if remaining = 0L then
-                decoder <- { decoder with InPayload = false }
+                decoder <- { decoder with Phase = ReadingHeader }
                 consumed <- 0
                 Payload(0, offset, true)
             elif input.IsEmpty then
@@ -218,9 +252,12 @@ module FrameDecoder =
             else
                 let length = if remaining < int64 input.Length then int remaining else input.Length
                 let left = remaining - int64 length
-                decoder <- { decoder with Remaining = left; Offset = offset + int64 length; InPayload = left > 0L }
+                decoder <- { decoder with Remaining = left; Phase = (if left > 0L then ReadingPayload else ReadingHeader) }
                 consumed <- length
                 Payload(length, offset, left = 0L)
+        else
+            consumed <- 0
+            Failed decoder.Error
 
     /// Decodes from the front of `input`: returns the next decoder, how many input bytes were
     /// consumed, and what was found. `allowRsv1` is true when permessage-deflate was negotiated.
