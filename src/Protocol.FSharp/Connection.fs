@@ -98,11 +98,11 @@ type internal Lifecycle =
 type internal Receiver =
     {
         mutable Decoder: FrameDecoder
-        mutable InMessage: bool
-        mutable Kind: MessageKind
-        mutable Compressed: bool
         mutable MessageLength: int64
         mutable Utf8: Utf8Validator.Utf8State
+        mutable Kind: MessageKind
+        mutable InMessage: bool
+        mutable Compressed: bool
     }
 
 /// Where the receive loop stopped, and the data event it found (`Data`), if any.

@@ -36,21 +36,21 @@ type DecodeEvent =
 type FrameDecoder =
     private
         {
-            // The kept bytes of a partial header, little-endian: bytes 0-7, then 8-15.
+            // The kept bytes of a partial header, little-endian: bytes 0-7, then 8-15. Once the
+            // decoder failed, `Low` holds what the error is derived from again (see `failure`).
             Low: uint64
             High: uint64
-            // The current frame's header, packed: its first two bytes (FIN, RSV1, opcode, MASK),
-            // its mask key and its payload length.
+            // The current frame's header, packed: its payload length, its mask key and its first
+            // two bytes (FIN, RSV1, opcode, MASK); and how much of its payload is still to come.
+            // (Fields from the largest down, for a compact layout: 40 bytes.)
+            Length: int64
+            Remaining: int64
+            MaskKey: uint32
             B0: byte
             B1: byte
-            MaskKey: uint32
-            Length: int64
-            // Payload bytes of the current frame not yet consumed.
-            Remaining: int64
             PendingCount: byte
-            // Reading a header, a payload or nothing more (failed, with `Error`).
+            // Reading a header, reading a payload, or failed.
             Phase: byte
-            Error: ProtocolError
         }
 
     /// The header of the frame whose payload is being read (meaningful after a `Header` event).
@@ -92,8 +92,7 @@ module FrameDecoder =
           Length = 0L
           Remaining = 0L
           PendingCount = 0uy
-          Phase = ReadingHeader
-          Error = Unchecked.defaultof<ProtocolError> }
+          Phase = ReadingHeader }
 
     let private pendingByte (decoder: FrameDecoder) (i: int) : byte =
         if i < 8 then byte (decoder.Low >>> (i * 8)) else byte (decoder.High >>> ((i - 8) * 8))
@@ -139,11 +138,23 @@ module FrameDecoder =
         elif Frame.isControl opcode && not fin then ValueSome FragmentedControlFrame
         else ValueNone
 
-    /// The decoder fails: it stays failed, and every later step reports the same error.
-    let inline private stopWith (decoder: byref<FrameDecoder>) (error: ProtocolError) (consumed: byref<int>) : DecodeEvent =
-        decoder <- { decoder with Phase = Stopped; Error = error }
+    /// The decoder fails: it stays failed, and every later step reports the same error. Rather
+    /// than the error itself, it keeps the two header bytes that broke the rules and the role and
+    /// setting they were checked under (the kept header bytes are of no more use), and `failure`
+    /// derives the error from them again: it keeps the decoder small.
+    let private stopWith (decoder: byref<FrameDecoder>, role: Role, allowRsv1: bool, b0: byte, b1: byte, error: ProtocolError, consumed: byref<int>) : DecodeEvent =
+        let evidence = uint64 b0 ||| (uint64 b1 <<< 8) ||| (uint64 (byte role) <<< 16) ||| (if allowRsv1 then 1UL <<< 24 else 0UL)
+        decoder <- { decoder with Phase = Stopped; Low = evidence; High = 0UL; PendingCount = 0uy }
         consumed <- 0
         Failed error
+
+    /// The error a failed decoder failed with (see `stopWith`).
+    let private failure (decoder: FrameDecoder) : ProtocolError =
+        let evidence = decoder.Low
+        let role = LanguagePrimitives.EnumOfValue<int, Role>(int (byte (evidence >>> 16)))
+        match checkStart (role, (evidence >>> 24) &&& 1UL = 1UL, byte evidence, byte (evidence >>> 8)) with
+        | ValueSome error -> error
+        | ValueNone -> ReservedBitsSet // unreachable: the bytes kept failed this very check
 
     /// The size of the header that starts with `b1`: 2 bytes, the extended length, the mask key.
     let inline private headerSize (b1: byte) : int =
@@ -164,8 +175,7 @@ module FrameDecoder =
               Length = length
               Remaining = length
               PendingCount = 0uy
-              Phase = ReadingPayload
-              Error = decoder.Error }
+              Phase = ReadingPayload }
         Header decoder.CurrentHeader
 
     /// The header at the front of `input`, with nothing kept from earlier input: read straight
@@ -174,7 +184,7 @@ module FrameDecoder =
         let b0 = input[0]
         let b1 = input[1]
         match checkStart (role, allowRsv1, b0, b1) with
-        | ValueSome error -> stopWith &decoder error &consumed
+        | ValueSome error -> stopWith (&decoder, role, allowRsv1, b0, b1, error, &consumed)
         | ValueNone ->
             let size = headerSize b1
             if input.Length < size then
@@ -204,7 +214,7 @@ module FrameDecoder =
             let b0 = headerByte (decoder, input, 0)
             let b1 = headerByte (decoder, input, 1)
             match checkStart (role, allowRsv1, b0, b1) with
-            | ValueSome error -> stopWith &decoder error &consumed
+            | ValueSome error -> stopWith (&decoder, role, allowRsv1, b0, b1, error, &consumed)
             | ValueNone ->
                 let size = headerSize b1
                 if available < size then
@@ -257,7 +267,7 @@ module FrameDecoder =
                 Payload(length, offset, left = 0L)
         else
             consumed <- 0
-            Failed decoder.Error
+            Failed(failure decoder)
 
     /// Decodes from the front of `input`: returns the next decoder, how many input bytes were
     /// consumed, and what was found. `allowRsv1` is true when permessage-deflate was negotiated.
