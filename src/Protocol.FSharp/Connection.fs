@@ -72,6 +72,52 @@ type TickAction =
     /// Our close frame got no answer within the close timeout: close the transport.
     | CloseHandshakeTimedOut
 
+/// The parts of a connection that change a few times in its life, not at every frame: the
+/// settings and the closing handshake. Kept apart, behind a reference, so that the per-frame
+/// state the receive loop rebuilds stays small; a close or a failure makes a new one.
+[<NoComparison>]
+type internal Lifecycle =
+    {
+        Options: ConnectionOptions
+        CloseSent: bool
+        CloseSentAt: int64
+        CloseReceived: bool
+        Failed: bool
+        TimedOut: bool
+        ReceivedCode: uint16
+        ReceivedReason: string
+    }
+
+    /// The closing handshake completed, or the connection failed or timed out.
+    member life.IsClosed = life.CloseReceived || life.Failed || life.TimedOut
+
+/// The per-frame part of a connection: the decoder and the message being received. It holds
+/// no references, so the receive loop updates a copy of it in place (the fields are mutable for
+/// that local copy only; a `Connection` never changes once made).
+[<Struct; NoComparison>]
+type internal Receiver =
+    {
+        mutable Decoder: FrameDecoder
+        mutable MessageLength: int64
+        mutable Utf8: Utf8Validator.Utf8State
+        mutable Kind: MessageKind
+        mutable InMessage: bool
+        mutable Compressed: bool
+    }
+
+/// Where the receive loop stopped, and the data event it found (`Data`), if any.
+[<Struct; NoEquality; NoComparison>]
+type internal Stop =
+    {
+        mutable Position: int
+        mutable Data: bool
+        mutable Start: int
+        mutable Length: int
+        mutable MaskKey: uint32
+        mutable Offset: int64
+        mutable MessageEnd: bool
+    }
+
 /// A server-side WebSocket connection as an immutable value (RFC 6455 §5-§7).
 ///
 /// Theory of operation: the shell feeds received bytes with `receive` in a loop; each call
@@ -84,40 +130,34 @@ type TickAction =
 type Connection =
     private
         {
-            Options: ConnectionOptions
-            Decoder: FrameDecoder
-            InMessage: bool
-            Kind: MessageKind
-            Compressed: bool
-            MessageLength: int64
-            Utf8: Utf8Validator.Utf8State
+            // Per-frame state: the decoder and the message being received.
+            Receiver: Receiver
             Control: byte[]
-            CloseSent: bool
-            CloseSentAt: int64
-            CloseReceived: bool
-            Failed: bool
-            TimedOut: bool
-            ReceivedCode: uint16
-            ReceivedReason: string
             LastActivity: int64
             PingSentAt: int64
+            // Settings and the closing handshake (rarely changes).
+            Life: Lifecycle
         }
 
     /// False once a close frame was sent (RFC 6455 §5.5.1: no data frames after a close).
-    member connection.CanSend = not connection.CloseSent
+    member connection.CanSend = not connection.Life.CloseSent
 
     /// True once a close frame was sent or the connection failed.
-    member connection.IsClosing = connection.CloseSent || connection.CloseReceived || connection.Failed
+    member connection.IsClosing =
+        let life = connection.Life
+        life.CloseSent || life.CloseReceived || life.Failed
 
     /// True when the closing handshake completed or the connection failed or timed out: the
     /// transport should be closed and nothing more is read.
-    member connection.IsClosed = connection.CloseReceived || connection.Failed || connection.TimedOut
+    member connection.IsClosed = connection.Life.IsClosed
 
     /// The settings the connection was created with.
-    member connection.Settings = connection.Options
+    member connection.Settings = connection.Life.Options
 
 /// Functions over `Connection`.
 module Connection =
+
+    open System.Runtime.CompilerServices
 
     /// Sensible defaults: 16 MiB messages, no compression, 120 s idle timeout, 5 s close timeout.
     let defaultOptions: ConnectionOptions =
@@ -125,28 +165,38 @@ module Connection =
 
     /// A connection just after the opening handshake, at time `now`.
     let create (options: ConnectionOptions, now: int64) : Connection =
-        { Options = options
-          Decoder = FrameDecoder.initial
-          InMessage = false
-          Kind = MessageKind.Binary
-          Compressed = false
-          MessageLength = 0L
-          Utf8 = Utf8Validator.initial
+        { Receiver =
+            { Decoder = FrameDecoder.initial
+              InMessage = false
+              Kind = MessageKind.Binary
+              Compressed = false
+              MessageLength = 0L
+              Utf8 = Utf8Validator.initial }
           Control = null
-          CloseSent = false
-          CloseSentAt = 0L
-          CloseReceived = false
-          Failed = false
-          TimedOut = false
-          ReceivedCode = CloseCode.AbnormalClosure
-          ReceivedReason = ""
           LastActivity = now
-          PingSentAt = -1L }
+          PingSentAt = -1L
+          Life =
+            { Options = options
+              CloseSent = false
+              CloseSentAt = 0L
+              CloseReceived = false
+              Failed = false
+              TimedOut = false
+              ReceivedCode = CloseCode.AbnormalClosure
+              ReceivedReason = "" } }
 
-    let private failWith (connection: Connection) (error: ProtocolError) (consumed: int) =
-        let closeFrame = if connection.CloseSent then Array.Empty<byte>() else Frame.close error.CloseCode error.Message
-        let next = { connection with Failed = true; CloseSent = true; Control = null }
-        struct (next, consumed, ProtocolViolation(error, closeFrame))
+    /// The close frame a failure writes: none when our close frame was already sent.
+    let private failureFrame (life: Lifecycle) (error: ProtocolError) : byte[] =
+        if life.CloseSent then Array.Empty<byte>() else Frame.close error.CloseCode error.Message
+
+    /// RFC 6455 §7.1.7: the peer broke the protocol; the receive loop stops with this event.
+    /// Kept out of the loop (no inlining): a rare path with a frame of its own.
+    [<MethodImpl(MethodImplOptions.NoInlining)>]
+    let private fail (life: byref<Lifecycle>, control: byref<byte[]>, event: byref<ConnectionEvent>, error: ProtocolError) : unit =
+        let closeFrame = failureFrame life error
+        life <- { life with Failed = true; CloseSent = true }
+        control <- null
+        event <- ProtocolViolation(error, closeFrame)
 
     /// RFC 6455 §5.5.1: a close body is empty, or a 2-byte code then a UTF-8 reason.
     let private readClose (payload: byte[]) : Result<struct (uint16 * string), ProtocolError> =
@@ -159,141 +209,186 @@ module Connection =
             elif not (Utf8Validator.isValid reason) then Error InvalidUtf8
             else Ok(struct (code, Encoding.UTF8.GetString reason))
 
-    /// A complete control frame arrived: answer it.
-    let private controlComplete (connection: Connection) (opcode: Opcode) (consumed: int) =
-        let payload = connection.Control
-        let connection = { connection with Control = null }
+    /// A complete control frame arrived: answer it. Returns true when the loop stops with `event`.
+    let private controlComplete (life: byref<Lifecycle>, control: byref<byte[]>, event: byref<ConnectionEvent>, opcode: Opcode) : bool =
+        let payload = control
+        control <- null
         match opcode with
         | Opcode.Ping ->
-            let pong = if connection.CloseSent then Array.Empty<byte>() else Frame.control Opcode.Pong (ReadOnlySpan payload)
-            struct (connection, consumed, ValueSome(PingReceived(payload, pong)))
-        | Opcode.Pong -> struct (connection, consumed, ValueSome(PongReceived payload))
+            let pong = if life.CloseSent then Array.Empty<byte>() else Frame.control Opcode.Pong (ReadOnlySpan payload)
+            event <- PingReceived(payload, pong)
+            true
+        | Opcode.Pong ->
+            event <- PongReceived payload
+            true
         | _ ->
             match readClose payload with
             | Error error ->
-                let struct (failed, consumed, event) = failWith connection error consumed
-                struct (failed, consumed, ValueSome event)
+                fail (&life, &control, &event, error)
+                true
             | Ok(struct (code, reason)) ->
                 // RFC 6455 §5.5.1: answer a close with a close, echoing the code it carried.
                 let reply =
-                    if connection.CloseSent then Array.Empty<byte>()
+                    if life.CloseSent then Array.Empty<byte>()
                     elif code = CloseCode.NoStatusReceived then Frame.closeWithoutCode ()
                     else Frame.control Opcode.Close (ReadOnlySpan(payload, 0, 2))
-                let next = { connection with CloseReceived = true; CloseSent = true; ReceivedCode = code; ReceivedReason = reason }
-                struct (next, consumed, ValueSome(CloseReceived(code, reason, reply)))
+                life <- { life with CloseReceived = true; CloseSent = true; ReceivedCode = code; ReceivedReason = reason }
+                event <- CloseReceived(code, reason, reply)
+                true
 
-    /// A header arrived: apply the message-level rules (RFC 6455 §5.4) and the size limit.
-    let private startFrame (connection: Connection) (header: FrameHeader) : Result<Connection, ProtocolError> =
-        if Frame.isControl header.Opcode then
-            Ok { connection with Control = if header.PayloadLength = 0L then Array.Empty<byte>() else Array.zeroCreate (int header.PayloadLength) }
-        elif header.Opcode = Opcode.Continuation && not connection.InMessage then
-            Error UnexpectedContinuation
-        elif header.Opcode <> Opcode.Continuation && connection.InMessage then
-            Error ExpectedContinuation
-        else
-            let soFar = if header.Opcode = Opcode.Continuation then connection.MessageLength else 0L
-            // RFC 6455 §10.4: refuse at the header, before reading any of an oversized payload.
-            if header.PayloadLength > connection.Options.MaxMessageSize - soFar then
-                Error(MessageTooBig connection.Options.MaxMessageSize)
-            elif header.Opcode = Opcode.Continuation then
-                Ok connection
-            else
-                Ok
-                    { connection with
-                        InMessage = true
-                        Kind = (if header.Opcode = Opcode.Text then MessageKind.Text else MessageKind.Binary)
-                        Compressed = header.Rsv1
-                        MessageLength = 0L
-                        Utf8 = Utf8Validator.initial }
+    /// Payload bytes of a control frame arrived: unmask them into the frame's array, and answer
+    /// the frame once it is complete. Returns true when the loop stops with `event`. Kept out of
+    /// the loop (no inlining): control frames are rare next to data frames.
+    [<MethodImpl(MethodImplOptions.NoInlining)>]
+    let private controlPayload
+        (life: byref<Lifecycle>, control: byref<byte[]>, event: byref<ConnectionEvent>, header: FrameHeader, chunk: ReadOnlySpan<byte>, offset: int64, frameEnd: bool)
+        : bool =
+        // Copy on write: the array may belong to an earlier connection value (the header or the
+        // first payload bytes came in an earlier call), and writing into it would change that
+        // value, and the payload of a ping or pong event already handed out from it. Control
+        // payloads are at most 125 bytes.
+        if chunk.Length > 0 then
+            let copy = Array.copy control
+            Masking.apply (header.MaskKey, offset, chunk, copy.AsSpan(int offset, chunk.Length))
+            control <- copy
+        if frameEnd then controlComplete (&life, &control, &event, header.Opcode) else false
+
+    /// The receive loop: decodes from the front of `input` until an event is due, updating the
+    /// caller's copies of the per-frame state, the control frame and the lifecycle in place.
+    /// Control frames and failures write their event into `event`; a data event is described in
+    /// `stop` for `receive` to build. Kept out of `receive` (no inlining) so that its frame holds
+    /// no structs with references, which the runtime would have to clear at every call.
+    [<MethodImpl(MethodImplOptions.NoInlining); SkipLocalsInit>]
+    let private scan
+        (
+            receiver: byref<Receiver>,
+            control: byref<byte[]>,
+            life: byref<Lifecycle>,
+            event: byref<ConnectionEvent>,
+            input: ReadOnlySpan<byte>,
+            stop: byref<Stop>
+        ) : unit =
+        let options = life.Options
+        let allowRsv1 = options.PerMessageDeflate
+        let mutable position = 0
+        let mutable searching = true
+        while searching do
+            let start = position
+            let mutable consumed = 0
+            let found = FrameDecoder.advance (Role.Server, allowRsv1, &receiver.Decoder, input.Slice start, &consumed)
+            position <- start + consumed
+            match found with
+            | NeedMore -> searching <- false
+            | Failed error ->
+                fail (&life, &control, &event, error)
+                searching <- false
+            | Header header ->
+                // The message-level rules (RFC 6455 §5.4) and the size limit.
+                if Frame.isControl header.Opcode then
+                    control <- if header.PayloadLength = 0L then Array.Empty<byte>() else Array.zeroCreate (int header.PayloadLength)
+                elif header.Opcode = Opcode.Continuation && not receiver.InMessage then
+                    fail (&life, &control, &event, UnexpectedContinuation)
+                    searching <- false
+                elif header.Opcode <> Opcode.Continuation && receiver.InMessage then
+                    fail (&life, &control, &event, ExpectedContinuation)
+                    searching <- false
+                else
+                    let soFar = if header.Opcode = Opcode.Continuation then receiver.MessageLength else 0L
+                    // RFC 6455 §10.4: refuse at the header, before reading any of an oversized payload.
+                    if header.PayloadLength > options.MaxMessageSize - soFar then
+                        fail (&life, &control, &event, MessageTooBig options.MaxMessageSize)
+                        searching <- false
+                    elif header.Opcode <> Opcode.Continuation then
+                        receiver.InMessage <- true
+                        receiver.Kind <- if header.Opcode = Opcode.Text then MessageKind.Text else MessageKind.Binary
+                        receiver.Compressed <- header.Rsv1
+                        receiver.MessageLength <- 0L
+                        receiver.Utf8 <- Utf8Validator.initial
+            | Payload(length, offset, frameEnd) ->
+                let header = receiver.Decoder.CurrentHeader
+                if Frame.isControl header.Opcode then
+                    if controlPayload (&life, &control, &event, header, input.Slice(start, length), offset, frameEnd) then
+                        searching <- false
+                else
+                    let messageEnd = frameEnd && header.Fin
+                    let checkText = receiver.Kind = MessageKind.Text && not receiver.Compressed
+                    let mutable valid = true
+                    let mutable utf8 = receiver.Utf8
+                    if checkText && length > 0 then
+                        match Utf8Validator.advanceMasked (utf8, header.MaskKey, offset, input.Slice(start, length)) with
+                        | Utf8Validator.Valid after -> utf8 <- after
+                        | Utf8Validator.InvalidAt _ -> valid <- false
+                    // RFC 6455 §8.1: the message must not end inside a UTF-8 sequence.
+                    if not valid || (messageEnd && checkText && not utf8.IsComplete) then
+                        fail (&life, &control, &event, InvalidUtf8)
+                        searching <- false
+                    else
+                        receiver.Utf8 <- utf8
+                        receiver.MessageLength <- receiver.MessageLength + int64 length
+                        receiver.InMessage <- not messageEnd
+                        if length > 0 || messageEnd then
+                            stop.Data <- true
+                            stop.Start <- start
+                            stop.Length <- length
+                            stop.MaskKey <- header.MaskKey
+                            stop.Offset <- offset
+                            stop.MessageEnd <- messageEnd
+                            searching <- false
+        stop.Position <- position
 
     /// Consumes bytes from the front of `input` (received at time `now`) and returns the next
     /// connection, how many bytes were consumed, and at most one event. Call it again with the
     /// rest of the input until it returns `NeedMoreData`. Never throws: bad bytes give
     /// `ProtocolViolation` with the close code to send.
     let receive (connection: Connection, input: ReadOnlySpan<byte>, now: int64) : struct (Connection * int * ConnectionEvent) =
-        if connection.IsClosed then
+        if connection.Life.IsClosed then
             // RFC 6455 §5.5.1: after the close frame nothing more is processed.
             struct (connection, input.Length, NeedMoreData)
         else
-            let mutable current =
-                if input.IsEmpty then connection else { connection with LastActivity = now; PingSentAt = -1L }
-            let mutable position = 0
-            let mutable result = ValueNone
-            while result.IsNone do
-                let struct (decoder, consumed, event) =
-                    FrameDecoder.step (Role.Server, current.Options.PerMessageDeflate, current.Decoder, input.Slice position)
-                let start = position
-                position <- position + consumed
-                current <- { current with Decoder = decoder }
-                match event with
-                | NeedMore -> result <- ValueSome(struct (current, position, NeedMoreData))
-                | Failed error -> result <- ValueSome(failWith current error position)
-                | Header header ->
-                    match startFrame current header with
-                    | Ok next -> current <- next
-                    | Error error -> result <- ValueSome(failWith current error position)
-                | Payload(length, offset, frameEnd) ->
-                    let header = decoder.CurrentHeader
-                    if Frame.isControl header.Opcode then
-                        // Copy on write: the array may belong to an earlier connection value (the
-                        // header or the first payload bytes came in an earlier call), and writing
-                        // into it would change that value, and the payload of a ping or pong event
-                        // already handed out from it. Control payloads are at most 125 bytes.
-                        let control = if length = 0 then current.Control else Array.copy current.Control
-                        Masking.apply (header.MaskKey, offset, input.Slice(start, length), control.AsSpan(int offset, length))
-                        current <- { current with Control = control }
-                        if frameEnd then
-                            let struct (next, consumed, answer) = controlComplete current header.Opcode position
-                            current <- next
-                            position <- consumed
-                            match answer with
-                            | ValueSome event -> result <- ValueSome(struct (next, consumed, event))
-                            | ValueNone -> ()
-                    else
-                        let messageEnd = frameEnd && header.Fin
-                        let checkText = current.Kind = MessageKind.Text && not current.Compressed
-                        let utf8 =
-                            if checkText && length > 0 then
-                                Utf8Validator.advanceMasked (current.Utf8, header.MaskKey, offset, input.Slice(start, length))
-                            else
-                                Utf8Validator.Valid current.Utf8
-                        match utf8 with
-                        | Utf8Validator.InvalidAt _ -> result <- ValueSome(failWith current InvalidUtf8 position)
-                        | Utf8Validator.Valid state when messageEnd && checkText && not state.IsComplete ->
-                            // RFC 6455 §8.1: the message ended inside a UTF-8 sequence.
-                            result <- ValueSome(failWith current InvalidUtf8 position)
-                        | Utf8Validator.Valid state ->
-                            current <-
-                                { current with
-                                    Utf8 = state
-                                    MessageLength = current.MessageLength + int64 length
-                                    InMessage = not messageEnd }
-                            if length > 0 || messageEnd then
-                                let event = MessageData(current.Kind, start, length, header.MaskKey, offset, messageEnd, current.Compressed)
-                                result <- ValueSome(struct (current, position, event))
-            result.Value
+            // Copies of the connection's parts, updated in place by the loop and put together
+            // once at the end: the value given is never changed.
+            let mutable receiver = connection.Receiver
+            let mutable control = connection.Control
+            let mutable life = connection.Life
+            let mutable event = NeedMoreData
+            let mutable stop = Unchecked.defaultof<Stop>
+            scan (&receiver, &control, &life, &event, input, &stop)
+            let active = not input.IsEmpty
+            let next =
+                { Receiver = receiver
+                  Control = control
+                  LastActivity = (if active then now else connection.LastActivity)
+                  PingSentAt = (if active then -1L else connection.PingSentAt)
+                  Life = life }
+            if stop.Data then
+                let event = MessageData(receiver.Kind, stop.Start, stop.Length, stop.MaskKey, stop.Offset, stop.MessageEnd, receiver.Compressed)
+                struct (next, stop.Position, event)
+            else
+                struct (next, stop.Position, event)
 
     /// Fails the connection for a message the shell found bad after the core passed it on: a
     /// compressed message whose inflated size passes the limit (1009), whose text is not UTF-8 or
     /// whose DEFLATE data is corrupt (1007). Returns the close frame to write (empty when a close
     /// was already sent) before closing the transport, as for `ProtocolViolation`.
     let failMessage (connection: Connection, error: ProtocolError) : struct (Connection * byte[]) =
-        if connection.IsClosed then struct (connection, Array.Empty<byte>())
+        let life = connection.Life
+        if life.IsClosed then struct (connection, Array.Empty<byte>())
         else
-            let struct (failed, _, _) = failWith connection error 0
-            let closeFrame = if connection.CloseSent then Array.Empty<byte>() else Frame.close error.CloseCode error.Message
-            struct (failed, closeFrame)
+            let closeFrame = failureFrame life error
+            struct ({ connection with Control = null; Life = { life with Failed = true; CloseSent = true } }, closeFrame)
 
     /// Asks to close with `code` and `reason` (cut to 123 UTF-8 bytes) at time `now`.
     let close (connection: Connection, code: uint16, reason: string, now: int64) : struct (Connection * CloseRequest) =
-        if connection.CloseSent || connection.IsClosed then struct (connection, AlreadyClosing)
+        let life = connection.Life
+        if life.CloseSent || life.IsClosed then struct (connection, AlreadyClosing)
         elif not (CloseCode.isSendable code) then struct (connection, CodeNotSendable code)
-        else struct ({ connection with CloseSent = true; CloseSentAt = now }, SendCloseFrame(Frame.close code reason))
+        else struct ({ connection with Life = { life with CloseSent = true; CloseSentAt = now } }, SendCloseFrame(Frame.close code reason))
 
     /// The code and reason to report to the application once the transport has ended: the
     /// peer's close code when its close frame arrived, else 1006 (RFC 6455 §7.1.5).
     let closeStatus (connection: Connection) : struct (uint16 * string) =
-        if connection.CloseReceived then struct (connection.ReceivedCode, connection.ReceivedReason)
+        let life = connection.Life
+        if life.CloseReceived then struct (life.ReceivedCode, life.ReceivedReason)
         else struct (CloseCode.AbnormalClosure, "")
 
     /// `time + timeout`, saturating at Int64.MaxValue ("never") instead of wrapping around: a
@@ -304,9 +399,10 @@ module Connection =
 
     /// The time at which `tick` next has something to do (Int64.MaxValue when never).
     let nextDeadline (connection: Connection) : int64 =
-        let options = connection.Options
-        if connection.IsClosed then Int64.MaxValue
-        elif connection.CloseSent then after connection.CloseSentAt options.CloseTimeout
+        let life = connection.Life
+        let options = life.Options
+        if life.IsClosed then Int64.MaxValue
+        elif life.CloseSent then after life.CloseSentAt options.CloseTimeout
         elif options.IdleTimeout <= 0L then Int64.MaxValue
         elif connection.PingSentAt >= 0L then after connection.PingSentAt options.IdleTimeout
         else after connection.LastActivity options.IdleTimeout
@@ -315,14 +411,15 @@ module Connection =
     /// of a closing handshake the peer never finished).
     let tick (connection: Connection, now: int64) : struct (Connection * TickAction) =
         let deadline = nextDeadline connection
+        let life = connection.Life
         // Int64.MaxValue means "never", even when `now` is Int64.MaxValue itself: otherwise a
         // closed connection, or one with keep-alive off, would act at the end of time.
         if deadline = Int64.MaxValue || now < deadline then
             struct (connection, NoAction)
-        elif connection.CloseSent then
-            struct ({ connection with TimedOut = true }, CloseHandshakeTimedOut)
+        elif life.CloseSent then
+            struct ({ connection with Life = { life with TimedOut = true } }, CloseHandshakeTimedOut)
         elif connection.PingSentAt >= 0L then
-            let next = { connection with CloseSent = true; CloseSentAt = now; TimedOut = true }
+            let next = { connection with Life = { life with CloseSent = true; CloseSentAt = now; TimedOut = true } }
             struct (next, IdleTimedOut(Frame.close CloseCode.GoingAway "idle timeout"))
         else
             struct ({ connection with PingSentAt = now }, SendPing(Frame.control Opcode.Ping ReadOnlySpan.Empty))

@@ -78,14 +78,10 @@ module Frame =
 
     /// True for opcodes RFC 6455 defines; the others are reserved.
     let isKnownOpcode (opcode: Opcode) : bool =
-        match opcode with
-        | Opcode.Continuation
-        | Opcode.Text
-        | Opcode.Binary
-        | Opcode.Close
-        | Opcode.Ping
-        | Opcode.Pong -> true
-        | _ -> false
+        // One bit per known opcode (0, 1, 2, 8, 9, 10): a test the JIT inlines, where a match
+        // over the cases is a call in the decoder's header path.
+        let value = int (byte opcode)
+        value < 16 && ((0x0707 >>> value) &&& 1) <> 0
 
     /// A header with FIN set, no reserved bits and no mask.
     let header (opcode: Opcode) (payloadLength: int64) : FrameHeader =

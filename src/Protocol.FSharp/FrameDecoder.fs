@@ -36,47 +36,81 @@ type DecodeEvent =
 type FrameDecoder =
     private
         {
+            // The kept bytes of a partial header, little-endian: bytes 0-7, then 8-15. Once the
+            // decoder failed, `Low` holds what the error is derived from again (see `failure`).
             Low: uint64
             High: uint64
-            PendingCount: int
-            InPayload: bool
-            Current: FrameHeader
+            // The current frame's header, packed: its payload length, its mask key and its first
+            // two bytes (FIN, RSV1, opcode, MASK); and how much of its payload is still to come.
+            // (Fields from the largest down, for a compact layout: 40 bytes.)
+            Length: int64
             Remaining: int64
-            Offset: int64
-            Error: ProtocolError voption
+            MaskKey: uint32
+            B0: byte
+            B1: byte
+            PendingCount: byte
+            // Reading a header, reading a payload, or failed.
+            Phase: byte
         }
 
     /// The header of the frame whose payload is being read (meaningful after a `Header` event).
-    member decoder.CurrentHeader = decoder.Current
+    member decoder.CurrentHeader: FrameHeader =
+        let b0 = decoder.B0
+        { Fin = (b0 &&& 0x80uy) <> 0uy
+          Rsv1 = (b0 &&& 0x40uy) <> 0uy
+          Rsv2 = false
+          Rsv3 = false
+          Opcode = LanguagePrimitives.EnumOfValue<byte, Opcode>(b0 &&& 0x0Fuy)
+          Masked = (decoder.B1 &&& 0x80uy) <> 0uy
+          MaskKey = decoder.MaskKey
+          PayloadLength = decoder.Length }
 
     /// True when the decoder sits between frames with no partial header kept.
-    member decoder.AtFrameBoundary = not decoder.InPayload && decoder.PendingCount = 0
+    member decoder.AtFrameBoundary = decoder.Phase = 0uy && decoder.PendingCount = 0uy
 
 /// Functions over `FrameDecoder`.
 module FrameDecoder =
 
+    open System.Runtime.CompilerServices
+
+    [<Literal>]
+    let private ReadingHeader = 0uy
+
+    [<Literal>]
+    let private ReadingPayload = 1uy
+
+    [<Literal>]
+    let private Stopped = 2uy
+
     /// A decoder before the first byte.
     let initial: FrameDecoder =
-        { Low = 0UL; High = 0UL; PendingCount = 0; InPayload = false; Current = Frame.header Opcode.Continuation 0L; Remaining = 0L; Offset = 0L; Error = ValueNone }
+        { Low = 0UL
+          High = 0UL
+          B0 = 0x80uy
+          B1 = 0uy
+          MaskKey = 0u
+          Length = 0L
+          Remaining = 0L
+          PendingCount = 0uy
+          Phase = ReadingHeader }
 
     let private pendingByte (decoder: FrameDecoder) (i: int) : byte =
         if i < 8 then byte (decoder.Low >>> (i * 8)) else byte (decoder.High >>> ((i - 8) * 8))
 
     /// Byte `i` of the header seen as the kept bytes followed by the input.
     let private headerByte (decoder: FrameDecoder, input: ReadOnlySpan<byte>, i: int) : byte =
-        if i < decoder.PendingCount then pendingByte decoder i else input[i - decoder.PendingCount]
+        let pending = int decoder.PendingCount
+        if i < pending then pendingByte decoder i else input[i - pending]
 
     let private keep (decoder: FrameDecoder, input: ReadOnlySpan<byte>) : FrameDecoder =
         let mutable low = decoder.Low
         let mutable high = decoder.High
+        let pending = int decoder.PendingCount
         for j in 0 .. input.Length - 1 do
-            let i = decoder.PendingCount + j
+            let i = pending + j
             if i < 8 then low <- low ||| (uint64 input[j] <<< (i * 8))
             else high <- high ||| (uint64 input[j] <<< ((i - 8) * 8))
-        { decoder with Low = low; High = high; PendingCount = decoder.PendingCount + input.Length }
-
-    let private fail (decoder: FrameDecoder) (error: ProtocolError) consumed =
-        struct ({ decoder with Error = ValueSome error }, consumed, Failed error)
+        { decoder with Low = low; High = high; PendingCount = byte (pending + input.Length) }
 
     /// The rules the first two header bytes settle on their own, checked before the rest of the
     /// header arrives so that a bad frame fails fast.
@@ -104,63 +138,142 @@ module FrameDecoder =
         elif Frame.isControl opcode && not fin then ValueSome FragmentedControlFrame
         else ValueNone
 
-    let private readHeader (role: Role, allowRsv1: bool, decoder: FrameDecoder, input: ReadOnlySpan<byte>) =
-        let available = decoder.PendingCount + input.Length
+    /// The decoder fails: it stays failed, and every later step reports the same error. Rather
+    /// than the error itself, it keeps the two header bytes that broke the rules and the role and
+    /// setting they were checked under (the kept header bytes are of no more use), and `failure`
+    /// derives the error from them again: it keeps the decoder small.
+    let private stopWith (decoder: byref<FrameDecoder>, role: Role, allowRsv1: bool, b0: byte, b1: byte, error: ProtocolError, consumed: byref<int>) : DecodeEvent =
+        let evidence = uint64 b0 ||| (uint64 b1 <<< 8) ||| (uint64 (byte role) <<< 16) ||| (if allowRsv1 then 1UL <<< 24 else 0UL)
+        decoder <- { decoder with Phase = Stopped; Low = evidence; High = 0UL; PendingCount = 0uy }
+        consumed <- 0
+        Failed error
+
+    /// The error a failed decoder failed with (see `stopWith`).
+    let private failure (decoder: FrameDecoder) : ProtocolError =
+        let evidence = decoder.Low
+        let role = LanguagePrimitives.EnumOfValue<int, Role>(int (byte (evidence >>> 16)))
+        match checkStart (role, (evidence >>> 24) &&& 1UL = 1UL, byte evidence, byte (evidence >>> 8)) with
+        | ValueSome error -> error
+        | ValueNone -> ReservedBitsSet // unreachable: the bytes kept failed this very check
+
+    /// The size of the header that starts with `b1`: 2 bytes, the extended length, the mask key.
+    let inline private headerSize (b1: byte) : int =
+        let lengthCode = b1 &&& 0x7Fuy
+        2 + (if lengthCode = 126uy then 2 elif lengthCode = 127uy then 8 else 0) + (if (b1 &&& 0x80uy) <> 0uy then 4 else 0)
+
+    /// A complete header was read: the decoder moves into its payload.
+    let inline private enterPayload (decoder: byref<FrameDecoder>) (b0: byte) (b1: byte) (length: int64) (key: uint32) : DecodeEvent =
+        // RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0. Such a length is
+        // read as the largest value, which any size limit refuses.
+        let length = if length < 0L then Int64.MaxValue else length
+        decoder <-
+            { Low = 0UL
+              High = 0UL
+              B0 = b0
+              B1 = b1
+              MaskKey = key
+              Length = length
+              Remaining = length
+              PendingCount = 0uy
+              Phase = ReadingPayload }
+        Header decoder.CurrentHeader
+
+    /// The header at the front of `input`, with nothing kept from earlier input: read straight
+    /// from the span (the usual case).
+    let private readWholeHeader (role: Role, allowRsv1: bool, decoder: byref<FrameDecoder>, input: ReadOnlySpan<byte>, consumed: byref<int>) : DecodeEvent =
+        let b0 = input[0]
+        let b1 = input[1]
+        match checkStart (role, allowRsv1, b0, b1) with
+        | ValueSome error -> stopWith (&decoder, role, allowRsv1, b0, b1, error, &consumed)
+        | ValueNone ->
+            let size = headerSize b1
+            if input.Length < size then
+                decoder <- keep (decoder, input)
+                consumed <- input.Length
+                NeedMore
+            else
+                let lengthCode = b1 &&& 0x7Fuy
+                let length =
+                    if lengthCode = 126uy then int64 (BinaryPrimitives.ReadUInt16BigEndian(input.Slice 2))
+                    elif lengthCode = 127uy then BinaryPrimitives.ReadInt64BigEndian(input.Slice 2)
+                    else int64 lengthCode
+                let key = if (b1 &&& 0x80uy) <> 0uy then Masking.readKey (input.Slice(size - 4)) else 0u
+                consumed <- size
+                enterPayload &decoder b0 b1 length key
+
+    /// The header when part of it was kept from earlier input, or too little input is left to
+    /// tell its size: kept bytes and input are read as one.
+    let private readSplitHeader (role: Role, allowRsv1: bool, decoder: byref<FrameDecoder>, input: ReadOnlySpan<byte>, consumed: byref<int>) : DecodeEvent =
+        let pending = int decoder.PendingCount
+        let available = pending + input.Length
         if available < 2 then
-            struct (keep (decoder, input), input.Length, NeedMore)
+            decoder <- keep (decoder, input)
+            consumed <- input.Length
+            NeedMore
         else
             let b0 = headerByte (decoder, input, 0)
             let b1 = headerByte (decoder, input, 1)
             match checkStart (role, allowRsv1, b0, b1) with
-            | ValueSome error -> fail decoder error 0
+            | ValueSome error -> stopWith (&decoder, role, allowRsv1, b0, b1, error, &consumed)
             | ValueNone ->
-                let masked = (b1 &&& 0x80uy) <> 0uy
-                let lengthCode = int (b1 &&& 0x7Fuy)
-                let lengthBytes = if lengthCode = 126 then 2 elif lengthCode = 127 then 8 else 0
-                let size = 2 + lengthBytes + (if masked then 4 else 0)
+                let size = headerSize b1
                 if available < size then
-                    struct (keep (decoder, input), input.Length, NeedMore)
+                    decoder <- keep (decoder, input)
+                    consumed <- input.Length
+                    NeedMore
                 else
+                    // Keep just the rest of the header: the kept words then hold all of it.
+                    let whole = keep (decoder, input.Slice(0, size - pending))
+                    let lengthCode = b1 &&& 0x7Fuy
+                    let lengthBytes = if lengthCode = 126uy then 2 elif lengthCode = 127uy then 8 else 0
                     let mutable length = int64 lengthCode
                     if lengthBytes > 0 then
                         length <- 0L
                         for i in 2 .. 1 + lengthBytes do
-                            length <- (length <<< 8) ||| int64 (headerByte (decoder, input, i))
+                            length <- (length <<< 8) ||| int64 (pendingByte whole i)
                     let mutable key = 0u
-                    if masked then
+                    if (b1 &&& 0x80uy) <> 0uy then
                         for i in 0..3 do
-                            key <- key ||| (uint32 (headerByte (decoder, input, 2 + lengthBytes + i)) <<< (i * 8))
-                    let header =
-                        { Fin = (b0 &&& 0x80uy) <> 0uy
-                          Rsv1 = (b0 &&& 0x40uy) <> 0uy
-                          Rsv2 = false
-                          Rsv3 = false
-                          Opcode = LanguagePrimitives.EnumOfValue<byte, Opcode>(b0 &&& 0x0Fuy)
-                          Masked = masked
-                          MaskKey = key
-                          // RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0.
-                          // Such a length is read as the largest value, which any size limit refuses.
-                          PayloadLength = if length < 0L then Int64.MaxValue else length }
-                    let consumed = size - decoder.PendingCount
-                    let next =
-                        { decoder with Low = 0UL; High = 0UL; PendingCount = 0; InPayload = true; Current = header; Remaining = header.PayloadLength; Offset = 0L }
-                    struct (next, consumed, Header header)
+                            key <- key ||| (uint32 (pendingByte whole (2 + lengthBytes + i)) <<< (i * 8))
+                    consumed <- size - pending
+                    enterPayload &decoder b0 b1 length key
+
+    /// `step` on a decoder held by the caller: updates it in place and returns the event, with
+    /// the number of input bytes consumed in `consumed`. The connection's receive loop uses this
+    /// to avoid copying the decoder and the event through a returned tuple at every step.
+    [<MethodImpl(MethodImplOptions.NoInlining)>]
+    let internal advance (role: Role, allowRsv1: bool, decoder: byref<FrameDecoder>, input: ReadOnlySpan<byte>, consumed: byref<int>) : DecodeEvent =
+        let phase = decoder.Phase
+        if phase = ReadingHeader then
+            if decoder.PendingCount = 0uy && input.Length >= 2 then
+                readWholeHeader (role, allowRsv1, &decoder, input, &consumed)
+            else
+                readSplitHeader (role, allowRsv1, &decoder, input, &consumed)
+        elif phase = ReadingPayload then
+            let remaining = decoder.Remaining
+            let offset = decoder.Length - remaining
+            if remaining = 0L then
+                decoder <- { decoder with Phase = ReadingHeader }
+                consumed <- 0
+                Payload(0, offset, true)
+            elif input.IsEmpty then
+                consumed <- 0
+                NeedMore
+            else
+                let length = if remaining < int64 input.Length then int remaining else input.Length
+                let left = remaining - int64 length
+                decoder <- { decoder with Remaining = left; Phase = (if left > 0L then ReadingPayload else ReadingHeader) }
+                consumed <- length
+                Payload(length, offset, left = 0L)
+        else
+            consumed <- 0
+            Failed(failure decoder)
 
     /// Decodes from the front of `input`: returns the next decoder, how many input bytes were
     /// consumed, and what was found. `allowRsv1` is true when permessage-deflate was negotiated.
     /// Call again with the unconsumed bytes until the event is `NeedMore` (or `Failed`).
     let step (role: Role, allowRsv1: bool, decoder: FrameDecoder, input: ReadOnlySpan<byte>) : struct (FrameDecoder * int * DecodeEvent) =
-        match decoder.Error with
-        | ValueSome error -> struct (decoder, 0, Failed error)
-        | ValueNone ->
-            if not decoder.InPayload then
-                readHeader (role, allowRsv1, decoder, input)
-            elif decoder.Remaining = 0L then
-                struct ({ decoder with InPayload = false }, 0, Payload(0, decoder.Offset, true))
-            elif input.IsEmpty then
-                struct (decoder, 0, NeedMore)
-            else
-                let length = int (min decoder.Remaining (int64 input.Length))
-                let remaining = decoder.Remaining - int64 length
-                let next = { decoder with Remaining = remaining; Offset = decoder.Offset + int64 length; InPayload = remaining > 0L }
-                struct (next, length, Payload(length, decoder.Offset, remaining = 0L))
+        let mutable next = decoder
+        let mutable consumed = 0
+        let event = advance (role, allowRsv1, &next, input, &consumed)
+        struct (next, consumed, event)
