@@ -214,6 +214,8 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         var socket = new RealtimeSocket<TData>(
             Server, this, _handlers, context, transport,
             acceptance.Subprotocol?.Value, acceptance.Deflate?.Value, attachment.Data);
+        // This method's state lives as long as the connection: keep no handshake values in it.
+        acceptance = null!;
         await socket.RunAsync().ConfigureAwait(false);
     }
 }

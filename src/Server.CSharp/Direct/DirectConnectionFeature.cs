@@ -41,6 +41,8 @@ internal sealed class DirectConnectionFeature(ConnectionContext connection, IHtt
         response.StatusCode = StatusCodes.Status101SwitchingProtocols;
         WriteHead(connection.Transport.Output, StatusCodes.Status101SwitchingProtocols, response.Headers, contentLength: null);
         await connection.Transport.Output.FlushAsync().ConfigureAwait(false);
+        // The response is over; what it held need not live as long as the connection.
+        response.Headers = new HeaderDictionary();
         return Stream.Null;
     }
 
