@@ -72,7 +72,8 @@ type FrameDecoder =
     /// After a step that found payload: true when it was the last of the frame's payload.
     member internal decoder.FrameComplete : bool = decoder.Remaining = 0L
 
-    /// True when the decoder sits between frames with no partial header kept.
+    /// True when the decoder sits between frames with no partial header kept (false once it
+    /// failed: it reads no more frames).
     member decoder.AtFrameBoundary = decoder.Phase = 0uy && decoder.PendingCount = 0uy
 
 /// Functions over `FrameDecoder`.
