@@ -278,11 +278,12 @@ module Connection =
             let found = FrameDecoder.advance (Role.Server, allowRsv1, &receiver.Decoder, input.Slice start, &consumed)
             position <- start + consumed
             match found with
-            | NeedMore -> searching <- false
-            | Failed error ->
-                fail (&life, &control, &event, error)
+            | FrameDecoder.FoundNothing -> searching <- false
+            | FrameDecoder.FoundFailure ->
+                fail (&life, &control, &event, FrameDecoder.failure receiver.Decoder)
                 searching <- false
-            | Header header ->
+            | FrameDecoder.FoundHeader ->
+                let header = receiver.Decoder.CurrentHeader
                 // The message-level rules (RFC 6455 §5.4) and the size limit.
                 if Frame.isControl header.Opcode then
                     control <- if header.PayloadLength = 0L then Array.Empty<byte>() else Array.zeroCreate (int header.PayloadLength)
@@ -304,8 +305,13 @@ module Connection =
                         receiver.Compressed <- header.Rsv1
                         receiver.MessageLength <- 0L
                         receiver.Utf8 <- Utf8Validator.initial
-            | Payload(length, offset, frameEnd) ->
-                let header = receiver.Decoder.CurrentHeader
+            | _ ->
+                // Payload: the `consumed` bytes from `start`, `offset` bytes into the frame's payload.
+                let decoder = &receiver.Decoder
+                let length = consumed
+                let offset = decoder.ChunkOffset length
+                let frameEnd = decoder.FrameComplete
+                let header = decoder.CurrentHeader
                 if Frame.isControl header.Opcode then
                     if controlPayload (&life, &control, &event, header, input.Slice(start, length), offset, frameEnd) then
                         searching <- false

@@ -65,7 +65,15 @@ type FrameDecoder =
           MaskKey = decoder.MaskKey
           PayloadLength = decoder.Length }
 
-    /// True when the decoder sits between frames with no partial header kept.
+    /// After a step that found payload and consumed `consumed` bytes: how far into the frame's
+    /// payload those bytes start.
+    member internal decoder.ChunkOffset(consumed: int) : int64 = decoder.Length - decoder.Remaining - int64 consumed
+
+    /// After a step that found payload: true when it was the last of the frame's payload.
+    member internal decoder.FrameComplete : bool = decoder.Remaining = 0L
+
+    /// True when the decoder sits between frames with no partial header kept (false once it
+    /// failed: it reads no more frames).
     member decoder.AtFrameBoundary = decoder.Phase = 0uy && decoder.PendingCount = 0uy
 
 /// Functions over `FrameDecoder`.
@@ -81,6 +89,26 @@ module FrameDecoder =
 
     [<Literal>]
     let private Stopped = 2uy
+
+    // What a step found, as `advance` reports it; the details are in the decoder it updated (see
+    // `step` for how they make a `DecodeEvent`).
+
+    /// `NeedMore`.
+    [<Literal>]
+    let internal FoundNothing = 0
+
+    /// `Header`: the header is the decoder's `CurrentHeader`.
+    [<Literal>]
+    let internal FoundHeader = 1
+
+    /// `Payload`: the consumed bytes, ending `Length - Remaining` bytes into the frame's payload;
+    /// the frame ends when nothing remains.
+    [<Literal>]
+    let internal FoundPayload = 2
+
+    /// `Failed`: the error is `failure decoder`.
+    [<Literal>]
+    let internal FoundFailure = 3
 
     /// A decoder before the first byte.
     let initial: FrameDecoder =
@@ -142,14 +170,14 @@ module FrameDecoder =
     /// than the error itself, it keeps the two header bytes that broke the rules and the role and
     /// setting they were checked under (the kept header bytes are of no more use), and `failure`
     /// derives the error from them again: it keeps the decoder small.
-    let private stopWith (decoder: byref<FrameDecoder>, role: Role, allowRsv1: bool, b0: byte, b1: byte, error: ProtocolError, consumed: byref<int>) : DecodeEvent =
+    let private stopWith (decoder: byref<FrameDecoder>, role: Role, allowRsv1: bool, b0: byte, b1: byte, consumed: byref<int>) : int =
         let evidence = uint64 b0 ||| (uint64 b1 <<< 8) ||| (uint64 (byte role) <<< 16) ||| (if allowRsv1 then 1UL <<< 24 else 0UL)
         decoder <- { decoder with Phase = Stopped; Low = evidence; High = 0UL; PendingCount = 0uy }
         consumed <- 0
-        Failed error
+        FoundFailure
 
     /// The error a failed decoder failed with (see `stopWith`).
-    let private failure (decoder: FrameDecoder) : ProtocolError =
+    let internal failure (decoder: FrameDecoder) : ProtocolError =
         let evidence = decoder.Low
         let role = LanguagePrimitives.EnumOfValue<int, Role>(int (byte (evidence >>> 16)))
         match checkStart (role, (evidence >>> 24) &&& 1UL = 1UL, byte evidence, byte (evidence >>> 8)) with
@@ -162,7 +190,7 @@ module FrameDecoder =
         2 + (if lengthCode = 126uy then 2 elif lengthCode = 127uy then 8 else 0) + (if (b1 &&& 0x80uy) <> 0uy then 4 else 0)
 
     /// A complete header was read: the decoder moves into its payload.
-    let inline private enterPayload (decoder: byref<FrameDecoder>) (b0: byte) (b1: byte) (length: int64) (key: uint32) : DecodeEvent =
+    let inline private enterPayload (decoder: byref<FrameDecoder>) (b0: byte) (b1: byte) (length: int64) (key: uint32) : int =
         // RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0. Such a length is
         // read as the largest value, which any size limit refuses.
         let length = if length < 0L then Int64.MaxValue else length
@@ -176,21 +204,21 @@ module FrameDecoder =
               Remaining = length
               PendingCount = 0uy
               Phase = ReadingPayload }
-        Header decoder.CurrentHeader
+        FoundHeader
 
     /// The header at the front of `input`, with nothing kept from earlier input: read straight
     /// from the span (the usual case).
-    let private readWholeHeader (role: Role, allowRsv1: bool, decoder: byref<FrameDecoder>, input: ReadOnlySpan<byte>, consumed: byref<int>) : DecodeEvent =
+    let private readWholeHeader (role: Role, allowRsv1: bool, decoder: byref<FrameDecoder>, input: ReadOnlySpan<byte>, consumed: byref<int>) : int =
         let b0 = input[0]
         let b1 = input[1]
         match checkStart (role, allowRsv1, b0, b1) with
-        | ValueSome error -> stopWith (&decoder, role, allowRsv1, b0, b1, error, &consumed)
+        | ValueSome _ -> stopWith (&decoder, role, allowRsv1, b0, b1, &consumed)
         | ValueNone ->
             let size = headerSize b1
             if input.Length < size then
                 decoder <- keep (decoder, input)
                 consumed <- input.Length
-                NeedMore
+                FoundNothing
             else
                 let lengthCode = b1 &&& 0x7Fuy
                 let length =
@@ -203,24 +231,24 @@ module FrameDecoder =
 
     /// The header when part of it was kept from earlier input, or too little input is left to
     /// tell its size: kept bytes and input are read as one.
-    let private readSplitHeader (role: Role, allowRsv1: bool, decoder: byref<FrameDecoder>, input: ReadOnlySpan<byte>, consumed: byref<int>) : DecodeEvent =
+    let private readSplitHeader (role: Role, allowRsv1: bool, decoder: byref<FrameDecoder>, input: ReadOnlySpan<byte>, consumed: byref<int>) : int =
         let pending = int decoder.PendingCount
         let available = pending + input.Length
         if available < 2 then
             decoder <- keep (decoder, input)
             consumed <- input.Length
-            NeedMore
+            FoundNothing
         else
             let b0 = headerByte (decoder, input, 0)
             let b1 = headerByte (decoder, input, 1)
             match checkStart (role, allowRsv1, b0, b1) with
-            | ValueSome error -> stopWith (&decoder, role, allowRsv1, b0, b1, error, &consumed)
+            | ValueSome _ -> stopWith (&decoder, role, allowRsv1, b0, b1, &consumed)
             | ValueNone ->
                 let size = headerSize b1
                 if available < size then
                     decoder <- keep (decoder, input)
                     consumed <- input.Length
-                    NeedMore
+                    FoundNothing
                 else
                     // Keep just the rest of the header: the kept words then hold all of it.
                     let whole = keep (decoder, input.Slice(0, size - pending))
@@ -238,11 +266,11 @@ module FrameDecoder =
                     consumed <- size - pending
                     enterPayload &decoder b0 b1 length key
 
-    /// `step` on a decoder held by the caller: updates it in place and returns the event, with
-    /// the number of input bytes consumed in `consumed`. The connection's receive loop uses this
-    /// to avoid copying the decoder and the event through a returned tuple at every step.
-    [<MethodImpl(MethodImplOptions.NoInlining)>]
-    let internal advance (role: Role, allowRsv1: bool, decoder: byref<FrameDecoder>, input: ReadOnlySpan<byte>, consumed: byref<int>) : DecodeEvent =
+    /// `step` on a decoder held by the caller: updates it in place and returns what it found as
+    /// one of the `Found...` codes, with the number of input bytes consumed in `consumed`. The
+    /// connection's receive loop uses this to avoid copying the decoder and an event through a
+    /// returned tuple at every step.
+    let internal advance (role: Role, allowRsv1: bool, decoder: byref<FrameDecoder>, input: ReadOnlySpan<byte>, consumed: byref<int>) : int =
         let phase = decoder.Phase
         if phase = ReadingHeader then
             if decoder.PendingCount = 0uy && input.Length >= 2 then
@@ -251,23 +279,32 @@ module FrameDecoder =
                 readSplitHeader (role, allowRsv1, &decoder, input, &consumed)
         elif phase = ReadingPayload then
             let remaining = decoder.Remaining
-            let offset = decoder.Length - remaining
             if remaining = 0L then
                 decoder <- { decoder with Phase = ReadingHeader }
                 consumed <- 0
-                Payload(0, offset, true)
+                FoundPayload
             elif input.IsEmpty then
                 consumed <- 0
-                NeedMore
+                FoundNothing
             else
                 let length = if remaining < int64 input.Length then int remaining else input.Length
                 let left = remaining - int64 length
                 decoder <- { decoder with Remaining = left; Phase = (if left > 0L then ReadingPayload else ReadingHeader) }
                 consumed <- length
-                Payload(length, offset, left = 0L)
+                FoundPayload
         else
             consumed <- 0
-            Failed(failure decoder)
+            FoundFailure
+
+    /// `advance` with its finding made a `DecodeEvent`. Out of line (no inlining) so that `step`
+    /// stays small enough to be inlined into its caller's loop.
+    [<MethodImpl(MethodImplOptions.NoInlining)>]
+    let private advanceToEvent (role: Role, allowRsv1: bool, decoder: byref<FrameDecoder>, input: ReadOnlySpan<byte>, consumed: byref<int>) : DecodeEvent =
+        match advance (role, allowRsv1, &decoder, input, &consumed) with
+        | FoundPayload -> Payload(consumed, decoder.ChunkOffset consumed, decoder.FrameComplete)
+        | FoundHeader -> Header decoder.CurrentHeader
+        | FoundFailure -> Failed(failure decoder)
+        | _ -> NeedMore
 
     /// Decodes from the front of `input`: returns the next decoder, how many input bytes were
     /// consumed, and what was found. `allowRsv1` is true when permessage-deflate was negotiated.
@@ -275,5 +312,5 @@ module FrameDecoder =
     let step (role: Role, allowRsv1: bool, decoder: FrameDecoder, input: ReadOnlySpan<byte>) : struct (FrameDecoder * int * DecodeEvent) =
         let mutable next = decoder
         let mutable consumed = 0
-        let event = advance (role, allowRsv1, &next, input, &consumed)
+        let event = advanceToEvent (role, allowRsv1, &next, input, &consumed)
         struct (next, consumed, event)

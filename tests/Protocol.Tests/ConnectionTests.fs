@@ -616,6 +616,37 @@ let tests =
                     let other = first.Fork()
                     other.Feed(junk, 0L)
                     real.Received = expected)
+            testCase "receiving data frames allocates nothing" <| fun () ->
+                // Whole messages and fragments, text and binary: the per-frame path builds values
+                // on the stack only (control frames and failures may allocate their arrays).
+                let frames =
+                    Array.concat [
+                        for i in 0..99 do
+                            text (String.replicate (i % 40) "a")
+                            binary (Array.create (i % 130) 7uy)
+                            fragment false Opcode.Text (utf8 "hé")
+                            fragment true Opcode.Continuation (utf8 "llo") ]
+                let receiveAll (start: Connection) =
+                    let mutable connection = start
+                    let mutable position = 0
+                    let mutable events = 0
+                    let mutable going = true
+                    while going do
+                        let struct (next, consumed, event) = Connection.receive (connection, ReadOnlySpan(frames, position, frames.Length - position), 1L)
+                        connection <- next
+                        position <- position + consumed
+                        match event with
+                        | MessageData _ -> events <- events + 1
+                        | _ -> going <- false
+                    events
+                // Creating a connection allocates its settings and closing state, once.
+                let start = Connection.create (Connection.defaultOptions, 0L)
+                receiveAll start |> ignore
+                let before = GC.GetAllocatedBytesForCurrentThread()
+                let events = receiveAll start
+                let allocated = GC.GetAllocatedBytesForCurrentThread() - before
+                Expect.equal events 400 "one event per frame"
+                Expect.equal allocated 0L "bytes allocated"
         ]
 
         testList "Stream properties" [

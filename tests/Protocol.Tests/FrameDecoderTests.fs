@@ -109,6 +109,10 @@ let tests =
                 let struct (failed, _, _) = step Role.Server false FrameDecoder.initial (hex "83 80 00 00 00 00")
                 let struct (_, consumed, event) = step Role.Server false failed (text "fine")
                 Expect.equal (consumed, event) (0, Failed(ReservedOpcode 3uy)) "sticky failure"
+                Expect.isFalse failed.AtFrameBoundary "a failed decoder reads no more frames"
+                // Asked with other settings, it still reports the error it failed with.
+                let struct (_, _, event) = step Role.Client true failed (hex "81 05")
+                Expect.equal event (Failed(ReservedOpcode 3uy)) "the same error"
             testCase "the first two bytes are enough to fail" <| fun () ->
                 let struct (_, consumed, event) = step Role.Server false FrameDecoder.initial (hex "81 05")
                 Expect.equal (consumed, event) (0, Failed UnmaskedFrame) "fails before the rest of the header"
