@@ -10,10 +10,10 @@ public static class Report
 {
     public static readonly (string Id, string Name)[] Servers =
     [
-        ("ours", "Realtime (ours)"), ("bun", "Bun"), ("node-ws", "Node ws"), ("aspnet", "ASP.NET Core WebSockets"), ("signalr", "SignalR"),
+        ("ours", "Realtime (ours)"), ("ours-route", "Realtime, through the route"), ("bun", "Bun"), ("node-ws", "Node ws"), ("aspnet", "ASP.NET Core WebSockets"), ("signalr", "SignalR"),
     ];
 
-    static readonly string[] Colors = ["#2b6cb0", "#d69e2e", "#38a169", "#805ad5", "#c53030"];
+    static readonly string[] Colors = ["#2b6cb0", "#90cdf4", "#d69e2e", "#38a169", "#805ad5", "#c53030"];
 
     public static readonly (string Id, string Title, bool HigherIsBetter)[] Scenarios =
     [
@@ -57,7 +57,11 @@ public static class Report
         md.AppendLine("other `/fanout` connection. One load generator (`bench/LoadGen`, raw sockets, pre-masked frames with a");
         md.AppendLine("nonzero key per connection) drives all of them on the same machine, one server at a time, alternating");
         md.AppendLine("servers within each scenario. SignalR is driven through `Microsoft.AspNetCore.SignalR.Client`, a much");
-        md.AppendLine("heavier client than the raw one, so its rows measure SignalR's client and server together.").AppendLine();
+        md.AppendLine("heavier client than the raw one, so its rows measure SignalR's client and server together.");
+        md.AppendLine("\"Realtime (ours)\" is `samples/Echo` as it ships: its listeners accept WebSocket connections directly");
+        md.AppendLine("(`UseRealtimeDirectConnections`, below Kestrel's HTTP layer, see docs/direct-connections.md). \"Realtime, through");
+        md.AppendLine("the route\" is the same sample with `--route`: connections go through ASP.NET Core's HTTP pipeline and");
+        md.AppendLine("Kestrel's upgrade, as for an endpoint that needs middleware.").AppendLine();
         md.AppendLine($"- **Reported value:** the best of {Meta("rounds")} round(s) per server (highest throughput; lowest memory per connection), among rounds without errors or loss.");
         md.AppendLine($"- **Mode:** {Meta("mode")}");
         md.AppendLine($"- **Date:** {Meta("date")}");
@@ -205,7 +209,7 @@ public static class Report
         svg.Append(Inv, $"<text x=\"{pad}\" y=\"26\" font-size=\"18\" font-weight=\"bold\">Realtime vs Bun, Node ws, ASP.NET Core WebSockets, SignalR (higher is better, except memory)</text>\n");
         for (int i = 0; i < Servers.Length; i++)
         {
-            int x = pad + i * 215;
+            int x = pad + i * 200;
             svg.Append(Inv, $"<rect x=\"{x}\" y=\"40\" width=\"14\" height=\"14\" fill=\"{Colors[i]}\"/><text x=\"{x + 20}\" y=\"52\" font-size=\"13\">{WebUtility.HtmlEncode(Servers[i].Name)}</text>\n");
         }
         for (int p = 0; p < panels.Count; p++)
