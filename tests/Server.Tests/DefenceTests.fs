@@ -44,27 +44,6 @@ let private expectEventually (timeout: TimeSpan) (message: string) (condition: u
         if not ok then failtest message
     }
 
-/// Reads an HTTP response head byte by byte up to the blank line, so no frame byte after it is
-/// swallowed; returns what arrived before the server closed, if it closed first.
-let private readHead (stream: NetworkStream) : Task<string> =
-    task {
-        let head = StringBuilder()
-        let one = Array.zeroCreate<byte> 1
-        use cancel = new CancellationTokenSource(seconds 10.0)
-        let mutable finished = false
-        while not finished do
-            let! read =
-                task {
-                    try return! stream.ReadAsync(one, 0, 1, cancel.Token)
-                    with :? IOException -> return 0
-                }
-            if read = 0 then finished <- true
-            else
-                head.Append(char one[0]) |> ignore
-                if head.Length >= 4 && head.ToString(head.Length - 4, 4) = "\r\n\r\n" then finished <- true
-        return head.ToString()
-    }
-
 /// The status code of a response head; 0 when the server closed without answering.
 let private statusOf (head: string) =
     if head.StartsWith "HTTP/1.1 " && head.Length >= 12 then int (head.Substring(9, 3)) else 0
@@ -79,7 +58,7 @@ let private attemptFrom (local: IPAddress) (port: int) (request: string) : Task<
         let stream = tcp.GetStream()
         let bytes = Encoding.ASCII.GetBytes request
         do! stream.WriteAsync(bytes, 0, bytes.Length)
-        let! head = readHead stream
+        let! head = RawClient.readResponseHead stream
         return tcp, stream, head
     }
 
@@ -159,7 +138,7 @@ let private connectSmallWindow (port: int) (path: string) : Task<RawClient.RawCo
         let stream = tcp.GetStream()
         let request = Encoding.ASCII.GetBytes(RawClient.upgradeRequest path "")
         do! stream.WriteAsync(request, 0, request.Length)
-        let! head = readHead stream
+        let! head = RawClient.readResponseHead stream
         if statusOf head <> 101 then failtestf "expected 101, got: %s" head
         return new RawClient.RawConnection(tcp, stream, head)
     }
@@ -1091,7 +1070,7 @@ let private fuzzOne (port: int) (seed: int) (index: int) (counters: FuzzCounters
         let extensions = if offerDeflate then "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" else ""
         let request = Encoding.ASCII.GetBytes(RawClient.upgradeRequest path extensions)
         do! stream.WriteAsync(request, 0, request.Length)
-        let! head = readHead stream
+        let! head = RawClient.readResponseHead stream
         if statusOf head <> 101 then failwithf "fuzz connection %d (seed %d): expected 101, got: %s" index seed head
         let compressed = head.Contains "permessage-deflate"
         let chunks, frames = fuzzInput rng strategy compressed

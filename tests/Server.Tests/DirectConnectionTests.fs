@@ -114,22 +114,6 @@ let private readToEnd (stream: NetworkStream) : Task<string> =
         return text.ToString()
     }
 
-/// Reads a response head byte by byte, up to and including the blank line, so no frame bytes are taken.
-let private readHead (stream: NetworkStream) : Task<string> =
-    task {
-        use cancel = new CancellationTokenSource(seconds 10.0)
-        let head = StringBuilder()
-        let one = Array.zeroCreate<byte> 1
-        let mutable finished = false
-        while not finished do
-            let! read = stream.ReadAsync(one, 0, 1, cancel.Token)
-            if read = 0 then finished <- true
-            else
-                head.Append(char one[0]) |> ignore
-                finished <- head.Length >= 4 && head.ToString(head.Length - 4, 4) = "\r\n\r\n"
-        return head.ToString()
-    }
-
 let private rawExchange (port: int) (request: byte[]) : Task<string> =
     task {
         use tcp = new TcpClient()
@@ -147,7 +131,7 @@ let private rawStatus (port: int) (request: string) : Task<string> =
         use stream = tcp.GetStream()
         let bytes = Encoding.ASCII.GetBytes request
         do! stream.WriteAsync(bytes, 0, bytes.Length)
-        return! readHead stream
+        return! RawClient.readResponseHead stream
     }
 
 [<Tests>]
@@ -268,7 +252,7 @@ let directConnectionTests =
             let frame = (Frame.encode header (ReadOnlyMemory payload)).ToArray()
             let last = Array.append [| head[head.Length - 1] |] frame
             do! stream.WriteAsync(last, 0, last.Length)
-            let! response = readHead stream
+            let! response = RawClient.readResponseHead stream
             Expect.stringStarts response "HTTP/1.1 101 Switching Protocols\r\n" "upgraded"
             let connection = new RawClient.RawConnection(tcp, stream, response)
             let! kind, payload = connection.ReceiveMessage()

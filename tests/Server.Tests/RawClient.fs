@@ -170,6 +170,28 @@ type RawConnection(tcp: TcpClient, stream: NetworkStream, handshakeResponse: str
             stream.Dispose()
             tcp.Dispose()
 
+/// Reads a response head byte by byte, up to and including the blank line, so that no frame bytes
+/// after it are swallowed; returns what arrived before the server closed (or reset), if it did first.
+/// At most 10 s.
+let readResponseHead (stream: NetworkStream) : Task<string> =
+    task {
+        let head = StringBuilder()
+        let one = Array.zeroCreate<byte> 1
+        use cancel = new CancellationTokenSource(TimeSpan.FromSeconds 10.0)
+        let mutable finished = false
+        while not finished do
+            let! read =
+                task {
+                    try return! stream.ReadAsync(one, 0, 1, cancel.Token)
+                    with :? IO.IOException -> return 0
+                }
+            if read = 0 then finished <- true
+            else
+                head.Append(char one[0]) |> ignore
+                if head.Length >= 4 && head.ToString(head.Length - 4, 4) = "\r\n\r\n" then finished <- true
+        return head.ToString()
+    }
+
 /// Like `handshakeRaw`, with `configure` applied to the socket before it connects (for example a
 /// small receive buffer, which must be set before the connection exists).
 let handshakeRawWith (configure: TcpClient -> unit) (port: int) (requestText: string) : Task<TcpClient * NetworkStream * string> =
@@ -181,18 +203,8 @@ let handshakeRawWith (configure: TcpClient -> unit) (port: int) (requestText: st
         let stream = tcp.GetStream()
         let bytes = Encoding.ASCII.GetBytes(requestText: string)
         do! stream.WriteAsync(bytes, 0, bytes.Length)
-        // Read byte by byte up to the blank line so no frame bytes are swallowed.
-        let head = StringBuilder()
-        let one = Array.zeroCreate<byte> 1
-        use cancel = new CancellationTokenSource(TimeSpan.FromSeconds 10.0)
-        let mutable finished = false
-        while not finished do
-            let! read = stream.ReadAsync(one, 0, 1, cancel.Token)
-            if read = 0 then finished <- true
-            else
-                head.Append(char one[0]) |> ignore
-                if head.Length >= 4 && head.ToString(head.Length - 4, 4) = "\r\n\r\n" then finished <- true
-        return tcp, stream, head.ToString()
+        let! head = readResponseHead stream
+        return tcp, stream, head
     }
 
 /// Writes an opening handshake (the request text as given) and returns the raw response head
