@@ -1111,16 +1111,15 @@ let private fuzzOne (port: int) (seed: int) (index: int) (counters: FuzzCounters
             if closed then Interlocked.Increment(&counters.ClosedByServer) |> ignore
     }
 
-[<Tests>]
-let fuzzTests =
-    testSequenced
-    <| testList "Defence: fuzzed frames from many connections never hurt the server or its other clients" [
-        testCaseTask "300 connections of random and mutated frames (12 at a time, at most 8 s) beside 4 echo clients: every echo arrives in order, no error is logged, connections and memory return to their baseline" (fun () -> task {
+/// The fuzz run against a server whose listener takes connections through the route, or directly
+/// (UseRealtimeDirectConnections: the connection middleware parses the heads and the sockets read the pipes).
+let private fuzzCase (direct: bool) =
+        testCaseTask ((if direct then "on direct connections: " else "through the route: ") + "300 connections of random and mutated frames (12 at a time, at most 8 s) beside 4 echo clients: every echo arrives in order, no error is logged, connections and memory return to their baseline") (fun () -> task {
             let seed = fuzzSeed
             printfn "fuzz seed %d (set REALTIME_FUZZ_SEED to reproduce another run)" seed
             let mutable logs = Unchecked.defaultof<ErrorLogs>
             let! server =
-                start
+                startIn direct
                     (fun options ->
                         options.MaxPayloadLength <- 64 * 1024
                         options.PerMessageDeflate <- true
@@ -1188,9 +1187,7 @@ let fuzzTests =
             printfn "fuzz (seed %d): %d connections (%d with permessage-deflate), %d frames, %d bytes in %O; %d ended by the server; well-behaved echo rounds %A"
                 seed counters.Connections counters.Compressed counters.Frames counters.Bytes fuzzTime counters.ClosedByServer echoRounds
             let failed = failures.ToArray()
-            Expect.isEmpty failed $"""seed {seed}: every fuzz connection was upgraded and ran; {failed.Length} did not:
-{String.Join("
-", Array.truncate 10 failed)}"""
+            Expect.isEmpty failed $"""seed {seed}: every fuzz connection was upgraded and ran; {failed.Length} did not: {String.Join(Environment.NewLine, Array.truncate 10 failed)}"""
             Expect.isGreaterThanOrEqual counters.Connections 100 $"seed {seed}: enough fuzz connections ran"
             for client in 0..3 do
                 Expect.isGreaterThan echoRounds[client] 10 $"seed {seed}: well-behaved client {client} kept exchanging messages"
@@ -1208,9 +1205,14 @@ let fuzzTests =
             let after = GC.GetTotalMemory true
             printfn "fuzz (seed %d): connections back to 0 in %O; managed memory %.1f MB before, %.1f MB after" seed drainTime (float before / 1048576.0) (float after / 1048576.0)
             let errors = logs.Entries
-            Expect.isEmpty errors $"""seed {seed}: nothing was logged at Error (no exception reached Kestrel); {errors.Length} entries:
-{String.Join("
-", Array.truncate 10 errors)}"""
+            Expect.isEmpty errors $"""seed {seed}: nothing was logged at Error (no exception reached Kestrel); {errors.Length} entries: {String.Join(Environment.NewLine, Array.truncate 10 errors)}"""
             Expect.isLessThan (after - before) (32L * 1024L * 1024L) $"seed {seed}: memory returned to its baseline (+32 MB at most)"
         })
+
+[<Tests>]
+let fuzzTests =
+    testSequenced
+    <| testList "Defence: fuzzed frames from many connections never hurt the server or its other clients" [
+        fuzzCase false
+        fuzzCase true
     ]
