@@ -98,7 +98,29 @@ let private bareLf =
 
 let private bareCr = invalid 400 "bare-cr" "a CR is not followed by LF (RFC 9112 §2.2)"
 
-let private latin1 (bytes: ReadOnlySpan<byte>) = Encoding.Latin1.GetString bytes
+// Text that nearly every WebSocket handshake carries, spelled as browsers and common clients send it.
+// A host keeps the parsed request as long as the connection (its HttpContext), so each of these is one
+// shared string rather than a copy per connection. Matching is exact (byte for byte), so the text handed
+// out is the same either way.
+let private commonText =
+    [| "GET"; "HTTP/1.1"; "/"
+       "Host"; "Upgrade"; "websocket"; "Connection"; "Origin"; "User-Agent"; "Cache-Control"; "Pragma"; "no-cache"
+       "Accept-Encoding"; "gzip, deflate, br, zstd"; "gzip, deflate, br"; "Accept-Language"; "Cookie"
+       "keep-alive, Upgrade"
+       "Sec-WebSocket-Key"; "Sec-WebSocket-Version"; "13"; "Sec-WebSocket-Extensions"; "Sec-WebSocket-Protocol"
+       "permessage-deflate"; "permessage-deflate; client_max_window_bits"
+       "host"; "upgrade"; "connection"; "origin"; "user-agent"
+       "sec-websocket-key"; "sec-websocket-version"; "sec-websocket-extensions"; "sec-websocket-protocol" |]
+    |> Array.map (fun text -> struct (Encoding.Latin1.GetBytes text, text))
+
+let private latin1 (bytes: ReadOnlySpan<byte>) =
+    let mutable found = null
+    let mutable k = 0
+    while isNull found && k < commonText.Length do
+        let struct (known, text) = commonText[k]
+        if bytes.SequenceEqual(ReadOnlySpan known) then found <- text
+        k <- k + 1
+    if isNull found then Encoding.Latin1.GetString bytes else found
 
 // The request and its headers from a head the scanner found complete and valid.
 let private build

@@ -55,8 +55,22 @@ internal abstract class RealtimeEndpoint
     public ConnectionOptions ConnectionOptions(bool compression) =>
         compression ? _compressedConnection : _plainConnection;
 
-    /// <summary>Answers one HTTP request on the endpoint's route; never lets an exception reach Kestrel.</summary>
-    public abstract Task HandleAsync(HttpContext context);
+    /// <summary>
+    /// Answers one HTTP request on the endpoint's route: opens the connection and runs it until it
+    /// ends; never lets an exception reach Kestrel.
+    /// </summary>
+    public async Task HandleAsync(HttpContext context)
+    {
+        if (await OpenAsync(context).ConfigureAwait(false) is { } socket) await socket.RunAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Takes a request as far as an open connection: handshake checks, a connection slot, Attach and
+    /// the 101 response. Returns the socket, which holds the slot until its <see cref="RealtimeSocket.RunAsync"/>
+    /// ends, or null when the request was answered otherwise (refused, or Attach failed). Kept apart
+    /// from running the connection so that nothing of the handshake stays alive with it.
+    /// </summary>
+    public abstract Task<RealtimeSocket?> OpenAsync(HttpContext context);
 
     /// <summary>The request as the core's handshake sees it.</summary>
     protected static Handshake.HandshakeRequest ToHandshakeRequest(HttpRequest request)
@@ -126,39 +140,40 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         _handlers = handlers;
     }
 
-    public override async Task HandleAsync(HttpContext context)
+    public override async Task<RealtimeSocket?> OpenAsync(HttpContext context)
     {
         try
         {
-            await AcceptAsync(context).ConfigureAwait(false);
+            return await AcceptAsync(context).ConfigureAwait(false);
         }
         catch (Exception exception) when (!context.Response.HasStarted)
         {
             Server.Log.AttachFailed(exception, Pattern);
             context.Response.StatusCode = StatusCodes.Status500InternalServerError;
+            return null;
         }
     }
 
-    private async Task AcceptAsync(HttpContext context)
+    private async Task<RealtimeSocket?> AcceptAsync(HttpContext context)
     {
         if (Server.IsShuttingDown)
         {
             Rejected(StatusCodes.Status503ServiceUnavailable, "shutting-down", "server shutting down");
             await RejectAsync(context, StatusCodes.Status503ServiceUnavailable, "server shutting down", []).ConfigureAwait(false);
-            return;
+            return null;
         }
         if (HeaderBytes(context.Request) > Options.MaxHandshakeHeaderBytes)
         {
             Rejected(StatusCodes.Status431RequestHeaderFieldsTooLarge, "headers-too-large", "request headers over the limit");
             await RejectAsync(context, StatusCodes.Status431RequestHeaderFieldsTooLarge, "request headers too large", []).ConfigureAwait(false);
-            return;
+            return null;
         }
         var result = Handshake.accept(Policy, ToHandshakeRequest(context.Request));
         if (result is Handshake.HandshakeResult.Rejected { rejection: var rejection })
         {
             Rejected(rejection.Status, rejection.Code, rejection.Reason);
             await RejectAsync(context, rejection.Status, rejection.Reason, rejection.Headers).ConfigureAwait(false);
-            return;
+            return null;
         }
         var acceptance = ((Handshake.HandshakeResult.Accepted)result).acceptance;
         var upgrade = context.Features.Get<IHttpUpgradeFeature>();
@@ -166,33 +181,36 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         {
             Rejected(400, "not-upgradable", "the server cannot upgrade this request");
             await RejectAsync(context, StatusCodes.Status400BadRequest, "this request cannot be upgraded (HTTP/1.1 is required)", []).ConfigureAwait(false);
-            return;
+            return null;
         }
 
         if (!OriginAllowed(context.Request))
         {
             Rejected(StatusCodes.Status403Forbidden, "origin-not-allowed", context.Request.Headers.Origin.ToString());
             await RejectAsync(context, StatusCodes.Status403Forbidden, "origin not allowed", []).ConfigureAwait(false);
-            return;
+            return null;
         }
         var address = context.Connection.RemoteIpAddress;
         if (!Server.TryReserveSlot(address, Options))
         {
             Rejected(StatusCodes.Status503ServiceUnavailable, "too-many-connections", address?.ToString() ?? "");
             await RejectAsync(context, StatusCodes.Status503ServiceUnavailable, "too many connections", []).ConfigureAwait(false);
-            return;
+            return null;
         }
+        RealtimeSocket? socket = null;
         try
         {
-            await AttachAndRunAsync(context, upgrade, acceptance).ConfigureAwait(false);
+            socket = await AttachAsync(context, upgrade, acceptance).ConfigureAwait(false);
+            return socket;
         }
         finally
         {
-            Server.ReleaseSlot(address);
+            // An open connection gives its slot back when it ends.
+            if (socket is null) Server.ReleaseSlot(address);
         }
     }
 
-    private async Task AttachAndRunAsync(HttpContext context, IHttpUpgradeFeature upgrade, Handshake.Acceptance acceptance)
+    private async Task<RealtimeSocket?> AttachAsync(HttpContext context, IHttpUpgradeFeature upgrade, Handshake.Acceptance acceptance)
     {
         Attachment<TData> attachment;
         if (_handlers.AttachAsync is { } attachAsync) attachment = await attachAsync(context).ConfigureAwait(false);
@@ -202,7 +220,7 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         {
             Rejected(attachment.RejectStatus, "attach-rejected", attachment.RejectReason ?? "");
             await RejectAsync(context, attachment.RejectStatus, attachment.RejectReason ?? "rejected", []).ConfigureAwait(false);
-            return;
+            return null;
         }
 
         foreach (var header in acceptance.ResponseHeaders) context.Response.Headers[header.Name] = header.Value;
@@ -211,11 +229,8 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         var transport = upgrade is Direct.DirectConnectionFeature direct
             ? RealtimeTransport.FromPipe(direct.Transport)
             : RealtimeTransport.FromStream(upgraded);
-        var socket = new RealtimeSocket<TData>(
+        return new RealtimeSocket<TData>(
             Server, this, _handlers, context, transport,
             acceptance.Subprotocol?.Value, acceptance.Deflate?.Value, attachment.Data);
-        // This method's state lives as long as the connection: keep no handshake values in it.
-        acceptance = null!;
-        await socket.RunAsync().ConfigureAwait(false);
     }
 }

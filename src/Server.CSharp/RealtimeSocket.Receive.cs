@@ -24,11 +24,15 @@ public abstract partial class RealtimeSocket
     private ushort _sentCloseCode;
     private string _sentCloseReason = "";
 
-    // Ends the receive loop without aborting the transport (after the idle-timeout close frame).
-    // It never gets a timer or wait handle, so it needs no Dispose.
-    private readonly CancellationTokenSource _receiving = new();
+    // Ends a stream's receive loop without aborting the transport (after the idle-timeout close
+    // frame). It never gets a timer or wait handle, so it needs no Dispose. A pipe's loop has none:
+    // it is stopped with CancelPendingRead, so its reads register nothing.
+    private readonly CancellationTokenSource? _receiving;
 
-    /// <summary>Runs the connection from open to close; never throws.</summary>
+    /// <summary>
+    /// Runs the connection from open to close, then gives back the connection slot the endpoint
+    /// reserved for it; never throws.
+    /// </summary>
     internal async Task RunAsync()
     {
         _server.Register(this);
@@ -52,6 +56,7 @@ public abstract partial class RealtimeSocket
         finally
         {
             await FinishAsync().ConfigureAwait(false);
+            _server.ReleaseSlot(RemoteAddress);
         }
     }
 
@@ -91,15 +96,15 @@ public abstract partial class RealtimeSocket
             if (controlBacklog is not null)
             {
                 // Pongs the client has not taken yet: read no further until a writer has them.
-                await controlBacklog.WaitAsync(_receiving.Token).ConfigureAwait(false);
+                await controlBacklog.WaitAsync(_receiving!.Token).ConfigureAwait(false);
                 continue;
             }
             // Wait for data without holding a buffer: idle connections cost no receive memory.
-            await transport.ReadAsync(Memory<byte>.Empty, _receiving.Token).ConfigureAwait(false);
+            await transport.ReadAsync(Memory<byte>.Empty, _receiving!.Token).ConfigureAwait(false);
             byte[] buffer = ArrayPool<byte>.Shared.Rent(bufferSize);
             try
             {
-                int read = await transport.ReadAsync(buffer.AsMemory(0, bufferSize), _receiving.Token).ConfigureAwait(false);
+                int read = await transport.ReadAsync(buffer.AsMemory(0, bufferSize), _receiving!.Token).ConfigureAwait(false);
                 if (read == 0) return;
                 _server.Metrics.BytesReceived(read);
                 await ProcessAsync(buffer.AsMemory(0, read)).ConfigureAwait(false);
@@ -123,10 +128,11 @@ public abstract partial class RealtimeSocket
             if (ShouldStopReading(out var controlBacklog)) return;
             if (controlBacklog is not null)
             {
-                await controlBacklog.WaitAsync(_receiving.Token).ConfigureAwait(false);
+                // StopReceiving completes it too.
+                await controlBacklog.ConfigureAwait(false);
                 continue;
             }
-            var result = await input.ReadAsync(_receiving.Token).ConfigureAwait(false);
+            var result = await input.ReadAsync().ConfigureAwait(false);
             var buffer = result.Buffer;
             try
             {
@@ -378,7 +384,23 @@ public abstract partial class RealtimeSocket
     }
 
     /// <summary>Ends the receive loop: the connection finishes and Kestrel closes the TCP connection after sending what it holds.</summary>
-    private void StopReceiving() => _receiving.Cancel();
+    private void StopReceiving()
+    {
+        if (_pipe is null)
+        {
+            _receiving!.Cancel();
+            return;
+        }
+        // The pending (or next) read returns as canceled, and a wait for pongs to be taken ends.
+        _pipe.Input.CancelPendingRead();
+        TaskCompletionSource? controlTaken;
+        lock (_sync)
+        {
+            controlTaken = _controlTaken;
+            _controlTaken = null;
+        }
+        controlTaken?.TrySetResult();
+    }
 
     /// <summary>The backstop after an idle close: drop the transport only if the connection is still running.</summary>
     private void AbortUnlessEnded()

@@ -32,6 +32,7 @@ public abstract partial class RealtimeSocket
         _context = context;
         _transport = transport.Stream;
         _pipe = transport.Pipe;
+        if (_pipe is null) _receiving = new CancellationTokenSource();
         Id = server.NextConnectionId();
         Protocol = subprotocol;
         RemoteAddress = context.Connection.RemoteIpAddress;

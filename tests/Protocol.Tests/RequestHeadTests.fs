@@ -80,6 +80,20 @@ let private examples =
             Expect.equal (completed (parseBytes twice 8192)) (rfc6455Request, rfc6455Sample.Length) "a pipelined second head"
         }
 
+        test "common names and values come back as shared strings; anything else as its own text" {
+            let parseHeaders (text: string) = (fst (completed (parseText text))).Headers
+            let first = parseHeaders rfc6455Sample
+            let second = parseHeaders rfc6455Sample
+            for k in [ 0; 1; 2 ] do
+                Expect.isTrue (Object.ReferenceEquals(first[k].Name, second[k].Name)) $"name {first[k].Name} shared"
+            Expect.isTrue (Object.ReferenceEquals(first[1].Value, second[1].Value)) "\"websocket\" shared"
+            Expect.isFalse (Object.ReferenceEquals(first[0].Value, second[0].Value)) "the host name is the request's own"
+            // Matching is exact: another spelling is kept as sent.
+            let other = parseHeaders "GET / HTTP/1.1\r\nHOST: h\r\nUpgrade: WebSocket\r\nHost: h\r\n\r\n"
+            Expect.equal other [| header "HOST" "h"; header "Upgrade" "WebSocket"; header "Host" "h" |] "as sent"
+            Expect.isFalse (Object.ReferenceEquals(other[0].Name, first[0].Name)) "HOST is not Host"
+        }
+
         test "a head without field lines, query strings and odd but valid targets" {
             let text = "GET /?a=b&c=%20 HTTP/1.1\r\n\r\n"
             let request, consumed = completed (parseText text)
@@ -272,8 +286,12 @@ let private genTarget = stringOf (0, 30) vchar |> Gen.map (fun path -> "/" + pat
 
 // field-vchar and inner SP / HTAB, no surrounding whitespace (parse drops it).
 let private genValue =
-    stringOf (0, 30) (Gen.frequency [ 8, vchar; 1, Gen.elements [ ' '; '\t' ]; 1, Gen.choose (0x80, 0xFF) |> Gen.map char ])
-    |> Gen.map (fun v -> v.Trim(' ', '\t'))
+    Gen.frequency
+        [ 4,
+          stringOf (0, 30) (Gen.frequency [ 8, vchar; 1, Gen.elements [ ' '; '\t' ]; 1, Gen.choose (0x80, 0xFF) |> Gen.map char ])
+          |> Gen.map (fun v -> v.Trim(' ', '\t'))
+          // Values the parser shares, and near misses.
+          1, Gen.elements [ "websocket"; "WebSocket"; "13"; "1"; "Upgrade"; "keep-alive, Upgrade"; "GET" ] ]
 
 let private genOws = Gen.elements [ ""; " "; "\t"; "  \t " ]
 
@@ -286,7 +304,7 @@ let private genHead =
         let! target = genTarget
         let! version = Gen.elements [ "HTTP/1.1"; "HTTP/1.0"; "HTTP/1.9" ]
         let! count = Gen.choose (0, 12)
-        let! headers = Gen.listOfLength count (Gen.map2 header (Gen.oneof [ Gen.elements [ "Host"; "Upgrade" ]; genToken ]) genValue)
+        let! headers = Gen.listOfLength count (Gen.map2 header (Gen.oneof [ Gen.elements [ "Host"; "Upgrade"; "Sec-WebSocket-Key"; "sec-websocket-key"; "Sec-WebSocket-Ke" ]; genToken ]) genValue)
         let! lines =
             headers
             |> List.map (fun h -> Gen.map2 (fun before after -> $"{h.Name}:{before}{h.Value}{after}\r\n") genOws genOws)

@@ -34,41 +34,66 @@ internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServi
     private TimeSpan _headTimeout;
     private IServiceScopeFactory? _scopes;
 
+    // This method's state lives as long as the connection, so it keeps as little as it can: the
+    // head is read, and the connection opened, in methods of their own that have returned by then.
     public async Task OnConnectionAsync(ConnectionContext connection)
     {
         EnsureServices();
-        var input = connection.Transport.Input;
-        Accepted? accepted = null;
-        using (var timeout = new CancellationTokenSource(_headTimeout))
+        var (accepted, timedOut) = await ReadHeadAsync(connection).ConfigureAwait(false);
+        // No complete request head in time: close, as Kestrel's header timeout would (returning
+        // lets Kestrel end the connection gracefully).
+        if (timedOut) return;
+        if (accepted is null)
         {
-            while (true)
-            {
-                ReadResult result;
-                try
-                {
-                    result = await input.ReadAsync(timeout.Token).ConfigureAwait(false);
-                }
-                catch (OperationCanceledException) when (timeout.IsCancellationRequested)
-                {
-                    // No complete request head in time: close, as Kestrel's header timeout would
-                    // (returning lets Kestrel end the connection gracefully).
-                    return;
-                }
-                var buffer = result.Buffer;
-                var verdict = Inspect(buffer, out var request, out long consumed);
-                if (verdict == Verdict.NeedMore && !result.IsCompleted && !result.IsCanceled)
-                {
-                    input.AdvanceTo(buffer.Start, buffer.End);
-                    continue;
-                }
-                if (verdict == Verdict.Upgrade) accepted = Accept(connection, request!);
-                // Not ours: every byte stays for the next reader.
-                input.AdvanceTo(accepted is null ? buffer.Start : buffer.GetPosition(consumed));
-                break;
-            }
+            await next(connection).ConfigureAwait(false);
+            return;
         }
-        if (accepted is null) await next(connection).ConfigureAwait(false);
-        else await RunAsync(accepted).ConfigureAwait(false);
+        var requestServices = new RequestServicesFeature(accepted.Context, _scopes);
+        accepted.Context.Features.Set<IServiceProvidersFeature>(requestServices);
+        try
+        {
+            var socket = await OpenAsync(accepted).ConfigureAwait(false);
+            accepted = null;
+            if (socket is not null) await socket.RunAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            await requestServices.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Reads the first request head of a connection: what this middleware takes, or null when the
+    /// connection is for the next middleware (every byte left unread for it); or that no complete
+    /// head came in time.
+    /// </summary>
+    private async Task<(Accepted? Accepted, bool TimedOut)> ReadHeadAsync(ConnectionContext connection)
+    {
+        var input = connection.Transport.Input;
+        using var timeout = new CancellationTokenSource(_headTimeout);
+        while (true)
+        {
+            ReadResult result;
+            try
+            {
+                result = await input.ReadAsync(timeout.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (timeout.IsCancellationRequested)
+            {
+                return (null, true);
+            }
+            var buffer = result.Buffer;
+            var verdict = Inspect(buffer, out var request, out long consumed);
+            if (verdict == Verdict.NeedMore && !result.IsCompleted && !result.IsCanceled)
+            {
+                input.AdvanceTo(buffer.Start, buffer.End);
+                continue;
+            }
+            var accepted = verdict == Verdict.Upgrade ? Accept(connection, request!) : null;
+            // Not ours: every byte stays for the next reader.
+            input.AdvanceTo(accepted is null ? buffer.Start : buffer.GetPosition(consumed));
+            return (accepted, false);
+        }
     }
 
     /// <summary>A request this middleware takes: its endpoint and the HTTP context made for it.</summary>
@@ -135,24 +160,20 @@ internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServi
         }
     }
 
-    private async Task RunAsync(Accepted accepted)
+    /// <summary>The endpoint's handshake over the direct connection: the open socket, or null when it answered otherwise.</summary>
+    private async Task<RealtimeSocket?> OpenAsync(Accepted accepted)
     {
-        var context = accepted.Context;
-        var requestServices = new RequestServicesFeature(context, _scopes);
-        context.Features.Set<IServiceProvidersFeature>(requestServices);
         try
         {
-            await accepted.Endpoint.HandleAsync(context).ConfigureAwait(false);
+            var socket = await accepted.Endpoint.OpenAsync(accepted.Context).ConfigureAwait(false);
             if (!accepted.Direct.Upgraded)
                 await accepted.Direct.WriteResponseAsync(accepted.Body.GetBuffer().AsMemory(0, (int)accepted.Body.Length)).ConfigureAwait(false);
+            return socket;
         }
         catch (Exception exception) when (exception is IOException or ConnectionAbortedException or ConnectionResetException or OperationCanceledException)
         {
             _server!.Log.TransportEnded(0, exception.Message);
-        }
-        finally
-        {
-            await requestServices.DisposeAsync().ConfigureAwait(false);
+            return null;
         }
     }
 
