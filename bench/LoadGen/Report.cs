@@ -11,9 +11,10 @@ public static class Report
     public static readonly (string Id, string Name)[] Servers =
     [
         ("ours", "Realtime (ours)"), ("ours-route", "Realtime, through the route"), ("bun", "Bun"), ("node-ws", "Node ws"), ("aspnet", "ASP.NET Core WebSockets"), ("signalr", "SignalR"),
+        ("floor", ".NET sockets alone (floor probe)"),
     ];
 
-    static readonly string[] Colors = ["#2b6cb0", "#90cdf4", "#d69e2e", "#38a169", "#805ad5", "#c53030"];
+    static readonly string[] Colors = ["#2b6cb0", "#90cdf4", "#d69e2e", "#38a169", "#805ad5", "#c53030", "#a0aec0"];
 
     public static readonly (string Id, string Title, bool HigherIsBetter)[] Scenarios =
     [
@@ -90,6 +91,14 @@ public static class Report
                 double v = Num(r, "value");
                 string ratio = ours > 0 && v > 0 ? (v / ours).ToString("0.00", Inv) + "×" : "";
                 md.AppendLine($"| {name} | {v.ToString("N0", Inv)} | {ratio} | {Esc(Checks(r))} | {Esc(Details(id, r))} | {Cost(r)} | {Num(r, "clientCores").ToString("0.00", Inv)}{(r["clientBytesAllocatedPerOp"] is null ? "" : $", {Num(r, "clientBytesAllocatedPerOp").ToString("0.#", Inv)} B/msg")} |");
+            }
+            if (id == "connections" && best.ContainsKey((id, "floor")))
+            {
+                md.AppendLine();
+                md.AppendLine("The floor probe (`bench/servers/SocketsFloor`) is not a server: it answers the handshake and holds each");
+                md.AppendLine("connection with one .NET `Socket` and one `SocketAsyncEventArgs` waiting with a zero-byte receive, and nothing");
+                md.AppendLine("else (no Kestrel, pipes or HTTP context), in a process with the same GC settings as the .NET servers. No");
+                md.AppendLine(".NET server whose connections are `System.Net.Sockets` sockets keeps less per connection than this.");
             }
             md.AppendLine();
         }
