@@ -226,7 +226,7 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         foreach (var header in acceptance.ResponseHeaders) context.Response.Headers[header.Name] = header.Value;
         Stream upgraded = await upgrade.UpgradeAsync().ConfigureAwait(false);
         // A directly accepted connection runs on its own pipes rather than on a stream.
-        var transport = upgrade is Direct.DirectConnectionFeature direct
+        var transport = upgrade is Direct.DirectConnectionFeatures direct
             ? RealtimeTransport.FromPipe(direct.Transport)
             : RealtimeTransport.FromStream(upgraded);
         return new RealtimeSocket<TData>(

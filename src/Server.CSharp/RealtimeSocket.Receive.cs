@@ -132,26 +132,33 @@ public abstract partial class RealtimeSocket
                 await controlBacklog.ConfigureAwait(false);
                 continue;
             }
-            var result = await input.ReadAsync().ConfigureAwait(false);
-            var buffer = result.Buffer;
-            try
+            // While idle the loop waits here; what it keeps meanwhile is only this method's state,
+            // so a batch is processed in a method of its own.
+            if (await ProcessReadAsync(input, await input.ReadAsync().ConfigureAwait(false)).ConfigureAwait(false)) return;
+        }
+    }
+
+    /// <summary>Processes what one pipe read returned and gives it back to the pipe; true when the loop must stop.</summary>
+    private async Task<bool> ProcessReadAsync(System.IO.Pipelines.PipeReader input, System.IO.Pipelines.ReadResult result)
+    {
+        var buffer = result.Buffer;
+        try
+        {
+            if (!buffer.IsEmpty)
             {
-                if (!buffer.IsEmpty)
+                _server.Metrics.BytesReceived(buffer.Length);
+                foreach (var segment in buffer)
                 {
-                    _server.Metrics.BytesReceived(buffer.Length);
-                    foreach (var segment in buffer)
-                    {
-                        // The core keeps what it needs of a frame split across segments.
-                        await ProcessAsync(System.Runtime.InteropServices.MemoryMarshal.AsMemory(segment)).ConfigureAwait(false);
-                        if (ShouldStopReading(out _)) return;
-                    }
+                    // The core keeps what it needs of a frame split across segments.
+                    await ProcessAsync(System.Runtime.InteropServices.MemoryMarshal.AsMemory(segment)).ConfigureAwait(false);
+                    if (ShouldStopReading(out _)) return true;
                 }
-                if (result.IsCompleted || result.IsCanceled) return;
             }
-            finally
-            {
-                input.AdvanceTo(buffer.End);
-            }
+            return result.IsCompleted || result.IsCanceled;
+        }
+        finally
+        {
+            input.AdvanceTo(buffer.End);
         }
     }
 

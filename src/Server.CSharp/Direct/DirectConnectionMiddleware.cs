@@ -48,8 +48,7 @@ internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServi
             await next(connection).ConfigureAwait(false);
             return;
         }
-        var requestServices = new RequestServicesFeature(accepted.Context, _scopes);
-        accepted.Context.Features.Set<IServiceProvidersFeature>(requestServices);
+        var features = accepted.Features;
         try
         {
             var socket = await OpenAsync(accepted).ConfigureAwait(false);
@@ -58,7 +57,7 @@ internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServi
         }
         finally
         {
-            await requestServices.DisposeAsync().ConfigureAwait(false);
+            await features.DisposeAsync().ConfigureAwait(false);
         }
     }
 
@@ -97,7 +96,7 @@ internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServi
     }
 
     /// <summary>A request this middleware takes: its endpoint and the HTTP context made for it.</summary>
-    private sealed record Accepted(RealtimeEndpoint Endpoint, DefaultHttpContext Context, DirectConnectionFeature Direct, MemoryStream Body);
+    private sealed record Accepted(RealtimeEndpoint Endpoint, DefaultHttpContext Context, DirectConnectionFeatures Features);
 
     /// <summary>
     /// The endpoint and context for a request head, or null when no Realtime endpoint takes it
@@ -111,8 +110,11 @@ internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServi
         var path = PathString.FromUriComponent(query < 0 ? target : target[..query]);
         var endpoint = _routes!.Match(path, out var routeValues);
         if (endpoint is null) return null;
-        var context = CreateContext(connection, request, path, query < 0 ? "" : target[query..], routeValues!, out var direct, out var body);
-        return new Accepted(endpoint, context, direct, body);
+        var headers = new HeaderDictionary(request.Headers.Length);
+        foreach (var header in request.Headers) headers.Append(header.Name, header.Value);
+        var features = new DirectConnectionFeatures(connection, _scopes!, request.Method, request.HttpVersion,
+            path.Value ?? "/", query < 0 ? "" : target[query..], request.Path, headers, routeValues!);
+        return new Accepted(endpoint, new DefaultHttpContext(features), features);
     }
 
     private enum Verdict { NotOurs, NeedMore, Upgrade }
@@ -166,8 +168,7 @@ internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServi
         try
         {
             var socket = await accepted.Endpoint.OpenAsync(accepted.Context).ConfigureAwait(false);
-            if (!accepted.Direct.Upgraded)
-                await accepted.Direct.WriteResponseAsync(accepted.Body.GetBuffer().AsMemory(0, (int)accepted.Body.Length)).ConfigureAwait(false);
+            if (!accepted.Features.Upgraded) await accepted.Features.WriteResponseAsync().ConfigureAwait(false);
             return socket;
         }
         catch (Exception exception) when (exception is IOException or ConnectionAbortedException or ConnectionResetException or OperationCanceledException)
@@ -175,55 +176,6 @@ internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServi
             _server!.Log.TransportEnded(0, exception.Message);
             return null;
         }
-    }
-
-    /// <summary>The request as ASP.NET code sees it: method, target, headers, addresses, route values.</summary>
-    private static DefaultHttpContext CreateContext(ConnectionContext connection, Handshake.HandshakeRequest request, PathString path,
-        string query, RouteValueDictionary routeValues, out DirectConnectionFeature direct, out MemoryStream body)
-    {
-        var headers = new HeaderDictionary(request.Headers.Length);
-        foreach (var header in request.Headers) headers.Append(header.Name, header.Value);
-        var tls = connection.Features.Get<ITlsConnectionFeature>();
-        var requestFeature = new HttpRequestFeature
-        {
-            Protocol = request.HttpVersion,
-            Scheme = tls is null ? "http" : "https",
-            Method = request.Method,
-            PathBase = "",
-            Path = path.Value ?? "/",
-            QueryString = query,
-            RawTarget = request.Path,
-            Headers = headers,
-        };
-        var responseFeature = new HttpResponseFeature();
-        body = new MemoryStream();
-        direct = new DirectConnectionFeature(connection, responseFeature);
-        var features = new FeatureCollection(10);
-        features.Set<IHttpRequestFeature>(requestFeature);
-        features.Set<IHttpResponseFeature>(responseFeature);
-        features.Set<IHttpResponseBodyFeature>(new StreamResponseBodyFeature(body));
-        features.Set<IHttpUpgradeFeature>(direct);
-        features.Set<IHttpRequestLifetimeFeature>(direct);
-        features.Set<IHttpConnectionFeature>(ConnectionFeature(connection));
-        features.Set<IRouteValuesFeature>(new RouteValuesFeature { RouteValues = routeValues });
-        if (tls is not null) features.Set(tls);
-        return new DefaultHttpContext(features);
-    }
-
-    private static HttpConnectionFeature ConnectionFeature(ConnectionContext connection)
-    {
-        var feature = new HttpConnectionFeature { ConnectionId = connection.ConnectionId };
-        if (connection.RemoteEndPoint is IPEndPoint remote)
-        {
-            feature.RemoteIpAddress = remote.Address;
-            feature.RemotePort = remote.Port;
-        }
-        if (connection.LocalEndPoint is IPEndPoint local)
-        {
-            feature.LocalIpAddress = local.Address;
-            feature.LocalPort = local.Port;
-        }
-        return feature;
     }
 
     private void EnsureServices()
