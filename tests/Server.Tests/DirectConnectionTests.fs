@@ -17,6 +17,7 @@ open Expecto
 open Microsoft.AspNetCore.Builder
 open Microsoft.AspNetCore.Hosting
 open Microsoft.AspNetCore.Http
+open Microsoft.AspNetCore.Http.Features
 open Microsoft.AspNetCore.Routing
 open Microsoft.Extensions.DependencyInjection
 open Realtime
@@ -356,4 +357,70 @@ let directConnectionTests =
             Expect.isTrue gone "every connection ended"
             Expect.equal requests.Value 0 "all directly accepted"
         })
+    ]
+
+/// A scoped service that records its disposal, to see the request scope end with the connection.
+type DisposableMarker() =
+    member val Disposed = false with get, set
+    interface IDisposable with
+        member this.Dispose() = this.Disposed <- true
+
+/// The feature collection of a directly accepted request, on its own: one object stands for the
+/// built-in features, and it must still behave as any IFeatureCollection does for ASP.NET code.
+[<Tests>]
+let directFeatureTests =
+    let make () =
+        let connection = new Microsoft.AspNetCore.Connections.DefaultConnectionContext("conn-1")
+        connection.RemoteEndPoint <- IPEndPoint(IPAddress.Loopback, 5555)
+        connection.LocalEndPoint <- IPEndPoint(IPAddress.Loopback, 80)
+        let services = ServiceCollection().AddScoped<DisposableMarker>().BuildServiceProvider()
+        let headers = HeaderDictionary()
+        headers.Append("Host", "example.test")
+        let features =
+            new Direct.DirectConnectionFeatures(
+                connection, services.GetRequiredService<IServiceScopeFactory>(), "GET", "HTTP/1.1", "/rooms/a", "?x=1",
+                "/rooms/a?x=1", headers, RouteValueDictionary(dict [ "room", box "a" ]))
+        features, DefaultHttpContext(features)
+
+    testList "Direct connections: the request's features" [
+        test "the request, connection and route values read through HttpContext as sent" {
+            let _, context = make ()
+            let request = context.Request
+            Expect.equal (request.Method, request.Path.Value, request.QueryString.Value, request.Protocol, request.Scheme)
+                ("GET", "/rooms/a", "?x=1", "HTTP/1.1", "http") "request line"
+            Expect.equal request.Host.Value "example.test" "host header"
+            Expect.equal (string request.RouteValues["room"]) "a" "route value"
+            Expect.equal (context.Connection.Id, context.Connection.RemoteIpAddress, context.Connection.RemotePort, context.Connection.LocalPort)
+                ("conn-1", IPAddress.Loopback, 5555, 80) "connection"
+            Expect.equal context.Response.StatusCode 200 "no status set yet"
+        }
+
+        test "features the application sets are kept, replace built-in ones, and can remove them" {
+            let features, context = make ()
+            let before = context.Features.Revision
+            context.Items["key"] <- "value"
+            Expect.equal context.Items["key"] (box "value") "items (a feature DefaultHttpContext adds)"
+            Expect.isNotNull (context.Features.Get<IItemsFeature>()) "the items feature is in the collection"
+            Expect.isGreaterThan context.Features.Revision before "adding a feature changes the revision"
+            let replaced = RouteValuesFeature(RouteValues = RouteValueDictionary(dict [ "room", box "b" ]))
+            context.Features.Set<IRouteValuesFeature>(replaced)
+            Expect.equal (string context.Request.RouteValues["room"]) "b" "the replacement is what the request sees"
+            context.Features.Set<IHttpUpgradeFeature>(null)
+            Expect.isNull (context.Features.Get<IHttpUpgradeFeature>()) "removed"
+            Expect.isTrue (obj.ReferenceEquals(context.Features.Get<IHttpRequestFeature>(), features)) "built-in features are the one object"
+            let listed = context.Features |> Seq.map (fun entry -> entry.Key) |> Seq.toList
+            Expect.equal (List.distinct listed) listed "each feature listed once"
+            Expect.containsAll listed [ typeof<IItemsFeature>; typeof<IRouteValuesFeature>; typeof<IHttpRequestFeature>; typeof<IHttpResponseFeature> ] "listed"
+            Expect.isFalse (List.contains typeof<IHttpUpgradeFeature> listed) "a removed feature is not listed"
+            Expect.isTrue (context.Features |> Seq.exists (fun entry -> obj.ReferenceEquals(entry.Value, replaced))) "the replacement is listed"
+        }
+
+        testTask "request services are one scope per connection, made when first asked for and disposed at the end" {
+            let features, context = make ()
+            let marker = context.RequestServices.GetRequiredService<DisposableMarker>()
+            Expect.isTrue (obj.ReferenceEquals(marker, context.RequestServices.GetRequiredService<DisposableMarker>())) "scoped"
+            Expect.isFalse marker.Disposed "alive while the connection is"
+            do! features.DisposeAsync()
+            Expect.isTrue marker.Disposed "disposed with the connection"
+        }
     ]
