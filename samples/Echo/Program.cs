@@ -6,6 +6,10 @@
 // Connections are accepted directly by Realtime's connection middleware; --route sends them through the route.
 // With --redis HOST:PORT, /fanout spans every Echo node on that Redis: a message sent on one node
 // reaches every other /fanout connection on every node, the sender excluded, in order per sender.
+// With --inline, handlers run on the socket transport's I/O thread instead of the thread pool
+// (Kestrel's UnsafePreferInlineScheduling; start the process with
+// DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1 as well). Only for handlers that never block:
+// see the README's "Inline I/O" section for what it gains and costs.
 using Realtime;
 
 bool tls = args.Contains("--tls");
@@ -13,7 +17,8 @@ bool tls = args.Contains("--tls");
 // no HTTP middleware runs for them, which this sample has none of. --route takes them through the
 // ordinary ASP.NET route instead (Kestrel's HTTP upgrade), for comparison.
 bool direct = !args.Contains("--route");
-args = args.Where(a => a is not ("--tls" or "--route")).ToArray();
+bool inline = args.Contains("--inline");
+args = args.Where(a => a is not ("--tls" or "--route" or "--inline")).ToArray();
 
 var builder = WebApplication.CreateBuilder(args);
 string[] urls = (builder.Configuration["urls"] ?? "http://127.0.0.1:5000").Split(';', StringSplitOptions.RemoveEmptyEntries);
@@ -41,6 +46,7 @@ else if (direct)
 {
     builder.WebHost.UseRealtimeDirectConnections();
 }
+if (inline) builder.WebHost.UseSockets(sockets => sockets.UnsafePreferInlineScheduling = true);
 builder.Logging.SetMinimumLevel(LogLevel.Warning);
 var realtime = builder.Services.AddRealtime(options =>
 {
