@@ -210,7 +210,7 @@ public static class Report
     /// <summary>A grouped bar chart: one panel per scenario (own linear scale), one bar per server.</summary>
     static string Chart(Dictionary<(string, string), JsonObject> best)
     {
-        const int panelW = 300, panelH = 230, cols = 4, top = 70, pad = 16;
+        const int panelW = 300, panelH = 230, cols = 4, top = 90, pad = 16;
         var panels = Scenarios.Where(s => best.Keys.Any(k => k.Item1 == s.Id)).ToList();
         int rowsCount = Math.Max(1, (panels.Count + cols - 1) / cols);
         int width = cols * panelW + pad, height = top + rowsCount * panelH + pad;
@@ -220,8 +220,9 @@ public static class Report
         svg.Append(Inv, $"<text x=\"{pad}\" y=\"26\" font-size=\"18\" font-weight=\"bold\">Realtime vs Bun, Node ws, ASP.NET Core WebSockets, SignalR (higher is better, except memory)</text>\n");
         for (int i = 0; i < Servers.Length; i++)
         {
-            int x = pad + i * 200;
-            svg.Append(Inv, $"<rect x=\"{x}\" y=\"40\" width=\"14\" height=\"14\" fill=\"{Colors[i]}\"/><text x=\"{x + 20}\" y=\"52\" font-size=\"13\">{WebUtility.HtmlEncode(Servers[i].Name)}</text>\n");
+            // The legend in rows of four, one column per panel.
+            int x = pad + i % cols * panelW, y = 40 + i / cols * 22;
+            svg.Append(Inv, $"<rect x=\"{x}\" y=\"{y}\" width=\"14\" height=\"14\" fill=\"{Colors[i]}\"/><text x=\"{x + 20}\" y=\"{y + 12}\" font-size=\"13\">{WebUtility.HtmlEncode(Servers[i].Name)}</text>\n");
         }
         for (int p = 0; p < panels.Count; p++)
         {
