@@ -97,20 +97,14 @@ internal sealed class DirectConnectionFeatures :
         get
         {
             ArgumentNullException.ThrowIfNull(key);
-            if (_set is not null)
-            {
-                foreach (var (type, feature) in _set)
-                {
-                    if (type == key) return feature;
-                }
-            }
-            return BuiltIn(key);
+            int index = IndexOfSet(key);
+            return index >= 0 ? _set![index].Value : BuiltIn(key);
         }
         set
         {
             ArgumentNullException.ThrowIfNull(key);
+            int index = IndexOfSet(key);
             _set ??= new List<KeyValuePair<Type, object?>>(2);
-            int index = _set.FindIndex(entry => entry.Key == key);
             if (index >= 0) _set[index] = new(key, value);
             else _set.Add(new(key, value));
             _revision++;
@@ -132,14 +126,23 @@ internal sealed class DirectConnectionFeatures :
         }
         foreach (var type in Implemented)
         {
-            if (!IsSet(type)) yield return new(type, this);
+            if (IndexOfSet(type) < 0) yield return new(type, this);
         }
-        if (_tls is not null && !IsSet(typeof(ITlsConnectionFeature))) yield return new(typeof(ITlsConnectionFeature), _tls);
+        if (_tls is not null && IndexOfSet(typeof(ITlsConnectionFeature)) < 0) yield return new(typeof(ITlsConnectionFeature), _tls);
     }
 
     System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
 
-    private bool IsSet(Type type) => _set is not null && _set.Exists(entry => entry.Key == type);
+    /// <summary>Where a feature of this type was set from outside, or -1.</summary>
+    private int IndexOfSet(Type key)
+    {
+        if (_set is null) return -1;
+        for (int i = 0; i < _set.Count; i++)
+        {
+            if (_set[i].Key == key) return i;
+        }
+        return -1;
+    }
 
     private object? BuiltIn(Type key)
     {
