@@ -34,6 +34,20 @@ type RequestHeadResult =
     /// "uri-too-long", "header-too-large", "invalid-header", "obs-fold", "bare-lf" or "bare-cr".
     | Invalid of status: int * code: string * reason: string
 
+/// Limits on a request head, as an HTTP server sets them (RFC 9112 §3 and §5 leave them to the server;
+/// Kestrel's defaults are 8 KiB for the request line, 32 KiB and 100 for the field lines).
+type Limits =
+    {
+        /// The whole head, leading empty lines and the blank line included: past it, 414 or 431.
+        MaxHeadBytes: int
+        /// The request line with its CRLF: past it, 414 "uri-too-long".
+        MaxRequestLineBytes: int
+        /// The field lines with their CRLFs, the blank line not included: past it, 431 "header-too-large".
+        MaxFieldBytes: int
+        /// The number of field lines: past it, 431 "too-many-headers".
+        MaxFieldCount: int
+    }
+
 // Where the scanner is. The *Cr states have just seen a CR and want the LF.
 type private State =
     | LeadingStart = 0
@@ -149,10 +163,12 @@ let private build
       Headers = headers }
 
 /// Parses the front of `input` as an HTTP/1.1 request head (RFC 9112 §2.1: request line, field lines, empty
-/// line) that must fit, blank line included, in `maxBytes` bytes. Incomplete means "read more and call
-/// again with all the bytes so far"; it allocates nothing. Bytes after the head (a WebSocket frame sent
-/// early) are not part of it. A `maxBytes` of zero or less admits nothing (431). Never throws.
-let parse (input: ReadOnlySpan<byte>, maxBytes: int) : RequestHeadResult =
+/// line) within `limits`: a head past one of them is Invalid as soon as the byte that passes it is seen
+/// (414 for the request line, 431 for the field lines, their count or the whole head). Incomplete means
+/// "read more and call again with all the bytes so far"; it allocates nothing. Bytes after the head (a
+/// WebSocket frame sent early) are not part of it. A limit of zero or less admits nothing. Never throws.
+let parseWithin (input: ReadOnlySpan<byte>, limits: Limits) : RequestHeadResult =
+    let maxBytes = limits.MaxHeadBytes
     let limit = Math.Min(input.Length, Math.Max(maxBytes, 0))
     let mutable state = State.LeadingStart
     let mutable result = ValueNone
@@ -167,83 +183,96 @@ let parse (input: ReadOnlySpan<byte>, maxBytes: int) : RequestHeadResult =
     let mutable i = 0
     while result.IsNone && i < limit do
         let b = input[i]
-        match state with
-        | State.LeadingCr
-        | State.RequestLineCr
-        | State.ValueCr
-        | State.EndCr when b <> Lf -> result <- ValueSome(bareCr)
-        | State.LeadingCr -> state <- State.LeadingStart
-        | State.RequestLineCr ->
-            // RFC 9112 §2.3, §3: the version is checked before the target, so an HTTP/2 preface gets 505.
-            if versionEnd - versionStart <> 8 then
-                result <- ValueSome(badRequestLine "the HTTP-version is not HTTP/DIGIT.DIGIT (RFC 9112 §2.3)")
-            elif input[versionStart + 5] <> '1'B then
-                result <-
-                    ValueSome(invalid 505 "http-version-not-supported" "only HTTP/1.x requests are read here (RFC 9112 §2.3)")
-            elif input[targetStart] <> '/'B then
-                result <-
-                    ValueSome(invalid 400 "invalid-request-target" "the request-target is not in origin-form, \"/path?query\" (RFC 9112 §3.2.1)")
-            else
-                headersStart <- i + 1
+        let inRequestLine =
+            state = State.Method || state = State.TargetStart || state = State.Target || state = State.Version
+            || state = State.RequestLineCr
+        // The blank line's CR ends the field lines rather than adding to them.
+        let inFieldLines =
+            (state = State.LineStart && b <> Cr) || state = State.Name || state = State.Value || state = State.ValueCr
+        if inRequestLine && i - requestStart >= limits.MaxRequestLineBytes then
+            result <- ValueSome(invalid 414 "uri-too-long" $"the request line is longer than {limits.MaxRequestLineBytes} bytes (RFC 9112 §3)")
+        elif inFieldLines && i - headersStart >= limits.MaxFieldBytes then
+            result <- ValueSome(invalid 431 "header-too-large" $"the field lines are longer than {limits.MaxFieldBytes} bytes (RFC 6585 §5)")
+        elif state = State.ValueCr && b = Lf && headerCount >= limits.MaxFieldCount then
+            result <- ValueSome(invalid 431 "too-many-headers" $"more than {limits.MaxFieldCount} field lines (RFC 6585 §5)")
+        else
+            match state with
+            | State.LeadingCr
+            | State.RequestLineCr
+            | State.ValueCr
+            | State.EndCr when b <> Lf -> result <- ValueSome(bareCr)
+            | State.LeadingCr -> state <- State.LeadingStart
+            | State.RequestLineCr ->
+                // RFC 9112 §2.3, §3: the version is checked before the target, so an HTTP/2 preface gets 505.
+                if versionEnd - versionStart <> 8 then
+                    result <- ValueSome(badRequestLine "the HTTP-version is not HTTP/DIGIT.DIGIT (RFC 9112 §2.3)")
+                elif input[versionStart + 5] <> '1'B then
+                    result <-
+                        ValueSome(invalid 505 "http-version-not-supported" "only HTTP/1.x requests are read here (RFC 9112 §2.3)")
+                elif input[targetStart] <> '/'B then
+                    result <-
+                        ValueSome(invalid 400 "invalid-request-target" "the request-target is not in origin-form, \"/path?query\" (RFC 9112 §3.2.1)")
+                else
+                    headersStart <- i + 1
+                    state <- State.LineStart
+            | State.ValueCr ->
+                headerCount <- headerCount + 1
                 state <- State.LineStart
-        | State.ValueCr ->
-            headerCount <- headerCount + 1
-            state <- State.LineStart
-        | State.EndCr ->
-            let request =
-                build (input, requestStart, methodEnd, targetStart, targetEnd, versionStart, versionEnd, headersStart, headerCount)
-            result <- ValueSome(Complete(request, i + 1))
-        | _ when b = Lf -> result <- ValueSome(bareLf)
-        | State.LeadingStart ->
-            if b = Cr then state <- State.LeadingCr
-            elif isTChar b then
-                requestStart <- i
-                state <- State.Method
-            else
-                result <- ValueSome(badRequestLine "the request line does not start with a method token (RFC 9112 §3)")
-        | State.Method ->
-            if b = Sp then
-                methodEnd <- i
-                state <- State.TargetStart
-            elif not (isTChar b) then
-                result <- ValueSome(badRequestLine "the method is not a token followed by one SP (RFC 9112 §3.1)")
-        | State.TargetStart ->
-            if isVChar b then
-                targetStart <- i
-                state <- State.Target
-            else
-                result <- ValueSome(badRequestLine "the request-target is missing or not preceded by exactly one SP (RFC 9112 §3)")
-        | State.Target ->
-            if b = Sp then
-                targetEnd <- i
-                versionStart <- i + 1
-                state <- State.Version
-            elif not (isVChar b) then
-                result <- ValueSome(badRequestLine "the request-target contains a byte that is not visible ASCII (RFC 9112 §3.2)")
-        | State.Version ->
-            if b = Cr then
-                versionEnd <- i
-                state <- State.RequestLineCr
-            elif not (versionByteFits (i - versionStart) b) then
-                result <- ValueSome(badRequestLine "the HTTP-version is not HTTP/DIGIT.DIGIT followed by CRLF (RFC 9112 §2.3, §3)")
-        | State.LineStart ->
-            if b = Cr then state <- State.EndCr
-            elif b = Sp || b = Htab then
-                result <-
-                    ValueSome(invalid 400 "obs-fold" "a line starts with whitespace: obs-fold or space after the request line (RFC 9112 §5.2, §2.2)")
-            elif isTChar b then state <- State.Name
-            else result <- ValueSome(badHeader "a field name is empty or not a token (RFC 9112 §5)")
-        | State.Name ->
-            if b = ':'B then state <- State.Value
-            elif b = Sp || b = Htab then
-                result <- ValueSome(badHeader "whitespace between a field name and the colon (RFC 9112 §5.1)")
-            elif b = Cr then result <- ValueSome(badHeader "a field line has no colon (RFC 9112 §5)")
-            elif not (isTChar b) then result <- ValueSome(badHeader "a field name is not a token (RFC 9112 §5)")
-        | State.Value ->
-            if b = Cr then state <- State.ValueCr
-            elif not (isValueByte b) then
-                result <- ValueSome(badHeader "a field value contains a control character (RFC 9110 §5.5)")
-        | _ -> ()
+            | State.EndCr ->
+                let request =
+                    build (input, requestStart, methodEnd, targetStart, targetEnd, versionStart, versionEnd, headersStart, headerCount)
+                result <- ValueSome(Complete(request, i + 1))
+            | _ when b = Lf -> result <- ValueSome(bareLf)
+            | State.LeadingStart ->
+                if b = Cr then state <- State.LeadingCr
+                elif isTChar b then
+                    requestStart <- i
+                    state <- State.Method
+                else
+                    result <- ValueSome(badRequestLine "the request line does not start with a method token (RFC 9112 §3)")
+            | State.Method ->
+                if b = Sp then
+                    methodEnd <- i
+                    state <- State.TargetStart
+                elif not (isTChar b) then
+                    result <- ValueSome(badRequestLine "the method is not a token followed by one SP (RFC 9112 §3.1)")
+            | State.TargetStart ->
+                if isVChar b then
+                    targetStart <- i
+                    state <- State.Target
+                else
+                    result <- ValueSome(badRequestLine "the request-target is missing or not preceded by exactly one SP (RFC 9112 §3)")
+            | State.Target ->
+                if b = Sp then
+                    targetEnd <- i
+                    versionStart <- i + 1
+                    state <- State.Version
+                elif not (isVChar b) then
+                    result <- ValueSome(badRequestLine "the request-target contains a byte that is not visible ASCII (RFC 9112 §3.2)")
+            | State.Version ->
+                if b = Cr then
+                    versionEnd <- i
+                    state <- State.RequestLineCr
+                elif not (versionByteFits (i - versionStart) b) then
+                    result <- ValueSome(badRequestLine "the HTTP-version is not HTTP/DIGIT.DIGIT followed by CRLF (RFC 9112 §2.3, §3)")
+            | State.LineStart ->
+                if b = Cr then state <- State.EndCr
+                elif b = Sp || b = Htab then
+                    result <-
+                        ValueSome(invalid 400 "obs-fold" "a line starts with whitespace: obs-fold or space after the request line (RFC 9112 §5.2, §2.2)")
+                elif isTChar b then state <- State.Name
+                else result <- ValueSome(badHeader "a field name is empty or not a token (RFC 9112 §5)")
+            | State.Name ->
+                if b = ':'B then state <- State.Value
+                elif b = Sp || b = Htab then
+                    result <- ValueSome(badHeader "whitespace between a field name and the colon (RFC 9112 §5.1)")
+                elif b = Cr then result <- ValueSome(badHeader "a field line has no colon (RFC 9112 §5)")
+                elif not (isTChar b) then result <- ValueSome(badHeader "a field name is not a token (RFC 9112 §5)")
+            | State.Value ->
+                if b = Cr then state <- State.ValueCr
+                elif not (isValueByte b) then
+                    result <- ValueSome(badHeader "a field value contains a control character (RFC 9110 §5.5)")
+            | _ -> ()
         i <- i + 1
     match result with
     | ValueSome found -> found
@@ -258,6 +287,18 @@ let parse (input: ReadOnlySpan<byte>, maxBytes: int) : RequestHeadResult =
             invalid 414 "uri-too-long" $"the request line does not end within {maxBytes} bytes (RFC 9112 §3)"
         | _ ->
             invalid 431 "header-too-large" $"the request head does not end within {maxBytes} bytes (RFC 6585 §5)"
+
+/// Parses the front of `input` as an HTTP/1.1 request head that must fit, blank line included, in
+/// `maxBytes` bytes, with no other limit: `parseWithin` with only MaxHeadBytes set. A `maxBytes` of zero
+/// or less admits nothing (431). Never throws.
+let parse (input: ReadOnlySpan<byte>, maxBytes: int) : RequestHeadResult =
+    parseWithin (
+        input,
+        { MaxHeadBytes = maxBytes
+          MaxRequestLineBytes = Int32.MaxValue
+          MaxFieldBytes = Int32.MaxValue
+          MaxFieldCount = Int32.MaxValue }
+    )
 
 // RFC 9110 §15 (and RFC 6585 for 428, 429, 431).
 let private reasonPhrase (status: int) =

@@ -125,7 +125,9 @@ internal abstract class RealtimeEndpoint
         context.Response.StatusCode = status;
         foreach (var header in headers) context.Response.Headers.Append(header.Name, header.Value);
         context.Response.ContentType = "text/plain; charset=utf-8";
-        await context.Response.WriteAsync(reason, context.RequestAborted).ConfigureAwait(false);
+        byte[] body = System.Text.Encoding.UTF8.GetBytes(reason);
+        context.Response.ContentLength = body.Length;
+        await context.Response.Body.WriteAsync(body, context.RequestAborted).ConfigureAwait(false);
     }
 }
 

@@ -15,6 +15,9 @@ namespace Microsoft.Extensions.DependencyInjection
     {
         /// <summary>
         /// Adds the Realtime server (<see cref="IRealtimeServer"/>), its options and graceful shutdown.
+        /// When Kestrel is the server already registered, its <c>IServer</c> registration is wrapped
+        /// so that direct connections (<c>UseRealtimeDirectConnections</c>) can run the application's
+        /// request pipeline; Kestrel itself is unchanged, and other servers are left alone.
         /// </summary>
         /// <param name="services">The application's services.</param>
         /// <param name="configure">Sets the defaults every endpoint starts from.</param>
@@ -30,6 +33,7 @@ namespace Microsoft.Extensions.DependencyInjection
                 new RealtimeMetrics(provider.GetService<System.Diagnostics.Metrics.IMeterFactory>())));
             services.TryAddSingleton<IRealtimeServer>(provider => provider.GetRequiredService<RealtimeServer>());
             services.AddHostedService<RealtimeLifecycle>();
+            Realtime.Direct.ApplicationCapture.Register(services);
             // The handshake's header time is Kestrel's to enforce: it reads the headers before any endpoint runs.
             services.AddSingleton<IConfigureOptions<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>>(provider =>
                 new ConfigureOptions<Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions>(kestrel =>
@@ -80,14 +84,13 @@ namespace Microsoft.AspNetCore.Hosting
     public static class RealtimeDirectConnectionExtensions
     {
         /// <summary>
-        /// Makes this listener accept WebSocket upgrades to Realtime endpoints at the connection level,
-        /// below Kestrel's HTTP layer: the first request of each new connection is looked at, and a GET
-        /// to a Realtime endpoint's route is handled by Realtime itself (the same handshake checks,
-        /// limits, <c>Attach</c> and handlers), then runs on the connection's own pipes. Such
-        /// connections cost less memory and CPU; in exchange the application's HTTP middleware does
-        /// not run for them. Endpoints that need middleware are left to the ordinary route: those with
-        /// <see cref="RealtimeOptions.DirectConnections"/> false, authorization or host metadata, or
-        /// route constraints. Every other request passes through untouched.
+        /// Makes this listener read WebSocket upgrade requests to Realtime endpoints at the connection
+        /// level, below Kestrel's HTTP layer. Such a request runs through the application's whole
+        /// request pipeline (the same one Kestrel runs: authentication, authorization, rate limiting,
+        /// forwarded headers, routing, every middleware); after a 101 from a Realtime endpoint the
+        /// connection runs on the listener's own pipes, which costs less memory and CPU. Requests this
+        /// middleware is not sure of (past Kestrel's limits, with a body, paths Kestrel would rewrite,
+        /// anything that is not a WebSocket upgrade) pass through to Kestrel untouched.
         /// For TLS, call it after <c>UseHttps</c>, so it sees the decrypted bytes.
         /// </summary>
         /// <param name="listen">The Kestrel listener.</param>
@@ -110,7 +113,9 @@ namespace Microsoft.AspNetCore.Hosting
         public static IWebHostBuilder UseRealtimeDirectConnections(this IWebHostBuilder host)
         {
             ArgumentNullException.ThrowIfNull(host);
-            return host.ConfigureKestrel(kestrel => kestrel.ConfigureEndpointDefaults(listen => listen.UseRealtimeDirectConnections()));
+            return host
+                .ConfigureServices(Realtime.Direct.ApplicationCapture.Register)
+                .ConfigureKestrel(kestrel => kestrel.ConfigureEndpointDefaults(listen => listen.UseRealtimeDirectConnections()));
         }
     }
 }

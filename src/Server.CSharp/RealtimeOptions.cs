@@ -107,10 +107,10 @@ public sealed class RealtimeOptions
     public TimeSpan? HandshakeTimeout { get; set; }
 
     /// <summary>
-    /// Whether the endpoint takes connections accepted directly by a listener with
-    /// <c>UseRealtimeDirectConnections</c> (no HTTP middleware runs for them). Default true; set it
-    /// false for an endpoint that relies on middleware (authentication, path base, custom headers),
-    /// and its connections always go through the ordinary route. Ignored on listeners without it.
+    /// Whether upgrade requests whose path fits only this endpoint's route are read directly by a
+    /// listener with <c>UseRealtimeDirectConnections</c> and, once upgraded, run on the connection's
+    /// pipes. Either way the application's whole request pipeline runs for them. Default true; false
+    /// leaves them to Kestrel's HTTP/1.1 upgrade. Ignored on listeners without direct connections.
     /// </summary>
     public bool DirectConnections { get; set; } = true;
 

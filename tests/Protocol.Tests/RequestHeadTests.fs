@@ -414,5 +414,72 @@ let private properties =
                 Expect.isFalse (text.Replace("\r\n", "").Contains '\r' || text.Replace("\r\n", "").Contains '\n') "no bare CR or LF")
     ]
 
+// Kestrel's defaults (KestrelServerLimits): what a host that defers to Kestrel passes in.
+let private kestrelLimits =
+    { MaxHeadBytes = 48 * 1024; MaxRequestLineBytes = 8192; MaxFieldBytes = 32768; MaxFieldCount = 100 }
+
+let private parseWithinText (limits: Limits) (text: string) = parseWithin (ReadOnlySpan<byte>(bytesOf text), limits)
+
+let private limitExamples =
+    [
+        test "100 field lines are within Kestrel's limits; the 101st is 431 too-many-headers, seen before the head ends" {
+            let lines count = String.concat "" [ for k in 1..count -> $"X-{k}: v\r\n" ]
+            let head count = "GET /chat HTTP/1.1\r\nHost: h\r\n" + lines (count - 1) + "\r\n"
+            let request, _ = completed (parseWithinText kestrelLimits (head 100))
+            Expect.equal request.Headers.Length 100 "all kept"
+            match parseWithinText kestrelLimits (head 101) with
+            | Invalid(431, "too-many-headers", _) -> ()
+            | other -> failtestf "101 lines: %A" other
+            // 9,900 more lines are not read first: the verdict comes at the 101st, with no blank line yet.
+            match parseWithinText kestrelLimits ("GET / HTTP/1.1\r\n" + lines 9900) with
+            | Invalid(431, "too-many-headers", _) -> ()
+            | other -> failtestf "a flood of field lines: %A" other
+        }
+
+        test "the request line with its CRLF may be MaxRequestLineBytes long, not one byte more (414)" {
+            let limits = { kestrelLimits with MaxRequestLineBytes = 40 }
+            let line (length: int) = "GET /" + String('a', length - 16) + " HTTP/1.1\r\n"
+            Expect.equal (line 40).Length 40 "the line's length"
+            completed (parseWithinText limits (line 40 + "Host: h\r\n\r\n")) |> ignore
+            match parseWithinText limits (line 41 + "Host: h\r\n\r\n") with
+            | Invalid(414, "uri-too-long", _) -> ()
+            | other -> failtestf "41 bytes: %A" other
+            match parseWithinText limits ("GET /" + String('a', 100)) with
+            | Invalid(414, "uri-too-long", _) -> ()
+            | other -> failtestf "an unfinished long line: %A" other
+        }
+
+        test "field lines (names, values and CRLFs) may be MaxFieldBytes long, the blank line not counted; one more byte is 431" {
+            let limits = { kestrelLimits with MaxFieldBytes = 20 }
+            // "Host: h\r\n" is 9 bytes, "X-Name: v\r\n" 11.
+            let fields (extra: int) = "Host: h\r\nX-Name: v" + String('v', extra) + "\r\n"
+            Expect.equal (fields 0).Length 20 "the field lines' length"
+            completed (parseWithinText limits ("GET / HTTP/1.1\r\n" + fields 0 + "\r\n")) |> ignore
+            match parseWithinText limits ("GET / HTTP/1.1\r\n" + fields 1 + "\r\n") with
+            | Invalid(431, "header-too-large", _) -> ()
+            | other -> failtestf "21 bytes: %A" other
+        }
+    ]
+
+let private limitProperties =
+    [
+        property "with limits no smaller than a head's parts, parseWithin agrees with parse"
+        <| Prop.forAll (Arb.fromGen genHead) (fun head ->
+            let generous =
+                { MaxHeadBytes = 8192; MaxRequestLineBytes = 8192; MaxFieldBytes = 8192; MaxFieldCount = head.Request.Headers.Length }
+            Expect.equal (parseWithin (ReadOnlySpan<byte>(head.Bytes), generous)) (parseBytes head.Bytes 8192) "same result")
+
+        property "one field line fewer allowed than a head has is 431 too-many-headers"
+        <| Prop.forAll (Arb.fromGen genHead) (fun head ->
+            let count = head.Request.Headers.Length
+            if count > 0 then
+                match parseWithin (ReadOnlySpan<byte>(head.Bytes), { kestrelLimits with MaxFieldCount = count - 1 }) with
+                | Invalid(431, "too-many-headers", _) -> ()
+                | other -> failtestf "%d lines with a limit of %d: %A" count (count - 1) other)
+    ]
+
 [<Tests>]
 let tests = testList "HTTP/1.1 request head (RFC 9112)" (examples @ properties)
+
+[<Tests>]
+let limitTests = testList "HTTP/1.1 request head: a server's limits (Kestrel's)" (limitExamples @ limitProperties)

@@ -46,9 +46,24 @@ let private echo () =
 let private announcing (attach: HttpContext -> Attachment<string>) =
     RealtimeHandlers<string>(Attach = attach, Open = fun ws -> ws.Send(ws.Data) |> ignore)
 
+/// The type of the upgrade feature each accepted connection's Attach saw: Realtime's own on a direct
+/// connection, Kestrel's through the route.
+let private upgradeKinds = ConcurrentQueue<string * string>()
+
+let private recordingKind (pattern: string) =
+    RealtimeHandlers<obj>(
+        Attach = (fun context ->
+            upgradeKinds.Enqueue((pattern, context.Features.Get<IHttpUpgradeFeature>().GetType().Name))
+            Attachment<obj>.Accept(null)),
+        Message = fun ws message -> ws.Send(message) |> ignore)
+
+/// Whether the last connection to `pattern` was accepted directly.
+let private wentDirect (pattern: string) =
+    upgradeKinds.ToArray() |> Array.filter (fun (p, _) -> p = pattern) |> Array.last |> snd = "DirectConnectionFeatures"
+
 let private routes (requests: int ref) (app: WebApplication) =
     counting requests app
-    app.MapRealtime("/echo", echo ()) |> ignore
+    app.MapRealtime("/echo", recordingKind "/echo") |> ignore
     app.MapRealtime(
         "/rooms/{room}",
         announcing (fun context ->
@@ -72,11 +87,11 @@ let private routes (requests: int ref) (app: WebApplication) =
     )
     |> ignore
     app.MapRealtime("/reject", announcing (fun _ -> Attachment<string>.Reject(403, "not you"))) |> ignore
-    app.MapRealtime("/routed", echo (), fun options -> options.DirectConnections <- false) |> ignore
-    app.MapRealtime("/hosted", echo ()).RequireHost("127.0.0.1") |> ignore
+    app.MapRealtime("/routed", recordingKind "/routed", fun options -> options.DirectConnections <- false) |> ignore
+    app.MapRealtime("/hosted", recordingKind "/hosted").RequireHost("127.0.0.1") |> ignore
     app.MapRealtime("/elsewhere", echo ()).RequireHost("elsewhere.example") |> ignore
-    app.MapRealtime("/items/{id:int}", echo ()) |> ignore
-    app.MapGroup("/api").MapRealtime("/chat", echo ()) |> ignore
+    app.MapRealtime("/items/{id:int}", recordingKind "/items") |> ignore
+    app.MapGroup("/api").MapRealtime("/chat", recordingKind "/api/chat") |> ignore
     app.MapGet("/hello", Func<string>(fun () -> "hi")) |> ignore
     app.MapPost("/hello", Func<HttpRequest, Task<string>>(fun request -> task {
         use reader = new IO.StreamReader(request.Body)
@@ -138,15 +153,16 @@ let private rawStatus (port: int) (request: string) : Task<string> =
 [<Tests>]
 let directConnectionTests =
     testList "Direct connections (UseRealtimeDirectConnections)" [
-        testCaseTask "an upgrade to a Realtime endpoint is accepted below the HTTP layer: no middleware sees it, and it echoes" (fun () -> task {
+        testCaseTask "an upgrade to a Realtime endpoint is read below the HTTP layer, runs the application's middleware, and echoes on the connection's pipes" (fun () -> task {
             let requests = ref 0
             let! server = startDirect ignore requests
             use _ = server
             do! expectEcho (server.WsUrl + "/echo")
-            Expect.equal requests.Value 0 "the application's middleware saw no request"
+            Expect.equal requests.Value 1 "the application's middleware saw the upgrade request"
+            Expect.isTrue (wentDirect "/echo") "accepted directly"
             let! served = http.GetStringAsync(server.HttpUrl + "/hello")
             Expect.equal served "hi" "an ordinary route on the same listener"
-            Expect.equal requests.Value 1 "and the middleware saw that one"
+            Expect.equal requests.Value 2 "and the middleware saw that one"
         })
 
         testCaseTask "ordinary requests pass through untouched: GET, POST with a body, several on one keep-alive connection" (fun () -> task {
@@ -178,7 +194,7 @@ let directConnectionTests =
             let expected =
                 String.Join("|", [ "GET"; "/rooms/lobby one"; "?user=ann"; "lobby one"; "value 1"; $"127.0.0.1:{server.Port}"; "127.0.0.1"; "True"; "http"; "True" ])
             Expect.equal data expected "what Attach saw"
-            Expect.equal requests.Value 0 "directly accepted"
+            Expect.equal requests.Value 1 "through the middleware"
         })
 
         testCaseTask "an Attach rejection is answered with its status and reason, then the connection closes" (fun () -> task {
@@ -207,19 +223,22 @@ let directConnectionTests =
             let plainGet = "GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
             let! notUpgrade = rawExchange server.Port (Encoding.ASCII.GetBytes plainGet)
             Expect.stringStarts notUpgrade "HTTP/1.1 400 Bad Request\r\n" "a plain GET to a WebSocket endpoint"
-            Expect.equal requests.Value 0 "all answered below the HTTP layer"
+            Expect.equal requests.Value 3 "all answered by the endpoint, after the middleware"
         })
 
-        testCaseTask "endpoints that need middleware take the ordinary route: opted out, host-restricted, constrained" (fun () -> task {
+        testCaseTask "host-restricted and constrained endpoints are accepted directly, their rules applied by routing; an opted-out one takes the route" (fun () -> task {
             let requests = ref 0
             let! server = startDirect ignore requests
             use _ = server
             do! expectEcho (server.WsUrl + "/routed")
             Expect.equal requests.Value 1 "DirectConnections = false: through the middleware"
+            Expect.isFalse (wentDirect "/routed") "through Kestrel's upgrade"
             do! expectEcho (server.WsUrl + "/hosted")
             Expect.equal requests.Value 2 "RequireHost: through the middleware"
+            Expect.isTrue (wentDirect "/hosted") "accepted directly"
             do! expectEcho (server.WsUrl + "/items/5")
             Expect.equal requests.Value 3 "a route constraint: through the middleware"
+            Expect.isTrue (wentDirect "/items") "accepted directly"
             let! elsewhere = rawStatus server.Port (RawClient.upgradeRequest "/elsewhere" "")
             Expect.stringStarts elsewhere "HTTP/1.1 404" "the host restriction still holds"
             let! notInt = rawStatus server.Port (RawClient.upgradeRequest "/items/five" "")
@@ -231,7 +250,7 @@ let directConnectionTests =
             let! server = startDirect ignore requests
             use _ = server
             do! expectEcho (server.WsUrl + "/api/chat")
-            Expect.equal requests.Value 0 "directly accepted"
+            Expect.isTrue (wentDirect "/api/chat") "accepted directly"
         })
 
         testCaseTask "a request head sent byte by byte, and a frame sent in the same write as the head, are both handled" (fun () -> task {
@@ -258,7 +277,7 @@ let directConnectionTests =
             let connection = new RawClient.RawConnection(tcp, stream, response)
             let! kind, payload = connection.ReceiveMessage()
             Expect.equal (Encoding.UTF8.GetString payload) "early" "the frame that came with the head"
-            Expect.equal requests.Value 0 "directly accepted"
+            Expect.isTrue (wentDirect "/echo") "accepted directly"
         })
 
         testCaseTask "a connection that sends no complete request head is closed after the handshake timeout" (fun () -> task {
@@ -311,7 +330,8 @@ let directConnectionTests =
                 Expect.equal kind WebSocketMessageType.Binary "binary"
                 Expect.equal back payload $"{size} bytes back"
             do! client.CloseAsync(WebSocketCloseStatus.NormalClosure, "", cancel.Token)
-            Expect.equal requests.Value 0 "directly accepted"
+            Expect.equal requests.Value 1 "through the middleware"
+            Expect.isTrue (wentDirect "/echo") "accepted directly"
         })
 
         testCaseTask "stopping the host closes direct connections with 1001" (fun () -> task {
@@ -355,15 +375,115 @@ let directConnectionTests =
                 client.Dispose()
             let! gone = eventually (seconds 10.0) (fun () -> server.Realtime.ConnectionCount = 0)
             Expect.isTrue gone "every connection ended"
-            Expect.equal requests.Value 0 "all directly accepted"
+            Expect.equal requests.Value 100 "each through the middleware"
+            Expect.isTrue (wentDirect "/echo") "accepted directly"
         })
     ]
 
 /// A scoped service that records its disposal, to see the request scope end with the connection.
 type DisposableMarker() =
+    static member val Made = ConcurrentQueue<DisposableMarker>()
     member val Disposed = false with get, set
     interface IDisposable with
         member this.Dispose() = this.Disposed <- true
+
+/// Sends `count` header lines of "X-n: v" after the usual upgrade headers.
+let private upgradeWithFields (path: string) (count: int) =
+    let extra = String.concat "" [ for k in 1..count -> $"X-{k}: v\r\n" ]
+    RawClient.upgradeRequest path extra
+
+[<Tests>]
+let directPipelineTests =
+    testList "Direct connections: the application's pipeline, Kestrel's limits" [
+        testCaseTask "request services are the request's own scope, alive while the connection is and disposed when it ends" (fun () -> task {
+            let! server =
+                startWith
+                    (fun builder ->
+                        builder.Services.AddScoped<DisposableMarker>() |> ignore
+                        builder.WebHost.UseRealtimeDirectConnections() |> ignore)
+                    ignore
+                    (fun app ->
+                        app.MapRealtime(
+                            "/scoped",
+                            RealtimeHandlers<DisposableMarker>(
+                                Attach = (fun context ->
+                                    let marker = context.RequestServices.GetRequiredService<DisposableMarker>()
+                                    DisposableMarker.Made.Enqueue marker
+                                    Attachment<DisposableMarker>.Accept marker),
+                                Message = fun ws _ -> ws.Send(string ws.Data.Disposed) |> ignore))
+                        |> ignore)
+            use _ = server
+            use! client = connect (server.WsUrl + "/scoped")
+            do! sendText client "disposed?"
+            let! answer = receiveText client
+            Expect.equal answer "False" "alive during the connection"
+            do! client.CloseAsync(WebSocketCloseStatus.NormalClosure, "", CancellationToken.None)
+            let marker = DisposableMarker.Made.ToArray() |> Array.last
+            let! disposed = eventually (seconds 10.0) (fun () -> marker.Disposed)
+            Expect.isTrue disposed "disposed once the connection ended"
+        })
+
+        testCaseTask "100 header lines are taken directly; 101 go to Kestrel, which answers 431 as on any listener" (fun () -> task {
+            let requests = ref 0
+            let! server = startDirect ignore requests
+            use _ = server
+            // RawClient.upgradeRequest has 5 header lines of its own.
+            let! within = rawStatus server.Port (upgradeWithFields "/echo" 95)
+            Expect.stringStarts within "HTTP/1.1 101" "100 lines: upgraded"
+            Expect.isTrue (wentDirect "/echo") "accepted directly"
+            let! over = rawStatus server.Port (upgradeWithFields "/echo" 96)
+            Expect.stringStarts over "HTTP/1.1 431" "101 lines: Kestrel's answer"
+            let! flood = rawStatus server.Port (upgradeWithFields "/echo" 9900)
+            Expect.stringStarts flood "HTTP/1.1 431" "9,900 more lines: Kestrel's answer"
+        })
+
+        testCaseTask "a request line past Kestrel's MaxRequestLineSize goes to Kestrel: 414" (fun () -> task {
+            let requests = ref 0
+            let! server = startDirect ignore requests
+            use _ = server
+            let! long = rawStatus server.Port (RawClient.upgradeRequest ("/echo?" + String('a', 9000)) "")
+            Expect.stringStarts long "HTTP/1.1 414" "Kestrel's answer"
+            Expect.equal requests.Value 0 "never reached the application"
+        })
+
+        testCaseTask "a path Kestrel would normalise or decode differently goes to Kestrel, which routes it as usual" (fun () -> task {
+            let requests = ref 0
+            let! server = startDirect ignore requests
+            use _ = server
+            let before = upgradeKinds.Count
+            let! dotted = rawStatus server.Port (RawClient.upgradeRequest "/api/../echo" "")
+            Expect.stringStarts dotted "HTTP/1.1 101" "upgraded: Kestrel removed the dot segments"
+            Expect.isFalse (wentDirect "/echo") "through Kestrel's own parsing"
+            Expect.equal upgradeKinds.Count (before + 1) "one connection"
+        })
+
+        testCaseTask "an ASP.NET Core WebSocket endpoint chosen by routing for a request taken directly works on the connection's pipes" (fun () -> task {
+            let! server =
+                startWith
+                    (fun builder -> builder.WebHost.UseRealtimeDirectConnections() |> ignore)
+                    ignore
+                    (fun app ->
+                        app.UseWebSockets() |> ignore
+                        app.MapRealtime("/ws/{room}", echo ()) |> ignore
+                        app.Map("/ws/plain", RequestDelegate(fun (context: HttpContext) -> task {
+                            use! socket = context.WebSockets.AcceptWebSocketAsync()
+                            let buffer = Array.zeroCreate<byte> 100
+                            let! received = socket.ReceiveAsync(ArraySegment buffer, CancellationToken.None)
+                            let reply = Encoding.UTF8.GetBytes("plain " + Encoding.UTF8.GetString(buffer, 0, received.Count))
+                            do! socket.SendAsync(ArraySegment reply, WebSocketMessageType.Text, true, CancellationToken.None)
+                            let! _ = socket.ReceiveAsync(ArraySegment buffer, CancellationToken.None)
+                            do! socket.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "", CancellationToken.None)
+                        }))
+                        |> ignore)
+            use _ = server
+            use! client = connect (server.WsUrl + "/ws/plain")
+            do! sendText client "hi"
+            let! answer = receiveText client
+            Expect.equal answer "plain hi" "ASP.NET Core's WebSocket over the direct connection"
+            do! client.CloseAsync(WebSocketCloseStatus.NormalClosure, "", CancellationToken.None)
+            do! expectEcho (server.WsUrl + "/ws/lobby")
+        })
+    ]
 
 /// The feature collection of a directly accepted request, on its own: one object stands for the
 /// built-in features, and it must still behave as any IFeatureCollection does for ASP.NET code.
@@ -373,29 +493,26 @@ let directFeatureTests =
         let connection = new Microsoft.AspNetCore.Connections.DefaultConnectionContext("conn-1")
         connection.RemoteEndPoint <- IPEndPoint(IPAddress.Loopback, 5555)
         connection.LocalEndPoint <- IPEndPoint(IPAddress.Loopback, 80)
-        let services = ServiceCollection().AddScoped<DisposableMarker>().BuildServiceProvider()
         let headers = HeaderDictionary()
         headers.Append("Host", "example.test")
         let features =
-            new Direct.DirectConnectionFeatures(
-                connection, services.GetRequiredService<IServiceScopeFactory>(), "GET", "HTTP/1.1", "/rooms/a", "?x=1",
-                "/rooms/a?x=1", headers, RouteValueDictionary(dict [ "room", box "a" ]))
+            new Direct.DirectConnectionFeatures(connection, "GET", "HTTP/1.1", "/rooms/a", "?x=1", "/rooms/a?x=1", headers, true)
         features, DefaultHttpContext(features)
 
     testList "Direct connections: the request's features" [
-        test "the request, connection and route values read through HttpContext as sent" {
+        test "the request and connection read through HttpContext as sent" {
             let _, context = make ()
             let request = context.Request
             Expect.equal (request.Method, request.Path.Value, request.QueryString.Value, request.Protocol, request.Scheme)
                 ("GET", "/rooms/a", "?x=1", "HTTP/1.1", "http") "request line"
             Expect.equal request.Host.Value "example.test" "host header"
-            Expect.equal (string request.RouteValues["room"]) "a" "route value"
             Expect.equal (context.Connection.Id, context.Connection.RemoteIpAddress, context.Connection.RemotePort, context.Connection.LocalPort)
                 ("conn-1", IPAddress.Loopback, 5555, 80) "connection"
             Expect.equal context.Response.StatusCode 200 "no status set yet"
+            Expect.isFalse context.Response.HasStarted "not started"
         }
 
-        test "features the application sets are kept, replace built-in ones, and can remove them" {
+        test "features the application sets are kept, replace built-in ones, and can remove them; the connection's own features show through" {
             let features, context = make ()
             let before = context.Features.Revision
             context.Items["key"] <- "value"
@@ -408,6 +525,7 @@ let directFeatureTests =
             context.Features.Set<IHttpUpgradeFeature>(null)
             Expect.isNull (context.Features.Get<IHttpUpgradeFeature>()) "removed"
             Expect.isTrue (obj.ReferenceEquals(context.Features.Get<IHttpRequestFeature>(), features)) "built-in features are the one object"
+            Expect.isNotNull (context.Features.Get<Microsoft.AspNetCore.Connections.Features.IConnectionItemsFeature>()) "a connection feature"
             let listed = context.Features |> Seq.map (fun entry -> entry.Key) |> Seq.toList
             Expect.equal (List.distinct listed) listed "each feature listed once"
             Expect.containsAll listed [ typeof<IItemsFeature>; typeof<IRouteValuesFeature>; typeof<IHttpRequestFeature>; typeof<IHttpResponseFeature> ] "listed"
@@ -415,12 +533,36 @@ let directFeatureTests =
             Expect.isTrue (context.Features |> Seq.exists (fun entry -> obj.ReferenceEquals(entry.Value, replaced))) "the replacement is listed"
         }
 
-        testTask "request services are one scope per connection, made when first asked for and disposed at the end" {
-            let features, context = make ()
-            let marker = context.RequestServices.GetRequiredService<DisposableMarker>()
-            Expect.isTrue (obj.ReferenceEquals(marker, context.RequestServices.GetRequiredService<DisposableMarker>())) "scoped"
-            Expect.isFalse marker.Disposed "alive while the connection is"
-            do! features.DisposeAsync()
-            Expect.isTrue marker.Disposed "disposed with the connection"
+        testTask "a response the application writes goes out with its status, headers and body after the OnStarting callbacks, then Connection: close" {
+            let connection = new Microsoft.AspNetCore.Connections.DefaultConnectionContext("conn-2")
+            let toServer = System.IO.Pipelines.Pipe()
+            let fromServer = System.IO.Pipelines.Pipe()
+            connection.Transport <-
+                { new System.IO.Pipelines.IDuplexPipe with
+                    member _.Input = toServer.Reader
+                    member _.Output = fromServer.Writer }
+            let headers = HeaderDictionary()
+            let features = new Direct.DirectConnectionFeatures(connection, "GET", "HTTP/1.1", "/", "", "/", headers, false)
+            let context = DefaultHttpContext(features)
+            let order = ResizeArray<string>()
+            context.Response.OnStarting(fun () -> order.Add "first registered"; Task.CompletedTask)
+            context.Response.OnStarting(fun () -> order.Add "second registered"; context.Response.Headers["X-Late"] <- "set"; Task.CompletedTask)
+            context.Response.OnCompleted(fun () -> order.Add "completed"; Task.CompletedTask)
+            context.Response.StatusCode <- 418
+            context.Response.ContentLength <- Nullable 5L
+            do! context.Response.WriteAsync "hello"
+            Expect.isTrue context.Response.HasStarted "started by the write"
+            do! features.CompleteAsync null
+            Expect.equal (List.ofSeq order) [ "second registered"; "first registered"; "completed" ] "OnStarting latest first, OnCompleted last"
+            do! fromServer.Writer.CompleteAsync()
+            let! read = fromServer.Reader.ReadAsync()
+            let mutable buffer = read.Buffer
+            let text = Encoding.Latin1.GetString(System.Buffers.BuffersExtensions.ToArray(&buffer))
+            Expect.stringStarts text "HTTP/1.1 418 I'm a teapot\r\n" "status line"
+            Expect.stringContains text "X-Late: set\r\n" "a header set in OnStarting"
+            Expect.stringContains text "Connection: close\r\n" "not kept alive"
+            Expect.stringContains text "Content-Length: 5\r\n" "the length the application set"
+            Expect.isFalse (text.Contains "Server:") "no Server header when Kestrel's AddServerHeader is off"
+            Expect.stringEnds text "\r\n\r\nhello" "the body after the head"
         }
     ]

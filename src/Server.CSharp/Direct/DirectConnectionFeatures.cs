@@ -1,26 +1,22 @@
-using System.Buffers;
 using System.IO.Pipelines;
 using System.Net;
 using System.Text;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
-using Microsoft.AspNetCore.Routing;
 using Microsoft.AspNetCore.WebUtilities;
-using Microsoft.Extensions.DependencyInjection;
 
 namespace Realtime.Direct;
 
 /// <summary>
-/// Everything ASP.NET code sees of a request accepted directly by
-/// <see cref="DirectConnectionMiddleware"/>, in one object that lives as long as the connection:
-/// the feature collection of its <see cref="HttpContext"/> and the request, response, connection,
-/// route values, request services, upgrade and lifetime features in it. (Kestrel's HTTP layer
-/// keeps these as one object per connection too; separate feature objects in a dictionary would
-/// cost several hundred bytes more per idle connection.) <see cref="UpgradeAsync"/> writes the 101
-/// response straight to the connection, whose pipes then carry the WebSocket frames; a response
-/// written instead (a rejection) is buffered and sent by <see cref="WriteResponseAsync"/>.
-/// Features set by application code are kept beside the built-in ones and take precedence.
+/// The features of a request accepted by <see cref="DirectConnectionMiddleware"/>, in one object that
+/// lives as long as the connection: what Kestrel's HTTP/1.1 layer would give the application for the
+/// same request (request, response, response body, connection, upgrade and lifetime features; the
+/// connection's own features, such as TLS, behind them). The host's application makes its
+/// <see cref="HttpContext"/> from it and runs its whole pipeline on it. <see cref="UpgradeAsync"/>
+/// writes the 101 response straight to the connection, whose pipes then carry the WebSocket frames;
+/// any other response is written as HTTP/1.1 with <c>Connection: close</c>, and the connection ends
+/// after it. Features set by application code are kept beside the built-in ones and take precedence.
 /// </summary>
 internal sealed class DirectConnectionFeatures :
     IFeatureCollection,
@@ -28,45 +24,40 @@ internal sealed class DirectConnectionFeatures :
     IHttpResponseFeature,
     IHttpResponseBodyFeature,
     IHttpConnectionFeature,
-    IRouteValuesFeature,
-    IServiceProvidersFeature,
     IHttpUpgradeFeature,
-    IHttpRequestLifetimeFeature,
-    IAsyncDisposable
+    IHttpRequestLifetimeFeature
 {
     private static readonly Type[] Implemented =
     [
         typeof(IHttpRequestFeature), typeof(IHttpResponseFeature), typeof(IHttpResponseBodyFeature),
-        typeof(IHttpConnectionFeature), typeof(IRouteValuesFeature), typeof(IServiceProvidersFeature),
-        typeof(IHttpUpgradeFeature), typeof(IHttpRequestLifetimeFeature),
+        typeof(IHttpConnectionFeature), typeof(IHttpUpgradeFeature), typeof(IHttpRequestLifetimeFeature),
     ];
 
     private readonly ConnectionContext _connection;
-    private readonly ITlsConnectionFeature? _tls;
-    private readonly IServiceScopeFactory _scopes;
-    // Features set from outside (and built-in ones replaced or removed, as null); usually none.
+    private readonly bool _addServerHeader;
+    // Features set from outside (and built-in ones replaced or removed, as null).
     private List<KeyValuePair<Type, object?>>? _set;
     private int _revision;
-    private AsyncServiceScope? _scope;
-    private IServiceProvider? _requestServices;
-    private StreamResponseBodyFeature? _body;
     private Stream _requestBody = Stream.Null;
     private IHeaderDictionary _responseHeaders = new HeaderDictionary();
+    private List<(Func<object, Task> Callback, object State)>? _onStarting;
+    private List<(Func<object, Task> Callback, object State)>? _onCompleted;
+    private DirectResponseStream? _body;
+    private PipeWriter? _bodyWriter;
+    private bool _started;
 
-    public DirectConnectionFeatures(ConnectionContext connection, IServiceScopeFactory scopes, string method, string protocol,
-        string path, string queryString, string rawTarget, IHeaderDictionary headers, RouteValueDictionary routeValues)
+    public DirectConnectionFeatures(ConnectionContext connection, string method, string protocol, string path,
+        string queryString, string rawTarget, IHeaderDictionary headers, bool addServerHeader)
     {
         _connection = connection;
-        _scopes = scopes;
-        _tls = connection.Features.Get<ITlsConnectionFeature>();
+        _addServerHeader = addServerHeader;
         Method = method;
         Protocol = protocol;
-        Scheme = _tls is null ? "http" : "https";
+        Scheme = connection.Features.Get<ITlsConnectionFeature>() is null ? "http" : "https";
         Path = path;
         QueryString = queryString;
         RawTarget = rawTarget;
         Headers = headers;
-        RouteValues = routeValues;
         ConnectionId = connection.ConnectionId;
         if (connection.RemoteEndPoint is IPEndPoint remote)
         {
@@ -90,7 +81,7 @@ internal sealed class DirectConnectionFeatures :
 
     public bool IsReadOnly => false;
 
-    public int Revision => _revision;
+    public int Revision => _revision + _connection.Features.Revision;
 
     public object? this[Type key]
     {
@@ -98,13 +89,14 @@ internal sealed class DirectConnectionFeatures :
         {
             ArgumentNullException.ThrowIfNull(key);
             int index = IndexOfSet(key);
-            return index >= 0 ? _set![index].Value : BuiltIn(key);
+            if (index >= 0) return _set![index].Value;
+            return Array.IndexOf(Implemented, key) >= 0 ? this : _connection.Features[key];
         }
         set
         {
             ArgumentNullException.ThrowIfNull(key);
             int index = IndexOfSet(key);
-            _set ??= new List<KeyValuePair<Type, object?>>(2);
+            _set ??= new List<KeyValuePair<Type, object?>>(4);
             if (index >= 0) _set[index] = new(key, value);
             else _set.Add(new(key, value));
             _revision++;
@@ -128,7 +120,10 @@ internal sealed class DirectConnectionFeatures :
         {
             if (IndexOfSet(type) < 0) yield return new(type, this);
         }
-        if (_tls is not null && IndexOfSet(typeof(ITlsConnectionFeature)) < 0) yield return new(typeof(ITlsConnectionFeature), _tls);
+        foreach (var (type, feature) in _connection.Features)
+        {
+            if (IndexOfSet(type) < 0 && Array.IndexOf(Implemented, type) < 0) yield return new(type, feature);
+        }
     }
 
     System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
@@ -142,12 +137,6 @@ internal sealed class DirectConnectionFeatures :
             if (_set[i].Key == key) return i;
         }
         return -1;
-    }
-
-    private object? BuiltIn(Type key)
-    {
-        if (key == typeof(ITlsConnectionFeature)) return _tls;
-        return Array.IndexOf(Implemented, key) >= 0 ? this : null;
     }
 
     // ------------------------------------------------------------------ request
@@ -189,37 +178,120 @@ internal sealed class DirectConnectionFeatures :
     [Obsolete("Use IHttpResponseBodyFeature.Stream instead.")]
     Stream IHttpResponseFeature.Body
     {
-        get => Body.Stream;
-        set => throw new NotSupportedException("the response body of a direct connection cannot be replaced");
+        get => Body;
+        set => throw new NotSupportedException("the response body of a direct connection cannot be replaced; set IHttpResponseBodyFeature instead");
     }
 
-    public bool HasStarted => false;
+    public bool HasStarted => _started;
 
     public void OnStarting(Func<object, Task> callback, object state)
     {
+        if (_started) throw new InvalidOperationException("the response has already started");
+        (_onStarting ??= []).Add((callback, state));
     }
 
-    public void OnCompleted(Func<object, Task> callback, object state)
+    public void OnCompleted(Func<object, Task> callback, object state) => (_onCompleted ??= []).Add((callback, state));
+
+    private DirectResponseStream Body => _body ??= new DirectResponseStream(this);
+
+    Stream IHttpResponseBodyFeature.Stream => Body;
+
+    PipeWriter IHttpResponseBodyFeature.Writer => _bodyWriter ??= PipeWriter.Create(Body, new StreamPipeWriterOptions(leaveOpen: true));
+
+    void IHttpResponseBodyFeature.DisableBuffering()
     {
     }
 
-    // The response body is only ever written for a refusal: made when first used.
-    private StreamResponseBodyFeature Body => _body ??= new StreamResponseBodyFeature(new MemoryStream());
-
-    Stream IHttpResponseBodyFeature.Stream => Body.Stream;
-
-    PipeWriter IHttpResponseBodyFeature.Writer => Body.Writer;
-
-    void IHttpResponseBodyFeature.DisableBuffering() => Body.DisableBuffering();
-
-    Task IHttpResponseBodyFeature.StartAsync(CancellationToken cancellationToken) => Body.StartAsync(cancellationToken);
+    async Task IHttpResponseBodyFeature.StartAsync(CancellationToken cancellationToken)
+    {
+        await StartResponseAsync().ConfigureAwait(false);
+        await _connection.Transport.Output.FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
 
     Task IHttpResponseBodyFeature.SendFileAsync(string path, long offset, long? count, CancellationToken cancellationToken) =>
-        Body.SendFileAsync(path, offset, count, cancellationToken);
+        SendFileFallback.SendFileAsync(Body, path, offset, count, cancellationToken);
 
-    Task IHttpResponseBodyFeature.CompleteAsync() => Body.CompleteAsync();
+    async Task IHttpResponseBodyFeature.CompleteAsync()
+    {
+        if (_bodyWriter is not null) await _bodyWriter.FlushAsync().ConfigureAwait(false);
+        await StartResponseAsync().ConfigureAwait(false);
+        await _connection.Transport.Output.FlushAsync().ConfigureAwait(false);
+    }
 
-    // ------------------------------------------------------------------ connection, route, services
+    /// <summary>
+    /// Writes the response head once, after the OnStarting callbacks (latest first, as Kestrel runs
+    /// them). Without a Content-Length the body lasts until the connection closes (RFC 9112 §6.3).
+    /// </summary>
+    internal async ValueTask StartResponseAsync()
+    {
+        if (_started) return;
+        await FireOnStartingAsync().ConfigureAwait(false);
+        _started = true;
+        _responseHeaders.Connection = "close";
+        WriteHead(_connection.Transport.Output, StatusCode, ReasonPhrase, _responseHeaders, _addServerHeader);
+    }
+
+    private async ValueTask FireOnStartingAsync()
+    {
+        var callbacks = _onStarting;
+        _onStarting = null;
+        if (callbacks is null) return;
+        for (int i = callbacks.Count - 1; i >= 0; i--) await callbacks[i].Callback(callbacks[i].State).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Ends the request after the application returned, as Kestrel does: a 500 with no body when it
+    /// threw before the response started, otherwise the response as the application left it (an
+    /// unstarted one with <c>Content-Length: 0</c>), flushed; then the OnCompleted callbacks.
+    /// </summary>
+    public async Task CompleteAsync(Exception? failure)
+    {
+        try
+        {
+            if (!Upgraded)
+            {
+                if (_bodyWriter is not null && failure is null) await _bodyWriter.FlushAsync().ConfigureAwait(false);
+                if (!_started)
+                {
+                    if (failure is not null)
+                    {
+                        StatusCode = StatusCodes.Status500InternalServerError;
+                        ReasonPhrase = null;
+                        _responseHeaders.Clear();
+                    }
+                    _responseHeaders.ContentLength = 0;
+                    await StartResponseAsync().ConfigureAwait(false);
+                }
+                await _connection.Transport.Output.FlushAsync().ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            await FireOnCompletedAsync().ConfigureAwait(false);
+        }
+    }
+
+    private async Task FireOnCompletedAsync()
+    {
+        var callbacks = _onCompleted;
+        _onCompleted = null;
+        if (callbacks is null) return;
+        List<Exception>? failures = null;
+        for (int i = callbacks.Count - 1; i >= 0; i--)
+        {
+            try
+            {
+                await callbacks[i].Callback(callbacks[i].State).ConfigureAwait(false);
+            }
+            catch (Exception exception)
+            {
+                (failures ??= []).Add(exception);
+            }
+        }
+        if (failures is not null) throw new AggregateException(failures);
+    }
+
+    // ------------------------------------------------------------------ connection
 
     public string ConnectionId { get; set; }
 
@@ -231,33 +303,9 @@ internal sealed class DirectConnectionFeatures :
 
     public int LocalPort { get; set; }
 
-    public RouteValueDictionary RouteValues { get; set; }
-
-    public IServiceProvider RequestServices
-    {
-        get
-        {
-            if (_requestServices is null)
-            {
-                _scope = _scopes.CreateAsyncScope();
-                _requestServices = _scope.Value.ServiceProvider;
-            }
-            return _requestServices;
-        }
-        set => _requestServices = value;
-    }
-
-    /// <summary>Disposes the request's service scope, if one was made.</summary>
-    public ValueTask DisposeAsync()
-    {
-        var scope = _scope;
-        _scope = null;
-        _requestServices = null;
-        return scope?.DisposeAsync() ?? ValueTask.CompletedTask;
-    }
-
     // ------------------------------------------------------------------ upgrade and lifetime
 
+    // The middleware takes only requests with "Connection: Upgrade" and no body, as Kestrel's test for it.
     public bool IsUpgradableRequest => true;
 
     public CancellationToken RequestAborted
@@ -271,34 +319,28 @@ internal sealed class DirectConnectionFeatures :
     public async Task<Stream> UpgradeAsync()
     {
         if (Upgraded) throw new InvalidOperationException("the connection was already upgraded");
+        if (_started) throw new InvalidOperationException("the response has already started");
+        await FireOnStartingAsync().ConfigureAwait(false);
         Upgraded = true;
+        _started = true;
         StatusCode = StatusCodes.Status101SwitchingProtocols;
-        WriteHead(_connection.Transport.Output, StatusCode, _responseHeaders, contentLength: null);
+        WriteHead(_connection.Transport.Output, StatusCode, null, _responseHeaders, _addServerHeader);
         await _connection.Transport.Output.FlushAsync().ConfigureAwait(false);
         // The response is over; what it held need not live as long as the connection.
         _responseHeaders = new HeaderDictionary();
-        return Stream.Null;
+        return new DuplexPipeStream(_connection.Transport);
     }
 
-    /// <summary>Writes the response the endpoint produced instead of upgrading (a refusal); then the connection closes.</summary>
-    public async Task WriteResponseAsync()
-    {
-        _responseHeaders.Connection = "close";
-        // What the endpoint wrote went through the body feature's writer, which flushed it to the stream.
-        byte[] body = _body is null ? [] : ((MemoryStream)_body.Stream).ToArray();
-        var output = _connection.Transport.Output;
-        WriteHead(output, StatusCode, _responseHeaders, body.Length);
-        output.Write(body.AsSpan());
-        await output.FlushAsync().ConfigureAwait(false);
-    }
-
-    private static void WriteHead(PipeWriter output, int status, IHeaderDictionary headers, long? contentLength)
+    private static void WriteHead(PipeWriter output, int status, string? reasonPhrase, IHeaderDictionary headers, bool addServerHeader)
     {
         var head = new StringBuilder(256);
-        head.Append("HTTP/1.1 ").Append(status).Append(' ').Append(ReasonPhrases.GetReasonPhrase(status)).Append("\r\n");
+        head.Append("HTTP/1.1 ").Append(status).Append(' ')
+            .Append(string.IsNullOrEmpty(reasonPhrase) ? ReasonPhrases.GetReasonPhrase(status) : reasonPhrase).Append("\r\n");
+        // Kestrel's own headers, unless the application set them.
+        if (!headers.ContainsKey("Date")) head.Append("Date: ").Append(DateTimeOffset.UtcNow.ToString("r")).Append("\r\n");
+        if (addServerHeader && !headers.ContainsKey("Server")) head.Append("Server: Kestrel\r\n");
         foreach (var (name, values) in headers)
         {
-            if (contentLength is not null && string.Equals(name, "Content-Length", StringComparison.OrdinalIgnoreCase)) continue;
             foreach (var value in values)
             {
                 // As Kestrel does: a line break in a header would split the response (RFC 9110 §5.5).
@@ -307,10 +349,7 @@ internal sealed class DirectConnectionFeatures :
                 head.Append(name).Append(": ").Append(value).Append("\r\n");
             }
         }
-        if (contentLength is { } length) head.Append("Content-Length: ").Append(length).Append("\r\n");
         head.Append("\r\n");
-        // Header values are ASCII here (the handshake's own, or what the application set, which
-        // Kestrel would also refuse to send as anything else).
         Encoding.Latin1.GetBytes(head.ToString(), output);
     }
 }

@@ -1,12 +1,9 @@
 using System.Buffers;
 using System.IO.Pipelines;
-using System.Net;
 using Microsoft.AspNetCore.Connections;
-using Microsoft.AspNetCore.Connections.Features;
 using Microsoft.AspNetCore.Http;
-using Microsoft.AspNetCore.Http.Features;
-using Microsoft.AspNetCore.Routing;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
 using Realtime.Protocol;
@@ -14,62 +11,79 @@ using Realtime.Protocol;
 namespace Realtime.Direct;
 
 /// <summary>
-/// A Kestrel connection middleware that accepts WebSocket upgrades itself, below Kestrel's HTTP
-/// layer. It looks at the first request of each new connection: a GET whose path is a Realtime
-/// endpoint's route is handled here (same handshake checks, limits, <c>Attach</c> and handlers as
-/// through the route), and the connection then runs on its transport pipes with no HTTP/1.1 state
-/// kept under it, which saves memory per connection and a copy per read. Anything else (other
-/// paths and methods, HTTP/2, TLS bytes when placed before <c>UseHttps</c>, heads too large or
-/// malformed) is passed on untouched to the next middleware, normally Kestrel's HTTP server.
-/// The application's HTTP middleware does not run for connections accepted here.
+/// A Kestrel connection middleware that reads the first request of each new connection itself, below
+/// Kestrel's HTTP layer. A WebSocket upgrade (GET, HTTP/1.1, <c>Upgrade: websocket</c>,
+/// <c>Connection: Upgrade</c>, no body) whose path is a Realtime endpoint's route is run through the
+/// application's whole request pipeline (the same <see cref="DirectApplication"/> Kestrel runs: every
+/// middleware, routing, authorization, the endpoint); when that ends in a 101 from a Realtime endpoint,
+/// the connection runs on its transport pipes with no HTTP/1.1 state under it, which saves memory per
+/// connection and a copy per read. Everything else (other requests, heads past Kestrel's limits or
+/// malformed, paths Kestrel would rewrite, TLS bytes before <c>UseHttps</c>, a server whose application
+/// could not be captured) is passed on untouched to the next middleware, normally Kestrel's HTTP server.
 /// </summary>
 internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServiceProvider services)
 {
-    // Room for a request line and the headers Kestrel would accept (its default limits: 8 KiB and 32 KiB).
-    private const int MaxHeadBytes = 40 * 1024;
     private static ReadOnlySpan<byte> Get => "GET "u8;
+    private static ReadOnlySpan<byte> EndOfHead => "\r\n\r\n"u8;
 
     private DirectRoutes? _routes;
     private RealtimeServer? _server;
+    private DirectApplication? _application;
     private TimeSpan _headTimeout;
-    private IServiceScopeFactory? _scopes;
+    private RequestHead.Limits _limits = null!;
+    private bool _addServerHeader;
+    private int _warnedNotCaptured;
 
-    // This method's state lives as long as the connection, so it keeps as little as it can: the
-    // head is read, and the connection opened, in methods of their own that have returned by then.
     public async Task OnConnectionAsync(ConnectionContext connection)
     {
         EnsureServices();
-        var (accepted, timedOut) = await ReadHeadAsync(connection).ConfigureAwait(false);
-        // No complete request head in time: close, as Kestrel's header timeout would (returning
-        // lets Kestrel end the connection gracefully).
-        if (timedOut) return;
-        if (accepted is null)
+        if (!_application!.IsCaptured)
         {
+            // Without the application a request could not run its pipeline: never take it.
+            if (Interlocked.Exchange(ref _warnedNotCaptured, 1) == 0) _server!.Log.DirectConnectionsOff();
             await next(connection).ConfigureAwait(false);
             return;
         }
-        var features = accepted.Features;
-        try
+        var (features, outcome) = await ReadHeadAsync(connection).ConfigureAwait(false);
+        switch (outcome)
         {
-            var socket = await OpenAsync(accepted).ConfigureAwait(false);
-            accepted = null;
-            if (socket is not null) await socket.RunAsync().ConfigureAwait(false);
-        }
-        finally
-        {
-            await features.DisposeAsync().ConfigureAwait(false);
+            case HeadOutcome.NotOurs:
+                await next(connection).ConfigureAwait(false);
+                return;
+            case HeadOutcome.Ours:
+                await RunAsync(connection, features!).ConfigureAwait(false);
+                return;
+            default:
+                // No complete head in time, or the client went away while sending it: close quietly,
+                // as Kestrel does (returning lets it end the connection).
+                return;
         }
     }
 
+    private async Task RunAsync(ConnectionContext connection, DirectConnectionFeatures features)
+    {
+        try
+        {
+            if (await _application!.ProcessRequestAsync(features).ConfigureAwait(false) is { } failure)
+                _server!.Log.DirectRequestFailed(failure, connection.ConnectionId);
+        }
+        catch (Exception exception) when (exception is IOException or ConnectionAbortedException or ConnectionResetException or OperationCanceledException)
+        {
+            _server!.Log.TransportEnded(0, exception.Message);
+        }
+    }
+
+    private enum HeadOutcome { NotOurs, Ours, Ended }
+
     /// <summary>
-    /// Reads the first request head of a connection: what this middleware takes, or null when the
-    /// connection is for the next middleware (every byte left unread for it); or that no complete
-    /// head came in time.
+    /// Reads the first request head of a connection. The bytes are searched for the end of the head
+    /// only where new ones arrived, and the head is parsed once, when it is complete.
     /// </summary>
-    private async Task<(Accepted? Accepted, bool TimedOut)> ReadHeadAsync(ConnectionContext connection)
+    private async Task<(DirectConnectionFeatures? Features, HeadOutcome Outcome)> ReadHeadAsync(ConnectionContext connection)
     {
         var input = connection.Transport.Input;
         using var timeout = new CancellationTokenSource(_headTimeout);
+        long searched = 0;
         while (true)
         {
             ReadResult result;
@@ -79,102 +93,84 @@ internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServi
             }
             catch (OperationCanceledException) when (timeout.IsCancellationRequested)
             {
-                return (null, true);
+                return (null, HeadOutcome.Ended);
+            }
+            catch (Exception exception) when (exception is IOException or ConnectionResetException or ConnectionAbortedException)
+            {
+                return (null, HeadOutcome.Ended);
             }
             var buffer = result.Buffer;
-            var verdict = Inspect(buffer, out var request, out long consumed);
-            if (verdict == Verdict.NeedMore && !result.IsCompleted && !result.IsCanceled)
+            var verdict = Inspect(buffer, ref searched, out long headLength);
+            if (verdict == Verdict.NeedMore)
             {
+                if (result.IsCompleted || result.IsCanceled)
+                {
+                    input.AdvanceTo(buffer.Start, buffer.End);
+                    return (null, buffer.IsEmpty ? HeadOutcome.Ended : HeadOutcome.NotOurs);
+                }
                 input.AdvanceTo(buffer.Start, buffer.End);
                 continue;
             }
-            var accepted = verdict == Verdict.Upgrade ? Accept(connection, request!) : null;
+            var features = verdict == Verdict.Complete ? Take(connection, buffer.Slice(0, headLength)) : null;
             // Not ours: every byte stays for the next reader.
-            input.AdvanceTo(accepted is null ? buffer.Start : buffer.GetPosition(consumed));
-            return (accepted, false);
+            input.AdvanceTo(features is null ? buffer.Start : buffer.GetPosition(headLength));
+            return (features, features is null ? HeadOutcome.NotOurs : HeadOutcome.Ours);
         }
     }
 
-    /// <summary>A request this middleware takes: its endpoint and the HTTP context made for it.</summary>
-    private sealed record Accepted(RealtimeEndpoint Endpoint, DefaultHttpContext Context, DirectConnectionFeatures Features);
+    private enum Verdict { NotOurs, NeedMore, Complete }
 
-    /// <summary>
-    /// The endpoint and context for a request head, or null when no Realtime endpoint takes it
-    /// directly. Synchronous, so the parsed head is not kept alive by the connection's async state.
-    /// </summary>
-    private Accepted? Accept(ConnectionContext connection, Handshake.HandshakeRequest request)
+    private Verdict Inspect(ReadOnlySequence<byte> buffer, ref long searched, out long headLength)
     {
-        string target = request.Path;
-        if (target.Length == 0 || target[0] != '/') return null;
-        int query = target.IndexOf('?');
-        var path = PathString.FromUriComponent(query < 0 ? target : target[..query]);
-        var endpoint = _routes!.Match(path, out var routeValues);
-        if (endpoint is null) return null;
-        var headers = new HeaderDictionary(request.Headers.Length);
-        foreach (var header in request.Headers) headers.Append(header.Name, header.Value);
-        var features = new DirectConnectionFeatures(connection, _scopes!, request.Method, request.HttpVersion,
-            path.Value ?? "/", query < 0 ? "" : target[query..], request.Path, headers, routeValues!);
-        return new Accepted(endpoint, new DefaultHttpContext(features), features);
-    }
-
-    private enum Verdict { NotOurs, NeedMore, Upgrade }
-
-    private static Verdict Inspect(ReadOnlySequence<byte> buffer, out Handshake.HandshakeRequest? request, out long consumed)
-    {
-        request = null;
-        consumed = 0;
+        headLength = 0;
         // Only a GET can open a WebSocket (RFC 6455 §4.1); look no further at anything else.
-        var start = buffer.FirstSpan;
         int prefix = (int)Math.Min(Get.Length, buffer.Length);
         Span<byte> first = stackalloc byte[Get.Length];
         buffer.Slice(0, prefix).CopyTo(first);
         if (!first[..prefix].SequenceEqual(Get[..prefix])) return Verdict.NotOurs;
-        if (buffer.Length < Get.Length) return Verdict.NeedMore;
 
-        long length = Math.Min(buffer.Length, MaxHeadBytes);
+        // Look for CRLF CRLF from a little before where the last search stopped.
+        long from = Math.Max(0, searched - (EndOfHead.Length - 1));
+        var reader = new SequenceReader<byte>(buffer.Slice(from));
+        if (reader.TryReadTo(out ReadOnlySequence<byte> _, EndOfHead, advancePastDelimiter: true))
+        {
+            headLength = from + reader.Consumed;
+            return headLength <= _limits.MaxHeadBytes ? Verdict.Complete : Verdict.NotOurs;
+        }
+        searched = buffer.Length;
+        // Past the limits with no end in sight: Kestrel gives its own 414 or 431.
+        return buffer.Length > _limits.MaxHeadBytes ? Verdict.NotOurs : Verdict.NeedMore;
+    }
+
+    /// <summary>
+    /// The features for a complete head that this middleware takes, or null when Kestrel should have
+    /// it. Synchronous, so the parsed head is not kept alive by the connection's async state.
+    /// </summary>
+    private DirectConnectionFeatures? Take(ConnectionContext connection, ReadOnlySequence<byte> head)
+    {
         byte[]? rented = null;
-        ReadOnlySpan<byte> head;
-        if (start.Length >= length) head = start[..(int)length];
+        ReadOnlySpan<byte> bytes;
+        if (head.IsSingleSegment) bytes = head.FirstSpan;
         else
         {
-            rented = ArrayPool<byte>.Shared.Rent((int)length);
-            buffer.Slice(0, length).CopyTo(rented);
-            head = rented.AsSpan(0, (int)length);
+            rented = ArrayPool<byte>.Shared.Rent((int)head.Length);
+            head.CopyTo(rented);
+            bytes = rented.AsSpan(0, (int)head.Length);
         }
         try
         {
-            switch (RequestHead.parse(head, MaxHeadBytes))
-            {
-                case RequestHead.RequestHeadResult.Complete complete:
-                    request = complete.request;
-                    consumed = complete.consumed;
-                    return Verdict.Upgrade;
-                case var incomplete when incomplete.IsIncomplete:
-                    return buffer.Length >= MaxHeadBytes ? Verdict.NotOurs : Verdict.NeedMore;
-                default:
-                    // Malformed: Kestrel's HTTP parser gives its own 400.
-                    return Verdict.NotOurs;
-            }
+            // Malformed or past Kestrel's limits: Kestrel's parser gives its own answer.
+            if (RequestHead.parseWithin(bytes, _limits) is not RequestHead.RequestHeadResult.Complete complete) return null;
+            var request = complete.request;
+            if (!DirectRequest.IsCandidate(request, out string path, out string query)) return null;
+            if (!_routes!.Matches(new PathString(path))) return null;
+            var headers = new HeaderDictionary(request.Headers.Length);
+            foreach (var header in request.Headers) headers.Append(header.Name, header.Value);
+            return new DirectConnectionFeatures(connection, request.Method, request.HttpVersion, path, query, request.Path, headers, _addServerHeader);
         }
         finally
         {
             if (rented is not null) ArrayPool<byte>.Shared.Return(rented);
-        }
-    }
-
-    /// <summary>The endpoint's handshake over the direct connection: the open socket, or null when it answered otherwise.</summary>
-    private async Task<RealtimeSocket?> OpenAsync(Accepted accepted)
-    {
-        try
-        {
-            var socket = await accepted.Endpoint.OpenAsync(accepted.Context).ConfigureAwait(false);
-            if (!accepted.Features.Upgraded) await accepted.Features.WriteResponseAsync().ConfigureAwait(false);
-            return socket;
-        }
-        catch (Exception exception) when (exception is IOException or ConnectionAbortedException or ConnectionResetException or OperationCanceledException)
-        {
-            _server!.Log.TransportEnded(0, exception.Message);
-            return null;
         }
     }
 
@@ -183,9 +179,17 @@ internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServi
         if (Volatile.Read(ref _routes) is not null) return;
         _server = services.GetService<RealtimeServer>()
             ?? throw new InvalidOperationException("Call services.AddRealtime() before UseRealtimeDirectConnections.");
-        _scopes = services.GetRequiredService<IServiceScopeFactory>();
-        _headTimeout = services.GetRequiredService<IOptions<RealtimeOptions>>().Value.HandshakeTimeout
-            ?? services.GetRequiredService<IOptions<KestrelServerOptions>>().Value.Limits.RequestHeadersTimeout;
+        _application = services.GetRequiredService<DirectApplication>();
+        var kestrel = services.GetRequiredService<IOptions<KestrelServerOptions>>().Value;
+        _addServerHeader = kestrel.AddServerHeader;
+        var limits = kestrel.Limits;
+        _headTimeout = services.GetRequiredService<IOptions<RealtimeOptions>>().Value.HandshakeTimeout ?? limits.RequestHeadersTimeout;
+        // Kestrel's own limits, so that a head this middleware takes is one Kestrel would have taken.
+        _limits = new RequestHead.Limits(
+            (int)Math.Min(int.MaxValue, (long)limits.MaxRequestLineSize + limits.MaxRequestHeadersTotalSize + 2),
+            limits.MaxRequestLineSize,
+            limits.MaxRequestHeadersTotalSize,
+            limits.MaxRequestHeaderCount);
         Volatile.Write(ref _routes, new DirectRoutes(services.GetRequiredService<EndpointDataSource>()));
     }
 }

@@ -1,4 +1,3 @@
-using Microsoft.AspNetCore.Authorization;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.AspNetCore.Routing.Template;
@@ -7,37 +6,29 @@ using Microsoft.Extensions.Primitives;
 namespace Realtime.Direct;
 
 /// <summary>
-/// The Realtime endpoints a directly accepted connection may reach, read from the application's
-/// routes (so route groups and their prefixes count) and rebuilt when the routes change. An
-/// endpoint is left to the ordinary HTTP pipeline when it opted out
-/// (<see cref="RealtimeOptions.DirectConnections"/>), needs something only middleware provides
-/// (authorization, a host restriction), or has route constraints.
+/// The route templates of the Realtime endpoints a directly accepted connection may be for, read from
+/// the application's routes (so route groups and their prefixes count) and rebuilt when the routes
+/// change. It only pre-selects which upgrade requests are worth taking: the application's own routing
+/// (precedence, constraints, every endpoint) still decides where a taken request goes. Endpoints with
+/// <see cref="RealtimeOptions.DirectConnections"/> false are left out.
 /// </summary>
 internal sealed class DirectRoutes(EndpointDataSource dataSource)
 {
-    private sealed record Route(TemplateMatcher Matcher, RealtimeEndpoint Endpoint);
-
-    private Route[]? _routes;
+    private TemplateMatcher[]? _routes;
     private IChangeToken? _changed;
     private readonly Lock _sync = new();
 
-    /// <summary>The endpoint whose route matches <paramref name="path"/>, with the route values; null when none may take it directly.</summary>
-    public RealtimeEndpoint? Match(PathString path, out RouteValueDictionary? values)
+    /// <summary>True when <paramref name="path"/> fits the template of a Realtime endpoint that takes direct connections.</summary>
+    public bool Matches(PathString path)
     {
         foreach (var route in Current())
         {
-            var candidate = new RouteValueDictionary();
-            if (route.Matcher.TryMatch(path, candidate))
-            {
-                values = candidate;
-                return route.Endpoint;
-            }
+            if (route.TryMatch(path, new RouteValueDictionary())) return true;
         }
-        values = null;
-        return null;
+        return false;
     }
 
-    private Route[] Current()
+    private TemplateMatcher[] Current()
     {
         var routes = Volatile.Read(ref _routes);
         if (routes is not null && _changed is { HasChanged: false }) return routes;
@@ -45,16 +36,13 @@ internal sealed class DirectRoutes(EndpointDataSource dataSource)
         {
             if (_routes is not null && _changed is { HasChanged: false }) return _routes;
             _changed = dataSource.GetChangeToken();
-            var built = new List<Route>();
+            var built = new List<TemplateMatcher>();
             foreach (var endpoint in dataSource.Endpoints)
             {
                 if (endpoint is not RouteEndpoint route) continue;
                 var realtime = route.Metadata.GetMetadata<RealtimeEndpoint>();
                 if (realtime is null || !realtime.Options.DirectConnections) continue;
-                if (route.Metadata.GetMetadata<IAuthorizeData>() is not null) continue;
-                if (route.Metadata.GetMetadata<IHostMetadata>() is not null) continue;
-                if (route.RoutePattern.ParameterPolicies.Count > 0) continue;
-                built.Add(new Route(new TemplateMatcher(new RouteTemplate(route.RoutePattern), new RouteValueDictionary(route.RoutePattern.Defaults)), realtime));
+                built.Add(new TemplateMatcher(new RouteTemplate(route.RoutePattern), new RouteValueDictionary(route.RoutePattern.Defaults)));
             }
             Volatile.Write(ref _routes, built.ToArray());
             return _routes!;
