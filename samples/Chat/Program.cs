@@ -75,5 +75,5 @@ app.Run();
 
 static string RoomTopic(string room) => $"room:{room}";
 
-/// <summary>Who is on the other end of a chat socket.</summary>
+/// <summary>Who is on the other end of a chat socket, and whether it came over TLS (Scheme "wss") or not ("ws"), as the app saw the upgrade request.</summary>
 internal sealed record ChatUser(string Name, string Room, string Scheme);
