@@ -107,8 +107,8 @@ type Observation =
 type Recorder() =
     /// Attached requests: what Attach saw, and the upgrade feature's type name.
     member val Attached = ConcurrentDictionary<string, Observation * string>()
-    /// Requests whose Open handler ran.
-    member val Opened = ConcurrentDictionary<string, bool>()
+    /// Requests whose Open handler ran: what it saw through the socket's HttpContext.
+    member val Opened = ConcurrentDictionary<string, Observation>()
 
 let private observe (handler: string) (context: HttpContext) : Observation =
     let request = context.Request
@@ -146,7 +146,7 @@ let private observing (recorder: Recorder) (handler: string) =
                 Attachment<string>.Accept case),
         Open =
             fun ws ->
-                recorder.Opened[ws.Data] <- true
+                recorder.Opened[ws.Data] <- observe handler ws.HttpContext
                 ws.Send "open" |> ignore
     )
 
@@ -208,7 +208,9 @@ type Outcome =
       /// What Attach saw, when it was called.
       Attached: Observation option
       /// Whether Open ran (the client received its message).
-      Opened: bool }
+      Opened: bool
+      /// What Open saw through the socket's HttpContext, when it ran.
+      OpenSaw: Observation option }
 
 /// One request's outcome on one server, plus whether the upgrade was accepted directly (not part
 /// of the comparison: it differs by design).
@@ -263,7 +265,11 @@ let private runCase (server: RunningServer) (recorder: Recorder) (held: ResizeAr
                 { Status = status
                   Headers = headers
                   Attached = attached |> Option.map fst
-                  Opened = opened || recorder.Opened.ContainsKey case }
+                  Opened = opened || recorder.Opened.ContainsKey case
+                  OpenSaw =
+                    match recorder.Opened.TryGetValue case with
+                    | true, observation -> Some observation
+                    | _ -> None }
               UpgradeFeature = attached |> Option.map snd
               ResponseHead = head }
     }
@@ -282,13 +288,15 @@ let private status (code: int) : Check = expect (fun outcome -> outcome.Status =
 
 let private notAttached: Check = expect (fun outcome -> outcome.Attached.IsNone && not outcome.Opened) "Attach not called"
 
-/// 101 from the endpoint mapped at `pattern`, with Attach and Open called.
+/// 101 from the endpoint mapped at `pattern`, with Attach and Open called, and Open seeing the
+/// same request through the socket's HttpContext as Attach did.
 let private upgradedBy (pattern: string) : Check =
     expect
         (fun outcome ->
             outcome.Status = 101 && outcome.Opened
-            && (outcome.Attached |> Option.exists (fun seen -> seen.Handler = pattern)))
-        $"101 from {pattern}, Attach and Open called"
+            && (outcome.Attached |> Option.exists (fun seen -> seen.Handler = pattern))
+            && outcome.OpenSaw = outcome.Attached)
+        $"101 from {pattern}, Attach and Open called, Open seeing what Attach saw"
 
 let private seen (description: string) (holds: Observation -> bool) : Check =
     expect (fun outcome -> outcome.Attached |> Option.exists holds) description
@@ -372,7 +380,11 @@ let private describe (outcome: Outcome) =
             let items = String.Join(",", seen.Items)
             $"Attach: handler={seen.Handler} endpoint={seen.Endpoint} user={seen.User} authenticated={seen.Authenticated} claims=[{claims}] remote={seen.RemoteIp} pathBase='{seen.PathBase}' path='{seen.Path}' scheme={seen.Scheme} host={seen.Host} route=[{routes}] items=[{items}] tenant={seen.Tenant}"
     let headers = String.Join(" | ", outcome.Headers)
-    $"{outcome.Status} [{headers}] open={outcome.Opened} {attached}"
+    let openSaw =
+        match outcome.OpenSaw with
+        | Some seen when Some seen <> outcome.Attached -> $" Open saw otherwise: user={seen.User} authenticated={seen.Authenticated} remote={seen.RemoteIp} pathBase='{seen.PathBase}' path='{seen.Path}' route={seen.RouteValues} items={seen.Items}"
+        | _ -> ""
+    $"{outcome.Status} [{headers}] open={outcome.Opened} {attached}{openSaw}"
 
 /// The problems of one case: outcomes that differ, expectations that fail on either path, and a
 /// direct server's upgrade that did not go through the direct path.
