@@ -84,7 +84,7 @@ namespace Microsoft.AspNetCore.Hosting
     public static class RealtimeDirectConnectionExtensions
     {
         /// <summary>
-        /// Makes this listener read WebSocket upgrade requests to Realtime endpoints at the connection
+        /// Makes this listener read WebSocket upgrade requests at the connection
         /// level, below Kestrel's HTTP layer. Such a request runs through the application's whole
         /// request pipeline (the same one Kestrel runs: authentication, authorization, rate limiting,
         /// forwarded headers, routing, every middleware); after a 101 from a Realtime endpoint the

@@ -107,7 +107,7 @@ public sealed class RealtimeOptions
     public TimeSpan? HandshakeTimeout { get; set; }
 
     /// <summary>
-    /// Whether upgrade requests whose path fits only this endpoint's route are read directly by a
+    /// Whether upgrade requests whose path fits this endpoint's route template are read directly by a
     /// listener with <c>UseRealtimeDirectConnections</c> and, once upgraded, run on the connection's
     /// pipes. Either way the application's whole request pipeline runs for them. Default true; false
     /// leaves them to Kestrel's HTTP/1.1 upgrade. Ignored on listeners without direct connections.
