@@ -120,16 +120,19 @@ let private site (files: (string * string) list) =
     Directory.CreateDirectory root |> ignore
     new Folder(root)
 
-/// A dev server for `root` on 127.0.0.1 (ephemeral port) with `plugins`, `allowedHosts`, and a route /api.
-let private startDev (root: string) (plugins: RealtimePlugin list) (allowedHosts: string list option) : Task<RunningServer * RealtimeDevServer> =
+/// A dev server for `root` on 127.0.0.1 (ephemeral port) with `plugins`, `allowedHosts`, and a
+/// route /api; its listener accepts sockets directly (UseRealtimeDirectConnections) when `direct`.
+let private startDevIn (direct: bool) (root: string) (plugins: RealtimePlugin list) (allowedHosts: string list option) : Task<RunningServer * RealtimeDevServer> =
     task {
         let mutable devServer = Unchecked.defaultof<RealtimeDevServer>
         let! server =
-            start ignore (fun app ->
+            startIn direct ignore (fun app ->
                 devServer <- app.UseRealtimeDevServer(root, plugins, false, (match allowedHosts with Some hosts -> hosts :> seq<string> | None -> null))
                 app.MapGet("/api", Func<string>(fun () -> "from the route")) |> ignore)
         return server, devServer
     }
+
+let private startDev root plugins allowedHosts = startDevIn false root plugins allowedHosts
 
 let private index = "<!DOCTYPE html><html><head></head><body>index</body></html>"
 
@@ -226,6 +229,22 @@ let tests =
                 do! Task.Delay 200
                 Expect.equal opened.Value accepted.Length "no refused handshake opened a socket"
                 Expect.isLessThanOrEqual devServer.WebSockets.Count accepted.Length "the manager holds the accepted sockets only"
+            })
+
+        testCaseTask "the Host and Origin checks hold for sockets accepted directly (UseRealtimeDirectConnections) too" (fun () ->
+            task {
+                use root = site [ "index.html", index ]
+                let! server, devServer = startDevIn true root.Path [] None
+                use _ = server
+                let port = server.Port
+                let! own = upgrade port $"127.0.0.1:{port}" (Some $"http://127.0.0.1:{port}")
+                Expect.equal own.Status 101 "the dev server's own origin"
+                let! foreignOrigin = upgrade port $"127.0.0.1:{port}" (Some "http://attacker.example")
+                Expect.equal foreignOrigin.Status 403 "another Origin"
+                let! foreignHost = upgrade port $"attacker.example:{port}" (Some $"http://attacker.example:{port}")
+                Expect.equal foreignHost.Status 403 "another Host"
+                let! closed = eventually (TimeSpan.FromSeconds 10.0) (fun () -> devServer.WebSockets.Count = 0)
+                Expect.isTrue closed "the one accepted socket closes with its TCP connection; no other was opened"
             })
 
         testCaseTask "files and folders whose name starts with a dot are not served, at any depth (404)" (fun () ->
