@@ -361,6 +361,10 @@ let tests =
                 Expect.isTrue (wildcard.IsHostAllowed(requestTo "http" host None)) $"{host}: an address of a wildcard listener"
             for host in [ "192.168.1.5:8001"; "attacker.example:8000"; "192.168.1.5.attacker.example:8000"; "0x7f.example:8000" ] do
                 Expect.isFalse (wildcard.IsHostAllowed(requestTo "http" host None)) $"{host}: refused"
+            let ipv6 = DevServerAccess(FakeServer [], [| "fe80::1"; "[fd00::2]"; "DevBox.Lan." |])
+            for host in [ "[fe80::1]:8000"; "[fd00::2]"; "devbox.lan:1234"; "devbox.lan." ] do
+                Expect.isTrue (ipv6.IsHostAllowed(requestTo "http" host None)) $"{host}: an allowed host however it was written"
+            Expect.isFalse (ipv6.IsHostAllowed(requestTo "http" "[fe80::2]:8000" None)) "another IPv6 address"
             let https = access [ "https://devbox.lan:443" ]
             Expect.isTrue (https.IsHostAllowed(requestTo "https" "devbox.lan" None)) "no port in Host: the scheme's default"
             Expect.isTrue (DevServerAccess.IsOriginAllowed(requestTo "https" "devbox.lan" (Some "https://devbox.lan"))) "the default port on both sides"

@@ -21,8 +21,15 @@ internal sealed class DevServerAccess
     public DevServerAccess(IServer? server, IReadOnlyList<string> allowedHosts)
     {
         _server = server;
-        _allowedHosts = allowedHosts.Select(h => h.Trim().TrimEnd('.').ToLowerInvariant()).ToArray();
+        _allowedHosts = allowedHosts.Select(Normalize).ToArray();
         _anyHost = _allowedHosts.Contains("*");
+    }
+
+    // Lower case without a final dot; an IPv6 address in brackets, as it appears in a Host header.
+    private static string Normalize(string allowedHost)
+    {
+        string host = allowedHost.Trim().TrimEnd('.').ToLowerInvariant();
+        return Uri.CheckHostName(host) == UriHostNameType.IPv6 && !host.StartsWith('[') ? "[" + host + "]" : host;
     }
 
     /// <summary>Checks the entries of the <c>allowedHosts</c> option; returns them as given.</summary>
