@@ -15,7 +15,7 @@ internal abstract class RealtimeEndpoint
 
     protected RealtimeEndpoint(RealtimeServer server, string pattern, RealtimeOptions options)
     {
-        options.Validate();
+        RealtimeOptionsValidation.ThrowIfInvalidFor(pattern, options, server.Defaults);
         Server = server;
         Pattern = pattern;
         Options = options;
@@ -29,7 +29,7 @@ internal abstract class RealtimeEndpoint
                 options.ServerMaxWindowBits,
                 options.ClientMaxWindowBits));
         _plainConnection = new ConnectionOptions(
-            options.MaxPayloadLength,
+            options.EffectiveMaxPayloadLength,
             false,
             (long)options.IdleTimeout.TotalMilliseconds,
             (long)options.CloseTimeout.TotalMilliseconds);

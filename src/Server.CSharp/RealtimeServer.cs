@@ -30,9 +30,11 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
 
     private readonly IRealtimeBackplane? _backplane;
 
-    public RealtimeServer(ILogger<RealtimeServer> logger, TimeProvider? time = null, IRealtimeBackplane? backplane = null, RealtimeMetrics? metrics = null)
+    public RealtimeServer(ILogger<RealtimeServer> logger, RealtimeOptions defaults, TimeProvider? time = null, IRealtimeBackplane? backplane = null, RealtimeMetrics? metrics = null)
     {
+        RealtimeOptionsValidation.ThrowIfInvalid(defaults);
         Log = logger;
+        Defaults = defaults;
         _time = time ?? TimeProvider.System;
         _backplane = backplane;
         Metrics = metrics ?? new RealtimeMetrics(null);
@@ -42,6 +44,9 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     internal void StartBackplane() => _backplane?.Start(this);
 
     public ILogger Log { get; }
+
+    /// <summary>The options set in AddRealtime: every endpoint starts from them; the server-wide ones hold for all.</summary>
+    public RealtimeOptions Defaults { get; }
 
     public RealtimeMetrics Metrics { get; }
 
@@ -303,8 +308,8 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         if (open.Length == 0) return;
         Log.ShutdownStarted(open.Length);
         foreach (var connection in open) connection.CloseLocally(CloseCode.GoingAway, "server shutdown");
-        var deadline = _time.GetTimestamp() + (long)(timeout.TotalSeconds * _time.TimestampFrequency);
-        while (!_connections.IsEmpty && _time.GetTimestamp() < deadline)
+        long started = _time.GetTimestamp();
+        while (!_connections.IsEmpty && _time.GetElapsedTime(started) < timeout)
             await Task.Delay(10).ConfigureAwait(false);
         if (!_connections.IsEmpty)
         {

@@ -76,7 +76,7 @@ public abstract partial class RealtimeSocket
     private ReadOnlyMemory<byte>? InflateChunk(ReadOnlySpan<byte> chunk, MessageKind kind, bool messageEnd)
     {
         _inflater ??= _compression!.ClientNoContextTakeover ? CompressorPool.RentInflater() : new MessageInflater();
-        int limit = _endpoint.Options.MaxPayloadLength;
+        int limit = _endpoint.Options.EffectiveMaxPayloadLength;
         switch (_inflater.Inflate(chunk, messageEnd, limit))
         {
             case InflateStatus.TooBig:

@@ -15,6 +15,7 @@ public abstract partial class RealtimeSocket
 {
     private const int MinimumPendingBuffer = 4096;
     private const int KeptSpareBuffer = 64 * 1024;
+    private const int MaxControlBacklog = 1024 * 1024;
 
     private byte[]? _pending;
     private int _pendingLength;
@@ -245,12 +246,13 @@ public abstract partial class RealtimeSocket
     /// writer has taken the pending control frames. Pongs are never dropped and not counted against
     /// the send limits, so a client that sends pings without reading (while the connection's writer
     /// is stuck behind it) would otherwise make them pile up in server memory without bound; once
-    /// more than <see cref="RealtimeOptions.BackpressureLimit"/> of them are pending, the loop stops
-    /// reading and TCP holds the client back, as it does for a slow message handler.
+    /// more than <see cref="RealtimeOptions.BackpressureLimit"/> of them (at most 1 MiB, so that data
+    /// and control frames together stay within one array) are pending, the loop stops reading and
+    /// TCP holds the client back, as it does for a slow message handler.
     /// </summary>
     private Task? ControlBacklog()
     {
-        if (_pendingControlBytes <= _endpoint.Options.BackpressureLimit || _transportFailed) return null;
+        if (_pendingControlBytes <= Math.Min(_endpoint.Options.BackpressureLimit, MaxControlBacklog) || _transportFailed) return null;
         _controlTaken ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         return _controlTaken.Task;
     }
