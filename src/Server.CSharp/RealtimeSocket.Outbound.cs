@@ -29,11 +29,15 @@ public abstract partial class RealtimeSocket
     private TaskCompletionSource? _controlTaken;
 
     // Handlers of one connection never overlap: the receive loop and a writer that reports Drain
-    // take turns through this gate. A Drain that finds the gate taken is left pending and run by
-    // whoever leaves the gate.
+    // take turns through this gate (0 free, 1 taken). A Drain that finds the gate taken is left
+    // pending and run by whoever leaves the gate. The receive loop that finds it taken (a Drain runs
+    // on a writer's thread) does not spin: it waits on a task that the Drain's runner completes when
+    // it leaves the gate, so a Drain handler that blocks costs the receive loop no CPU.
     private int _handlerGate;
     private int _drainPending;
     private bool _closeDispatched;
+    private readonly object _gateWait = new();
+    private TaskCompletionSource? _gateFreed;
 
     internal SendResult SendFrame(MessageKind kind, ReadOnlySpan<byte> payload, bool compress) =>
         WantsCompression(compress, payload.Length) ? SendCompressed(kind, payload) : SendUncompressed(kind, payload);
@@ -304,10 +308,36 @@ public abstract partial class RealtimeSocket
         }
     }
 
-    private void EnterHandlers()
+    /// <summary>Takes the handler gate; completes at once unless a Drain handler is running.</summary>
+    private ValueTask EnterHandlersAsync() =>
+        Interlocked.CompareExchange(ref _handlerGate, 1, 0) == 0 ? ValueTask.CompletedTask : WaitForGateAsync();
+
+    private async ValueTask WaitForGateAsync()
     {
-        var spinner = new SpinWait();
-        while (Interlocked.CompareExchange(ref _handlerGate, 1, 0) != 0) spinner.SpinOnce();
+        while (true)
+        {
+            Task freed;
+            lock (_gateWait)
+            {
+                // Tried under the lock, so a Drain leaving the gate after this either lets this
+                // succeed or finds the waiter below and wakes it.
+                if (Interlocked.CompareExchange(ref _handlerGate, 1, 0) == 0) return;
+                freed = (_gateFreed ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
+            }
+            await freed.ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Called by a Drain's runner after it left the gate: wakes the receive loop if it waits.</summary>
+    private void WakeGateWaiter()
+    {
+        TaskCompletionSource? freed;
+        lock (_gateWait)
+        {
+            freed = _gateFreed;
+            _gateFreed = null;
+        }
+        freed?.TrySetResult();
     }
 
     private void ExitHandlers()
@@ -338,6 +368,7 @@ public abstract partial class RealtimeSocket
             finally
             {
                 Volatile.Write(ref _handlerGate, 0);
+                WakeGateWaiter();
             }
         }
     }
