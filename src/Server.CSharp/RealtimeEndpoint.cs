@@ -146,6 +146,12 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         {
             return await AcceptAsync(context).ConfigureAwait(false);
         }
+        catch (Exception exception) when (ClientWentAway(context, exception))
+        {
+            // The client reset or left during the handshake: its doing, not a failure of the app.
+            Server.Log.HandshakeAbandoned(Pattern, exception.Message);
+            return null;
+        }
         catch (Exception exception) when (!context.Response.HasStarted)
         {
             Server.Log.AttachFailed(exception, Pattern);
@@ -153,6 +159,11 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
             return null;
         }
     }
+
+    /// <summary>True when an exception of the handshake came from the connection ending, not from the app.</summary>
+    private static bool ClientWentAway(HttpContext context, Exception exception) =>
+        exception is Microsoft.AspNetCore.Connections.ConnectionResetException or Microsoft.AspNetCore.Connections.ConnectionAbortedException
+        || (context.RequestAborted.IsCancellationRequested && exception is IOException or OperationCanceledException);
 
     private async Task<RealtimeSocket?> AcceptAsync(HttpContext context)
     {
