@@ -45,7 +45,9 @@ public abstract partial class RealtimeSocket
     /// <summary>Queues a data frame (header and payload) under the backpressure rules.</summary>
     internal SendResult Enqueue(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload)
     {
-        int total = header.Length + payload.Length;
+        // In 64 bits: a payload within 14 bytes of int.MaxValue must not wrap into a small size
+        // (past int.MaxValue it is over every MaxBufferedAmount, so it is dropped or closes).
+        int total = (int)Math.Min(int.MaxValue, (long)header.Length + payload.Length);
         SendResult result;
         bool startWriter;
         bool closeForLimit = false;
