@@ -399,6 +399,23 @@ let extremeValueTests =
             Expect.isTrue dropped "the handler ran"
             Expect.equal (statuses.ToArray()) [| SendStatus.Dropped |] "nothing fits a zero-byte buffer"
         })
+
+        testCaseTask "the shortest timeouts (IdleTimeout and CloseTimeout of 1 ms): a silent client is pinged, then closed with 1001 and dropped" (fun () -> task {
+            let! server =
+                start
+                    (fun o ->
+                        o.IdleTimeout <- TimeSpan.FromMilliseconds 1.0
+                        o.CloseTimeout <- TimeSpan.FromMilliseconds 1.0)
+                    (fun app -> app.MapRealtime("/echo", echo ()) |> ignore)
+            use _ = server
+            use! raw = RawClient.connect server.Port "/echo"
+            let! first = raw.ReceiveFrame(seconds 10.0)
+            Expect.equal (first |> Option.map (fun frame -> frame.Opcode)) (Some Opcode.Ping) "pinged"
+            let! code = raw.ReceiveClose(seconds 10.0)
+            Expect.equal code (Some CloseCode.GoingAway) "then closed with 1001"
+            let! dropped = raw.WaitForTransportClose(seconds 10.0)
+            Expect.isTrue dropped "and the TCP connection dropped"
+        })
     ]
 
 // ---------------------------------------------------------------------------------------------
