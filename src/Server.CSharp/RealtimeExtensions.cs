@@ -24,10 +24,13 @@ namespace Microsoft.Extensions.DependencyInjection
         public static IRealtimeBuilder AddRealtime(this IServiceCollection services, Action<RealtimeOptions>? configure = null)
         {
             ArgumentNullException.ThrowIfNull(services);
-            services.AddOptions<RealtimeOptions>();
+            // Out-of-range values fail the start with a message naming them (RealtimeOptionsValidation).
+            services.AddOptions<RealtimeOptions>().ValidateOnStart();
+            services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<RealtimeOptions>, RealtimeOptionsValidation>());
             if (configure is not null) services.Configure(configure);
             services.TryAddSingleton(provider => new RealtimeServer(
                 provider.GetRequiredService<ILogger<RealtimeServer>>(),
+                provider.GetRequiredService<IOptions<RealtimeOptions>>().Value,
                 provider.GetService<TimeProvider>(),
                 provider.GetService<IRealtimeBackplane>(),
                 new RealtimeMetrics(provider.GetService<System.Diagnostics.Metrics.IMeterFactory>())));
