@@ -53,9 +53,9 @@ internal static partial class Log
     [LoggerMessage(EventId = 13, Level = LogLevel.Error, Message = "Unexpected failure on connection {Id}")]
     public static partial void UnexpectedFailure(this ILogger logger, Exception exception, long id);
 
-    [LoggerMessage(EventId = 14, Level = LogLevel.Error, Message = "The application failed on a directly accepted request on connection {ConnectionId}")]
+    [LoggerMessage(EventId = 16, Level = LogLevel.Error, Message = "The application failed on a directly accepted request on connection {ConnectionId}")]
     public static partial void DirectRequestFailed(this ILogger logger, Exception exception, string connectionId);
 
-    [LoggerMessage(EventId = 15, Level = LogLevel.Warning, Message = "Direct connections are off: the server did not start through Realtime's capture of the application (IServer is not Kestrel's, or was registered after AddRealtime); every connection takes Kestrel's ordinary path")]
+    [LoggerMessage(EventId = 17, Level = LogLevel.Warning, Message = "Direct connections are off: the server did not start through Realtime's capture of the application (IServer is not Kestrel's, or was registered after AddRealtime); every connection takes Kestrel's ordinary path")]
     public static partial void DirectConnectionsOff(this ILogger logger);
 }
