@@ -24,7 +24,8 @@ namespace Realtime.Redis;
 /// <see cref="RedisBackplaneOptions.MaxPublishBytesInFlight"/>), so a slow but connected Redis cannot
 /// make it grow: past a bound, publishes meant for the other servers are dropped like while Redis is
 /// away. <see cref="Publish"/> never waits; they are handed to Redis pipelined, never one round trip
-/// each.</para>
+/// each. A publish the client timed out on stays counted until Redis answers it or a later command
+/// (a PING is sent for this), or the connection is replaced: the client keeps it until then.</para>
 /// <para>While Redis is away, local delivery goes on; publishes meant for the other servers are
 /// dropped, counted in <see cref="PublishFailureCount"/> and reported by a rate-limited warning.
 /// When Redis returns, StackExchange.Redis reconnects and the channel subscriptions are restored
@@ -40,6 +41,10 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
     private readonly string _channelStart;
     private readonly Channel<Outgoing> _outgoing;
     private readonly InFlightBudget _inFlight;
+    private readonly TimedOutPublishes _timedOut;
+    private long _sequence;
+    private long _handed;
+    private int _probing;
     private readonly Channel<TopicChange> _control;
     private readonly CancellationTokenSource _stopping = new();
     private IRealtimeBackplaneReceiver? _receiver;
@@ -84,6 +89,7 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
         _lostWarnings = new RateLimit(warningIntervalMs);
         _unreadableWarnings = new RateLimit(warningIntervalMs);
         _inFlight = new InFlightBudget(settings.MaxPublishesInFlight, settings.MaxPublishBytesInFlight);
+        _timedOut = new TimedOutPublishes(_inFlight);
         // Unbounded in itself: what enters is reserved in _inFlight first, which bounds it.
         _outgoing = Channel.CreateUnbounded<Outgoing>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = false });
         _control = Channel.CreateUnbounded<TopicChange>(new UnboundedChannelOptions { SingleReader = true });
@@ -175,12 +181,16 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
         var redis = await ConnectionMultiplexer.ConnectAsync(_configuration).ConfigureAwait(false);
         redis.ConnectionFailed += (_, args) =>
         {
-            if (args.ConnectionType == ConnectionType.Interactive)
-                _log.ConnectionLost(args.EndPoint?.ToString() ?? "?", args.FailureType.ToString());
+            if (args.ConnectionType != ConnectionType.Interactive) return;
+            _timedOut.ConnectionLost();
+            _log.ConnectionLost(args.EndPoint?.ToString() ?? "?", args.FailureType.ToString());
         };
         redis.ConnectionRestored += (_, args) =>
         {
             if (args.ConnectionType != ConnectionType.Interactive) return;
+            // A new connection: the old one, and what the client kept of it, is gone (StackExchange.Redis
+            // does not always report the failure of a connection it gave up on as silent).
+            _timedOut.ConnectionLost();
             _log.ConnectionRestored(args.EndPoint?.ToString() ?? "?");
             // What the rate limit held back during the outage is reported now, not at the next failure.
             _lostWarnings.Flush(Interlocked.Read(ref _publishFailures), (count, total) => _log.PublishesLost(count, "Redis was away", total));
@@ -211,6 +221,7 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
                         continue;
                     }
                     Task<long> sent;
+                    long sequence = ++_sequence;
                     try
                     {
                         sent = subscriber.PublishAsync(RedisChannel.Literal(ChannelOf(item.Topic)), item.Envelope);
@@ -220,12 +231,13 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
                         Dropped(item.Envelope, e.GetType().Name);
                         continue;
                     }
-                    if (sent.IsCompleted) PublishCompleted(sent, item.Envelope.Length);
+                    Volatile.Write(ref _handed, sequence);
+                    if (sent.IsCompleted) PublishCompleted(sent, item.Envelope.Length, sequence);
                     else _ = sent.ContinueWith(static (task, state) =>
                         {
-                            var (backplane, bytes) = ((RedisBackplane, int))state!;
-                            backplane.PublishCompleted(task, bytes);
-                        }, (this, item.Envelope.Length), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+                            var (backplane, bytes, sequence) = ((RedisBackplane, int, long))state!;
+                            backplane.PublishCompleted(task, bytes, sequence);
+                        }, (this, item.Envelope.Length, sequence), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
                 }
             }
         }
@@ -237,12 +249,66 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
         }
     }
 
-    /// <summary>Redis answered (or the publish failed): it no longer counts in flight.</summary>
-    private void PublishCompleted(Task<long> sent, int bytes)
+    /// <summary>
+    /// Redis answered the <paramref name="sequence"/>-th publish (or it failed): it no longer counts in
+    /// flight, unless it only timed out: the client still holds it until Redis answers.
+    /// </summary>
+    private void PublishCompleted(Task<long> sent, int bytes, long sequence)
     {
+        if (sent.IsCompletedSuccessfully)
+        {
+            _inFlight.Release(bytes);
+            Interlocked.Increment(ref _published);
+            _timedOut.AnsweredThrough(sequence);
+            return;
+        }
+        var error = sent.Exception?.InnerException;
+        if (error is TimeoutException)
+        {
+            _timedOut.Add(sequence, bytes);
+            ReportLost("Redis did not answer within StackExchange.Redis's AsyncTimeout");
+            ProbeAnswers();
+            return;
+        }
         _inFlight.Release(bytes);
-        if (sent.IsCompletedSuccessfully) Interlocked.Increment(ref _published);
-        else ReportLost(sent.Exception?.InnerException?.GetType().Name ?? "cancelled");
+        ReportLost(error?.GetType().Name ?? "cancelled");
+    }
+
+    /// <summary>
+    /// While timed-out publishes are held, asks Redis for a PING on the same connection (one at a time):
+    /// its answer comes after theirs, so once it is answered they are let go, even when nothing more is
+    /// published.
+    /// </summary>
+    private void ProbeAnswers()
+    {
+        if (_timedOut.Count == 0 || Volatile.Read(ref _disposed) != 0) return;
+        if (Interlocked.Exchange(ref _probing, 1) != 0) return;
+        long through = Volatile.Read(ref _handed);
+        Task<TimeSpan> ping;
+        try
+        {
+            ping = Volatile.Read(ref _redis)!.GetDatabase().PingAsync();
+        }
+        catch (Exception)
+        {
+            // Not connected: losing the connection lets them go.
+            Volatile.Write(ref _probing, 0);
+            return;
+        }
+        _ = ping.ContinueWith(static (task, state) =>
+            {
+                var (backplane, through) = ((RedisBackplane, long))state!;
+                backplane.Probed(task, through);
+            }, (this, through), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+    }
+
+    private void Probed(Task<TimeSpan> ping, long through)
+    {
+        if (ping.IsCompletedSuccessfully) _timedOut.AnsweredThrough(through);
+        Volatile.Write(ref _probing, 0);
+        // Again for publishes that timed out meanwhile, or after a PING that timed out as well (paced by
+        // the timeout); any other failure is a lost connection, which lets them go.
+        if (ping.IsCompletedSuccessfully || ping.Exception?.InnerException is TimeoutException) ProbeAnswers();
     }
 
     /// <summary>A publish reserved in flight that will not be handed to Redis.</summary>
