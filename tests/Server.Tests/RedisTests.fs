@@ -759,6 +759,78 @@ let slowRedisTests =
             Expect.equal burst.HeldCount bound "the bound was filled, and held until Redis answered"
         })
 
+        testCaseTask "a pause longer than the Redis client's AsyncTimeout: timed-out publishes stay counted until Redis answers, so the client holds no more than MaxPublishBytesInFlight; then they are let go without another publish" (fun () -> task {
+            let bound = 4L <<< 20
+            let size = 200 * 1024
+            let pause = 6000
+            let prefix = newPrefix ()
+            // The client gives up on a publish after about a second; Redis holds it for six.
+            let! a = startNodeWith prefix (fun client -> client.AsyncTimeout <- 1000) (fun options -> options.MaxPublishBytesInFlight <- bound)
+            use _ = a
+            let! b = startNodeWith prefix ignore ignore
+            use _ = b
+            let! listener = Client.Connect b.Url
+            use _ = listener
+            do! listener.Subscribe "burst"
+            do! untilSubscribed a "burst" 1
+            a.Server.Realtime.Publish("burst", "0:warm") |> ignore
+            let! warm = listener.Next()
+            Expect.equal warm "0:warm" "a publish crosses before the pause"
+            do! within 10.0 "nothing in flight before the pause" (fun () -> a.Backplane.InFlightCount = 0)
+            let failuresBefore = a.Backplane.PublishFailureCount
+            let padding = String('x', size)
+            let heapBefore = GC.GetTotalMemory true
+
+            Expect.equal (redis.Value.Cli [ "client"; "pause"; string pause; "WRITE" ]) "OK" "Redis paused its writes"
+            let paused = Stopwatch.StartNew()
+            let sampler = InFlightSampler a.Backplane
+            // Bursts of twice the bound every 200 ms, for most of the pause: each time the client gives
+            // up on the publishes it holds, more would take their place if they were let go.
+            let mutable n = 0
+            let mutable slowest = TimeSpan.Zero
+            while paused.ElapsedMilliseconds < int64 pause - 1500L do
+                for _ in 1 .. 20 do
+                    n <- n + 1
+                    let text = $"{n}:" + padding
+                    let clock = Stopwatch.StartNew()
+                    a.Server.Realtime.Publish("burst", text) |> ignore
+                    slowest <- max slowest clock.Elapsed
+                do! Task.Delay 200
+            let heldBytes = a.Backplane.InFlightBytes
+            let heapGrowth = GC.GetTotalMemory true - heapBefore
+            let heapMeasuredAt = paused.Elapsed
+            let failures = a.Backplane.PublishFailureCount - failuresBefore
+            // Nothing more is published: what was held is let go once Redis answers.
+            do! within 30.0 "nothing in flight once Redis answers again" (fun () -> a.Backplane.InFlightCount = 0 && a.Backplane.InFlightBytes = 0L)
+            let highestCount, highestBytes, samples = sampler.Stop()
+            printfn
+                "pause %d ms, client timeout 1000 ms: %d publishes of %d bytes; slowest Publish %.2f ms; held %d bytes at %.1f s; highest sampled %d, %d bytes (%d samples); managed heap grew %d bytes; %d dropped"
+                pause n size slowest.TotalMilliseconds heldBytes heapMeasuredAt.TotalSeconds highestCount highestBytes samples heapGrowth failures
+            Expect.isLessThan heapMeasuredAt (TimeSpan.FromMilliseconds(float pause)) "the heap was measured while Redis was still paused"
+            Expect.isLessThan slowest (TimeSpan.FromSeconds 1.0) "no Publish waited for Redis"
+            Expect.isLessThanOrEqual highestBytes bound "the bytes in flight never passed the bound"
+            Expect.isGreaterThan heldBytes (bound - int64 size - 200L) "long after the client's timeout the publishes it still holds are counted: the bound stays full"
+            // Twice the bound: the envelopes and the client's write buffers (about 2x the bound, measured).
+            Expect.isLessThan heapGrowth (2L * bound + (4L <<< 20)) "the managed heap (the Redis client's queues included) grew by twice the bound at most, plus 4 MiB, not by the bound at each timeout"
+            Expect.isGreaterThan failures (int64 n / 2L) "most of the publishes were dropped and counted"
+
+            // Delivery resumes: what Redis still carried comes first, in order, then each new publish.
+            a.Server.Realtime.Publish("burst", "after:1") |> ignore
+            let mutable previous = 0
+            let mutable finished = false
+            while not finished do
+                let! text = listener.Next()
+                if text = "after:1" then finished <- true
+                else
+                    let number = int (text.Substring(0, text.IndexOf ':'))
+                    Expect.isGreaterThan number previous "what crossed from the pause arrives in order, once each"
+                    previous <- number
+            for k in 2 .. 5 do
+                a.Server.Realtime.Publish("burst", $"after:{k}") |> ignore
+                let! text = listener.Next()
+                Expect.equal text $"after:{k}" "after the pause publishes cross again"
+        })
+
         testCase "the bounds are checked when the backplane is made: below 1 is refused, naming the option" (fun () ->
             let refused (configure: RedisBackplaneOptions -> unit) =
                 let options = RedisBackplaneOptions(Configuration = "127.0.0.1:1")
