@@ -188,8 +188,9 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
         redis.ConnectionRestored += (_, args) =>
         {
             if (args.ConnectionType != ConnectionType.Interactive) return;
-            // A new connection: the old one, and what the client kept of it, is gone (StackExchange.Redis
-            // does not always report the failure of a connection it gave up on as silent).
+            // A new connection: the old one, and what the client kept of it, is gone. Needed here too:
+            // when StackExchange.Redis replaced a connection that had stopped answering (a paused Redis),
+            // it raised no ConnectionFailed for it.
             _timedOut.ConnectionLost();
             _log.ConnectionRestored(args.EndPoint?.ToString() ?? "?");
             // What the rate limit held back during the outage is reported now, not at the next failure.
