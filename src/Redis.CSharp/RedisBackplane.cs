@@ -18,6 +18,14 @@ namespace Realtime.Redis;
 /// server's publishes to a topic in the order they were made; each topic's incoming messages are
 /// handled in order, one at a time. A server ignores the envelopes it sent itself (it has already
 /// delivered them to its own subscribers, skipping the sender).</para>
+/// <para>What this server holds of its publishes until Redis answers them (queued, or handed to
+/// Redis and not yet acknowledged) is bounded in count and bytes
+/// (<see cref="RedisBackplaneOptions.MaxPublishesInFlight"/>,
+/// <see cref="RedisBackplaneOptions.MaxPublishBytesInFlight"/>), so a slow but connected Redis cannot
+/// make it grow: past a bound, publishes meant for the other servers are dropped like while Redis is
+/// away. <see cref="Publish"/> never waits; they are handed to Redis pipelined, never one round trip
+/// each. A publish the client timed out on stays counted until Redis answers it or a later command
+/// (a PING is sent for this), or the connection is replaced: the client keeps it until then.</para>
 /// <para>While Redis is away, local delivery goes on; publishes meant for the other servers are
 /// dropped, counted in <see cref="PublishFailureCount"/> and reported by a rate-limited warning.
 /// When Redis returns, StackExchange.Redis reconnects and the channel subscriptions are restored
@@ -32,6 +40,11 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
     private readonly ConfigurationOptions _configuration;
     private readonly string _channelStart;
     private readonly Channel<Outgoing> _outgoing;
+    private readonly InFlightBudget _inFlight;
+    private readonly TimedOutPublishes _timedOut;
+    private long _sequence;
+    private long _handed;
+    private int _probing;
     private readonly Channel<TopicChange> _control;
     private readonly CancellationTokenSource _stopping = new();
     private IRealtimeBackplaneReceiver? _receiver;
@@ -65,19 +78,20 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
         _configuration.AbortOnConnectFail = false;
         _configuration.BacklogPolicy = BacklogPolicy.FailFast;
         ArgumentNullException.ThrowIfNull(settings.ChannelPrefix, "options.ChannelPrefix");
-        if (settings.MaxQueuedPublishes < 1) throw new ArgumentOutOfRangeException(nameof(options), "MaxQueuedPublishes must be at least 1.");
+        if (settings.MaxPublishesInFlight < 1)
+            throw new ArgumentOutOfRangeException(nameof(options), settings.MaxPublishesInFlight, "RedisBackplaneOptions.MaxPublishesInFlight must be at least 1.");
+        if (settings.MaxPublishBytesInFlight < 1)
+            throw new ArgumentOutOfRangeException(nameof(options), settings.MaxPublishBytesInFlight, "RedisBackplaneOptions.MaxPublishBytesInFlight must be at least 1.");
         ChannelPrefix = settings.ChannelPrefix;
         _channelStart = $"realtime:{settings.ChannelPrefix}:";
         NodeId = string.IsNullOrEmpty(settings.NodeId) ? Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8)) : settings.NodeId;
         long warningIntervalMs = (long)Math.Max(0, settings.WarningInterval.TotalMilliseconds);
         _lostWarnings = new RateLimit(warningIntervalMs);
         _unreadableWarnings = new RateLimit(warningIntervalMs);
-        _outgoing = Channel.CreateBounded<Outgoing>(new BoundedChannelOptions(settings.MaxQueuedPublishes)
-        {
-            SingleReader = true,
-            SingleWriter = false,
-            FullMode = BoundedChannelFullMode.Wait, // TryWrite fails when full: the publish is reported, never waited for.
-        });
+        _inFlight = new InFlightBudget(settings.MaxPublishesInFlight, settings.MaxPublishBytesInFlight);
+        _timedOut = new TimedOutPublishes(_inFlight);
+        // Unbounded in itself: what enters is reserved in _inFlight first, which bounds it.
+        _outgoing = Channel.CreateUnbounded<Outgoing>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = false });
         _control = Channel.CreateUnbounded<TopicChange>(new UnboundedChannelOptions { SingleReader = true });
     }
 
@@ -97,12 +111,25 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
     /// <summary>The StackExchange.Redis connection, once the host has started the backplane.</summary>
     public IConnectionMultiplexer? Connection => Volatile.Read(ref _redis);
 
+    /// <summary>
+    /// Publishes to the other servers that this server holds now until Redis answers them (queued, or
+    /// handed to Redis and not yet acknowledged); never more than
+    /// <see cref="RedisBackplaneOptions.MaxPublishesInFlight"/>.
+    /// </summary>
+    public int InFlightCount => _inFlight.Count;
+
+    /// <summary>
+    /// The envelope bytes of <see cref="InFlightCount"/>'s publishes; never more than
+    /// <see cref="RedisBackplaneOptions.MaxPublishBytesInFlight"/>.
+    /// </summary>
+    public long InFlightBytes => _inFlight.Bytes;
+
     /// <summary>Publishes Redis accepted from this server (envelopes sent to the other servers).</summary>
     public long PublishedCount => Interlocked.Read(ref _published);
 
     /// <summary>
     /// Publishes that reached this server's subscribers but could not be carried to the other servers
-    /// (Redis away or failing, or the outgoing queue full).
+    /// (Redis away or failing, or the bound of publishes in flight reached).
     /// </summary>
     public long PublishFailureCount => Interlocked.Read(ref _publishFailures);
 
@@ -128,8 +155,19 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
     public void Publish(string topic, MessageKind kind, ReadOnlySpan<byte> payload, bool compress, long senderConnectionId)
     {
         if (Volatile.Read(ref _disposed) != 0) return;
+        // An envelope is never smaller than its payload: what cannot fit is refused before one is made.
+        if (!_inFlight.MightFit(payload.Length, out string refusal))
+        {
+            ReportLost(refusal);
+            return;
+        }
         byte[] envelope = BackplaneEnvelope.encodeParts(topic, kind, payload, compress, NodeId, senderConnectionId);
-        if (!_outgoing.Writer.TryWrite(new Outgoing(topic, envelope))) ReportLost("the outgoing queue is full");
+        if (!_inFlight.TryReserve(envelope.Length, out refusal))
+        {
+            ReportLost(refusal);
+            return;
+        }
+        if (!_outgoing.Writer.TryWrite(new Outgoing(topic, envelope))) Dropped(envelope, "the backplane is stopping");
     }
 
     /// <inheritdoc/>
@@ -143,12 +181,17 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
         var redis = await ConnectionMultiplexer.ConnectAsync(_configuration).ConfigureAwait(false);
         redis.ConnectionFailed += (_, args) =>
         {
-            if (args.ConnectionType == ConnectionType.Interactive)
-                _log.ConnectionLost(args.EndPoint?.ToString() ?? "?", args.FailureType.ToString());
+            if (args.ConnectionType != ConnectionType.Interactive) return;
+            _timedOut.ConnectionLost();
+            _log.ConnectionLost(args.EndPoint?.ToString() ?? "?", args.FailureType.ToString());
         };
         redis.ConnectionRestored += (_, args) =>
         {
             if (args.ConnectionType != ConnectionType.Interactive) return;
+            // A new connection: the old one, and what the client kept of it, is gone. Needed here too:
+            // when StackExchange.Redis replaced a connection that had stopped answering (a paused Redis),
+            // it raised no ConnectionFailed for it.
+            _timedOut.ConnectionLost();
             _log.ConnectionRestored(args.EndPoint?.ToString() ?? "?");
             // What the rate limit held back during the outage is reported now, not at the next failure.
             _lostWarnings.Flush(Interlocked.Read(ref _publishFailures), (count, total) => _log.PublishesLost(count, "Redis was away", total));
@@ -158,7 +201,10 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
         return redis;
     }
 
-    /// <summary>The one writer: hands queued envelopes to Redis in order, without waiting for each.</summary>
+    /// <summary>
+    /// The one writer: hands queued envelopes to Redis in order, pipelined (without waiting for each);
+    /// each stays counted in flight until Redis answers it.
+    /// </summary>
     private async Task WriteLoop()
     {
         try
@@ -172,22 +218,27 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
                 {
                     if (!redis.IsConnected)
                     {
-                        ReportLost("Redis is not connected");
+                        Dropped(item.Envelope, "Redis is not connected");
                         continue;
                     }
                     Task<long> sent;
+                    long sequence = ++_sequence;
                     try
                     {
                         sent = subscriber.PublishAsync(RedisChannel.Literal(ChannelOf(item.Topic)), item.Envelope);
                     }
                     catch (Exception e)
                     {
-                        ReportLost(e.GetType().Name);
+                        Dropped(item.Envelope, e.GetType().Name);
                         continue;
                     }
-                    if (sent.IsCompleted) PublishCompleted(sent);
-                    else _ = sent.ContinueWith(static (task, state) => ((RedisBackplane)state!).PublishCompleted(task), this,
-                        CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+                    Volatile.Write(ref _handed, sequence);
+                    if (sent.IsCompleted) PublishCompleted(sent, item.Envelope.Length, sequence);
+                    else _ = sent.ContinueWith(static (task, state) =>
+                        {
+                            var (backplane, bytes, sequence) = ((RedisBackplane, int, long))state!;
+                            backplane.PublishCompleted(task, bytes, sequence);
+                        }, (this, item.Envelope.Length, sequence), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
                 }
             }
         }
@@ -195,14 +246,77 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
         {
             _log.LoopFailed(e, "the publish writer");
             // Nothing more leaves: whatever is still queued is reported, not silently dropped.
-            while (_outgoing.Reader.TryRead(out _)) ReportLost("the publish writer stopped");
+            while (_outgoing.Reader.TryRead(out var item)) Dropped(item.Envelope, "the publish writer stopped");
         }
     }
 
-    private void PublishCompleted(Task<long> sent)
+    /// <summary>
+    /// Redis answered the <paramref name="sequence"/>-th publish (or it failed): it no longer counts in
+    /// flight, unless it only timed out: the client still holds it until Redis answers.
+    /// </summary>
+    private void PublishCompleted(Task<long> sent, int bytes, long sequence)
     {
-        if (sent.IsCompletedSuccessfully) Interlocked.Increment(ref _published);
-        else ReportLost(sent.Exception?.InnerException?.GetType().Name ?? "cancelled");
+        if (sent.IsCompletedSuccessfully)
+        {
+            _inFlight.Release(bytes);
+            Interlocked.Increment(ref _published);
+            _timedOut.AnsweredThrough(sequence);
+            return;
+        }
+        var error = sent.Exception?.InnerException;
+        if (error is TimeoutException)
+        {
+            _timedOut.Add(sequence, bytes);
+            ReportLost("Redis did not answer within StackExchange.Redis's AsyncTimeout");
+            ProbeAnswers();
+            return;
+        }
+        _inFlight.Release(bytes);
+        ReportLost(error?.GetType().Name ?? "cancelled");
+    }
+
+    /// <summary>
+    /// While timed-out publishes are held, asks Redis for a PING on the same connection (one at a time):
+    /// its answer comes after theirs, so once it is answered they are let go, even when nothing more is
+    /// published.
+    /// </summary>
+    private void ProbeAnswers()
+    {
+        if (_timedOut.Count == 0 || Volatile.Read(ref _disposed) != 0) return;
+        if (Interlocked.Exchange(ref _probing, 1) != 0) return;
+        long through = Volatile.Read(ref _handed);
+        Task<TimeSpan> ping;
+        try
+        {
+            ping = Volatile.Read(ref _redis)!.GetDatabase().PingAsync();
+        }
+        catch (Exception)
+        {
+            // Not connected: losing the connection lets them go.
+            Volatile.Write(ref _probing, 0);
+            return;
+        }
+        _ = ping.ContinueWith(static (task, state) =>
+            {
+                var (backplane, through) = ((RedisBackplane, long))state!;
+                backplane.Probed(task, through);
+            }, (this, through), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+    }
+
+    private void Probed(Task<TimeSpan> ping, long through)
+    {
+        if (ping.IsCompletedSuccessfully) _timedOut.AnsweredThrough(through);
+        Volatile.Write(ref _probing, 0);
+        // Again for publishes that timed out meanwhile, or after a PING that timed out as well (paced by
+        // the timeout); any other failure is a lost connection, which lets them go.
+        if (ping.IsCompletedSuccessfully || ping.Exception?.InnerException is TimeoutException) ProbeAnswers();
+    }
+
+    /// <summary>A publish reserved in flight that will not be handed to Redis.</summary>
+    private void Dropped(byte[] envelope, string reason)
+    {
+        _inFlight.Release(envelope.Length);
+        ReportLost(reason);
     }
 
     private void ReportLost(string reason)
@@ -364,6 +478,7 @@ public sealed class RedisBackplane : IRealtimeBackplane, IAsyncDisposable, IDisp
         _outgoing.Writer.TryComplete();
         _control.Writer.TryComplete();
         if (_writer is not null) await WaitBounded(_writer).ConfigureAwait(false);
+        else while (_outgoing.Reader.TryRead(out var item)) Dropped(item.Envelope, "the backplane stopped before it started");
         _stopping.Cancel();
         if (_controller is not null) await WaitBounded(_controller).ConfigureAwait(false);
         if (_connecting is not null)

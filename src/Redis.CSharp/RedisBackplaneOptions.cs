@@ -34,10 +34,32 @@ public sealed class RedisBackplaneOptions
     public string? NodeId { get; set; }
 
     /// <summary>
-    /// How many publishes may wait for Redis in this server's outgoing queue; past it, publishes to
-    /// other servers are dropped and reported like a lost connection. Default 65,536.
+    /// The most publishes to the other servers that this server holds until Redis answers them:
+    /// those waiting in its outgoing queue and those handed to Redis and not yet acknowledged, counted
+    /// together. Past it (Redis slow, or a burst faster than Redis takes it), publishes to the other
+    /// servers are dropped and reported like a lost connection (<see cref="RedisBackplane.PublishFailureCount"/>,
+    /// a rate-limited warning); local delivery goes on and <c>Publish</c> never waits. At least 1.
+    /// Default 65,536.
     /// </summary>
-    public int MaxQueuedPublishes { get; set; } = 65_536;
+    public int MaxPublishesInFlight { get; set; } = 65_536;
+
+    /// <summary>
+    /// The most bytes of publishes to the other servers that this server holds until Redis answers
+    /// them, counted like <see cref="MaxPublishesInFlight"/> (queued and handed to Redis together), as
+    /// envelope bytes: the payload as published (compressed or not) plus its topic, the node id and a
+    /// few bytes. Past it, publishes are dropped and reported the same way, so the memory a slow Redis
+    /// makes this server hold stays under it. A publish whose envelope alone is bigger never reaches
+    /// the other servers: keep it above the largest message you publish. At least 1. Default 64 MiB.
+    /// </summary>
+    public long MaxPublishBytesInFlight { get; set; } = 64L * 1024 * 1024;
+
+    /// <summary>Former name of <see cref="MaxPublishesInFlight"/>, which now also counts what Redis has not yet answered.</summary>
+    [Obsolete("Use MaxPublishesInFlight: it bounds the outgoing queue and the publishes Redis has not yet answered together.")]
+    public int MaxQueuedPublishes
+    {
+        get => MaxPublishesInFlight;
+        set => MaxPublishesInFlight = value;
+    }
 
     /// <summary>
     /// The least time between two warnings about publishes that could not reach the other servers, or

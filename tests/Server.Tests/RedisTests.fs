@@ -17,6 +17,8 @@ open Expecto
 open Microsoft.AspNetCore.Builder
 open Microsoft.Extensions.DependencyInjection
 open Microsoft.Extensions.Logging
+open Microsoft.Extensions.Logging.Abstractions
+open Microsoft.Extensions.Options
 open StackExchange.Redis
 open Realtime
 open Realtime.Redis
@@ -195,8 +197,9 @@ type private Node =
     interface IDisposable with
         member node.Dispose() = (node.Server :> IDisposable).Dispose()
 
-/// A server with the Redis backplane on this run's Redis, channels under `prefix`.
-let private startNode (prefix: string) : Task<Node> =
+/// A server with the Redis backplane on this run's Redis, channels under `prefix`, its client and
+/// backplane settings changed by the two functions.
+let private startNodeWith (prefix: string) (configureClient: ConfigurationOptions -> unit) (configureBackplane: RedisBackplaneOptions -> unit) : Task<Node> =
     task {
         let redis = runningRedis ()
         let logs = new CapturingLogs()
@@ -210,12 +213,18 @@ let private startNode (prefix: string) : Task<Node> =
                     configuration.EndPoints.Add(IPAddress.Loopback, redis.Port)
                     configuration.ConnectTimeout <- 2000
                     configuration.ReconnectRetryPolicy <- LinearRetry(250)
-                    builder.AddRedisBackplane(configuration, fun options -> options.ChannelPrefix <- prefix) |> ignore)
+                    configureClient configuration
+                    builder.AddRedisBackplane(configuration, fun options ->
+                        options.ChannelPrefix <- prefix
+                        configureBackplane options) |> ignore)
                 ignore
                 nodeRoutes
         let backplane = server.App.Services.GetRequiredService<RedisBackplane>()
         return { Server = server; Backplane = backplane; Logs = logs }
     }
+
+/// A server with the Redis backplane on this run's Redis, channels under `prefix`.
+let private startNode (prefix: string) : Task<Node> = startNodeWith prefix ignore ignore
 
 /// A prefix no other test uses, so tests on the shared Redis never see each other's channels.
 let private newPrefix () = "t" + Guid.NewGuid().ToString("N").Substring(0, 8)
@@ -585,6 +594,262 @@ let outageTests =
             Expect.equal text "hello" "crossed"
             Expect.equal (subscribersOf (b.Backplane.ChannelOf "late")) 1 "one subscription, not a leftover duplicate"
         })
+    ]
+
+// ---------------------------------------------------------------------------------------------
+// A slow but connected Redis (CLIENT PAUSE): the bound of publishes in flight.
+// ---------------------------------------------------------------------------------------------
+
+/// How long Redis holds every write command (PUBLISH among them) in these tests.
+let private pauseMilliseconds = 3000
+
+/// Reads a backplane's in-flight figures about every millisecond on a thread of its own, until
+/// stopped (and at most 60 s), keeping the highest of each.
+type private InFlightSampler(backplane: RedisBackplane) =
+    let stopped = new ManualResetEventSlim(false)
+    let mutable highestCount = 0
+    let mutable highestBytes = 0L
+    let mutable samples = 0
+    let thread =
+        Thread(
+            (fun () ->
+                let clock = Stopwatch.StartNew()
+                while not (stopped.Wait 1) && clock.Elapsed < TimeSpan.FromSeconds 60.0 do
+                    highestCount <- max highestCount backplane.InFlightCount
+                    highestBytes <- max highestBytes backplane.InFlightBytes
+                    samples <- samples + 1),
+            IsBackground = true)
+    do thread.Start()
+
+    /// Stops sampling; the highest count and bytes seen, and how many samples were taken.
+    member _.Stop() =
+        stopped.Set()
+        thread.Join()
+        stopped.Dispose()
+        highestCount, highestBytes, samples
+
+/// What a burst of publishes on one node did while Redis was paused, and after.
+type private Burst =
+    { /// The longest one Publish call took.
+      SlowestCall: TimeSpan
+      /// Publishes Redis answered while the burst ran (0: the burst ended before the pause did).
+      AnsweredDuringBurst: int64
+      /// InFlightCount and InFlightBytes right after the burst, Redis still paused.
+      HeldCount: int
+      HeldBytes: int64
+      /// The highest InFlightCount and InFlightBytes sampled from the pause until everything was answered.
+      HighestCount: int
+      HighestBytes: int64
+      Samples: int
+      /// Managed heap right after the burst minus right before it (both after a full collection).
+      HeapGrowth: int64
+      /// Growth of PublishFailureCount and PublishedCount over the burst.
+      Failures: int64
+      Answered: int64
+      /// The sequence numbers the subscriber on the other node received, in arrival order.
+      Delivered: int list
+      /// The publishing node's log.
+      Log: Entry list }
+
+/// Two nodes (backplane settings from `configure`), a subscriber to "burst" on b; pauses Redis's
+/// writes, then publishes `count` messages "n:" + `size` bytes from a's IRealtimeServer at once,
+/// waits until Redis has answered whatever a held, and reads what crossed to b. Then checks that
+/// delivery goes on: 10 more publishes, one at a time, all cross after the burst's.
+let private burstWhilePaused (configure: RedisBackplaneOptions -> unit) (count: int) (size: int) : Task<Burst> =
+    task {
+        let prefix = newPrefix ()
+        // Requests wait out the pause instead of timing out in the client.
+        let! a = startNodeWith prefix (fun client -> client.AsyncTimeout <- 30_000; client.SyncTimeout <- 30_000) configure
+        use _ = a
+        let! b = startNodeWith prefix ignore configure
+        use _ = b
+        let! listener = Client.Connect b.Url
+        use _ = listener
+        do! listener.Subscribe "burst"
+        do! untilSubscribed a "burst" 1
+        a.Server.Realtime.Publish("burst", "0:warm") |> ignore
+        let! warm = listener.Next()
+        Expect.equal warm "0:warm" "a publish crosses before the pause"
+        do! within 10.0 "nothing in flight before the burst" (fun () -> a.Backplane.InFlightCount = 0 && a.Backplane.InFlightBytes = 0L)
+        let failuresBefore = a.Backplane.PublishFailureCount
+        let answeredBefore = a.Backplane.PublishedCount
+        let padding = String('x', size)
+        let heapBefore = GC.GetTotalMemory true
+
+        Expect.equal (redis.Value.Cli [ "client"; "pause"; string pauseMilliseconds; "WRITE" ]) "OK" "Redis paused its writes"
+        let sampler = InFlightSampler a.Backplane
+        let mutable slowest = TimeSpan.Zero
+        for n in 1 .. count do
+            let text = $"{n}:" + padding
+            let clock = Stopwatch.StartNew()
+            a.Server.Realtime.Publish("burst", text) |> ignore
+            slowest <- max slowest clock.Elapsed
+        let answeredDuringBurst = a.Backplane.PublishedCount - answeredBefore
+        let heldCount, heldBytes = a.Backplane.InFlightCount, a.Backplane.InFlightBytes
+        let heapGrowth = GC.GetTotalMemory true - heapBefore
+
+        do! within 30.0 "Redis answered everything a held, once the pause ended" (fun () -> a.Backplane.InFlightCount = 0 && a.Backplane.InFlightBytes = 0L)
+        let highestCount, highestBytes, samples = sampler.Stop()
+        let failures = a.Backplane.PublishFailureCount - failuresBefore
+        let answered = a.Backplane.PublishedCount - answeredBefore
+        printfn
+            "burst of %d x %d bytes while Redis was paused: slowest Publish %.2f ms; held %d publishes, %d bytes; highest sampled %d, %d bytes (%d samples); managed heap grew %d bytes; %d answered, %d dropped"
+            count size slowest.TotalMilliseconds heldCount heldBytes highestCount highestBytes samples heapGrowth answered failures
+        let delivered = ResizeArray()
+        for _ in 1L .. answered do
+            let! text = listener.Next()
+            delivered.Add(int (text.Substring(0, text.IndexOf ':')))
+
+        // One at a time: a burst of these could meet the bound again.
+        for n in 1 .. 10 do
+            a.Server.Realtime.Publish("burst", $"after:{n}") |> ignore
+            let! text = listener.Next()
+            Expect.equal text $"after:{n}" "after the pause publishes cross again, after the burst's"
+        Expect.equal (a.Backplane.PublishFailureCount - failuresBefore) failures "none of them is lost"
+        return
+            { SlowestCall = slowest
+              AnsweredDuringBurst = answeredDuringBurst
+              HeldCount = heldCount
+              HeldBytes = heldBytes
+              HighestCount = highestCount
+              HighestBytes = highestBytes
+              Samples = samples
+              HeapGrowth = heapGrowth
+              Failures = failures
+              Answered = answered
+              Delivered = List.ofSeq delivered
+              Log = a.Logs.Entries }
+    }
+
+/// What every burst shows, whichever bound held it.
+let private expectBoundedBurst (burst: Burst) (count: int) =
+    Expect.isLessThan burst.SlowestCall (TimeSpan.FromSeconds 1.0) $"no Publish waited for Redis (paused {pauseMilliseconds} ms); the slowest took {burst.SlowestCall.TotalMilliseconds:F1} ms"
+    Expect.equal burst.AnsweredDuringBurst 0L "the whole burst was published while Redis answered nothing"
+    Expect.isGreaterThan burst.Samples 10 "the in-flight figures were sampled throughout"
+    Expect.isGreaterThan burst.HeldCount 0 "Redis's pause held publishes in flight"
+    Expect.equal burst.Answered (int64 burst.HeldCount) "what was held is what Redis answered once the pause ended"
+    Expect.equal (burst.Answered + burst.Failures) (int64 count) "each publish either crossed or was counted as a failure"
+    Expect.equal burst.Delivered [ 1 .. int burst.Answered ] "the other node got what was held: the burst's first publishes, in order, once each"
+    Expect.isTrue
+        (burst.Log |> List.exists (fun e -> e.EventId = 104 && e.Level = LogLevel.Warning && e.Text.Contains "InFlight reached"))
+        "the drops were reported by the rate-limited warning, naming the bound"
+
+[<Tests>]
+let slowRedisTests =
+    testSequenced
+    <| testList "Redis scale-out: a slow but connected Redis (publishes in flight bounded)" [
+        testCaseTask "a burst of large publishes during CLIENT PAUSE holds at most MaxPublishBytesInFlight; the rest are dropped and counted; Publish never waits; delivery resumes in order" (fun () -> task {
+            let bound = 1L <<< 20
+            let size = 200 * 1024
+            let count = 160 // 32 MiB, 32 times the bound
+            let! burst = burstWhilePaused (fun options -> options.MaxPublishBytesInFlight <- bound) count size
+            expectBoundedBurst burst count
+            Expect.isLessThanOrEqual burst.HighestBytes bound "the bytes in flight never passed the bound"
+            Expect.isLessThanOrEqual burst.HeldBytes bound "nor right after the burst"
+            Expect.isGreaterThan burst.HeldBytes (bound - int64 size - 200L) "the bound was filled: no room for one more publish"
+            Expect.isLessThan burst.HeapGrowth (bound + (8L <<< 20)) "the managed heap (the Redis client's queues included) grew by the bound at most, plus 8 MiB, not by the burst"
+        })
+
+        testCaseTask "a burst of small publishes during CLIENT PAUSE holds at most MaxPublishesInFlight; the rest are dropped and counted; Publish never waits; delivery resumes in order" (fun () -> task {
+            let bound = 16
+            let count = 2000
+            let! burst = burstWhilePaused (fun options -> options.MaxPublishesInFlight <- bound) count 16
+            expectBoundedBurst burst count
+            Expect.isLessThanOrEqual burst.HighestCount bound "the publishes in flight never passed the bound"
+            Expect.equal burst.HeldCount bound "the bound was filled, and held until Redis answered"
+        })
+
+        testCaseTask "a pause longer than the Redis client's AsyncTimeout: timed-out publishes stay counted until Redis answers, so the client holds no more than MaxPublishBytesInFlight; then they are let go without another publish" (fun () -> task {
+            let bound = 4L <<< 20
+            let size = 200 * 1024
+            let pause = 6000
+            let prefix = newPrefix ()
+            // The client gives up on a publish after about a second; Redis holds it for six.
+            let! a = startNodeWith prefix (fun client -> client.AsyncTimeout <- 1000) (fun options -> options.MaxPublishBytesInFlight <- bound)
+            use _ = a
+            let! b = startNodeWith prefix ignore ignore
+            use _ = b
+            let! listener = Client.Connect b.Url
+            use _ = listener
+            do! listener.Subscribe "burst"
+            do! untilSubscribed a "burst" 1
+            a.Server.Realtime.Publish("burst", "0:warm") |> ignore
+            let! warm = listener.Next()
+            Expect.equal warm "0:warm" "a publish crosses before the pause"
+            do! within 10.0 "nothing in flight before the pause" (fun () -> a.Backplane.InFlightCount = 0)
+            let failuresBefore = a.Backplane.PublishFailureCount
+            let padding = String('x', size)
+            let heapBefore = GC.GetTotalMemory true
+
+            Expect.equal (redis.Value.Cli [ "client"; "pause"; string pause; "WRITE" ]) "OK" "Redis paused its writes"
+            let paused = Stopwatch.StartNew()
+            let sampler = InFlightSampler a.Backplane
+            // Bursts of twice the bound every 200 ms, for most of the pause: each time the client gives
+            // up on the publishes it holds, more would take their place if they were let go.
+            let mutable n = 0
+            let mutable slowest = TimeSpan.Zero
+            while paused.ElapsedMilliseconds < int64 pause - 1500L do
+                for _ in 1 .. 20 do
+                    n <- n + 1
+                    let text = $"{n}:" + padding
+                    let clock = Stopwatch.StartNew()
+                    a.Server.Realtime.Publish("burst", text) |> ignore
+                    slowest <- max slowest clock.Elapsed
+                do! Task.Delay 200
+            let heldBytes = a.Backplane.InFlightBytes
+            let heapGrowth = GC.GetTotalMemory true - heapBefore
+            let heapMeasuredAt = paused.Elapsed
+            let failures = a.Backplane.PublishFailureCount - failuresBefore
+            // Nothing more is published: what was held is let go once Redis answers.
+            do! within 30.0 "nothing in flight once Redis answers again" (fun () -> a.Backplane.InFlightCount = 0 && a.Backplane.InFlightBytes = 0L)
+            let highestCount, highestBytes, samples = sampler.Stop()
+            printfn
+                "pause %d ms, client timeout 1000 ms: %d publishes of %d bytes; slowest Publish %.2f ms; held %d bytes at %.1f s; highest sampled %d, %d bytes (%d samples); managed heap grew %d bytes; %d dropped"
+                pause n size slowest.TotalMilliseconds heldBytes heapMeasuredAt.TotalSeconds highestCount highestBytes samples heapGrowth failures
+            Expect.isLessThan heapMeasuredAt (TimeSpan.FromMilliseconds(float pause)) "the heap was measured while Redis was still paused"
+            Expect.isLessThan slowest (TimeSpan.FromSeconds 1.0) "no Publish waited for Redis"
+            Expect.isLessThanOrEqual highestBytes bound "the bytes in flight never passed the bound"
+            Expect.isGreaterThan heldBytes (bound - int64 size - 200L) "long after the client's timeout the publishes it still holds are counted: the bound stays full"
+            // Twice the bound: the envelopes and the client's write buffers (about 2x the bound, measured).
+            Expect.isLessThan heapGrowth (2L * bound + (4L <<< 20)) "the managed heap (the Redis client's queues included) grew by twice the bound at most, plus 4 MiB, not by the bound at each timeout"
+            Expect.isGreaterThan failures (int64 n / 2L) "most of the publishes were dropped and counted"
+
+            // Delivery resumes: what Redis still carried comes first, in order, then each new publish.
+            a.Server.Realtime.Publish("burst", "after:1") |> ignore
+            let mutable previous = 0
+            let mutable finished = false
+            while not finished do
+                let! text = listener.Next()
+                if text = "after:1" then finished <- true
+                else
+                    let number = int (text.Substring(0, text.IndexOf ':'))
+                    Expect.isGreaterThan number previous "what crossed from the pause arrives in order, once each"
+                    previous <- number
+            for k in 2 .. 5 do
+                a.Server.Realtime.Publish("burst", $"after:{k}") |> ignore
+                let! text = listener.Next()
+                Expect.equal text $"after:{k}" "after the pause publishes cross again"
+        })
+
+        testCase "the bounds are checked when the backplane is made: below 1 is refused, naming the option" (fun () ->
+            let refused (configure: RedisBackplaneOptions -> unit) =
+                let options = RedisBackplaneOptions(Configuration = "127.0.0.1:1")
+                configure options
+                try
+                    use _ = new RedisBackplane(Options.Create options, NullLogger<RedisBackplane>.Instance)
+                    None
+                with :? ArgumentOutOfRangeException as e -> Some e.Message
+            let defaults = RedisBackplaneOptions()
+            Expect.equal (defaults.MaxPublishesInFlight, defaults.MaxPublishBytesInFlight) (65_536, 64L <<< 20) "the documented defaults"
+            Expect.isNone (refused ignore) "the defaults are accepted"
+            for value in [ 0; -1 ] do
+                let message = refused (fun o -> o.MaxPublishesInFlight <- value)
+                Expect.isSome message $"MaxPublishesInFlight = {value} is refused"
+                Expect.stringContains message.Value "MaxPublishesInFlight must be at least 1" "and named"
+            for value in [ 0L; -1L ] do
+                let message = refused (fun o -> o.MaxPublishBytesInFlight <- value)
+                Expect.isSome message $"MaxPublishBytesInFlight = {value} is refused"
+                Expect.stringContains message.Value "MaxPublishBytesInFlight must be at least 1" "and named")
     ]
 
 // ---------------------------------------------------------------------------------------------
