@@ -46,4 +46,10 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 13, Level = LogLevel.Error, Message = "Unexpected failure on connection {Id}")]
     public static partial void UnexpectedFailure(this ILogger logger, Exception exception, long id);
+
+    [LoggerMessage(EventId = 20, Level = LogLevel.Warning, Message = "Connection {Id} on {Endpoint} would pass the server's memory budget; closing with 1008")]
+    public static partial void BudgetLimitClose(this ILogger logger, long id, string endpoint);
+
+    [LoggerMessage(EventId = 21, Level = LogLevel.Debug, Message = "Connection {Id} left a message unfinished for longer than the idle timeout; closing with 1008")]
+    public static partial void MessageTimeout(this ILogger logger, long id);
 }

@@ -27,7 +27,8 @@ namespace Microsoft.Extensions.DependencyInjection
                 provider.GetRequiredService<ILogger<RealtimeServer>>(),
                 provider.GetService<TimeProvider>(),
                 provider.GetService<IRealtimeBackplane>(),
-                new RealtimeMetrics(provider.GetService<System.Diagnostics.Metrics.IMeterFactory>())));
+                new RealtimeMetrics(provider.GetService<System.Diagnostics.Metrics.IMeterFactory>()),
+                provider.GetRequiredService<IOptions<RealtimeOptions>>().Value.MaxServerBufferedBytes));
             services.TryAddSingleton<IRealtimeServer>(provider => provider.GetRequiredService<RealtimeServer>());
             services.AddHostedService<RealtimeLifecycle>();
             // The handshake's header time is Kestrel's to enforce: it reads the headers before any endpoint runs.

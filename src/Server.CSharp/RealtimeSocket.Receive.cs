@@ -20,6 +20,8 @@ public abstract partial class RealtimeSocket
     private byte[]? _message;
     private int _messageLength;
     private bool _messageInProgress;
+    // When the unfinished message began (the server's clock, ms), 0 when none: set by the receive loop, read by Tick.
+    private long _messageStartedAt;
     private bool _ended;
     private ushort _sentCloseCode;
     private string _sentCloseReason = "";
@@ -234,6 +236,7 @@ public abstract partial class RealtimeSocket
             ResetMessage();
             return;
         }
+        TrackUnfinishedMessage(data.messageEnd);
         if (data.compressed)
         {
             var inflated = InflateChunk(payload, data.kind, data.messageEnd);
@@ -254,7 +257,13 @@ public abstract partial class RealtimeSocket
             await DeliverAsync(data.kind, buffer.Slice(sliceStart + data.payloadStart, data.length), compressed: false).ConfigureAwait(false);
             return;
         }
-        AppendToMessage(payload);
+        if (!AppendToMessage(payload))
+        {
+            // The server's budget has no room for the rest: the message is too big for now (1009).
+            FailMessage(ProtocolError.NewMessageTooBig(_messageLength + _server.Budget.Available));
+            ResetMessage();
+            return;
+        }
         _messageInProgress = true;
         if (data.messageEnd)
         {
@@ -269,11 +278,31 @@ public abstract partial class RealtimeSocket
         }
     }
 
-    // The core already refused anything over MaxPayloadLength, so growth is bounded.
-    private void AppendToMessage(ReadOnlySpan<byte> chunk) => PooledBuffer.Append(ref _message, ref _messageLength, chunk);
+    /// <summary>
+    /// Adds a fragment to the message being assembled, counting it against the server's budget;
+    /// false when the budget has no room. The core already refused anything over MaxPayloadLength.
+    /// </summary>
+    private bool AppendToMessage(ReadOnlySpan<byte> chunk)
+    {
+        if (!_server.Budget.TryReserve(chunk.Length)) return false;
+        PooledBuffer.Append(ref _message, ref _messageLength, chunk);
+        return true;
+    }
+
+    /// <summary>
+    /// Notes when a fragmented message (compressed or not) started, for <see cref="Tick"/>: a client
+    /// may keep a message open with empty continuation frames, which count as activity, so the idle
+    /// timeout alone would never end it while it pins what was assembled or inflated so far.
+    /// </summary>
+    private void TrackUnfinishedMessage(bool messageEnd)
+    {
+        if (messageEnd) Volatile.Write(ref _messageStartedAt, 0);
+        else if (Volatile.Read(ref _messageStartedAt) == 0) Volatile.Write(ref _messageStartedAt, Math.Max(1, _server.Now()));
+    }
 
     private void ResetMessage()
     {
+        _server.Budget.Release(_messageLength);
         if (_message is not null) ArrayPool<byte>.Shared.Return(_message);
         _message = null;
         _messageLength = 0;
@@ -357,6 +386,11 @@ public abstract partial class RealtimeSocket
     /// <summary>Called by the server's timer: keep-alive pings, idle and closing-handshake timeouts.</summary>
     internal void Tick(long now)
     {
+        if (MessageTimedOut(now))
+        {
+            _server.Log.MessageTimeout(Id);
+            CloseLocally(CloseCode.PolicyViolation, "message timeout");
+        }
         TickAction action;
         lock (_sync)
         {
@@ -388,6 +422,18 @@ public abstract partial class RealtimeSocket
                 AbortTransport();
                 break;
         }
+    }
+
+    /// <summary>
+    /// True once, when a message has stayed unfinished for longer than the idle timeout (off when
+    /// the idle timeout is): it is then closed with 1008, as docs/limits.md says.
+    /// </summary>
+    private bool MessageTimedOut(long now)
+    {
+        long started = Volatile.Read(ref _messageStartedAt);
+        long timeout = (long)_endpoint.Options.IdleTimeout.TotalMilliseconds;
+        if (started == 0 || timeout <= 0 || now - started <= timeout) return false;
+        return Interlocked.CompareExchange(ref _messageStartedAt, 0, started) == started;
     }
 
     /// <summary>Ends the receive loop: the connection finishes and Kestrel closes the TCP connection after sending what it holds.</summary>
