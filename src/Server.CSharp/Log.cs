@@ -50,6 +50,6 @@ internal static partial class Log
     [LoggerMessage(EventId = 20, Level = LogLevel.Warning, Message = "Connection {Id} on {Endpoint} would pass the server's memory budget; closing with 1008")]
     public static partial void BudgetLimitClose(this ILogger logger, long id, string endpoint);
 
-    [LoggerMessage(EventId = 21, Level = LogLevel.Debug, Message = "Connection {Id} left a message unfinished for longer than the idle timeout; closing with 1008")]
+    [LoggerMessage(EventId = 21, Level = LogLevel.Debug, Message = "Connection {Id} sent no payload of its unfinished message for longer than the idle timeout, but other frames; closing with 1008")]
     public static partial void MessageTimeout(this ILogger logger, long id);
 }

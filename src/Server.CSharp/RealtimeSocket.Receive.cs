@@ -20,8 +20,10 @@ public abstract partial class RealtimeSocket
     private byte[]? _message;
     private int _messageLength;
     private bool _messageInProgress;
-    // When the unfinished message began (the server's clock, ms), 0 when none: set by the receive loop, read by Tick.
-    private long _messageStartedAt;
+    // The server's clock (ms) at the last read, and at the last read that brought payload bytes of
+    // an unfinished message (0 when none): set by the receive loop, read by Tick.
+    private long _lastReadAt;
+    private long _messageProgressAt;
     private bool _ended;
     private ushort _sentCloseCode;
     private string _sentCloseReason = "";
@@ -168,6 +170,7 @@ public abstract partial class RealtimeSocket
     private async Task ProcessAsync(Memory<byte> buffer)
     {
         long now = _server.Now();
+        Volatile.Write(ref _lastReadAt, now);
         int position = 0;
         CorkIncrement();
         try
@@ -236,7 +239,7 @@ public abstract partial class RealtimeSocket
             ResetMessage();
             return;
         }
-        TrackUnfinishedMessage(data.messageEnd);
+        TrackUnfinishedMessage(data.messageEnd, data.length);
         if (data.compressed)
         {
             var inflated = InflateChunk(payload, data.kind, data.messageEnd);
@@ -290,14 +293,16 @@ public abstract partial class RealtimeSocket
     }
 
     /// <summary>
-    /// Notes when a fragmented message (compressed or not) started, for <see cref="Tick"/>: a client
-    /// may keep a message open with empty continuation frames, which count as activity, so the idle
-    /// timeout alone would never end it while it pins what was assembled or inflated so far.
+    /// Notes when an unfinished message (compressed or not) last made progress, for <see cref="Tick"/>:
+    /// a client may keep a message open with empty continuation frames (or pings), which count as
+    /// activity, so the idle timeout alone would never end it while it pins what was assembled or
+    /// inflated so far.
     /// </summary>
-    private void TrackUnfinishedMessage(bool messageEnd)
+    private void TrackUnfinishedMessage(bool messageEnd, int length)
     {
-        if (messageEnd) Volatile.Write(ref _messageStartedAt, 0);
-        else if (Volatile.Read(ref _messageStartedAt) == 0) Volatile.Write(ref _messageStartedAt, Math.Max(1, _server.Now()));
+        if (messageEnd) Volatile.Write(ref _messageProgressAt, 0);
+        else if (length > 0 || Volatile.Read(ref _messageProgressAt) == 0)
+            Volatile.Write(ref _messageProgressAt, Math.Max(1, Volatile.Read(ref _lastReadAt)));
     }
 
     private void ResetMessage()
@@ -425,15 +430,16 @@ public abstract partial class RealtimeSocket
     }
 
     /// <summary>
-    /// True once, when a message has stayed unfinished for longer than the idle timeout (off when
-    /// the idle timeout is): it is then closed with 1008, as docs/limits.md says.
+    /// True once, when an unfinished message has had no payload for longer than the idle timeout
+    /// while the client kept sending other frames (off when the idle timeout is): it is then closed
+    /// with 1008, as docs/limits.md says. A client gone silent is the idle timeout's (1001).
     /// </summary>
     private bool MessageTimedOut(long now)
     {
-        long started = Volatile.Read(ref _messageStartedAt);
+        long progress = Volatile.Read(ref _messageProgressAt);
         long timeout = (long)_endpoint.Options.IdleTimeout.TotalMilliseconds;
-        if (started == 0 || timeout <= 0 || now - started <= timeout) return false;
-        return Interlocked.CompareExchange(ref _messageStartedAt, 0, started) == started;
+        if (progress == 0 || timeout <= 0 || now - progress <= timeout || Volatile.Read(ref _lastReadAt) <= progress) return false;
+        return Interlocked.CompareExchange(ref _messageProgressAt, 0, progress) == progress;
     }
 
     /// <summary>Ends the receive loop: the connection finishes and Kestrel closes the TCP connection after sending what it holds.</summary>
