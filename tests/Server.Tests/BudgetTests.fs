@@ -129,33 +129,56 @@ let private busyTopic (server: RunningServer) (budget: int64) (slowCount: int) (
         return peak, lastQueued
     }
 
+/// One 1 MiB publish to 10 subscribers, through the route or on direct connections (the stream
+/// and the pipe transports write shared frames differently).
+let private oneCopyPerPublish (direct: bool) =
+    task {
+        let closes = Collections.Concurrent.ConcurrentQueue()
+        let! server = startIn direct (fun o -> o.MaxServerBufferedBytes <- 2L * mib) (feedRoutes closes)
+        use _ = server
+        let clients = ResizeArray<ClientWebSocket>()
+        for _ in 1..10 do
+            let! client = connect (server.WsUrl + "/feed?role=reader")
+            clients.Add client
+        let! subscribed = eventually (TimeSpan.FromSeconds 10.0) (fun () -> server.Realtime.SubscriberCount "feed" = 10)
+        Expect.isTrue subscribed "everyone subscribed"
+        let message = Array.init (int mib) (fun i -> byte (i * 7))
+        let queued = server.Realtime.Publish("feed", ReadOnlySpan message)
+        let held = server.Realtime.BufferedBytes
+        printfn "1 MiB published to 10 subscribers (%s): queued to %d, BufferedBytes right after %.2f MiB" (if direct then "direct" else "route") queued (float held / float mib)
+        Expect.equal queued 10 "queued to all 10: ten copies would not fit a 2 MiB budget"
+        Expect.isLessThanOrEqual held (mib + 16L) "at most one copy of the frame is held"
+        for client in clients do
+            let! kind, bytes = receive client
+            Expect.equal kind WebSocketMessageType.Binary "binary"
+            Expect.isTrue (bytes = message) "the whole message, unchanged"
+        do! expectBudgetEmpty server "after every subscriber took the frame"
+        for client in clients do client.Dispose()
+    }
+
+/// Non-readers of a busy topic beside readers, dropped at the budget (route or direct connections).
+let private droppedAtBudget (direct: bool) =
+    task {
+        let budget = 2L * mib
+        let closes = Collections.Concurrent.ConcurrentQueue()
+        // MaxBufferedAmount (16 MiB) is far above the budget: only the budget can drop anything here.
+        let! server = startIn direct (fun o -> o.MaxServerBufferedBytes <- budget; o.CloseTimeout <- TimeSpan.FromSeconds 1.0) (feedRoutes closes)
+        use _ = server
+        let! peak, lastQueued = busyTopic server budget 6 3 6000
+        Expect.isLessThanOrEqual peak budget "BufferedBytes never above the budget"
+        Expect.isGreaterThan peak (budget / 2L) "the non-readers did fill the budget (else this test proves nothing)"
+        Expect.equal lastQueued 3 "at the end publishes reach only the three subscribers that read"
+        do! expectBudgetEmpty server "after every client left"
+    }
+
 [<Tests>]
 let tests =
     testSequenced
     <| testList "Budget: one server-wide budget bounds the bytes connections hold; a publish is one shared copy" [
-        testCaseTask "a 1 MiB publish to 10 subscribers holds one copy: it fits a 2 MiB budget, and every subscriber gets it" (fun () -> task {
-            let closes = Collections.Concurrent.ConcurrentQueue()
-            let! server = start (fun o -> o.MaxServerBufferedBytes <- 2L * mib) (feedRoutes closes)
-            use _ = server
-            let clients = ResizeArray<ClientWebSocket>()
-            for _ in 1..10 do
-                let! client = connect (server.WsUrl + "/feed?role=reader")
-                clients.Add client
-            let! subscribed = eventually (TimeSpan.FromSeconds 10.0) (fun () -> server.Realtime.SubscriberCount "feed" = 10)
-            Expect.isTrue subscribed "everyone subscribed"
-            let message = Array.init (int mib) (fun i -> byte (i * 7))
-            let queued = server.Realtime.Publish("feed", ReadOnlySpan message)
-            let held = server.Realtime.BufferedBytes
-            printfn "1 MiB published to 10 subscribers: queued to %d, BufferedBytes right after %.2f MiB" queued (float held / float mib)
-            Expect.equal queued 10 "queued to all 10: ten copies would not fit a 2 MiB budget"
-            Expect.isLessThanOrEqual held (mib + 16L) "at most one copy of the frame is held"
-            for client in clients do
-                let! kind, bytes = receive client
-                Expect.equal kind WebSocketMessageType.Binary "binary"
-                Expect.isTrue (bytes = message) "the whole message, unchanged"
-            do! expectBudgetEmpty server "after every subscriber took the frame"
-            for client in clients do client.Dispose()
-        })
+        testCaseTask "a 1 MiB publish to 10 subscribers holds one copy: it fits a 2 MiB budget, and every subscriber gets it" (fun () ->
+            oneCopyPerPublish false)
+
+        testCaseTask "a 1 MiB publish holds one copy on direct connections too" (fun () -> oneCopyPerPublish true)
 
         testCaseTask "a 1 MiB broadcast to 10 connections holds one copy too" (fun () -> task {
             let closes = Collections.Concurrent.ConcurrentQueue()
@@ -220,18 +243,10 @@ let tests =
                 reader.Client.Dispose()
         })
 
-        testCaseTask "non-reading subscribers of a busy topic are dropped at the budget; the well-behaved lose nothing; the budget is never passed" (fun () -> task {
-            let budget = 2L * mib
-            let closes = Collections.Concurrent.ConcurrentQueue()
-            // MaxBufferedAmount (16 MiB) is far above the budget: only the budget can drop anything here.
-            let! server = start (fun o -> o.MaxServerBufferedBytes <- budget; o.CloseTimeout <- TimeSpan.FromSeconds 1.0) (feedRoutes closes)
-            use _ = server
-            let! peak, lastQueued = busyTopic server budget 6 3 6000
-            Expect.isLessThanOrEqual peak budget "BufferedBytes never above the budget"
-            Expect.isGreaterThan peak (budget / 2L) "the non-readers did fill the budget (else this test proves nothing)"
-            Expect.equal lastQueued 3 "at the end publishes reach only the three subscribers that read"
-            do! expectBudgetEmpty server "after every client left"
-        })
+        testCaseTask "non-reading subscribers of a busy topic are dropped at the budget; the well-behaved lose nothing; the budget is never passed" (fun () ->
+            droppedAtBudget false)
+
+        testCaseTask "non-readers are dropped at the budget on direct connections too, the well-behaved lose nothing" (fun () -> droppedAtBudget true)
 
         testCaseTask "with CloseOnBackpressureLimit the non-readers are closed with 1008 instead, the well-behaved lose nothing" (fun () -> task {
             let budget = 2L * mib
