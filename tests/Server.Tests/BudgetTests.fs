@@ -271,6 +271,35 @@ let tests =
             do! expectBudgetEmpty server "after every client left"
         })
 
+        testCaseTask "a connection with context takeover both ways holds its compressor and inflater in the budget, exactly, until it ends" (fun () -> task {
+            let! server =
+                start
+                    (fun o -> o.PerMessageDeflate <- true)
+                    (fun app ->
+                        app.MapRealtime(
+                            "/takeover",
+                            RealtimeHandlers<obj>(Message = fun ws message -> ws.Send message |> ignore),
+                            fun o ->
+                                o.ServerNoContextTakeover <- false
+                                o.ClientNoContextTakeover <- false)
+                        |> ignore)
+            use _ = server
+            let client = new ClientWebSocket()
+            client.Options.DangerousDeflateOptions <- WebSocketDeflateOptions(ServerContextTakeover = true, ClientContextTakeover = true)
+            do! client.ConnectAsync(Uri(server.WsUrl + "/takeover"), CancellationToken.None)
+            for i in 1..5 do
+                let text = String.replicate 200 $"message {i} "
+                do! sendText client text
+                let! echoed = receiveText client
+                Expect.equal echoed text "echoed through both compressors"
+            let expected = 260L * 1024L + 40L * 1024L
+            let! settled = eventually (TimeSpan.FromSeconds 10.0) (fun () -> server.Realtime.BufferedBytes = expected)
+            Expect.isTrue settled $"the compressor (260 KiB) and the inflater (40 KiB) are held, nothing else (BufferedBytes {server.Realtime.BufferedBytes})"
+            do! client.CloseAsync(WebSocketCloseStatus.NormalClosure, "", CancellationToken.None)
+            client.Dispose()
+            do! expectBudgetEmpty server "after the connection ended"
+        })
+
         testCaseTask "a fragmented message that would pass the budget closes its connection with 1009; another connection is unaffected" (fun () -> task {
             let closes = Collections.Concurrent.ConcurrentQueue()
             let! server = start (fun o -> o.MaxServerBufferedBytes <- mib) (feedRoutes closes)
