@@ -38,6 +38,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         _time = time ?? TimeProvider.System;
         _backplane = backplane;
         Metrics = metrics ?? new RealtimeMetrics(null);
+        Metrics.ObserveBufferedBytes(() => Budget.Held);
     }
 
     /// <summary>Connects the backplane, if any, once the host starts.</summary>

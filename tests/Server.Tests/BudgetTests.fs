@@ -295,6 +295,16 @@ let tests =
             let expected = 260L * 1024L + 40L * 1024L
             let! settled = eventually (TimeSpan.FromSeconds 10.0) (fun () -> server.Realtime.BufferedBytes = expected)
             Expect.isTrue settled $"the compressor (260 KiB) and the inflater (40 KiB) are held, nothing else (BufferedBytes {server.Realtime.BufferedBytes})"
+            // The same figure as the gauge realtime.buffered.bytes of the server's meter.
+            let meter = (server.Realtime :?> RealtimeServer).Metrics.Meter
+            let mutable gauge = -1L
+            use listener = new Diagnostics.Metrics.MeterListener()
+            listener.InstrumentPublished <- fun instrument l ->
+                if Object.ReferenceEquals(instrument.Meter, meter) && instrument.Name = "realtime.buffered.bytes" then l.EnableMeasurementEvents instrument
+            listener.SetMeasurementEventCallback<int64>(fun _ value _ _ -> gauge <- value)
+            listener.Start()
+            listener.RecordObservableInstruments()
+            Expect.equal gauge expected "the gauge realtime.buffered.bytes tells the same"
             do! client.CloseAsync(WebSocketCloseStatus.NormalClosure, "", CancellationToken.None)
             client.Dispose()
             do! expectBudgetEmpty server "after the connection ended"
