@@ -336,6 +336,8 @@ public abstract partial class RealtimeSocket
             pipe.Output.Advance(total);
             return FlushPipeAsync(pipe.Output);
         }
+        // One shared frame alone (a subscriber that keeps up): the stream takes it as it is.
+        if (length == 0 && shared.Count == 1) return _transport!.WriteAsync(shared[0].Frame.Bytes);
         byte[] scratch = ArrayPool<byte>.Shared.Rent(total);
         Gather(scratch, chunk, length, shared);
         var write = _transport!.WriteAsync(scratch.AsMemory(0, total));
