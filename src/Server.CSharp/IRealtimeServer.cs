@@ -41,6 +41,14 @@ public interface IRealtimeServer
     /// <summary>The topics with at least one subscriber on this server (local, not cluster-wide).</summary>
     IReadOnlyList<string> Topics { get; }
 
+    /// <summary>
+    /// The bytes this server's connections hold now, as counted against
+    /// <see cref="RealtimeOptions.MaxServerBufferedBytes"/>: queued outgoing frames (a frame shared by
+    /// the recipients of a publish or broadcast once), messages being received, compression state.
+    /// Never above the budget; 0 when no connection holds anything.
+    /// </summary>
+    long BufferedBytes { get; }
+
     /// <summary>How many connections are open on this server (local, not cluster-wide).</summary>
     int ConnectionCount { get; }
 

@@ -58,4 +58,10 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 17, Level = LogLevel.Warning, Message = "Direct connections are off: the server did not start through Realtime's capture of the application (IServer is not Kestrel's, or was registered after AddRealtime); every connection takes Kestrel's ordinary path")]
     public static partial void DirectConnectionsOff(this ILogger logger);
+
+    [LoggerMessage(EventId = 20, Level = LogLevel.Warning, Message = "Connection {Id} on {Endpoint} would pass the server's memory budget; closing with 1008")]
+    public static partial void BudgetLimitClose(this ILogger logger, long id, string endpoint);
+
+    [LoggerMessage(EventId = 21, Level = LogLevel.Debug, Message = "Connection {Id} sent no payload of its unfinished message for longer than the idle timeout, but other frames; closing with 1008")]
+    public static partial void MessageTimeout(this ILogger logger, long id);
 }

@@ -52,6 +52,10 @@ internal sealed class RealtimeMetrics : IDisposable
         _rejections = Meter.CreateCounter<long>("realtime.handshake.rejections", "{request}", "Upgrade requests answered with an HTTP error instead of a connection, by reason.");
     }
 
+    /// <summary>Reports the server's budget count (<see cref="IRealtimeServer.BufferedBytes"/>) as the gauge <c>realtime.buffered.bytes</c>.</summary>
+    public void ObserveBufferedBytes(Func<long> read) =>
+        Meter.CreateObservableGauge("realtime.buffered.bytes", read, "By", "Bytes the connections hold now, counted against MaxServerBufferedBytes (a shared frame once).");
+
     /// <summary>The meter of this server's instruments.</summary>
     public Meter Meter { get; }
 

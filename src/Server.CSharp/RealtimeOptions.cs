@@ -43,8 +43,22 @@ public sealed class RealtimeOptions
     /// </summary>
     public long MaxBufferedAmount { get; set; } = 16 * 1024 * 1024;
 
-    /// <summary>Close a connection with 1008 instead of dropping messages once <see cref="MaxBufferedAmount"/> is reached. Default false.</summary>
+    /// <summary>Close a connection with 1008 instead of dropping messages once <see cref="MaxBufferedAmount"/> (or the server's budget) is reached. Default false.</summary>
     public bool CloseOnBackpressureLimit { get; set; }
+
+    /// <summary>
+    /// Server-wide budget for the bytes all connections hold together: frames queued for sending
+    /// (a frame that a publish or broadcast shares among its recipients counts once), fragmented
+    /// and compressed messages being received, and compression state. A send that would pass it is
+    /// <see cref="SendStatus.Dropped"/> (or closes that connection with 1008 under
+    /// <see cref="CloseOnBackpressureLimit"/>); a connection already in backpressure gets that once
+    /// three quarters of the budget are held, so connections that keep up still find room. A
+    /// received message that would pass it closes its connection with 1009. Only the value given to
+    /// <c>AddRealtime</c> counts (it is one budget for the server). Default 256 MiB.
+    /// </summary>
+    public long MaxServerBufferedBytes { get; set; } = DefaultMaxServerBufferedBytes;
+
+    internal const long DefaultMaxServerBufferedBytes = 256L * 1024 * 1024;
 
     /// <summary>
     /// Subprotocols the endpoint speaks. The first protocol in the client's

@@ -44,6 +44,7 @@ internal sealed class RealtimeOptionsValidation : IValidateOptions<RealtimeOptio
         var problems = Problems(options);
         if (options.MaxTopicLength != defaults.MaxTopicLength) problems.Add(ServerWide(nameof(RealtimeOptions.MaxTopicLength), "topics are shared by every endpoint"));
         if (options.HandshakeTimeout != defaults.HandshakeTimeout) problems.Add(ServerWide(nameof(RealtimeOptions.HandshakeTimeout), "Kestrel reads the headers before any endpoint is chosen"));
+        if (options.MaxServerBufferedBytes != defaults.MaxServerBufferedBytes) problems.Add(ServerWide(nameof(RealtimeOptions.MaxServerBufferedBytes), "one budget holds for the whole server"));
         if (options.ShutdownTimeout != defaults.ShutdownTimeout) problems.Add(ServerWide(nameof(RealtimeOptions.ShutdownTimeout), "the host stops every endpoint at once"));
         if (problems.Count == 0) return;
         throw new OptionsValidationException(pattern, typeof(RealtimeOptions), problems.Select(problem => $"MapRealtime(\"{pattern}\"): {problem}"));
@@ -79,6 +80,7 @@ internal sealed class RealtimeOptionsValidation : IValidateOptions<RealtimeOptio
         if (o.HandshakeTimeout is { } handshake) Duration(nameof(o.HandshakeTimeout), handshake, zeroAllowed: false, "");
         Range(nameof(o.MaxBufferedAmount), o.MaxBufferedAmount, Math.Max(0, o.BackpressureLimit), MaxBufferedAmountLimit, "bytes (from BackpressureLimit to 1 GiB)");
         Range(nameof(o.BackpressureLimit), o.BackpressureLimit, 0, MaxBufferedAmountLimit, "bytes");
+        Range(nameof(o.MaxServerBufferedBytes), o.MaxServerBufferedBytes, 1, long.MaxValue, "bytes");
         Range(nameof(o.ServerMaxWindowBits), o.ServerMaxWindowBits, 9, 15, "bits (RFC 7692 §7.1.2.1)");
         Range(nameof(o.ClientMaxWindowBits), o.ClientMaxWindowBits, 9, 15, "bits (RFC 7692 §7.1.2.2)");
         if (o.CompressionThreshold is { } threshold) Range(nameof(o.CompressionThreshold), threshold, 0, int.MaxValue, "bytes");

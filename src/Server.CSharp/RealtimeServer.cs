@@ -3,6 +3,7 @@ using System.Text;
 using Microsoft.Extensions.Logging;
 using Microsoft.FSharp.Core;
 using Realtime.Compression;
+using Realtime.Memory;
 using Realtime.Protocol;
 
 namespace Realtime;
@@ -35,9 +36,11 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         RealtimeOptionsValidation.ThrowIfInvalid(defaults);
         Log = logger;
         Defaults = defaults;
+        Budget = new MemoryBudget(defaults.MaxServerBufferedBytes);
         _time = time ?? TimeProvider.System;
         _backplane = backplane;
         Metrics = metrics ?? new RealtimeMetrics(null);
+        Metrics.ObserveBufferedBytes(() => Budget.Held);
     }
 
     /// <summary>Connects the backplane, if any, once the host starts.</summary>
@@ -49,6 +52,11 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     public RealtimeOptions Defaults { get; }
 
     public RealtimeMetrics Metrics { get; }
+
+    /// <summary>The server-wide count of the bytes connections hold, under <see cref="RealtimeOptions.MaxServerBufferedBytes"/>.</summary>
+    internal MemoryBudget Budget { get; }
+
+    public long BufferedBytes => Budget.Held;
 
     /// <summary>Milliseconds on a monotonic clock: the core's notion of now.</summary>
     public long Now() => _time.GetTimestamp() * 1000 / _time.TimestampFrequency;
@@ -229,7 +237,11 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         return DeliverToSubscribers(topic, kind, payload, null, compress);
     }
 
-    /// <summary>Frames the message once and queues the same bytes to every local recipient; never waits for one.</summary>
+    /// <summary>
+    /// Frames the message once into a shared frame that every local recipient's queue references
+    /// (and compresses it once for the recipients that take a shared compressed frame: no context
+    /// takeover, full window; the others are compressed for each); never waits for one.
+    /// </summary>
     private int DeliverToSubscribers(string topic, MessageKind kind, ReadOnlySpan<byte> payload, RealtimeSocket? sender, bool compress)
     {
         var excluded = sender is null ? FSharpValueOption<RealtimeSocket>.ValueNone : FSharpValueOption<RealtimeSocket>.NewValueSome(sender);
@@ -239,11 +251,9 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
             Metrics.Published(0);
             return 0;
         }
-        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
-        int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
-        // Compressed once, on first need, for every recipient that can take a shared compressed frame.
-        byte[]? compressed = null;
-        int compressedLength = 0;
+        // Made on first need; the publisher holds one reference to each until every recipient has its own.
+        SharedFrame? plain = null;
+        SharedFrame? compressed = null;
         int queued = 0;
         try
         {
@@ -251,16 +261,9 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
             {
                 SendResult result;
                 if (!recipient.WantsCompression(compress, payload.Length))
-                    result = recipient.Enqueue(header[..headerLength], payload);
+                    result = recipient.EnqueueShared(plain ??= PlainFrame(kind, payload));
                 else if (recipient.AcceptsSharedCompression)
-                {
-                    if (compressed is null)
-                    {
-                        compressedLength = CompressorPool.SharedDeflater(15).Compress(payload, out compressed);
-                        Interlocked.Increment(ref _sharedPublishCompressions);
-                    }
-                    result = recipient.EnqueueCompressed(kind, compressed.AsSpan(0, compressedLength));
-                }
+                    result = recipient.EnqueueShared(compressed ??= CompressedFrame(kind, payload));
                 else
                     result = recipient.SendFrame(kind, payload, compress: true);
                 if (result.IsQueued) queued++;
@@ -268,10 +271,37 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         }
         finally
         {
-            if (compressed is not null) System.Buffers.ArrayPool<byte>.Shared.Return(compressed);
+            plain?.Release();
+            compressed?.Release();
         }
         Metrics.Published(queued);
         return queued;
+    }
+
+    /// <summary>The message as one uncompressed frame, shared.</summary>
+    private SharedFrame PlainFrame(MessageKind kind, ReadOnlySpan<byte> payload)
+    {
+        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
+        int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
+        return SharedFrame.Create(Budget, header[..headerLength], payload);
+    }
+
+    /// <summary>The message compressed without context takeover with the full window, as one frame with RSV1 set (RFC 7692 §6), shared.</summary>
+    private SharedFrame CompressedFrame(MessageKind kind, ReadOnlySpan<byte> payload)
+    {
+        int length = CompressorPool.SharedDeflater(15).Compress(payload, out byte[] compressed);
+        Interlocked.Increment(ref _sharedPublishCompressions);
+        try
+        {
+            Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
+            var fields = new FrameHeader(true, true, false, false, (Opcode)(byte)kind, false, 0u, length);
+            int headerLength = Frame.writeHeader(fields, header);
+            return SharedFrame.Create(Budget, header[..headerLength], compressed.AsSpan(0, length));
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(compressed);
+        }
     }
 
     public int Publish(string topic, string text, bool compress = false)
@@ -312,13 +342,19 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     private int BroadcastFrame(string pattern, MessageKind kind, ReadOnlySpan<byte> payload, RealtimeSocket? except)
     {
         if (!_endpoints.TryGetValue(pattern, out var endpoint)) return 0;
-        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
-        int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
+        SharedFrame? frame = null;
         int queued = 0;
-        foreach (var pair in endpoint.Connections)
+        try
         {
-            if (ReferenceEquals(pair.Value, except)) continue;
-            if (pair.Value.Enqueue(header[..headerLength], payload).IsQueued) queued++;
+            foreach (var pair in endpoint.Connections)
+            {
+                if (ReferenceEquals(pair.Value, except)) continue;
+                if (pair.Value.EnqueueShared(frame ??= PlainFrame(kind, payload)).IsQueued) queued++;
+            }
+        }
+        finally
+        {
+            frame?.Release();
         }
         return queued;
     }

@@ -25,6 +25,16 @@ public abstract partial class RealtimeSocket
     /// <summary>True when this connection can take a frame compressed once for many: no context takeover, full window.</summary>
     internal bool AcceptsSharedCompression => _compression is { ServerNoContextTakeover: true, ServerMaxWindowBits: 15 };
 
+    // What zlib holds per stream with a 15-bit window and memLevel 8 (zlib's zconf.h: deflate
+    // needs (1 << (windowBits + 2)) + (1 << (memLevel + 9)) bytes, inflate 1 << windowBits plus about
+    // 7 KiB of state), counted against the server's budget while a connection holds one.
+    internal const int DeflaterStateBytes = 260 * 1024;
+    internal const int InflaterStateBytes = 40 * 1024;
+    private bool _inflaterCounted;
+    private bool _deflaterCounted;
+    // Inflated bytes of the message being received, counted against the budget.
+    private long _inflatedCounted;
+
     private SendResult SendCompressed(MessageKind kind, ReadOnlySpan<byte> payload)
     {
         var parameters = _compression!;
@@ -42,12 +52,19 @@ public abstract partial class RealtimeSocket
                 return SendResult.Dropped;
             }
             // Judge admission on a bound of the compressed size, so nothing the compressor has seen is dropped.
-            int bound = (int)Math.Min(int.MaxValue, payload.Length + (payload.Length >> 3) + 64L);
+            int bound = (int)Math.Min(int.MaxValue, payload.Length + (payload.Length >> 3) + 64L + Frame.MaxHeaderSize);
             var (_, verdict) = Backpressure.offer(_endpoint.Limits, _backpressure, bound);
             if (!Backpressure.isQueued(verdict)) return SendUncompressed(kind, payload);
-            _deflater ??= new MessageDeflater(parameters.ServerMaxWindowBits, contextTakeover: true);
+            long ceiling = _server.Budget.CeilingFor(_backpressure.InBackpressure);
+            if (_deflater is null)
+            {
+                if (!_server.Budget.TryReserve(DeflaterStateBytes, ceiling)) return SendUncompressed(kind, payload);
+                _deflaterCounted = true;
+                _deflater = new MessageDeflater(parameters.ServerMaxWindowBits, contextTakeover: true);
+            }
+            if (!_server.Budget.TryReserve(bound, ceiling)) return SendUncompressed(kind, payload);
             int length = _deflater.Compress(payload, out byte[] compressed);
-            try { return EnqueueCompressed(kind, compressed.AsSpan(0, length)); }
+            try { return EnqueueCompressed(kind, compressed.AsSpan(0, length), reservedBound: bound); }
             finally { ArrayPool<byte>.Shared.Return(compressed); }
         }
     }
@@ -60,13 +77,22 @@ public abstract partial class RealtimeSocket
         return Enqueue(header[..headerLength], payload);
     }
 
-    /// <summary>Queues an already compressed payload as one frame with RSV1 set (RFC 7692 §6).</summary>
-    internal SendResult EnqueueCompressed(MessageKind kind, ReadOnlySpan<byte> compressed)
+    /// <summary>
+    /// Queues an already compressed payload as one frame with RSV1 set (RFC 7692 §6). With
+    /// <paramref name="reservedBound"/> the caller has already reserved that many bytes of the
+    /// budget: the frame keeps what it needs and the rest is given back.
+    /// </summary>
+    internal SendResult EnqueueCompressed(MessageKind kind, ReadOnlySpan<byte> compressed, int reservedBound = 0)
     {
         Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
         var fields = new FrameHeader(true, true, false, false, (Opcode)(byte)kind, false, 0u, compressed.Length);
         int headerLength = Frame.writeHeader(fields, header);
-        return Enqueue(header[..headerLength], compressed);
+        if (reservedBound == 0) return Enqueue(header[..headerLength], compressed);
+        int total = headerLength + compressed.Length;
+        _server.Budget.Release(reservedBound - total);
+        var result = EnqueueData(header[..headerLength], compressed, null, reserved: true);
+        if (!result.IsQueued) _server.Budget.Release(total);
+        return result;
     }
 
     /// <summary>
@@ -75,15 +101,37 @@ public abstract partial class RealtimeSocket
     /// </summary>
     private ReadOnlyMemory<byte>? InflateChunk(ReadOnlySpan<byte> chunk, MessageKind kind, bool messageEnd)
     {
-        _inflater ??= _compression!.ClientNoContextTakeover ? CompressorPool.RentInflater() : new MessageInflater();
         int limit = _endpoint.Options.EffectiveMaxPayloadLength;
-        switch (_inflater.Inflate(chunk, messageEnd, limit))
+        if (_inflater is null)
+        {
+            if (!_server.Budget.TryReserve(InflaterStateBytes))
+            {
+                FailMessage(ProtocolError.NewMessageTooBig(limit));
+                return null;
+            }
+            _inflaterCounted = true;
+            _inflater = _compression!.ClientNoContextTakeover ? CompressorPool.RentInflater() : new MessageInflater();
+        }
+        // The inflated bytes count against the server's budget as they grow: the message may grow
+        // only as far as the budget has room, and past that it is too big, as past MaxPayloadLength.
+        int before = _inflater.Output.Length;
+        int room = (int)Math.Min(limit, before + _server.Budget.Available);
+        var status = _inflater.Inflate(chunk, messageEnd, room);
+        int grown = _inflater.Output.Length - before;
+        if (status != InflateStatus.TooBig)
+        {
+            if (_server.Budget.TryReserve(grown)) _inflatedCounted += grown;
+            else status = InflateStatus.TooBig;
+        }
+        switch (status)
         {
             case InflateStatus.TooBig:
-                FailMessage(ProtocolError.NewMessageTooBig(limit));
+                FailMessage(ProtocolError.NewMessageTooBig(room));
+                ReleaseInflater();
                 return null;
             case InflateStatus.Corrupt:
                 FailMessage(ProtocolError.InvalidCompressedData);
+                ReleaseInflater();
                 return null;
         }
         if (!messageEnd) return null;
@@ -101,15 +149,24 @@ public abstract partial class RealtimeSocket
     private void ReleaseInflater()
     {
         if (_inflater is null) return;
+        _server.Budget.Release(_inflatedCounted);
+        _inflatedCounted = 0;
         if (_compression!.ClientNoContextTakeover)
         {
             CompressorPool.ReturnInflater(_inflater);
             _inflater = null;
+            ReleaseInflaterState();
         }
         else
         {
             _inflater.Release(reset: false);
         }
+    }
+
+    private void ReleaseInflaterState()
+    {
+        if (_inflaterCounted) _server.Budget.Release(InflaterStateBytes);
+        _inflaterCounted = false;
     }
 
     /// <summary>Fails the connection for a message found bad after the core passed it on.</summary>
@@ -136,14 +193,19 @@ public abstract partial class RealtimeSocket
     {
         if (_inflater is not null)
         {
+            _server.Budget.Release(_inflatedCounted);
+            _inflatedCounted = 0;
             if (_compression!.ClientNoContextTakeover) CompressorPool.ReturnInflater(_inflater);
             else _inflater.Dispose();
             _inflater = null;
+            ReleaseInflaterState();
         }
         lock (_sync)
         {
             _deflater?.Dispose();
             _deflater = null;
+            if (_deflaterCounted) _server.Budget.Release(DeflaterStateBytes);
+            _deflaterCounted = false;
         }
     }
 }

@@ -1,4 +1,5 @@
 using System.Buffers;
+using Realtime.Memory;
 using Realtime.Protocol;
 
 namespace Realtime;
@@ -21,6 +22,10 @@ public abstract partial class RealtimeSocket
     private int _pendingLength;
     private int _pendingControlBytes;
     private byte[]? _spare;
+    // Frames shared with other recipients, each with the position in _pending it goes before.
+    private List<SharedEntry>? _pendingShared;
+    private List<SharedEntry>? _spareShared;
+    private int _pendingSharedBytes;
     private bool _writing;
     private int _corks;
     private bool _transportFailed;
@@ -42,15 +47,22 @@ public abstract partial class RealtimeSocket
     internal SendResult SendFrame(MessageKind kind, ReadOnlySpan<byte> payload, bool compress) =>
         WantsCompression(compress, payload.Length) ? SendCompressed(kind, payload) : SendUncompressed(kind, payload);
 
-    /// <summary>Queues a data frame (header and payload) under the backpressure rules.</summary>
-    internal SendResult Enqueue(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload)
+    /// <summary>Queues a data frame (header and payload) under the backpressure rules and the server's budget.</summary>
+    internal SendResult Enqueue(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload) => EnqueueData(header, payload, null);
+
+    /// <summary>Queues a reference to a frame shared with other recipients, under the same rules.</summary>
+    internal SendResult EnqueueShared(SharedFrame frame) => EnqueueData(default, default, frame);
+
+    /// <summary>The one way data frames are queued; <paramref name="reserved"/> when the caller has already reserved the frame's bytes of the budget.</summary>
+    private SendResult EnqueueData(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload, SharedFrame? shared, bool reserved = false)
     {
         // In 64 bits: a payload within 14 bytes of int.MaxValue must not wrap into a small size
         // (past int.MaxValue it is over every MaxBufferedAmount, so it is dropped or closes).
-        int total = (int)Math.Min(int.MaxValue, (long)header.Length + payload.Length);
+        int total = shared?.Length ?? (int)Math.Min(int.MaxValue, (long)header.Length + payload.Length);
         SendResult result;
         bool startWriter;
         bool closeForLimit = false;
+        bool closeForBudget = false;
         lock (_sync)
         {
             if (!_core.CanSend || _ended)
@@ -58,19 +70,38 @@ public abstract partial class RealtimeSocket
                 _server.Metrics.Queued(SendStatus.Dropped);
                 return SendResult.Dropped;
             }
+            // A connection already behind (in a backpressure episode) may fill less of the budget,
+            // so the ones that keep up still find room.
+            long ceiling = _server.Budget.CeilingFor(_backpressure.InBackpressure);
             var (state, verdict) = Backpressure.offer(_endpoint.Limits, _backpressure, total);
-            _backpressure = state;
-            if (verdict.IsSent) result = new SendResult(SendStatus.Sent, total);
-            else if (verdict.IsBackpressure) result = new SendResult(SendStatus.Backpressure, total);
+            if (Backpressure.isQueued(verdict) && !reserved && !(shared is null ? _server.Budget.TryReserve(total, ceiling) : shared.TryAddReference(ceiling)))
+            {
+                closeForBudget = _endpoint.Options.CloseOnBackpressureLimit;
+                result = SendResult.Dropped;
+            }
             else
             {
-                closeForLimit = verdict.IsCloseForLimit;
-                result = SendResult.Dropped;
+                _backpressure = state;
+                if (verdict.IsSent) result = new SendResult(SendStatus.Sent, total);
+                else if (verdict.IsBackpressure) result = new SendResult(SendStatus.Backpressure, total);
+                else
+                {
+                    closeForLimit = verdict.IsCloseForLimit;
+                    result = SendResult.Dropped;
+                }
             }
             if (result.IsQueued)
             {
-                Append(header);
-                Append(payload);
+                if (shared is null)
+                {
+                    Append(header);
+                    Append(payload);
+                }
+                else
+                {
+                    (_pendingShared ??= new List<SharedEntry>()).Add(new SharedEntry(_pendingLength, shared));
+                    _pendingSharedBytes += shared.Length;
+                }
             }
             startWriter = result.IsQueued && TryBecomeWriter();
         }
@@ -79,6 +110,11 @@ public abstract partial class RealtimeSocket
         {
             _server.Log.BackpressureLimitClose(Id, _endpoint.Pattern);
             CloseLocally(CloseCode.PolicyViolation, "backpressure limit");
+        }
+        else if (closeForBudget)
+        {
+            _server.Log.BudgetLimitClose(Id, _endpoint.Pattern);
+            CloseLocally(CloseCode.PolicyViolation, "server memory budget");
         }
         if (startWriter) ScheduleWriter();
         return result;
@@ -99,12 +135,18 @@ public abstract partial class RealtimeSocket
         if (startWriter) ScheduleWriter();
     }
 
+    /// <summary>A frame shared with other recipients, queued at <paramref name="Offset"/> of the pending bytes.</summary>
+    private readonly record struct SharedEntry(int Offset, SharedFrame Frame);
+
+    /// <summary>Under the lock: anything queued, own bytes or shared frames.</summary>
+    private bool HasPending => _pendingLength > 0 || _pendingSharedBytes > 0;
+
     private void Append(ReadOnlySpan<byte> bytes) => PooledBuffer.Append(ref _pending, ref _pendingLength, bytes, MinimumPendingBuffer);
 
     /// <summary>Under the lock: claims the writer role when there is something to write and nobody holds it.</summary>
     private bool TryBecomeWriter()
     {
-        if (_writing || _corks > 0 || _pendingLength == 0 || _transportFailed) return false;
+        if (_writing || _corks > 0 || !HasPending || _transportFailed) return false;
         _writing = true;
         return true;
     }
@@ -153,9 +195,11 @@ public abstract partial class RealtimeSocket
     {
         while (true)
         {
-            byte[] chunk;
+            byte[]? chunk;
             int length;
             int controlBytes;
+            List<SharedEntry>? shared;
+            int sharedBytes;
             bool stopReceiving;
             TaskCompletionSource? controlTaken;
             lock (_sync)
@@ -164,28 +208,42 @@ public abstract partial class RealtimeSocket
                 // Either way no control frame is left pending below: a receive loop held back by them may go on.
                 controlTaken = _controlTaken;
                 _controlTaken = null;
-                if (_pendingLength == 0 || _transportFailed)
+                if (!HasPending || _transportFailed)
                 {
                     _writing = false;
                     ReleaseIdleBuffers();
                     _writerIdle?.TrySetResult();
-                    chunk = null!;
+                    chunk = null;
                     length = 0;
                     controlBytes = 0;
+                    shared = null;
+                    sharedBytes = 0;
                 }
                 else
                 {
-                    chunk = _pending!;
+                    chunk = _pending;
                     length = _pendingLength;
                     controlBytes = _pendingControlBytes;
-                    _pending = _spare;
-                    _spare = null;
                     _pendingLength = 0;
                     _pendingControlBytes = 0;
+                    if (length > 0)
+                    {
+                        _pending = _spare;
+                        _spare = null;
+                    }
+                    else chunk = null;
+                    sharedBytes = _pendingSharedBytes;
+                    shared = sharedBytes > 0 ? _pendingShared : null;
+                    if (shared is not null)
+                    {
+                        _pendingShared = _spareShared;
+                        _spareShared = null;
+                        _pendingSharedBytes = 0;
+                    }
                 }
             }
             controlTaken?.TrySetResult();
-            if (length == 0)
+            if (length == 0 && sharedBytes == 0)
             {
                 // Ending the receive loop lets Kestrel send what it was given, then close the TCP
                 // connection; aborting instead would drop the bytes still in its output pipe.
@@ -195,12 +253,14 @@ public abstract partial class RealtimeSocket
 
             try
             {
-                await WriteToTransportAsync(chunk.AsMemory(0, length)).ConfigureAwait(false);
-                _server.Metrics.BytesSent(length);
+                if (shared is null) await WriteToTransportAsync(chunk.AsMemory(0, length)).ConfigureAwait(false);
+                else await WriteWithSharedAsync(chunk, length, shared, length + sharedBytes).ConfigureAwait(false);
+                _server.Metrics.BytesSent(length + sharedBytes);
             }
             catch (Exception exception)
             {
-                ArrayPool<byte>.Shared.Return(chunk);
+                if (chunk is not null) ArrayPool<byte>.Shared.Return(chunk);
+                ReleaseWritten(length - controlBytes, shared);
                 _server.Log.TransportWriteFailed(Id, exception.Message);
                 lock (_sync)
                 {
@@ -216,17 +276,31 @@ public abstract partial class RealtimeSocket
                 return;
             }
 
+            ReleaseWritten(length - controlBytes, shared);
             bool drain;
             lock (_sync)
             {
-                var (state, flushed) = Backpressure.flushed(_endpoint.Limits, _backpressure, length - controlBytes);
+                var (state, flushed) = Backpressure.flushed(_endpoint.Limits, _backpressure, length - controlBytes + sharedBytes);
                 _backpressure = state;
                 drain = flushed.IsDrain;
-                if (_spare is null && chunk.Length <= KeptSpareBuffer) _spare = chunk;
-                else ArrayPool<byte>.Shared.Return(chunk);
+                if (chunk is not null)
+                {
+                    if (_spare is null && chunk.Length <= KeptSpareBuffer) _spare = chunk;
+                    else ArrayPool<byte>.Shared.Return(chunk);
+                }
+                if (shared is not null) _spareShared ??= shared;
             }
             if (drain) RequestDrain();
         }
+    }
+
+    /// <summary>After a batch was written (or failed): its own data bytes leave the budget and its shared frames are released.</summary>
+    private void ReleaseWritten(int dataBytes, List<SharedEntry>? shared)
+    {
+        _server.Budget.Release(dataBytes);
+        if (shared is null) return;
+        foreach (var entry in shared) entry.Frame.Release();
+        shared.Clear();
     }
 
     /// <summary>Hands one batch of frames to the transport; completes when the transport has taken it.</summary>
@@ -235,6 +309,11 @@ public abstract partial class RealtimeSocket
         if (_pipe is null) return _transport!.WriteAsync(bytes);
         var output = _pipe.Output;
         output.Write(bytes.Span);
+        return FlushPipeAsync(output);
+    }
+
+    private static ValueTask FlushPipeAsync(System.IO.Pipelines.PipeWriter output)
+    {
         var flush = output.FlushAsync();
         return flush.IsCompletedSuccessfully ? CheckFlushed(flush.Result) : AwaitFlushAsync(flush);
 
@@ -245,6 +324,128 @@ public abstract partial class RealtimeSocket
             result.IsCompleted || result.IsCanceled
                 ? ValueTask.FromException(new IOException("the connection's output was closed"))
                 : ValueTask.CompletedTask;
+    }
+
+    /// <summary>
+    /// Writes a batch holding shared frames: the connection's own bytes and the shared frames in
+    /// queue order. A batch of up to <see cref="WriteSlice"/> bytes is gathered (into the pipe's
+    /// memory, or a pooled scratch buffer for a stream) and written at once, without allocating.
+    /// A larger one is handed over in pieces of at most that size, each taken by the transport
+    /// before the next, so a client that does not read makes the transport copy one piece while
+    /// the rest stays in the one shared copy.
+    /// </summary>
+    private ValueTask WriteWithSharedAsync(byte[]? chunk, int length, List<SharedEntry> shared, int total)
+    {
+        if (total > WriteSlice) return WriteSlicedAsync(chunk, length, shared);
+        if (_pipe is { } pipe)
+        {
+            Gather(pipe.Output.GetSpan(total), chunk, length, shared);
+            pipe.Output.Advance(total);
+            return FlushPipeAsync(pipe.Output);
+        }
+        // One shared frame alone (a subscriber that keeps up): the stream takes it as it is.
+        if (length == 0 && shared.Count == 1) return _transport!.WriteAsync(shared[0].Frame.Bytes);
+        byte[] scratch = ArrayPool<byte>.Shared.Rent(total);
+        Gather(scratch, chunk, length, shared);
+        var write = _transport!.WriteAsync(scratch.AsMemory(0, total));
+        if (write.IsCompletedSuccessfully)
+        {
+            ArrayPool<byte>.Shared.Return(scratch);
+            return ValueTask.CompletedTask;
+        }
+        return ReturnAfterAsync(write, scratch);
+
+        static async ValueTask ReturnAfterAsync(ValueTask pending, byte[] scratch)
+        {
+            try { await pending.ConfigureAwait(false); }
+            finally { ArrayPool<byte>.Shared.Return(scratch); }
+        }
+    }
+
+    /// <summary>Copies the batch's pieces, in queue order, into <paramref name="into"/>.</summary>
+    private static void Gather(Span<byte> into, byte[]? chunk, int length, List<SharedEntry> shared)
+    {
+        int position = 0;
+        int written = 0;
+        foreach (var entry in shared)
+        {
+            var own = chunk.AsSpan(position, entry.Offset - position);
+            own.CopyTo(into[written..]);
+            written += own.Length;
+            position = entry.Offset;
+            entry.Frame.Bytes.Span.CopyTo(into[written..]);
+            written += entry.Frame.Length;
+        }
+        chunk.AsSpan(position, length - position).CopyTo(into[written..]);
+    }
+
+    private async ValueTask WriteSlicedAsync(byte[]? chunk, int length, List<SharedEntry> shared)
+    {
+        var writer = new SlicedWriter(this);
+        try
+        {
+            int position = 0;
+            foreach (var entry in shared)
+            {
+                await writer.PutAsync(chunk.AsMemory(position, entry.Offset - position)).ConfigureAwait(false);
+                position = entry.Offset;
+                await writer.PutAsync(entry.Frame.Bytes).ConfigureAwait(false);
+            }
+            await writer.PutAsync(chunk.AsMemory(position, length - position)).ConfigureAwait(false);
+            await writer.FlushAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            writer.Dispose();
+        }
+    }
+
+    private const int WriteSlice = 64 * 1024;
+
+    /// <summary>
+    /// Gathers pieces into writes of up to <see cref="WriteSlice"/> bytes: into the pipe's own
+    /// memory on a direct connection, else into a pooled scratch buffer for the stream (a piece of
+    /// a whole slice goes to the stream as it is).
+    /// </summary>
+    private sealed class SlicedWriter(RealtimeSocket socket) : IDisposable
+    {
+        private byte[]? _scratch;
+        private int _gathered;
+
+        public async ValueTask PutAsync(ReadOnlyMemory<byte> bytes)
+        {
+            while (!bytes.IsEmpty)
+            {
+                if (socket._pipe is null && _gathered == 0 && bytes.Length >= WriteSlice)
+                {
+                    await socket._transport!.WriteAsync(bytes[..WriteSlice]).ConfigureAwait(false);
+                    bytes = bytes[WriteSlice..];
+                    continue;
+                }
+                int take = Math.Min(bytes.Length, WriteSlice - _gathered);
+                if (socket._pipe is { } pipe) pipe.Output.Write(bytes.Span[..take]);
+                else bytes.Span[..take].CopyTo((_scratch ??= ArrayPool<byte>.Shared.Rent(WriteSlice)).AsSpan(_gathered));
+                _gathered += take;
+                bytes = bytes[take..];
+                if (_gathered == WriteSlice) await FlushAsync().ConfigureAwait(false);
+            }
+        }
+
+        public ValueTask FlushAsync()
+        {
+            if (_gathered == 0) return ValueTask.CompletedTask;
+            int gathered = _gathered;
+            _gathered = 0;
+            return socket._pipe is { } pipe
+                ? FlushPipeAsync(pipe.Output)
+                : socket._transport!.WriteAsync(_scratch.AsMemory(0, gathered));
+        }
+
+        public void Dispose()
+        {
+            if (_scratch is not null) ArrayPool<byte>.Shared.Return(_scratch);
+            _scratch = null;
+        }
     }
 
     /// <summary>
@@ -276,12 +477,15 @@ public abstract partial class RealtimeSocket
             ArrayPool<byte>.Shared.Return(_spare);
             _spare = null;
         }
-        if (_transportFailed && _pending is not null)
+        if (_transportFailed && HasPending)
         {
-            ArrayPool<byte>.Shared.Return(_pending);
+            // Nothing will write these any more: their bytes leave the budget here.
+            ReleaseWritten(_pendingLength - _pendingControlBytes, _pendingShared);
+            if (_pending is not null) ArrayPool<byte>.Shared.Return(_pending);
             _pending = null;
             _pendingLength = 0;
             _pendingControlBytes = 0;
+            _pendingSharedBytes = 0;
         }
     }
 

@@ -20,6 +20,10 @@ public abstract partial class RealtimeSocket
     private byte[]? _message;
     private int _messageLength;
     private bool _messageInProgress;
+    // The server's clock (ms) at the last read, and at the last read that brought payload bytes of
+    // an unfinished message (0 when none): set by the receive loop, read by Tick.
+    private long _lastReadAt;
+    private long _messageProgressAt;
     private bool _ended;
     private ushort _sentCloseCode;
     private string _sentCloseReason = "";
@@ -166,6 +170,7 @@ public abstract partial class RealtimeSocket
     private async Task ProcessAsync(Memory<byte> buffer)
     {
         long now = _server.Now();
+        Volatile.Write(ref _lastReadAt, now);
         int position = 0;
         CorkIncrement();
         try
@@ -234,6 +239,7 @@ public abstract partial class RealtimeSocket
             ResetMessage();
             return;
         }
+        TrackUnfinishedMessage(data.messageEnd, data.length);
         if (data.compressed)
         {
             var inflated = InflateChunk(payload, data.kind, data.messageEnd);
@@ -254,7 +260,13 @@ public abstract partial class RealtimeSocket
             await DeliverAsync(data.kind, buffer.Slice(sliceStart + data.payloadStart, data.length), compressed: false).ConfigureAwait(false);
             return;
         }
-        AppendToMessage(payload);
+        if (!AppendToMessage(payload))
+        {
+            // The server's budget has no room for the rest: the message is too big for now (1009).
+            FailMessage(ProtocolError.NewMessageTooBig(_messageLength + _server.Budget.Available));
+            ResetMessage();
+            return;
+        }
         _messageInProgress = true;
         if (data.messageEnd)
         {
@@ -269,11 +281,33 @@ public abstract partial class RealtimeSocket
         }
     }
 
-    // The core already refused anything over MaxPayloadLength, so growth is bounded.
-    private void AppendToMessage(ReadOnlySpan<byte> chunk) => PooledBuffer.Append(ref _message, ref _messageLength, chunk);
+    /// <summary>
+    /// Adds a fragment to the message being assembled, counting it against the server's budget;
+    /// false when the budget has no room. The core already refused anything over MaxPayloadLength.
+    /// </summary>
+    private bool AppendToMessage(ReadOnlySpan<byte> chunk)
+    {
+        if (!_server.Budget.TryReserve(chunk.Length)) return false;
+        PooledBuffer.Append(ref _message, ref _messageLength, chunk);
+        return true;
+    }
+
+    /// <summary>
+    /// Notes when an unfinished message (compressed or not) last made progress, for <see cref="Tick"/>:
+    /// a client may keep a message open with empty continuation frames (or pings), which count as
+    /// activity, so the idle timeout alone would never end it while it pins what was assembled or
+    /// inflated so far.
+    /// </summary>
+    private void TrackUnfinishedMessage(bool messageEnd, int length)
+    {
+        if (messageEnd) Volatile.Write(ref _messageProgressAt, 0);
+        else if (length > 0 || Volatile.Read(ref _messageProgressAt) == 0)
+            Volatile.Write(ref _messageProgressAt, Math.Max(1, Volatile.Read(ref _lastReadAt)));
+    }
 
     private void ResetMessage()
     {
+        _server.Budget.Release(_messageLength);
         if (_message is not null) ArrayPool<byte>.Shared.Return(_message);
         _message = null;
         _messageLength = 0;
@@ -357,6 +391,11 @@ public abstract partial class RealtimeSocket
     /// <summary>Called by the server's timer: keep-alive pings, idle and closing-handshake timeouts.</summary>
     internal void Tick(long now)
     {
+        if (MessageTimedOut(now))
+        {
+            _server.Log.MessageTimeout(Id);
+            CloseLocally(CloseCode.PolicyViolation, "message timeout");
+        }
         TickAction action;
         lock (_sync)
         {
@@ -388,6 +427,19 @@ public abstract partial class RealtimeSocket
                 AbortTransport();
                 break;
         }
+    }
+
+    /// <summary>
+    /// True once, when an unfinished message has had no payload for longer than the idle timeout
+    /// while the client kept sending other frames (off when the idle timeout is): it is then closed
+    /// with 1008, as docs/limits.md says. A client gone silent is the idle timeout's (1001).
+    /// </summary>
+    private bool MessageTimedOut(long now)
+    {
+        long progress = Volatile.Read(ref _messageProgressAt);
+        long timeout = (long)_endpoint.Options.IdleTimeout.TotalMilliseconds;
+        if (progress == 0 || timeout <= 0 || now - progress <= timeout || Volatile.Read(ref _lastReadAt) <= progress) return false;
+        return Interlocked.CompareExchange(ref _messageProgressAt, 0, progress) == progress;
     }
 
     /// <summary>Ends the receive loop: the connection finishes and Kestrel closes the TCP connection after sending what it holds.</summary>
