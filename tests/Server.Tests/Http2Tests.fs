@@ -489,3 +489,34 @@ let http2AccountingTests =
             Expect.equal drains.Value 1 "Drain fired once for the episode"
         })
     ]
+
+[<Tests>]
+let sampleHttp2Tests =
+    testSequenced <| testList "HTTP/2: the real samples/Echo with --tls" [
+        testCaseTask "samples/Echo --tls (direct connections after TLS) answers an HTTP/2 client's extended CONNECT through the route and echoes" (fun () -> task {
+            match! ensureEchoSampleBuilt () with
+            | Some problem -> failtest problem
+            | None -> ()
+            let port = freePort ()
+            let! sample, output = startEchoSample port $"--tls --urls http://127.0.0.1:{port}"
+            use _ = sample
+            try
+                // Any certificate of that process: it makes a new one at every start.
+                use handler = new SocketsHttpHandler()
+                handler.SslOptions.RemoteCertificateValidationCallback <- RemoteCertificateValidationCallback(fun _ _ _ _ -> true)
+                use invoker = new HttpMessageInvoker(handler)
+                let deflate (client: ClientWebSocket) = client.Options.DangerousDeflateOptions <- WebSocketDeflateOptions()
+                use! client = connectOver HttpVersion.Version20 invoker deflate $"wss://127.0.0.1:{port}/echo"
+                Expect.equal client.HttpStatusCode HttpStatusCode.OK $"an extended CONNECT answered with 200\n{output}"
+                Expect.isNonEmpty (client.HttpResponseHeaders["Sec-WebSocket-Extensions"] |> Seq.toList) "the deflate offer accepted"
+                do! expectEchoes client
+                use! overHttp11 = connectOver HttpVersion.Version11 invoker ignore $"wss://127.0.0.1:{port}/echo"
+                Expect.equal overHttp11.HttpStatusCode HttpStatusCode.SwitchingProtocols "HTTP/1.1 on the same listener still upgrades"
+                do! expectEchoes overHttp11
+                for c in [ client; overHttp11 ] do
+                    do! closeClient c WebSocketCloseStatus.NormalClosure
+                    Expect.equal c.CloseStatus (Nullable WebSocketCloseStatus.NormalClosure) "closed with 1000"
+            finally
+                stopProcess sample
+        })
+    ]
