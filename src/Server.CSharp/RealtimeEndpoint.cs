@@ -184,7 +184,7 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         if (connect is null && (upgrade is null || !upgrade.IsUpgradableRequest))
         {
             Rejected(400, "not-upgradable", "the server cannot upgrade this request");
-            await RejectAsync(context, StatusCodes.Status400BadRequest, "this request cannot be upgraded (HTTP/1.1 is required)", []).ConfigureAwait(false);
+            await RejectAsync(context, StatusCodes.Status400BadRequest, "this request cannot be upgraded (an HTTP/1.1 upgrade or an HTTP/2 extended CONNECT is required)", []).ConfigureAwait(false);
             return null;
         }
 
