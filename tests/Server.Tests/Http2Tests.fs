@@ -302,6 +302,40 @@ let http2Tests =
             Expect.isEmpty seen.Compressed "the message never reached the handler"
         })
 
+        testCaseTask "ending one socket ends only its stream: the others on the same HTTP/2 connection go on" (fun () -> task {
+            let seen = newSeen ()
+            let! server = startHttps ignore (routes seen)
+            use _ = server
+            use invoker = trustingInvoker ()
+            let clients = ResizeArray<ClientWebSocket>()
+            for i in 1..3 do
+                let! client = connectHttp2 invoker (server.WsUrl + "/echo")
+                clients.Add client
+                let! opened = eventually (seconds 10.0) (fun () -> seen.Opened.Count = i)
+                Expect.isTrue opened $"socket {i} opened"
+            let sockets = Seq.toArray seen.Opened
+            let terminated, closed, untouched = clients[0], clients[1], clients[2]
+            sockets[0].Terminate()
+            let! aborted =
+                task {
+                    try
+                        let! _ = receive terminated
+                        return false
+                    with _ ->
+                        return true
+                }
+            Expect.isTrue aborted "the terminated socket's stream was reset"
+            sockets[1].Close(4001, "just this one")
+            let! status = receiveClose closed
+            Expect.equal status (Nullable(enum<WebSocketCloseStatus> 4001)) "the closed socket got its close frame"
+            do! sendText untouched "still here"
+            let! echoed = receiveText untouched
+            Expect.equal echoed "still here" "the third socket, on the same connection, goes on"
+            let! twoEnded = eventually (seconds 10.0) (fun () -> server.Realtime.ConnectionCount = 1)
+            Expect.isTrue twoEnded "two sockets ended on the server, one is left"
+            for client in clients do client.Dispose()
+        })
+
         testCaseTask "Attach's rejection status reaches the HTTP/2 client" (fun () -> task {
             let! server = startHttps ignore (routes (newSeen ()))
             use _ = server
