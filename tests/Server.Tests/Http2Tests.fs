@@ -502,7 +502,11 @@ let http2AccountingTests =
             Expect.isGreaterThan (statuses.IndexOf SendStatus.Dropped) firstBackpressure "drops only after backpressure"
             Expect.isLessThanOrEqual socket.BufferedAmount (256L * 1024L) "never past MaxBufferedAmount"
             Expect.isTrue socket.IsOpen "dropping does not close"
-            Expect.equal drains.Value 0 "no Drain while the client does not read"
+            // Drains while filling are legitimate (the writer may empty the buffer into the HTTP/2 window
+            // between sends); once stuck, none comes until the client reads.
+            let drainsWhileStuck = drains.Value
+            do! Task.Delay 300
+            Expect.equal drains.Value drainsWhileStuck "no Drain while the client does not read"
             let queued = statuses |> Seq.filter (fun s -> s <> SendStatus.Dropped) |> Seq.length
             let reader =
                 task {
@@ -513,14 +517,15 @@ let http2AccountingTests =
                         if kind = WebSocketMessageType.Binary then binary <- binary + 1 else finished <- true
                     return binary
                 }
-            let! drained = eventually (seconds 15.0) (fun () -> drains.Value = 1)
+            let! drained = eventually (seconds 15.0) (fun () -> drains.Value = drainsWhileStuck + 1)
             Expect.isTrue drained "Drain fired after the client read again"
             let! emptied = eventually (seconds 15.0) (fun () -> socket.BufferedAmount = 0L)
             Expect.isTrue emptied "the buffer emptied"
             Expect.equal (socket.Send "end") (SendResult(SendStatus.Sent, 5)) "a send after Drain reports Sent with its frame size"
             let! received = reader.WaitAsync(seconds 15.0)
             Expect.equal received queued "every queued message arrived, none of the dropped ones"
-            Expect.equal drains.Value 1 "Drain fired once for the episode"
+            do! Task.Delay 100
+            Expect.equal drains.Value (drainsWhileStuck + 1) "Drain fired once for the episode"
         })
     ]
 
