@@ -336,6 +336,23 @@ let http2Tests =
             for client in clients do client.Dispose()
         })
 
+        testCaseTask "MaxConnectionsPerAddress counts sockets: the third on one HTTP/2 connection gets 503 when two are allowed" (fun () -> task {
+            let! server = startHttps (fun options -> options.MaxConnectionsPerAddress <- 2) (routes (newSeen ()))
+            use _ = server
+            use invoker = trustingInvoker ()
+            use! first = connectHttp2 invoker (server.WsUrl + "/room")
+            use! second = connectHttp2 invoker (server.WsUrl + "/room")
+            use third = clientOver HttpVersion.Version20 ignore
+            let! failure = tryConnect invoker third (server.WsUrl + "/room")
+            Expect.isSome failure "refused"
+            Expect.equal third.HttpStatusCode HttpStatusCode.ServiceUnavailable "503"
+            do! closeClient first WebSocketCloseStatus.NormalClosure
+            let! released = eventually (seconds 10.0) (fun () -> server.Realtime.ConnectionCount = 1)
+            Expect.isTrue released "the first socket's slot is given back"
+            use! again = connectHttp2 invoker (server.WsUrl + "/room")
+            Expect.equal again.State WebSocketState.Open "a slot freed by a closed stream is usable again"
+        })
+
         testCaseTask "Attach's rejection status reaches the HTTP/2 client" (fun () -> task {
             let! server = startHttps ignore (routes (newSeen ()))
             use _ = server
