@@ -5,11 +5,25 @@
 // Two nodes as one: add --redis HOST:PORT to each, the second with --urls http://127.0.0.1:5081.
 // Behind nginx: --behind-proxy 127.0.0.1 (see BehindProxy.cs and the README's Deployment section).
 // Any option from configuration: --Realtime:MaxConnectionsPerAddress 2, or a "Realtime" section.
+// With --tls it serves HTTPS (a self-signed certificate made at start) with Kestrel's defaults, HTTP/1.1
+// and HTTP/2: a browser then loads the page over HTTP/2 and opens its wss:// socket on that same
+// connection (RFC 8441). Every address, given as http:// or https://, is served over TLS.
 using Realtime;
 
+bool tls = args.Contains("--tls");
+args = args.Where(a => a != "--tls").ToArray();
+
 var builder = WebApplication.CreateBuilder(args);
-if (string.IsNullOrEmpty(builder.Configuration["urls"]) && string.IsNullOrEmpty(builder.Configuration["ASPNETCORE_URLS"]))
-    builder.WebHost.UseUrls("http://127.0.0.1:5080");
+string urls = builder.Configuration["urls"] is { Length: > 0 } given ? given
+    : builder.Configuration["ASPNETCORE_URLS"] is { Length: > 0 } environment ? environment
+    : "http://127.0.0.1:5080";
+if (tls)
+{
+    var certificate = SelfSignedCertificate.Create("Realtime Chat");
+    builder.WebHost.ConfigureKestrel(kestrel => kestrel.ConfigureHttpsDefaults(https => https.ServerCertificate = certificate));
+    urls = urls.Replace("http://", "https://", StringComparison.OrdinalIgnoreCase);
+}
+builder.WebHost.UseUrls(urls.Split(';', StringSplitOptions.RemoveEmptyEntries));
 var realtime = builder.Services.AddRealtime(options => options.IdleTimeout = TimeSpan.FromSeconds(60));
 builder.Services.Configure<RealtimeOptions>(builder.Configuration.GetSection("Realtime"));
 if (builder.Configuration["redis"] is { Length: > 0 } redis) realtime.AddRedisBackplane(redis);
@@ -45,7 +59,7 @@ app.MapRealtime("/chat", new RealtimeHandlers<ChatUser>
     },
     Open = ws =>
     {
-        ws.Send("connected to WebSocket server");
+        ws.Send($"connected to WebSocket server over {ws.HttpContext.Request.Protocol}");
         ws.Subscribe(RoomTopic(ws.Data.Room));
         ws.Publish(RoomTopic(ws.Data.Room), $"{ws.Data.Name} joined {ws.Data.Room}");
     },

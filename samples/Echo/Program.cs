@@ -26,7 +26,7 @@ if (tls)
 {
     // --tls means every listening address speaks TLS, whatever scheme --urls gave. The listeners are
     // configured here so that direct connections sit after TLS and see the decrypted bytes.
-    var certificate = SelfSignedCertificate.Create();
+    var certificate = SelfSignedCertificate.Create("Realtime Echo");
     builder.WebHost.UseUrls();
     builder.WebHost.ConfigureKestrel(kestrel =>
     {

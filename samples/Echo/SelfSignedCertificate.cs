@@ -2,13 +2,17 @@ using System.Net;
 using System.Security.Cryptography;
 using System.Security.Cryptography.X509Certificates;
 
-/// <summary>A throwaway certificate for 127.0.0.1 and localhost, made in memory at start (for --tls).</summary>
+/// <summary>
+/// A throwaway certificate for 127.0.0.1 and localhost, made in memory at start (for --tls; samples/Chat
+/// compiles this file too).
+/// </summary>
 internal static class SelfSignedCertificate
 {
-    public static X509Certificate2 Create()
+    /// <summary>A new certificate whose subject is <c>CN=</c><paramref name="commonName"/>.</summary>
+    public static X509Certificate2 Create(string commonName)
     {
         using var key = ECDsa.Create(ECCurve.NamedCurves.nistP256);
-        var request = new CertificateRequest("CN=Realtime Echo", key, HashAlgorithmName.SHA256);
+        var request = new CertificateRequest($"CN={commonName}", key, HashAlgorithmName.SHA256);
         var names = new SubjectAlternativeNameBuilder();
         names.AddIpAddress(IPAddress.Loopback);
         names.AddIpAddress(IPAddress.IPv6Loopback);

@@ -1,5 +1,6 @@
 /// RFC 6455 §4.2 server side of the opening handshake: validates an upgrade request and produces either
-/// the 101 response or the error response to send, as plain values.
+/// the 101 response or the error response to send, as plain values. RFC 8441 (HTTP/2) and RFC 9220
+/// (HTTP/3) carry the same handshake as an extended CONNECT, answered with 200: `acceptExtendedConnect`.
 module Realtime.Protocol.Handshake
 
 open System
@@ -48,13 +49,18 @@ let defaultPolicy =
 /// A handshake the server accepts.
 type Acceptance =
     {
-        /// The Sec-WebSocket-Accept value.
+        /// The status of the response that opens the WebSocket: 101 for an HTTP/1.1 upgrade (RFC 6455
+        /// §4.2.2), 200 for an extended CONNECT (RFC 8441 §5).
+        Status: int
+        /// The Sec-WebSocket-Accept value; empty for an extended CONNECT, which has no key (RFC 8441 §5).
         AcceptKey: string
         /// The selected subprotocol, if any.
         Subprotocol: string option
         /// The negotiated permessage-deflate parameters, if compression was agreed.
         Deflate: PerMessageDeflate.Parameters option
-        /// The headers of the 101 Switching Protocols response, in order.
+        /// The headers of the response that opens the WebSocket, in order: for a 101 the Upgrade,
+        /// Connection and Sec-WebSocket-Accept lines first; for an extended CONNECT's 200 only the
+        /// negotiated Sec-WebSocket-Protocol and Sec-WebSocket-Extensions.
         ResponseHeaders: HttpHeader array
     }
 
@@ -65,7 +71,8 @@ type Rejection =
         Status: int
         /// A stable code: "method-not-allowed", "http-version", "missing-host", "duplicate-host",
         /// "missing-upgrade", "missing-connection-upgrade", "missing-version", "unsupported-version",
-        /// "missing-key", "duplicate-key" or "invalid-key".
+        /// "missing-key", "duplicate-key" or "invalid-key"; for an extended CONNECT also
+        /// "wrong-protocol".
         Code: string
         /// A human readable explanation.
         Reason: string
@@ -106,14 +113,26 @@ let private listElements (values: string array) =
 let private hasToken (token: string) (values: string array) =
     listElements values |> Array.exists (fun e -> String.Equals(e, token, StringComparison.OrdinalIgnoreCase))
 
-// RFC 6455 §4.1/§4.2.1: HTTP/1.1 or higher. Accepts "HTTP/1.1", "1.1", "HTTP/2" and the like.
-let private isHttp11OrLater (version: string) =
+// "HTTP/1.1", "1.1", "HTTP/2", "2.0" and the like as (major, minor); None when malformed.
+let private versionNumber (version: string) =
     let number = if version.StartsWith("HTTP/", StringComparison.Ordinal) then version.Substring 5 else version
     let digits (text: string) = text.Length > 0 && text.Length <= 3 && Seq.forall Char.IsAsciiDigit text
     match number.Split '.' with
-    | [| major |] when digits major -> int major >= 2
-    | [| major; minor |] when digits major && digits minor -> (int major, int minor) >= (1, 1)
-    | _ -> false
+    | [| major |] when digits major -> Some(int major, 0)
+    | [| major; minor |] when digits major && digits minor -> Some(int major, int minor)
+    | _ -> None
+
+// RFC 6455 §4.1/§4.2.1: HTTP/1.1 or higher.
+let private isHttp11OrLater (version: string) =
+    match versionNumber version with
+    | Some number -> number >= (1, 1)
+    | None -> false
+
+// RFC 8441 §3 (HTTP/2) and RFC 9220 §3 (HTTP/3): extended CONNECT exists from HTTP/2 on.
+let private isHttp2OrLater (version: string) =
+    match versionNumber version with
+    | Some(major, _) -> major >= 2
+    | None -> false
 
 // RFC 6455 §4.2.1: the key is the base64 encoding of 16 bytes, i.e. 22 base64 characters and "==".
 let private isValidKey (key: string) =
@@ -155,31 +174,46 @@ let private badRequest code reason = reject 400 code reason [||]
 let private upgradeRequired code reason =
     reject 426 code reason [| header "Sec-WebSocket-Version" "13" |]
 
-let private accepted (policy: Policy) (key: string) (headers: HttpHeader array) =
+// RFC 6455 §4.2.2 and RFC 8441 §5: subprotocol and extensions are negotiated the same way in both forms.
+let private negotiated (policy: Policy) (headers: HttpHeader array) =
     let subprotocol = selectSubprotocol policy.Subprotocols (valuesOf "Sec-WebSocket-Protocol" headers)
     let deflate = negotiateDeflate policy.Deflate (valuesOf "Sec-WebSocket-Extensions" headers)
+    let negotiatedHeaders =
+        [| match subprotocol with
+           | Some protocol -> header "Sec-WebSocket-Protocol" protocol
+           | None -> ()
+           match deflate with
+           | Some parameters -> header "Sec-WebSocket-Extensions" (PerMessageDeflate.responseHeaderValue parameters)
+           | None -> () |]
+    subprotocol, deflate, negotiatedHeaders
+
+let private acceptedUpgrade (policy: Policy) (key: string) (headers: HttpHeader array) =
+    let subprotocol, deflate, negotiatedHeaders = negotiated policy headers
     let acceptValue = acceptKey key
     Accepted
-        { AcceptKey = acceptValue
+        { Status = 101
+          AcceptKey = acceptValue
           Subprotocol = subprotocol
           Deflate = deflate
           ResponseHeaders =
-            [| header "Upgrade" "websocket"
-               header "Connection" "Upgrade"
-               header "Sec-WebSocket-Accept" acceptValue
-               match subprotocol with
-               | Some protocol -> header "Sec-WebSocket-Protocol" protocol
-               | None -> ()
-               match deflate with
-               | Some parameters ->
-                   header "Sec-WebSocket-Extensions" (PerMessageDeflate.responseHeaderValue parameters)
-               | None -> () |] }
+            Array.append
+                [| header "Upgrade" "websocket"
+                   header "Connection" "Upgrade"
+                   header "Sec-WebSocket-Accept" acceptValue |]
+                negotiatedHeaders }
 
-/// Validates a client's opening handshake (RFC 6455 §4.2.1) and builds the server's answer (§4.2.2).
-/// A request without `Upgrade: websocket` gets 400, not 426: it names a WebSocket endpoint but is not a
-/// valid handshake, which §4.2.1 answers with 400; a host that wants 426 for plain HTTP clients can map
-/// the "missing-upgrade" code. Never throws: null strings or arrays count as empty.
-let accept (policy: Policy) (request: HandshakeRequest) : HandshakeResult =
+// RFC 8441 §5: no key and no accept value; the 200 carries the negotiated headers only.
+let private acceptedConnect (policy: Policy) (headers: HttpHeader array) =
+    let subprotocol, deflate, negotiatedHeaders = negotiated policy headers
+    Accepted
+        { Status = 200
+          AcceptKey = ""
+          Subprotocol = subprotocol
+          Deflate = deflate
+          ResponseHeaders = negotiatedHeaders }
+
+// Null policies, requests, arrays, headers and strings count as empty.
+let private normalized (policy: Policy) (request: HandshakeRequest) =
     let policy =
         if isNull (box policy) then defaultPolicy
         else { policy with Subprotocols = (if isNull policy.Subprotocols then [||] else policy.Subprotocols) }
@@ -189,38 +223,89 @@ let accept (policy: Policy) (request: HandshakeRequest) : HandshakeResult =
         (if isNull request.Headers then [||] else request.Headers)
         |> Array.filter (fun h -> not (isNull (box h)))
         |> Array.map (fun h -> header (orEmpty h.Name) (orEmpty h.Value))
+    policy, { request with Method = orEmpty request.Method; HttpVersion = orEmpty request.HttpVersion; Headers = headers }
+
+// RFC 6455 §4.2.1 / RFC 9113 §8.3.1 (:authority stands for Host): exactly one non-empty Host.
+let private hostProblem (hosts: string array) =
+    if hosts.Length = 0 || (hosts.Length = 1 && hosts[0] = "") then
+        Some(badRequest "missing-host" "the Host header is missing (RFC 6455 §4.2.1)")
+    elif hosts.Length > 1 then
+        // RFC 7230 §5.4: more than one Host header is answered with 400.
+        Some(badRequest "duplicate-host" "the Host header appears more than once (RFC 7230 §5.4)")
+    else
+        None
+
+// RFC 6455 §4.2.1 and, unchanged, RFC 8441 §5: version 13, answered with 426 and the supported version.
+let private versionProblem (versions: string array) =
+    if versions.Length = 0 then
+        Some(upgradeRequired "missing-version" "the Sec-WebSocket-Version header is missing (RFC 6455 §4.2.1)")
+    elif versions <> [| "13" |] then
+        Some(upgradeRequired "unsupported-version" "only Sec-WebSocket-Version 13 is supported (RFC 6455 §4.2.2)")
+    else
+        None
+
+/// Validates a client's opening handshake (RFC 6455 §4.2.1) and builds the server's answer (§4.2.2).
+/// A request without `Upgrade: websocket` gets 400, not 426: it names a WebSocket endpoint but is not a
+/// valid handshake, which §4.2.1 answers with 400; a host that wants 426 for plain HTTP clients can map
+/// the "missing-upgrade" code. Never throws: null strings or arrays count as empty.
+let accept (policy: Policy) (request: HandshakeRequest) : HandshakeResult =
+    let policy, request = normalized policy request
+    let headers = request.Headers
     let find name = valuesOf name headers
-    let hosts = find "Host"
-    let versions = find "Sec-WebSocket-Version"
     let keys = find "Sec-WebSocket-Key"
     if request.Method <> "GET" then
         reject 405 "method-not-allowed" "the opening handshake must be a GET request (RFC 6455 §4.1)" [| header "Allow" "GET" |]
-    elif not (isHttp11OrLater (orEmpty request.HttpVersion)) then
+    elif not (isHttp11OrLater request.HttpVersion) then
         badRequest "http-version" "the opening handshake needs HTTP/1.1 or higher (RFC 6455 §4.1)"
-    elif hosts.Length = 0 || (hosts.Length = 1 && hosts[0] = "") then
-        badRequest "missing-host" "the Host header is missing (RFC 6455 §4.2.1)"
-    elif hosts.Length > 1 then
-        // RFC 7230 §5.4: more than one Host header is answered with 400.
-        badRequest "duplicate-host" "the Host header appears more than once (RFC 7230 §5.4)"
-    elif not (hasToken "websocket" (find "Upgrade")) then
+    else
+    match hostProblem (find "Host") with
+    | Some rejection -> rejection
+    | None ->
+    if not (hasToken "websocket" (find "Upgrade")) then
         badRequest "missing-upgrade" "the Upgrade header does not contain websocket (RFC 6455 §4.2.1)"
     elif not (hasToken "upgrade" (find "Connection")) then
         badRequest "missing-connection-upgrade" "the Connection header does not contain Upgrade (RFC 6455 §4.2.1)"
-    elif versions.Length = 0 then
-        upgradeRequired "missing-version" "the Sec-WebSocket-Version header is missing (RFC 6455 §4.2.1)"
-    elif versions <> [| "13" |] then
-        upgradeRequired "unsupported-version" "only Sec-WebSocket-Version 13 is supported (RFC 6455 §4.2.2)"
-    elif keys.Length = 0 then
+    else
+    match versionProblem (find "Sec-WebSocket-Version") with
+    | Some rejection -> rejection
+    | None ->
+    if keys.Length = 0 then
         badRequest "missing-key" "the Sec-WebSocket-Key header is missing (RFC 6455 §4.2.1)"
     elif keys.Length > 1 then
         badRequest "duplicate-key" "the Sec-WebSocket-Key header appears more than once (RFC 6455 §11.3.1)"
     elif not (isValidKey keys[0]) then
         badRequest "invalid-key" "Sec-WebSocket-Key is not the base64 encoding of 16 bytes (RFC 6455 §4.2.1)"
     else
-        accepted policy keys[0] headers
+        acceptedUpgrade policy keys[0] headers
 
-/// The raw HTTP/1.1 101 response for an acceptance: status line, header lines and a blank line, all
-/// ending in CRLF.
+/// Validates a WebSocket opened by an extended CONNECT (RFC 8441 §4-§5 on HTTP/2, RFC 9220 on HTTP/3)
+/// and builds the server's answer. `protocol` is the request's `:protocol` pseudo-header. The rules are
+/// those of `accept` less what the CONNECT replaces: the method is CONNECT, `:protocol` is `websocket`
+/// (compared case-insensitively, RFC 9110 §7.8), the version is HTTP/2 or later; Host (`:authority`)
+/// and Sec-WebSocket-Version are checked as in `accept`; Upgrade, Connection and Sec-WebSocket-Key are
+/// not used. Subprotocol and permessage-deflate are negotiated exactly as in `accept`. The acceptance
+/// has status 200, an empty `AcceptKey` and only the negotiated headers. Never throws: null strings
+/// or arrays count as empty.
+let acceptExtendedConnect (policy: Policy) (protocol: string) (request: HandshakeRequest) : HandshakeResult =
+    let policy, request = normalized policy request
+    let headers = request.Headers
+    let find name = valuesOf name headers
+    if request.Method <> "CONNECT" then
+        reject 405 "method-not-allowed" "a WebSocket over HTTP/2 is opened with an extended CONNECT (RFC 8441 §4)" [| header "Allow" "CONNECT" |]
+    elif not (String.Equals(orEmpty protocol, "websocket", StringComparison.OrdinalIgnoreCase)) then
+        badRequest "wrong-protocol" "the :protocol pseudo-header of the CONNECT is not websocket (RFC 8441 §4)"
+    elif not (isHttp2OrLater request.HttpVersion) then
+        badRequest "http-version" "an extended CONNECT needs HTTP/2 or later (RFC 8441 §3, RFC 9220 §3)"
+    else
+    match hostProblem (find "Host") with
+    | Some rejection -> rejection
+    | None ->
+    match versionProblem (find "Sec-WebSocket-Version") with
+    | Some rejection -> rejection
+    | None -> acceptedConnect policy headers
+
+/// The raw HTTP/1.1 101 response for an acceptance of `accept`: status line, header lines and a blank
+/// line, all ending in CRLF. (An extended CONNECT's 200 is sent by the HTTP/2 layer, not as text.)
 let responseText (acceptance: Acceptance) : string =
     let text = StringBuilder("HTTP/1.1 101 Switching Protocols\r\n")
     let headers =

@@ -181,7 +181,11 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
             await RejectAsync(context, StatusCodes.Status431RequestHeaderFieldsTooLarge, "request headers too large", []).ConfigureAwait(false);
             return null;
         }
-        var result = Handshake.accept(Policy, ToHandshakeRequest(context.Request));
+        // RFC 8441: over HTTP/2 (and RFC 9220: HTTP/3) the handshake is an extended CONNECT.
+        var connect = context.Features.Get<IHttpExtendedConnectFeature>() is { IsExtendedConnect: true } extended ? extended : null;
+        var result = connect is null
+            ? Handshake.accept(Policy, ToHandshakeRequest(context.Request))
+            : Handshake.acceptExtendedConnect(Policy, connect.Protocol, ToHandshakeRequest(context.Request));
         if (result is Handshake.HandshakeResult.Rejected { rejection: var rejection })
         {
             Rejected(rejection.Status, rejection.Code, rejection.Reason);
@@ -190,10 +194,10 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         }
         var acceptance = ((Handshake.HandshakeResult.Accepted)result).acceptance;
         var upgrade = context.Features.Get<IHttpUpgradeFeature>();
-        if (upgrade is null || !upgrade.IsUpgradableRequest)
+        if (connect is null && (upgrade is null || !upgrade.IsUpgradableRequest))
         {
             Rejected(400, "not-upgradable", "the server cannot upgrade this request");
-            await RejectAsync(context, StatusCodes.Status400BadRequest, "this request cannot be upgraded (HTTP/1.1 is required)", []).ConfigureAwait(false);
+            await RejectAsync(context, StatusCodes.Status400BadRequest, "this request cannot be upgraded (an HTTP/1.1 upgrade or an HTTP/2 extended CONNECT is required)", []).ConfigureAwait(false);
             return null;
         }
 
@@ -213,7 +217,7 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         RealtimeSocket? socket = null;
         try
         {
-            socket = await AttachAsync(context, upgrade, acceptance).ConfigureAwait(false);
+            socket = await AttachAsync(context, upgrade, connect, acceptance).ConfigureAwait(false);
             return socket;
         }
         finally
@@ -223,7 +227,11 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         }
     }
 
-    private async Task<RealtimeSocket?> AttachAsync(HttpContext context, IHttpUpgradeFeature upgrade, Handshake.Acceptance acceptance)
+    /// <summary>
+    /// Runs Attach, then opens the connection: an HTTP/1.1 upgrade (101) through <paramref name="upgrade"/>,
+    /// or, when <paramref name="connect"/> is given, an extended CONNECT accepted with 200 on its stream.
+    /// </summary>
+    private async Task<RealtimeSocket?> AttachAsync(HttpContext context, IHttpUpgradeFeature? upgrade, IHttpExtendedConnectFeature? connect, Handshake.Acceptance acceptance)
     {
         Attachment<TData> attachment;
         if (_handlers.AttachAsync is { } attachAsync) attachment = await attachAsync(context).ConfigureAwait(false);
@@ -237,7 +245,15 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         }
 
         foreach (var header in acceptance.ResponseHeaders) context.Response.Headers[header.Name] = header.Value;
-        Stream upgraded = await upgrade.UpgradeAsync().ConfigureAwait(false);
+        if (connect is not null)
+        {
+            context.Response.StatusCode = acceptance.Status;
+            Stream accepted = await connect.AcceptAsync().ConfigureAwait(false);
+            return new RealtimeSocket<TData>(
+                Server, this, _handlers, context, RealtimeTransport.FromStream(accepted),
+                acceptance.Subprotocol?.Value, acceptance.Deflate?.Value, attachment.Data);
+        }
+        Stream upgraded = await upgrade!.UpgradeAsync().ConfigureAwait(false);
         // A directly accepted connection runs on its own pipes rather than on a stream.
         var transport = upgrade is Direct.DirectConnectionFeatures direct
             ? RealtimeTransport.FromPipe(direct.Transport)

@@ -56,7 +56,8 @@ namespace Microsoft.AspNetCore.Builder
     {
         /// <summary>
         /// Maps a WebSocket endpoint at <paramref name="pattern"/> whose connections are handled by
-        /// <paramref name="handlers"/>. Requests that are not WebSocket upgrades get 400/426/405.
+        /// <paramref name="handlers"/>: HTTP/1.1 upgrades (RFC 6455) and HTTP/2 extended CONNECTs
+        /// (RFC 8441). Other requests get 400/426/405.
         /// </summary>
         /// <typeparam name="TData">The per-connection data returned by <c>Attach</c>.</typeparam>
         /// <param name="endpoints">The application's routes.</param>

@@ -232,11 +232,13 @@ type BrowserPage =
     interface IAsyncDisposable with
         member p.DisposeAsync() = ValueTask(p.Context.CloseAsync())
 
-/// Opens `url` in a new context of the shared browser.
-let openPage (url: string) : Task<BrowserPage> =
+/// Opens `url` in a new context of the shared browser, whose options `configure` may change.
+let openPageWith (configure: BrowserNewContextOptions -> unit) (url: string) : Task<BrowserPage> =
     task {
         let! _, browser = shared.Value
-        let! context = browser.NewContextAsync(BrowserNewContextOptions(ViewportSize = ViewportSize(Width = 900, Height = 560)))
+        let options = BrowserNewContextOptions(ViewportSize = ViewportSize(Width = 900, Height = 560))
+        configure options
+        let! context = browser.NewContextAsync(options)
         context.SetDefaultTimeout 10000.0f
         context.SetDefaultNavigationTimeout 10000.0f
         let! page = context.NewPageAsync()
@@ -248,6 +250,9 @@ let openPage (url: string) : Task<BrowserPage> =
         let! _ = page.GotoAsync(url)
         return { Page = page; Context = context; Console = console; Loads = loads }
     }
+
+/// Opens `url` in a new context of the shared browser.
+let openPage (url: string) : Task<BrowserPage> = openPageWith ignore url
 
 /// The client module's exports, in page scripts: `const c = await client();`.
 let clientImport = "const client = () => import('/__realtime__/client.js');"

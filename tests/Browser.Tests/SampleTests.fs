@@ -106,6 +106,48 @@ let tests =
                     kill chat
             })
 
+        browserTest "samples/Chat --tls: pages loaded over HTTP/2 open their same-origin wss:// sockets on it (RFC 8441) and chat" (fun () ->
+            task {
+                let port = freePort ()
+                let chatFolder = Path.Combine(repositoryRoot, "samples", "Chat")
+                let chat, output = startSample "Chat" chatFolder $"--tls --urls http://127.0.0.1:{port}"
+                try
+                    do! listening port chat output
+                    // The sample's certificate is made at start: trusted by nobody.
+                    let trustAnyCertificate (options: BrowserNewContextOptions) = options.IgnoreHTTPSErrors <- true
+                    let url = $"https://127.0.0.1:{port}/"
+                    let! alice = openPageWith trustAnyCertificate (url + "?name=alice")
+                    use _ = alice
+                    let! bob = openPageWith trustAnyCertificate (url + "?name=bob")
+                    use _ = bob
+                    for p in [ alice; bob ] do
+                        let! navigation = p.Eval<string> "() => performance.getEntriesByType('navigation')[0].nextHopProtocol"
+                        Expect.equal navigation "h2" "the page was loaded over HTTP/2"
+                        // Before RFC 8441 support this socket failed with 1006 (the endpoint answered 405).
+                        let! probe =
+                            p.Eval<string>
+                                """() => new Promise(resolve => {
+                                     const ws = new WebSocket('wss://' + location.host + '/chat?name=probe');
+                                     ws.onopen = () => { resolve('open'); ws.close(); };
+                                     ws.onclose = event => resolve('closed with ' + event.code);
+                                     setTimeout(() => resolve('no answer in 10 s'), 10000);
+                                   })"""
+                        Expect.equal probe "open" $"a same-origin wss:// socket opens
+{output}"
+                        do! waitUntilAsync "the status shows open" 10000 (fun () -> task { let! s = status p in return s = "The WebSocket is open." })
+                        // The server greets each socket with the protocol its request came over.
+                        do! waitUntilAsync "the server saw an HTTP/2 request" 10000 (fun () -> task { let! r = received p in return r.Contains "connected to WebSocket server over HTTP/2" })
+                    do! waitUntilAsync "alice sees bob join" 10000 (fun () -> task { let! r = received alice in return r.Contains "bob joined lobby" })
+                    do! alice.Page.FillAsync("#send-input", "Hello Bob, over HTTP/2.")
+                    do! alice.Page.PressAsync("#send-input", "Enter")
+                    do! waitUntilAsync "bob receives alice's message" 10000 (fun () -> task { let! r = received bob in return r.Contains "alice: Hello Bob, over HTTP/2." })
+                    do! bob.Page.FillAsync("#send-input", "Hi Alice!")
+                    do! bob.Page.PressAsync("#send-input", "Enter")
+                    do! waitUntilAsync "alice receives bob's message" 10000 (fun () -> task { let! r = received alice in return r.Contains "bob: Hi Alice!" })
+                finally
+                    kill chat
+            })
+
         browserTest "samples/DevServer serves its site folder with the client injected; the page's request to the sample's plugin is answered" (fun () ->
             task {
                 let port = freePort ()

@@ -321,3 +321,180 @@ let properties =
             let rejection = rejectedBy chat r
             Expect.isTrue (rejection.Status >= 400 && rejection.Status < 500) "4xx")
     ]
+
+// RFC 8441: the same handshake as an extended CONNECT on HTTP/2.
+
+let private connectRequest headers =
+    { Method = "CONNECT"
+      Path = "/chat"
+      HttpVersion = "HTTP/2"
+      Headers = headers }
+
+// RFC 8441 §5's example, less the pseudo-headers the host reads itself (:authority becomes Host).
+let private connectSample =
+    connectRequest [| header "Host" "server.example.com"; header "Sec-WebSocket-Version" "13"; header "Origin" "http://www.example.com" |]
+
+let private connectAcceptedBy policy protocol r =
+    match acceptExtendedConnect policy protocol r with
+    | Accepted acceptance -> acceptance
+    | Rejected rejection -> failtestf "should be accepted, got %A" rejection
+
+let private expectConnectRejection protocol r status code headers =
+    match acceptExtendedConnect defaultPolicy protocol r with
+    | Rejected rejection ->
+        Expect.equal (rejection.Status, rejection.Code) (status, code) "status and code"
+        Expect.equal rejection.Headers headers "headers"
+        Expect.isNotEmpty rejection.Reason "a reason"
+    | Accepted acceptance -> failtestf "should be rejected, got %A" acceptance
+
+[<Tests>]
+let extendedConnectExamples =
+    testList "RFC 8441 §4-§5 extended CONNECT handshake" [
+        test "§5: the example request is accepted with 200, no accept key and no headers" {
+            let acceptance = connectAcceptedBy defaultPolicy "websocket" connectSample
+            Expect.equal acceptance.Status 200 "200, not 101"
+            Expect.equal acceptance.AcceptKey "" "no Sec-WebSocket-Accept value"
+            Expect.equal acceptance.ResponseHeaders [||] "nothing to negotiate, nothing to answer"
+            Expect.equal (acceptance.Subprotocol, acceptance.Deflate) (None, None) "nothing chosen"
+        }
+
+        test "an HTTP/1.1 upgrade is accepted with 101 (the two forms differ in status)" {
+            Expect.equal (acceptedBy defaultPolicy sample).Status 101 "101"
+        }
+
+        test "§5: subprotocol and permessage-deflate give the same headers as over HTTP/1.1, and only those" {
+            let negotiation r =
+                r
+                |> withHeader "Sec-WebSocket-Protocol" "superchat, chat"
+                |> withHeader "Sec-WebSocket-Extensions" "permessage-deflate; client_max_window_bits"
+            let overHttp2 = connectAcceptedBy chat "websocket" (negotiation connectSample)
+            let overHttp11 = acceptedBy chat (negotiation sample)
+            Expect.equal overHttp2.Subprotocol (Some "superchat") "the client's first supported protocol"
+            Expect.equal
+                overHttp2.ResponseHeaders
+                [| header "Sec-WebSocket-Protocol" "superchat"
+                   header "Sec-WebSocket-Extensions" "permessage-deflate" |]
+                "exact headers"
+            Expect.equal (overHttp2.Subprotocol, overHttp2.Deflate) (overHttp11.Subprotocol, overHttp11.Deflate) "same choices"
+            Expect.equal overHttp2.ResponseHeaders overHttp11.ResponseHeaders[3..] "the 101's headers after Upgrade, Connection and Accept"
+        }
+
+        test "§5: Sec-WebSocket-Key, Upgrade and Connection are not used: present or absent, nothing changes" {
+            let withHttp11Headers =
+                connectSample
+                |> withHeader "Sec-WebSocket-Key" "not even base64"
+                |> withHeader "Upgrade" "h2c"
+                |> withHeader "Connection" "close"
+            Expect.equal
+                (acceptExtendedConnect defaultPolicy "websocket" withHttp11Headers)
+                (acceptExtendedConnect defaultPolicy "websocket" connectSample)
+                "the same acceptance"
+        }
+
+        test "§5: a missing Sec-WebSocket-Version gets 426 with the supported version" {
+            expectConnectRejection "websocket" (connectSample |> without "Sec-WebSocket-Version") 426 "missing-version" [| header "Sec-WebSocket-Version" "13" |]
+        }
+
+        test "§5: a version other than 13 gets 426 with the supported version" {
+            for version in [ "8"; "13, 8"; "" ] do
+                expectConnectRejection "websocket" (connectSample |> replacing "Sec-WebSocket-Version" version) 426 "unsupported-version" [| header "Sec-WebSocket-Version" "13" |]
+        }
+
+        test "§4: a :protocol other than websocket gets 400; the token is case-insensitive (RFC 9110 §7.8)" {
+            for protocol in [ "webtransport"; "websocket2"; ""; null ] do
+                expectConnectRejection protocol connectSample 400 "wrong-protocol" [||]
+            Expect.equal (connectAcceptedBy defaultPolicy "WebSocket" connectSample).Status 200 "WebSocket"
+        }
+
+        test "§4: the method must be CONNECT" {
+            for methodName in [ "GET"; "connect"; "POST"; ""; null ] do
+                expectConnectRejection "websocket" { connectSample with Method = methodName } 405 "method-not-allowed" [| header "Allow" "CONNECT" |]
+        }
+
+        test "§3: extended CONNECT needs HTTP/2 or later (HTTP/3 too, RFC 9220)" {
+            for version in [ "HTTP/1.1"; "HTTP/1.0"; "1.1"; "junk"; ""; null ] do
+                expectConnectRejection "websocket" { connectSample with HttpVersion = version } 400 "http-version" [||]
+            for version in [ "HTTP/2"; "HTTP/2.0"; "2"; "HTTP/3" ] do
+                Expect.equal (connectAcceptedBy defaultPolicy "websocket" { connectSample with HttpVersion = version }).Status 200 version
+        }
+
+        test ":authority (Host) must be there once, as over HTTP/1.1" {
+            expectConnectRejection "websocket" (connectSample |> without "Host") 400 "missing-host" [||]
+            expectConnectRejection "websocket" (connectSample |> replacing "Host" "") 400 "missing-host" [||]
+            expectConnectRejection "websocket" (connectSample |> withHeader "Host" "other.example") 400 "duplicate-host" [||]
+        }
+
+        test "null policy, request, protocol and headers count as empty" {
+            expectConnectRejection "websocket" (Unchecked.defaultof<HandshakeRequest>) 405 "method-not-allowed" [| header "Allow" "CONNECT" |]
+            expectConnectRejection "websocket" { connectSample with Headers = null } 400 "missing-host" [||]
+            let withNullHeader = { connectSample with Headers = Array.append connectSample.Headers [| Unchecked.defaultof<HttpHeader> |] }
+            Expect.equal (connectAcceptedBy (Unchecked.defaultof<Policy>) "websocket" withNullHeader).Status 200 "a null header is skipped"
+        }
+    ]
+
+/// Negotiation headers as clients send them, well-formed or not.
+let private negotiationHeaders =
+    let protocols = Gen.elements [ "chat"; "superchat, chat"; "other"; "chat superchat"; " , chat"; ""; "v2.chat, chat" ]
+    let extensions =
+        Gen.elements
+            [ "permessage-deflate"
+              "permessage-deflate; client_max_window_bits"
+              "permessage-deflate; server_max_window_bits=10, permessage-deflate"
+              "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+              "permessage-deflate; server_max_window_bits=7"
+              "permessage-deflate; unknown"
+              "x-webkit-deflate-frame"
+              "permessage-deflate; client_max_window_bits=\"12\""
+              ";;" ]
+    gen {
+        let! protocolLines = Gen.listOfLength 2 protocols |> Gen.bind Gen.subListOf
+        let! extensionLines = Gen.listOfLength 2 extensions |> Gen.bind Gen.subListOf
+        return
+            [| for p in protocolLines -> header "Sec-WebSocket-Protocol" p
+               for e in extensionLines -> header "Sec-WebSocket-Extensions" e |]
+    }
+
+let private policies =
+    gen {
+        let! subprotocols = Gen.elements [ [||]; [| "chat" |]; [| "superchat"; "chat" |] ]
+        let! enabled = Gen.elements [ true; false ]
+        return { Subprotocols = subprotocols; Deflate = { PerMessageDeflate.defaults with Enabled = enabled } }
+    }
+
+let private anyProtocol = Gen.oneof [ anyString; Gen.elements [ "websocket"; "WEBSOCKET"; "webtransport" ] ]
+
+[<Tests>]
+let extendedConnectProperties =
+    testList "RFC 8441 §5 extended CONNECT handshake properties" [
+        property "subprotocol and permessage-deflate negotiation is identical to HTTP/1.1's"
+        <| Prop.forAll (Arb.fromGen (Gen.zip policies negotiationHeaders)) (fun (policy, negotiation) ->
+            let overHttp11 = acceptedBy policy (request (Array.append requiredHeaders negotiation))
+            let overHttp2 = connectAcceptedBy policy "websocket" (connectRequest (Array.append connectSample.Headers negotiation))
+            Expect.equal (overHttp2.Subprotocol, overHttp2.Deflate) (overHttp11.Subprotocol, overHttp11.Deflate) "same choices"
+            Expect.equal overHttp2.ResponseHeaders overHttp11.ResponseHeaders[3..] "same negotiated headers")
+
+        property "an HTTP/1.1 template turned into a CONNECT (Upgrade, Connection and Key dropped) is accepted with 200"
+        <| Prop.forAll (Arb.fromGen template) (fun t ->
+            let unused = set [ "upgrade"; "connection"; "sec-websocket-key" ]
+            let connect =
+                { t.Request with
+                    Method = "CONNECT"
+                    HttpVersion = "HTTP/2"
+                    Headers = t.Request.Headers |> Array.filter (fun h -> not (unused.Contains(h.Name.ToLowerInvariant()))) }
+            let overHttp2 = connectAcceptedBy chat "websocket" connect
+            let overHttp11 = acceptedBy chat t.Request
+            Expect.equal overHttp2.Status 200 "200"
+            Expect.equal (overHttp2.Subprotocol, overHttp2.Deflate) (overHttp11.Subprotocol, overHttp11.Deflate) "same choices")
+
+        property "acceptExtendedConnect never throws and gives a 4xx, or a 200 without Sec-WebSocket-Accept"
+        <| Prop.forAll (Arb.fromGen (Gen.zip anyProtocol arbitraryRequest)) (fun (protocol, r) ->
+            let r = { r with Method = (if isNull r.Method then null else "CONNECT"); HttpVersion = (if r.HttpVersion = "HTTP/1.1" then "HTTP/2" else r.HttpVersion) }
+            match acceptExtendedConnect chat protocol r with
+            | Accepted acceptance ->
+                Expect.equal acceptance.Status 200 "200"
+                Expect.equal acceptance.AcceptKey "" "no key"
+                Expect.isFalse (acceptance.ResponseHeaders |> Array.exists (fun h -> h.Name = "Sec-WebSocket-Accept")) "no accept header"
+            | Rejected rejection ->
+                Expect.isTrue (rejection.Status >= 400 && rejection.Status < 500) "4xx"
+                Expect.isNotEmpty rejection.Code "code")
+    ]

@@ -14,7 +14,7 @@ open Realtime
 open Realtime.Server.Tests.TestHost
 
 /// Sums of every measurement of one meter, by instrument and by instrument plus one tag value.
-type private Recorder(meter: Meter) =
+type Recorder(meter: Meter) =
     let totals = ConcurrentDictionary<string, int64>()
     let listener = new MeterListener()
     do
