@@ -54,7 +54,7 @@ let routePath = "/chat-route"
 /// Connection data: the room it joined and the name it gave.
 type Chatter = { Room: string; Name: string }
 
-/// What the server saw, for /stats (`/stats?room=R` also counts R's subscribers).
+/// What the server saw, for /stats (`/stats?room=R` also counts R's subscribers, `collect=1` runs a full compacting GC first).
 type private Counters() =
     member val Opened = 0 with get, set
     member val Rejected = 0 with get, set
@@ -105,6 +105,12 @@ let run (port: int) : int =
         "/stats",
         RequestDelegate(fun http ->
             let realtime = http.RequestServices.GetRequiredService<IRealtimeServer>()
+            // `collect=1` first compacts the whole heap (large objects too), so that what is left is what is still referenced.
+            if http.Request.Query["collect"].ToString() = "1" then
+                Runtime.GCSettings.LargeObjectHeapCompactionMode <- Runtime.GCLargeObjectHeapCompactionMode.CompactOnce
+                GC.Collect(2, GCCollectionMode.Forced, true, true)
+                GC.WaitForPendingFinalizers()
+            let memory = GC.GetGCMemoryInfo()
             let opened, rejected = lock counters (fun () -> counters.Opened, counters.Rejected)
             http.Response.WriteAsJsonAsync(
                 {| connectionCount = realtime.ConnectionCount
@@ -113,6 +119,8 @@ let run (port: int) : int =
                    rejected = rejected
                    closes = counters.Closes |> Seq.map (fun pair -> string pair.Key, pair.Value) |> dict
                    managedHeapBytes = GC.GetTotalMemory false
+                   gcCommittedBytes = memory.TotalCommittedBytes
+                   gcCollections = GC.CollectionCount 0
                    threads = ThreadPool.ThreadCount |})))
     |> ignore
     app.Run()

@@ -55,11 +55,13 @@ let private worstCaseBytes =
     receivers * SoakServer.maxBufferedAmount + unfinished * int64 SoakServer.maxPayloadLength + connections * 16L * 1024L
 
 /// What RSS may grow by beyond the budget. The budget counts bytes the server holds for its
-/// clients; the process also keeps: the GC's headroom (workstation GC lets gen0 grow to a budget
-/// sized from the CPU cache before it collects, and keeps freed segments a while), ArrayPool and
-/// Kestrel's pinned memory pool retaining the buffers they lent, thread-pool threads added under
-/// load (their stacks and per-thread pool caches), code the attack paths make the JIT compile, and
-/// zlib's native state for the inflaters in use.
+/// clients; the process also keeps: the arrays those bytes live in, which ArrayPool rounds up to a
+/// power of two (an inflater rents MaxPayloadLength + 1 bytes: a 2 MiB array for a 1 MiB limit),
+/// so up to twice the bytes counted; the GC's headroom (workstation GC lets gen0 grow to a budget
+/// sized from the CPU cache before it collects, and keeps freed segments a while); ArrayPool and
+/// Kestrel's memory pool keeping the buffers given back (ArrayPool trims only arrays unused for
+/// about a minute); thread-pool threads added under load; code the attack paths make the JIT
+/// compile; and zlib's native state for the inflaters in use.
 let private marginBytes = 64L * 1024L * 1024L
 
 let private mib (bytes: int64) = float bytes / 1048576.0
@@ -118,6 +120,13 @@ let private statsOf (http: HttpClient) (port: int) : Task<JsonElement> =
     task {
         let! text = http.GetStringAsync $"http://127.0.0.1:{port}/stats?room={busyRoom}"
         return JsonDocument.Parse(text).RootElement.Clone()
+    }
+
+/// The soak server's managed heap after a full compacting collection: what it still references.
+let private liveHeapOf (http: HttpClient) (port: int) : Task<int64> =
+    task {
+        let! text = http.GetStringAsync $"http://127.0.0.1:{port}/stats?collect=1"
+        return JsonDocument.Parse(text).RootElement.GetProperty("managedHeapBytes").GetInt64()
     }
 
 /// Starts `Server.Tests.dll --soak-server PORT` (this program, as the soak server) and waits (at
@@ -443,12 +452,14 @@ type private Tally() =
         | true, outcomes -> outcomes |> Seq.map (fun pair -> pair.Key, pair.Value) |> Seq.sortByDescending snd |> List.ofSeq
         | _ -> []
 
-/// `concurrency` loops of one attack kind until `until`; each attack bounded by 30 s.
-let private attackers (tally: Tally) (kind: string) (concurrency: int) (until: DateTime) (attack: int -> Task<string>) : Task list =
+/// `concurrency` loops of one attack kind, each starting attacks while one of `lasts` (the longest
+/// an attack of the kind runs when the server does its part) can still end by `until`; each
+/// attack bounded by 30 s.
+let private attackers (tally: Tally) (kind: string) (concurrency: int) (lasts: TimeSpan) (until: DateTime) (attack: int -> Task<string>) : Task list =
     [ for worker in 0 .. concurrency - 1 ->
           task {
               let mutable round = 0
-              while DateTime.UtcNow < until && round < 100_000 do
+              while DateTime.UtcNow + lasts < until && round < 100_000 do
                   let index = round * concurrency + worker
                   round <- round + 1
                   let! outcome =
@@ -541,16 +552,19 @@ let private connectChatter (port: int) (index: int) : Task<Chatter> =
 // The soak
 // ---------------------------------------------------------------------------------------------
 
+/// Each kind: how many at once, and how long one attack lasts when the server does its part
+/// (a slow head is cut off in about HandshakeTimeout; an idle connection is closed in about twice
+/// IdleTimeout plus CloseTimeout; the others hold for fixed times or end at once).
 let private kinds =
-    [ "slow request heads", slowHeads
-      "header floods", headerFloods
-      "zip bombs", zipBombs
-      "unfinished fragmented", unfinishedFragmented
-      "unfinished compressed", unfinishedCompressed
-      "non-reading subscribers", nonReaders
-      "connect/close churn", churners
-      "ping floods", pingFlooders
-      "oversized room names", oversizedRooms ]
+    [ "slow request heads", slowHeads, seconds 5.0
+      "header floods", headerFloods, TimeSpan.Zero
+      "zip bombs", zipBombs, TimeSpan.Zero
+      "unfinished fragmented", unfinishedFragmented, seconds 9.0
+      "unfinished compressed", unfinishedCompressed, seconds 9.0
+      "non-reading subscribers", nonReaders, seconds 13.0
+      "connect/close churn", churners, TimeSpan.Zero
+      "ping floods", pingFlooders, seconds 8.0
+      "oversized room names", oversizedRooms, TimeSpan.Zero ]
 
 /// Outcomes each kind may end with; anything else is a failure.
 let private allowed (kind: string) (outcome: string) =
@@ -592,14 +606,16 @@ let private soak () : Task =
             let talking = [ for chatter in chatters -> chatter.Talk attackEnd ]
             do! Task.Delay warmUp
             let baseline = sampler.Latest
+            let! baselineStats = statsOf http port
+            let! liveBefore = liveHeapOf http port
             sampler.ResetPeak()
 
             let tally = Tally()
             let pings = ref 0L
             let floods = [| headerFlood (target 0 "floods"); headerFlood (target 1 "floods") |]
             let attack (kind: string) (run: int -> Task<string>) =
-                let concurrency = kinds |> List.find (fun (name, _) -> name = kind) |> snd
-                attackers tally kind concurrency attackEnd run
+                let _, concurrency, lasts = kinds |> List.find (fun (name, _, _) -> name = kind)
+                attackers tally kind concurrency lasts attackEnd run
             let clock = Stopwatch.StartNew()
             let attacks =
                 [ yield! attack "slow request heads" (slowHead port)
@@ -636,6 +652,7 @@ let private soak () : Task =
                 if connections <> 0 then do! Task.Delay 100
             let alive = not server.HasExited
             do! sampler.StopAsync()
+            let! liveAfter = liveHeapOf http port
             let peak = sampler.Peak
             let highWater = memoryOf server.Id |> Option.map snd |> Option.defaultValue 0L
 
@@ -651,14 +668,17 @@ let private soak () : Task =
             let summary = StringBuilder()
             let line (text: string) = summary.AppendLine text |> ignore
             line $"soak: {attacking.TotalSeconds:F1} s of attacks (direct connections and the route alternating) beside {goodClients} chatters"
-            for kind, concurrency in kinds do
+            for kind, concurrency, _ in kinds do
                 let count = tally.Count kind
                 let outcomes = tally.Outcomes kind |> List.map (fun (outcome, n) -> $"{n} {outcome}") |> String.concat ", "
-                line $"  {kind,-24} x{concurrency}: {count,6} attacks, {float count / attacking.TotalSeconds,7:F1}/s  ({outcomes})"
+                line $"  {kind,-24} x{concurrency}: {count,6} attacks, {float count / attackTime.TotalSeconds,7:F1}/s  ({outcomes})"
             line $"  pings written by the ping floods: {pings.Value}"
             line $"  chatters: {sent} messages sent, {received} of {expected} deliveries arrived, {problems.Length} problems"
             line $"  RSS: baseline {mib baseline:F1} MiB, peak {mib peak:F1} MiB (+{mib (peak - baseline):F1} MiB), VmHWM {mib highWater:F1} MiB, {sampler.Samples} samples"
             line $"  budget {mib budget:F1} MiB (worst case from the options {mib worstCaseBytes:F1} MiB) + margin {mib marginBytes:F1} MiB"
+            let committed (stats: JsonElement) = mib (stats.GetProperty("gcCommittedBytes").GetInt64())
+            line $"  GC committed: {committed baselineStats:F1} MiB before the attack, {committed finalStats:F1} MiB after it"
+            line $"  managed heap after a full GC: {mib liveBefore:F1} MiB before the attack, {mib liveAfter:F1} MiB after it"
             line $"  server: {finalStats}"
             line $"  log lines: {errors.Length} fail/crit, {warnings.Length} warn"
             printfn "%s" (summary.ToString())
@@ -672,7 +692,7 @@ let private soak () : Task =
             Expect.equal connections 0 $"the connection count returned to 0 within 15 s (still {connections})"
             Expect.isLessThanOrEqual worstCaseBytes budget "the budget covers what the options let these attackers make the server hold"
             Expect.isLessThanOrEqual (peak - baseline) (budget + marginBytes) "RSS grew by no more than the budget plus the margin"
-            for kind, _ in kinds do
+            for kind, _, _ in kinds do
                 Expect.isGreaterThan (tally.Count kind) 0 $"{kind}: attacks were made"
                 let unexpected = tally.Outcomes kind |> List.filter (fun (outcome, _) -> not (allowed kind outcome))
                 Expect.isEmpty unexpected $"{kind}: every attack ended as the server's defences say"
