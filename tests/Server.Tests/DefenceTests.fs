@@ -548,6 +548,32 @@ let handshakeLimitTests =
             Expect.equal roomy 101 "an endpoint may raise the limit"
         })
 
+        testCaseTask "a client that resets its connection in the middle of the request head is no error: nothing at Error level, through the route or directly" (fun () -> task {
+            for direct in [ false; true ] do
+                let mutable logs = Unchecked.defaultof<ErrorLogs>
+                let! server =
+                    startIn direct ignore (fun app ->
+                        logs <- captureErrors app
+                        app.MapRealtime("/echo", echoHandlers ()) |> ignore)
+                use _ = server
+                for _ in 1..5 do
+                    let tcp = new TcpClient()
+                    do! tcp.ConnectAsync(IPAddress.Loopback, server.Port)
+                    let half = Encoding.ASCII.GetBytes "GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgr"
+                    do! tcp.GetStream().WriteAsync(half, 0, half.Length)
+                    do! Task.Delay 50
+                    // Linger 0: close sends a TCP reset instead of a FIN.
+                    tcp.Client.LingerState <- LingerOption(true, 0)
+                    tcp.Client.Close()
+                // The server is still fine, and said nothing at Error level about the resets.
+                use! client = connect (server.WsUrl + "/echo")
+                do! sendText client "still here"
+                let! back = receiveText client
+                Expect.equal back "still here" "served afterwards"
+                do! Task.Delay 300
+                Expect.isEmpty logs.Entries $"no Error log (direct = {direct})"
+        })
+
         testCaseTask "HandshakeTimeout: a client that sends half a request line and stalls is disconnected by Kestrel in bounded time" (fun () -> task {
             let! server = start (fun options -> options.HandshakeTimeout <- Nullable(seconds 1.0)) (fun app -> app.MapRealtime("/echo", echoHandlers ()) |> ignore)
             use _ = server
