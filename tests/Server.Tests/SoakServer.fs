@@ -119,7 +119,7 @@ let run (port: int) : int =
                    rejected = rejected
                    closes = counters.Closes |> Seq.map (fun pair -> string pair.Key, pair.Value) |> dict
                    managedHeapBytes = GC.GetTotalMemory false
-                   gcCommittedBytes = memory.TotalCommittedBytes
+                   committedAtLastGcBytes = memory.TotalCommittedBytes
                    gcCollections = GC.CollectionCount 0
                    threads = ThreadPool.ThreadCount |})))
     |> ignore

@@ -676,8 +676,10 @@ let private soak () : Task =
             line $"  chatters: {sent} messages sent, {received} of {expected} deliveries arrived, {problems.Length} problems"
             line $"  RSS: baseline {mib baseline:F1} MiB, peak {mib peak:F1} MiB (+{mib (peak - baseline):F1} MiB), VmHWM {mib highWater:F1} MiB, {sampler.Samples} samples"
             line $"  budget {mib budget:F1} MiB (worst case from the options {mib worstCaseBytes:F1} MiB) + margin {mib marginBytes:F1} MiB"
-            let committed (stats: JsonElement) = mib (stats.GetProperty("gcCommittedBytes").GetInt64())
-            line $"  GC committed: {committed baselineStats:F1} MiB before the attack, {committed finalStats:F1} MiB after it"
+            let heap (stats: JsonElement) = mib (stats.GetProperty("managedHeapBytes").GetInt64())
+            let gcs (stats: JsonElement) = stats.GetProperty("gcCollections").GetInt32()
+            let committedAtLastGc = mib (finalStats.GetProperty("committedAtLastGcBytes").GetInt64())
+            line $"  managed heap, garbage included: {heap baselineStats:F1} MiB before the attack ({gcs baselineStats} gen0 GCs so far), {heap finalStats:F1} MiB after it ({gcs finalStats} gen0 GCs, {committedAtLastGc:F1} MiB committed at the last)"
             line $"  managed heap after a full GC: {mib liveBefore:F1} MiB before the attack, {mib liveAfter:F1} MiB after it"
             line $"  server: {finalStats}"
             line $"  log lines: {errors.Length} fail/crit, {warnings.Length} warn"
