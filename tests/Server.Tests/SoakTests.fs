@@ -486,12 +486,17 @@ type private Chatter(index: int, socket: ClientWebSocket) =
     let received = Array.zeroCreate<int> goodClients
     let problems = ConcurrentQueue<string>()
     let mutable sent = 0
+    let mutable delivered = 0L
     let padding = String('x', 1000)
 
     member _.Index = index
     member _.Socket = socket
     member _.Sent = Volatile.Read &sent
+    /// The highest number received from `sender`.
     member _.Received(sender: int) = Volatile.Read &received[sender]
+
+    /// How many messages of other chatters arrived.
+    member _.Delivered = Interlocked.Read &delivered
     member _.Problems = problems.ToArray()
 
     member _.Problem(text: string) = problems.Enqueue $"chatter {index}: {text}"
@@ -532,6 +537,7 @@ type private Chatter(index: int, socket: ClientWebSocket) =
                             | [| "good"; sender; number; _ |] when int sender <> index && int sender >= 0 && int sender < goodClients ->
                                 let sender, number = int sender, int number
                                 let expected = received[sender] + 1
+                                Interlocked.Increment &delivered |> ignore
                                 if number <> expected then this.Problem $"from chatter {sender} expected #{expected}, got #{number}"
                                 Volatile.Write(&received[sender], max number received[sender])
                             | _ -> this.Problem $"unexpected message: {text.Substring(0, min 60 text.Length)}"
@@ -662,8 +668,7 @@ let private soak () : Task =
             let problems = chatters |> Array.collect (fun chatter -> chatter.Problems)
             let sent = chatters |> Array.sumBy (fun chatter -> int64 chatter.Sent)
             let expected = sent * int64 (goodClients - 1)
-            let received =
-                chatters |> Array.sumBy (fun receiver -> chatters |> Array.sumBy (fun sender -> if sender.Index = receiver.Index then 0L else int64 (receiver.Received sender.Index)))
+            let received = chatters |> Array.sumBy (fun chatter -> chatter.Delivered)
             let budget = SoakServer.budgetBytes
             let summary = StringBuilder()
             let line (text: string) = summary.AppendLine text |> ignore
