@@ -227,7 +227,7 @@ let private send (port: int) (smallWindow: bool) (request: byte[]) : Task<TcpCli
             return raise error
     }
 
-/// Opens a WebSocket to `target`; None (and the connection closed) when the answer is not 101.
+/// Opens a WebSocket to `target`; an Error naming the status (the connection closed) when the answer is not 101.
 let private openSocket (port: int) (smallWindow: bool) (target: string) (extra: string) : Task<Result<RawClient.RawConnection, string>> =
     task {
         let! tcp, stream, head = send port smallWindow (Encoding.ASCII.GetBytes(RawClient.upgradeRequest target extra))
@@ -441,7 +441,7 @@ type private Tally() =
     member _.Record(kind: string, outcome: string) =
         counts.GetOrAdd(kind, fun _ -> ConcurrentDictionary()).AddOrUpdate(outcome, 1, fun _ n -> n + 1) |> ignore
 
-    /// Attacks of a kind that finished (cut-short ones excluded).
+    /// How many attacks of a kind were made.
     member _.Count(kind: string) =
         match counts.TryGetValue kind with
         | true, outcomes -> outcomes |> Seq.sumBy (fun pair -> pair.Value)
