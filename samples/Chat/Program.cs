@@ -26,6 +26,8 @@ app.MapGet("/greet", () => "Hello World!");
 // An ordinary route that talks to the sockets: announce something in a room.
 app.MapPost("/rooms/{room}/announce", async (string room, HttpRequest request, IRealtimeServer realtime) =>
 {
+    // Topic names are bounded (RealtimeOptions.MaxTopicLength, in UTF-8 bytes): check what clients send.
+    if (room.Length > 40) return Results.BadRequest("a room is at most 40 characters");
     using var reader = new StreamReader(request.Body);
     var text = await reader.ReadToEndAsync();
     int delivered = realtime.Publish(RoomTopic(room), $"announcement: {text}");

@@ -1,6 +1,7 @@
 // A dev server for a folder of static files, with live reload and a small plugin.
 // Run: dotnet run --project samples/DevServer -- ./site   (then open the printed URL; edit the files)
 //      Options: --urls http://127.0.0.1:PORT
+//               --allowed-hosts mybox.lan,192.168.1.20   (more Host names it answers to: a LAN or a container)
 using System.Reflection;
 using Realtime;
 
@@ -15,7 +16,10 @@ builder.Services.AddRealtime();
 
 var app = builder.Build();
 
-var devServer = app.UseRealtimeDevServer(root, watch: true, plugins: new[]
+// Closed to other sites by default: localhost names and the addresses it listens on only.
+string[] allowedHosts = (builder.Configuration["allowed-hosts"] ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+
+var devServer = app.UseRealtimeDevServer(root, watch: true, allowedHosts: allowedHosts, plugins: new[]
 {
     new RealtimePlugin
     {

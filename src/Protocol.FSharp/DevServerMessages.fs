@@ -60,12 +60,14 @@ type MessageError =
     | InvalidConsoleLog of detail: string
     /// A message-response without an id, or whose response is not JSON.
     | InvalidResponse of detail: string
-    /// A Custom message whose type is a built-in one ("import", "console-log", "message-response"),
-    /// which would decode as that message instead.
+    /// A Custom message, or a message from the browser, whose type is a built-in one ("import",
+    /// "console-log", "message-response"): only the server sends those, through its own API.
     | ReservedType of messageType: string
+    /// An import whose path is neither a same-origin absolute path ("/...") nor a data: URL.
+    | UnsafeImportPath of importPath: string
 
     /// A stable code: "not-json", "not-an-object", "missing-type", "type-not-string", "invalid-id",
-    /// "invalid-import", "invalid-console-log", "invalid-response", "reserved-type".
+    /// "invalid-import", "invalid-console-log", "invalid-response", "reserved-type", "unsafe-import-path".
     member e.Code: string =
         match e with
         | NotJson _ -> "not-json"
@@ -77,6 +79,7 @@ type MessageError =
         | InvalidConsoleLog _ -> "invalid-console-log"
         | InvalidResponse _ -> "invalid-response"
         | ReservedType _ -> "reserved-type"
+        | UnsafeImportPath _ -> "unsafe-import-path"
 
     /// A human-readable explanation.
     member e.Message: string =
@@ -89,7 +92,10 @@ type MessageError =
         | InvalidImport detail -> "Invalid import message: " + detail
         | InvalidConsoleLog detail -> "Invalid console-log message: " + detail
         | InvalidResponse detail -> "Invalid message-response: " + detail
-        | ReservedType t -> "A custom message cannot use the built-in type \"" + t + "\"."
+        | ReservedType t -> "Only the server sends the built-in type \"" + t + "\", through its own API."
+        | UnsafeImportPath path ->
+            let shown = if isNull path || path.Length <= 100 then path else path.Substring(0, 100) + "..."
+            "An import path must be a same-origin path starting with a single \"/\" or a data: URL, not \"" + shown + "\"."
 
 [<Literal>]
 let private ImportType = "import"
@@ -99,6 +105,31 @@ let private ConsoleLogType = "console-log"
 
 [<Literal>]
 let private ResponseType = "message-response"
+
+/// True for the types only the server sends ("import", "console-log", "message-response"): a
+/// browser's message never has one, so relaying what a page sent cannot make other pages import
+/// a module, log, or resolve their requests.
+let isBuiltInType (messageType: string) : bool =
+    match messageType with
+    | ImportType
+    | ConsoleLogType
+    | ResponseType -> true
+    | _ -> false
+
+/// True when a page may be told to import `importPath`: a data: URL, or a path on the dev server's
+/// own origin, starting with one "/" and followed by neither "/" nor a backslash (the URL parser
+/// reads both "//host" and "/\host" as another host: WHATWG URL, special authority slashes), without
+/// backslashes or control characters anywhere (the parser drops tabs and newlines, so "/\t/host"
+/// would become "//host").
+let isAllowedImportPath (importPath: string) : bool =
+    if isNull importPath then
+        false
+    elif importPath.StartsWith("data:", StringComparison.OrdinalIgnoreCase) then
+        true
+    else
+        importPath.StartsWith '/'
+        && not (importPath.Length > 1 && (importPath[1] = '/' || importPath[1] = '\\'))
+        && importPath |> Seq.forall (fun c -> c <> '\\' && c >= ' ' && c <> '\u007f')
 
 // The relaxed encoder still escapes quotes, backslashes and control characters; it leaves
 // non-ASCII text readable because these messages go to JSON.parse, never into HTML.
@@ -162,6 +193,8 @@ let private readImport (root: JsonElement) : Result<ServerMessage, MessageError>
     match root.TryGetProperty "data" with
     | true, data when data.ValueKind = JsonValueKind.Object ->
         match data.TryGetProperty "importPath" with
+        | true, path when path.ValueKind = JsonValueKind.String && not (isAllowedImportPath (path.GetString())) ->
+            Error(UnsafeImportPath(path.GetString()))
         | true, path when path.ValueKind = JsonValueKind.String ->
             match data.TryGetProperty "args" with
             | false, _ -> Ok(Import(path.GetString(), [||]))
@@ -198,18 +231,21 @@ let private readServerMessage (root: JsonElement) : Result<ServerMessage, Messag
     | Ok ResponseType -> readResponse root
     | Ok _ -> Ok(Custom(canonicalOf root))
 
-/// Decodes a message sent by the dev server (what the browser client receives). Raw JSON values
+/// Decodes a message sent by the dev server (what the browser client receives). An import of a
+/// path isAllowedImportPath refuses is UnsafeImportPath. Raw JSON values
 /// come back in canonical form; a missing import "args" reads as no arguments and a missing
 /// "response" as null; any other string type gives Custom. Nesting deeper than 64 levels is
 /// NotJson; of duplicate properties the last one counts (as in JSON.parse). Never throws.
 let decode (text: string) : Result<ServerMessage, MessageError> = parse text readServerMessage
 
-/// Decodes a message sent by the browser: a JSON object with a string "type" and an optional "id"
-/// (null counts as absent). Json is the input text itself. Never throws.
+/// Decodes a message sent by the browser: a JSON object with a string "type" that is not a built-in
+/// one (isBuiltInType: ReservedType) and an optional "id" (null counts as absent). Json is the input
+/// text itself. Never throws.
 let decodeBrowser (text: string) : Result<BrowserMessage, MessageError> =
     parse text (fun root ->
         match typeOf root with
         | Error e -> Error e
+        | Ok messageType when isBuiltInType messageType -> Error(ReservedType messageType)
         | Ok messageType ->
             match readId root with
             | Error e -> Error e
@@ -227,6 +263,8 @@ let private writeId (writer: Utf8JsonWriter) (id: RequestId) =
 let private encodeImport (importPath: string) (args: string[]) : Result<string, MessageError> =
     if isNull importPath then
         Error(InvalidImport "\"importPath\" is null.")
+    elif not (isAllowedImportPath importPath) then
+        Error(UnsafeImportPath importPath)
     elif isNull args then
         Error(InvalidImport "\"args\" is null.")
     else
@@ -299,7 +337,8 @@ let private encodeCustom (json: string) : Result<string, MessageError> =
         | Ok(ImportType | ConsoleLogType | ResponseType as t) -> Error(ReservedType t)
         | Ok _ -> Ok(canonicalOf root))
 
-/// Encodes a dev-server message as JSON text (minified; quotes, backslashes and control characters
+/// Encodes a dev-server message as JSON text (an import only of a path isAllowedImportPath accepts;
+/// minified; quotes, backslashes and control characters
 /// escaped; unpaired surrogates written as U+FFFD). Raw JSON parts are checked and canonicalised,
 /// so decode (encode m) gives m back when m's JSON parts are canonical. Null or invalid parts give
 /// an error instead of an exception.

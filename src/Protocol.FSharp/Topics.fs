@@ -15,9 +15,21 @@ type SubscribeChange =
     | Subscribed of firstSubscriber: bool
     /// The subscriber was already subscribed; the table is unchanged.
     | AlreadySubscribed
-    /// Bad input (a null topic or subscriber); the table is unchanged.
-    /// Codes: "null-topic", "null-subscriber".
+    /// Bad input (a null topic or subscriber, or a topic name over the limits' length); the table
+    /// is unchanged. Codes: "null-topic", "null-subscriber", "topic-too-long".
     | Rejected of code: string
+    /// The subscriber is already in as many topics as the limits allow; the table is unchanged.
+    | TopicLimitReached
+
+/// Bounds a subscribe must stay within (see `subscribeWithin`).
+[<Struct>]
+type TopicLimits =
+    {
+        /// The longest topic name, in UTF-8 bytes.
+        MaxTopicLength: int
+        /// The most topics one subscriber may be in at once.
+        MaxTopicsPerSubscriber: int
+    }
 
 /// What an unsubscribe changed.
 [<Struct>]
@@ -191,19 +203,41 @@ let isSubscribed (table: TopicTable<'S>) (topic: string) (subscriber: 'S) : bool
     && table.bySubscriber.TryGetValue(subscriber, &topics)
     && containsTopic topics topic
 
-/// Adds a subscriber to a topic, at the end of the topic's delivery order.
-/// O(k + n + log T + log C): the topic's array of n subscribers is copied, not mutated.
-let subscribe (table: TopicTable<'S>) (topic: string) (subscriber: 'S) : struct (TopicTable<'S> * SubscribeChange) =
+/// No bounds at all: what `subscribe` applies.
+let unlimited: TopicLimits =
+    { MaxTopicLength = Int32.MaxValue
+      MaxTopicsPerSubscriber = Int32.MaxValue }
+
+/// Whether a topic name is at most `maxLength` UTF-8 bytes long (a lone surrogate counts as the 3
+/// bytes of U+FFFD it is encoded as). False for a null name. Counts only when the name's length in
+/// UTF-16 units does not decide it, so an over-long name costs O(1).
+let nameFits (maxLength: int) (topic: string) : bool =
+    if isNull topic || maxLength < 0 then false
+    // Each UTF-16 unit takes 1 to 3 UTF-8 bytes (a surrogate pair, two units, takes 4).
+    elif topic.Length > maxLength then false
+    elif topic.Length <= maxLength / 3 then true
+    else Text.Encoding.UTF8.GetByteCount topic <= maxLength
+
+/// Adds a subscriber to a topic, at the end of the topic's delivery order, within `limits`: a
+/// name longer than `MaxTopicLength` is Rejected "topic-too-long", and a subscriber already in
+/// `MaxTopicsPerSubscriber` topics gets TopicLimitReached (subscribing again to one of its topics
+/// is still AlreadySubscribed). O(k + n + log T + log C): the topic's array of n subscribers is
+/// copied, not mutated.
+let subscribeWithin (limits: TopicLimits) (table: TopicTable<'S>) (topic: string) (subscriber: 'S) : struct (TopicTable<'S> * SubscribeChange) =
     if isNull topic then
         struct (table, Rejected "null-topic")
     elif isNull (box subscriber) then
         struct (table, Rejected "null-subscriber")
+    elif not (nameFits limits.MaxTopicLength topic) then
+        struct (table, Rejected "topic-too-long")
     else
         let mutable topics = null
         let known = table.bySubscriber.TryGetValue(subscriber, &topics)
 
         if known && containsTopic topics topic then
             struct (table, AlreadySubscribed)
+        elif (if known then topics.Length else 0) >= limits.MaxTopicsPerSubscriber then
+            struct (table, TopicLimitReached)
         else
             let mutable items = null
             let existed = table.byTopic.TryGetValue(topic, &items)
@@ -216,6 +250,11 @@ let subscribe (table: TopicTable<'S>) (topic: string) (subscriber: 'S) : struct 
                     bySubscriber = table.bySubscriber.SetItem(subscriber, topics') }
 
             struct (table', Subscribed(not existed))
+
+/// Adds a subscriber to a topic, at the end of the topic's delivery order, without limits
+/// (`subscribeWithin unlimited`). O(k + n + log T + log C).
+let subscribe (table: TopicTable<'S>) (topic: string) (subscriber: 'S) : struct (TopicTable<'S> * SubscribeChange) =
+    subscribeWithin unlimited table topic subscriber
 
 /// Removes a subscriber from a topic; the others keep their order. A topic left without
 /// subscribers is dropped from the table. O(k + n + log T + log C).

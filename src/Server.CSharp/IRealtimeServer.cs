@@ -18,18 +18,21 @@ public interface IRealtimeServer
     /// Publishes a text message to every subscriber of the topic (on every server, with a backplane);
     /// returns how many of this server's connections it was queued to.
     /// </summary>
+    /// <exception cref="ArgumentException">The topic is longer than <see cref="RealtimeOptions.MaxTopicLength"/> UTF-8 bytes.</exception>
     int Publish(string topic, string text, bool compress = false);
 
     /// <summary>
     /// Publishes a binary message to every subscriber of the topic (on every server, with a backplane);
     /// returns how many of this server's connections it was queued to.
     /// </summary>
+    /// <exception cref="ArgumentException">The topic is longer than <see cref="RealtimeOptions.MaxTopicLength"/> UTF-8 bytes.</exception>
     int Publish(string topic, ReadOnlySpan<byte> data, bool compress = false);
 
     /// <summary>
     /// Publishes a message of the given kind to every subscriber of the topic (on every server, with a
     /// backplane); returns how many of this server's connections it was queued to.
     /// </summary>
+    /// <exception cref="ArgumentException">The topic is longer than <see cref="RealtimeOptions.MaxTopicLength"/> UTF-8 bytes.</exception>
     int Publish(string topic, ReadOnlySpan<byte> data, MessageKind kind, bool compress = false);
 
     /// <summary>How many connections of this server are subscribed to the topic (local, not cluster-wide).</summary>

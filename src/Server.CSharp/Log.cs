@@ -44,6 +44,12 @@ internal static partial class Log
     [LoggerMessage(EventId = 12, Level = LogLevel.Warning, Message = "Shutdown timeout: {Count} connections still open were dropped")]
     public static partial void ShutdownTimedOut(this ILogger logger, int count);
 
+    [LoggerMessage(EventId = 14, Level = LogLevel.Debug, Message = "Connection {Id} on {Endpoint} is in {Limit} topics (MaxTopicsPerConnection); a further subscribe was refused")]
+    public static partial void TopicLimitReached(this ILogger logger, long id, string endpoint, int limit);
+
+    [LoggerMessage(EventId = 15, Level = LogLevel.Debug, Message = "Handshake on {Endpoint} abandoned by the client: {Detail}")]
+    public static partial void HandshakeAbandoned(this ILogger logger, string endpoint, string detail);
+
     [LoggerMessage(EventId = 13, Level = LogLevel.Error, Message = "Unexpected failure on connection {Id}")]
     public static partial void UnexpectedFailure(this ILogger logger, Exception exception, long id);
 

@@ -12,10 +12,13 @@ internal static class PooledBuffer
     public static void Append(ref byte[]? buffer, ref int length, ReadOnlySpan<byte> bytes, int minimumCapacity = 0)
     {
         if (bytes.IsEmpty) return;
-        int needed = length + bytes.Length;
+        // Callers bound what they append (MaxPayloadLength, MaxBufferedAmount) well inside an array.
+        int needed = checked(length + bytes.Length);
         if (buffer is null || buffer.Length < needed)
         {
-            byte[] grown = ArrayPool<byte>.Shared.Rent(Math.Max(needed, Math.Max(minimumCapacity, (buffer?.Length ?? 0) * 2)));
+            // Doubling is computed in 64 bits and capped at the largest array, so it cannot wrap around.
+            long doubled = Math.Min((long)(buffer?.Length ?? 0) * 2, Array.MaxLength);
+            byte[] grown = ArrayPool<byte>.Shared.Rent((int)Math.Max(needed, Math.Max(minimumCapacity, doubled)));
             if (buffer is not null)
             {
                 buffer.AsSpan(0, length).CopyTo(grown);

@@ -15,7 +15,7 @@ internal abstract class RealtimeEndpoint
 
     protected RealtimeEndpoint(RealtimeServer server, string pattern, RealtimeOptions options)
     {
-        options.Validate();
+        RealtimeOptionsValidation.ThrowIfInvalidFor(pattern, options, server.Defaults);
         Server = server;
         Pattern = pattern;
         Options = options;
@@ -29,7 +29,7 @@ internal abstract class RealtimeEndpoint
                 options.ServerMaxWindowBits,
                 options.ClientMaxWindowBits));
         _plainConnection = new ConnectionOptions(
-            options.MaxPayloadLength,
+            options.EffectiveMaxPayloadLength,
             false,
             (long)options.IdleTimeout.TotalMilliseconds,
             (long)options.CloseTimeout.TotalMilliseconds);
@@ -148,6 +148,12 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         {
             return await AcceptAsync(context).ConfigureAwait(false);
         }
+        catch (Exception exception) when (ClientWentAway(context, exception))
+        {
+            // The client reset or left during the handshake: its doing, not a failure of the app.
+            Server.Log.HandshakeAbandoned(Pattern, exception.Message);
+            return null;
+        }
         catch (Exception exception) when (!context.Response.HasStarted)
         {
             Server.Log.AttachFailed(exception, Pattern);
@@ -155,6 +161,11 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
             return null;
         }
     }
+
+    /// <summary>True when an exception of the handshake came from the connection ending, not from the app.</summary>
+    private static bool ClientWentAway(HttpContext context, Exception exception) =>
+        exception is Microsoft.AspNetCore.Connections.ConnectionResetException or Microsoft.AspNetCore.Connections.ConnectionAbortedException
+        || (context.RequestAborted.IsCancellationRequested && exception is IOException or OperationCanceledException);
 
     private async Task<RealtimeSocket?> AcceptAsync(HttpContext context)
     {

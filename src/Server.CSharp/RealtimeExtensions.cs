@@ -24,10 +24,13 @@ namespace Microsoft.Extensions.DependencyInjection
         public static IRealtimeBuilder AddRealtime(this IServiceCollection services, Action<RealtimeOptions>? configure = null)
         {
             ArgumentNullException.ThrowIfNull(services);
-            services.AddOptions<RealtimeOptions>();
+            // Out-of-range values fail the start with a message naming them (RealtimeOptionsValidation).
+            services.AddOptions<RealtimeOptions>().ValidateOnStart();
+            services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<RealtimeOptions>, RealtimeOptionsValidation>());
             if (configure is not null) services.Configure(configure);
             services.TryAddSingleton(provider => new RealtimeServer(
                 provider.GetRequiredService<ILogger<RealtimeServer>>(),
+                provider.GetRequiredService<IOptions<RealtimeOptions>>().Value,
                 provider.GetService<TimeProvider>(),
                 provider.GetService<IRealtimeBackplane>(),
                 new RealtimeMetrics(provider.GetService<System.Diagnostics.Metrics.IMeterFactory>())));
@@ -84,7 +87,7 @@ namespace Microsoft.AspNetCore.Hosting
     public static class RealtimeDirectConnectionExtensions
     {
         /// <summary>
-        /// Makes this listener read WebSocket upgrade requests to Realtime endpoints at the connection
+        /// Makes this listener read WebSocket upgrade requests at the connection
         /// level, below Kestrel's HTTP layer. Such a request runs through the application's whole
         /// request pipeline (the same one Kestrel runs: authentication, authorization, rate limiting,
         /// forwarded headers, routing, every middleware); after a 101 from a Realtime endpoint the

@@ -8,33 +8,38 @@ namespace Realtime;
 public sealed class RealtimeOptions
 {
     /// <summary>
-    /// The largest message accepted, in bytes, summed over its fragments. A larger message closes
-    /// the connection with 1009 (message too big) as soon as its frame header arrives. Default 16 MiB.
+    /// The largest message accepted, in bytes, summed over its fragments (after inflating, for a
+    /// compressed one). A larger message closes the connection with 1009 (message too big) as soon
+    /// as its frame header arrives. 1 to <see cref="int.MaxValue"/>; a message is held in one array,
+    /// so values above 2,147,483,590 (<see cref="Array.MaxLength"/> - 1) act as that. Default 16 MiB.
     /// </summary>
     public int MaxPayloadLength { get; set; } = 16 * 1024 * 1024;
 
     /// <summary>
     /// Silence after which the server pings the client; if the silence lasts as long again, the
-    /// connection is closed with 1001. <see cref="TimeSpan.Zero"/> turns keep-alive off. Default 120 s.
+    /// connection is closed with 1001. <see cref="TimeSpan.Zero"/> turns keep-alive off; otherwise
+    /// 1 ms to <see cref="int.MaxValue"/> milliseconds (about 24.8 days). Default 120 s.
     /// </summary>
     public TimeSpan IdleTimeout { get; set; } = TimeSpan.FromSeconds(120);
 
     /// <summary>
     /// How long the server waits for the client's close frame after sending its own before it drops
-    /// the TCP connection. Default 5 s.
+    /// the TCP connection. 1 ms to <see cref="int.MaxValue"/> milliseconds. Default 5 s.
     /// </summary>
     public TimeSpan CloseTimeout { get; set; } = TimeSpan.FromSeconds(5);
 
     /// <summary>
     /// Buffered outgoing bytes above which <c>Send</c> reports <see cref="SendStatus.Backpressure"/>
-    /// (the message is still queued). <c>Drain</c> fires when the buffer falls back under it. Default 64 KiB.
+    /// (the message is still queued). <c>Drain</c> fires when the buffer falls back under it.
+    /// 0 to <see cref="MaxBufferedAmount"/>. Default 64 KiB.
     /// </summary>
     public long BackpressureLimit { get; set; } = 64 * 1024;
 
     /// <summary>
     /// Buffered outgoing bytes a message may not push the buffer past: such a message is dropped
     /// (<see cref="SendStatus.Dropped"/>), or the connection is closed with 1008 when
-    /// <see cref="CloseOnBackpressureLimit"/> is set. Default 16 MiB.
+    /// <see cref="CloseOnBackpressureLimit"/> is set. <see cref="BackpressureLimit"/> to 1 GiB (a
+    /// connection's outgoing bytes are held in one array). Default 16 MiB.
     /// </summary>
     public long MaxBufferedAmount { get; set; } = 16 * 1024 * 1024;
 
@@ -78,7 +83,7 @@ public sealed class RealtimeOptions
     /// <summary>The largest window (9-15 bits) the server asks clients to compress with, when they allow it (RFC 7692 <c>client_max_window_bits</c>). Default 15.</summary>
     public int ClientMaxWindowBits { get; set; } = 15;
 
-    /// <summary>Size of the pooled buffer a connection reads into while data is arriving; an idle connection holds none. Default 16 KiB.</summary>
+    /// <summary>Size of the pooled buffer a connection reads into while data is arriving; an idle connection holds none. 256 bytes to 16 MiB. Default 16 KiB.</summary>
     public int ReceiveBufferSize { get; set; } = 16 * 1024;
 
     /// <summary>
@@ -102,20 +107,40 @@ public sealed class RealtimeOptions
     /// <summary>
     /// When set, the longest time a client may take to send its request headers, applied to
     /// Kestrel's <c>RequestHeadersTimeout</c> (so it covers every HTTP request of the server, since
-    /// the headers are read before any endpoint runs). Null (the default) keeps Kestrel's 30 s.
+    /// the headers are read before any endpoint runs). 1 ms to <see cref="int.MaxValue"/> milliseconds;
+    /// server-wide: set it in <c>AddRealtime</c>, not per endpoint. Null (the default) keeps Kestrel's 30 s.
     /// </summary>
     public TimeSpan? HandshakeTimeout { get; set; }
 
     /// <summary>
-    /// Whether upgrade requests whose path fits only this endpoint's route are read directly by a
+    /// Whether upgrade requests whose path fits this endpoint's route template are read directly by a
     /// listener with <c>UseRealtimeDirectConnections</c> and, once upgraded, run on the connection's
     /// pipes. Either way the application's whole request pipeline runs for them. Default true; false
     /// leaves them to Kestrel's HTTP/1.1 upgrade. Ignored on listeners without direct connections.
     /// </summary>
     public bool DirectConnections { get; set; } = true;
 
-    /// <summary>How long host shutdown waits for connections to finish their closing handshake after sending them 1001. Default 5 s.</summary>
+    /// <summary>
+    /// How long host shutdown waits for connections to finish their closing handshake after sending
+    /// them 1001. Zero to <see cref="int.MaxValue"/> milliseconds. Server-wide: set it in
+    /// <c>AddRealtime</c>, not per endpoint. Default 5 s.
+    /// </summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// The longest topic name, in UTF-8 bytes, that <c>Subscribe</c> and <c>Publish</c> accept; a
+    /// longer one throws <see cref="ArgumentException"/> (an application that takes topic names
+    /// from clients checks them first). Server-wide, since topics are shared by every endpoint: set
+    /// it in <c>AddRealtime</c>, not per endpoint. 1 to <see cref="int.MaxValue"/>. Default 256.
+    /// </summary>
+    public int MaxTopicLength { get; set; } = 256;
+
+    /// <summary>
+    /// The most topics one connection may be subscribed to at once; past it <c>Subscribe</c>
+    /// returns false and subscribes nothing (a runtime limit, like a full buffer, not an error).
+    /// 0 to <see cref="int.MaxValue"/>. Default 1,000.
+    /// </summary>
+    public int MaxTopicsPerConnection { get; set; } = 1000;
 
     /// <summary>A copy, so that an endpoint's overrides do not change the defaults.</summary>
     internal RealtimeOptions Clone()
@@ -126,20 +151,10 @@ public sealed class RealtimeOptions
         return copy;
     }
 
-    /// <summary>Checks that the values make sense together.</summary>
-    internal void Validate()
-    {
-        if (MaxPayloadLength <= 0) throw new ArgumentOutOfRangeException(nameof(MaxPayloadLength), "must be positive");
-        if (IdleTimeout < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(IdleTimeout), "must not be negative");
-        if (CloseTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(CloseTimeout), "must be positive");
-        if (BackpressureLimit < 0) throw new ArgumentOutOfRangeException(nameof(BackpressureLimit), "must not be negative");
-        if (MaxBufferedAmount < BackpressureLimit) throw new ArgumentOutOfRangeException(nameof(MaxBufferedAmount), "must be at least BackpressureLimit");
-        if (MaxConnections is <= 0) throw new ArgumentOutOfRangeException(nameof(MaxConnections), "must be positive");
-        if (MaxConnectionsPerAddress is <= 0) throw new ArgumentOutOfRangeException(nameof(MaxConnectionsPerAddress), "must be positive");
-        if (MaxHandshakeHeaderBytes < 1024) throw new ArgumentOutOfRangeException(nameof(MaxHandshakeHeaderBytes), "must be at least 1 KiB");
-        if (ServerMaxWindowBits is < 9 or > 15) throw new ArgumentOutOfRangeException(nameof(ServerMaxWindowBits), "must be 9 to 15");
-        if (ClientMaxWindowBits is < 9 or > 15) throw new ArgumentOutOfRangeException(nameof(ClientMaxWindowBits), "must be 9 to 15");
-        if (CompressionThreshold is < 0) throw new ArgumentOutOfRangeException(nameof(CompressionThreshold), "must not be negative");
-        if (ReceiveBufferSize < 256) throw new ArgumentOutOfRangeException(nameof(ReceiveBufferSize), "must be at least 256 bytes");
-    }
+    /// <summary>
+    /// The message limit the host applies: <see cref="MaxPayloadLength"/>, but at most one byte under
+    /// <see cref="Array.MaxLength"/>, since a message is held in one array (and the inflater needs
+    /// room for one byte past the limit to see it crossed).
+    /// </summary>
+    internal int EffectiveMaxPayloadLength => Math.Min(MaxPayloadLength, Array.MaxLength - 1);
 }

@@ -30,9 +30,11 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
 
     private readonly IRealtimeBackplane? _backplane;
 
-    public RealtimeServer(ILogger<RealtimeServer> logger, TimeProvider? time = null, IRealtimeBackplane? backplane = null, RealtimeMetrics? metrics = null)
+    public RealtimeServer(ILogger<RealtimeServer> logger, RealtimeOptions defaults, TimeProvider? time = null, IRealtimeBackplane? backplane = null, RealtimeMetrics? metrics = null)
     {
+        RealtimeOptionsValidation.ThrowIfInvalid(defaults);
         Log = logger;
+        Defaults = defaults;
         _time = time ?? TimeProvider.System;
         _backplane = backplane;
         Metrics = metrics ?? new RealtimeMetrics(null);
@@ -42,6 +44,9 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     internal void StartBackplane() => _backplane?.Start(this);
 
     public ILogger Log { get; }
+
+    /// <summary>The options set in AddRealtime: every endpoint starts from them; the server-wide ones hold for all.</summary>
+    public RealtimeOptions Defaults { get; }
 
     public RealtimeMetrics Metrics { get; }
 
@@ -138,19 +143,42 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         if (_endpoints.TryGetValue(connection.Endpoint, out var endpoint)) endpoint.Connections.TryRemove(connection.Id, out _);
     }
 
-    internal bool Subscribe(RealtimeSocket connection, string topic)
+    /// <summary>
+    /// Subscribes within the limits: an over-long name is the caller's mistake (ArgumentException),
+    /// a connection at its MaxTopicsPerConnection is a runtime limit (false, logged at Debug).
+    /// </summary>
+    internal bool Subscribe(RealtimeSocket connection, string topic, int maxTopics)
     {
-        ArgumentNullException.ThrowIfNull(topic);
+        ThrowIfInvalidTopic(topic);
         lock (_topicsLock)
         {
             // A connection that has left must not come back into the table through a late call.
             if (!_connections.ContainsKey(connection.Id)) return false;
-            var (table, change) = Topics.subscribe(_topics, topic, connection);
+            var limits = new Topics.TopicLimits(Defaults.MaxTopicLength, maxTopics);
+            var (table, change) = Topics.subscribeWithin(limits, _topics, topic, connection);
             if (change.IsRejected) throw new ArgumentException($"invalid topic: {change.code}", nameof(topic));
+            if (change.IsTopicLimitReached)
+            {
+                Log.TopicLimitReached(connection.Id, connection.Endpoint, maxTopics);
+                return false;
+            }
             Volatile.Write(ref _topics, table);
             if (change.IsSubscribed && change.firstSubscriber) _backplane?.TopicActivated(topic);
             return change.IsSubscribed;
         }
+    }
+
+    /// <summary>
+    /// Throws for a topic no subscriber can have: null, or longer than MaxTopicLength UTF-8 bytes.
+    /// Subscribe and Publish share it, so a publish to such a topic fails as loudly as the subscribe.
+    /// </summary>
+    private void ThrowIfInvalidTopic(string topic)
+    {
+        ArgumentNullException.ThrowIfNull(topic);
+        if (!Topics.nameFits(Defaults.MaxTopicLength, topic))
+            throw new ArgumentException(
+                $"The topic is {System.Text.Encoding.UTF8.GetByteCount(topic)} UTF-8 bytes long; RealtimeOptions.MaxTopicLength allows at most {Defaults.MaxTopicLength}.",
+                nameof(topic));
     }
 
     internal bool Unsubscribe(RealtimeSocket connection, string topic)
@@ -189,7 +217,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     /// <summary>Delivers to this server's subscribers, then hands the publish to the backplane, if any.</summary>
     internal int PublishFrame(string topic, MessageKind kind, ReadOnlySpan<byte> payload, RealtimeSocket? sender, bool compress)
     {
-        ArgumentNullException.ThrowIfNull(topic);
+        ThrowIfInvalidTopic(topic);
         int queued = DeliverToSubscribers(topic, kind, payload, sender, compress);
         _backplane?.Publish(topic, kind, payload, compress, sender?.Id ?? 0);
         return queued;
@@ -303,8 +331,8 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         if (open.Length == 0) return;
         Log.ShutdownStarted(open.Length);
         foreach (var connection in open) connection.CloseLocally(CloseCode.GoingAway, "server shutdown");
-        var deadline = _time.GetTimestamp() + (long)(timeout.TotalSeconds * _time.TimestampFrequency);
-        while (!_connections.IsEmpty && _time.GetTimestamp() < deadline)
+        long started = _time.GetTimestamp();
+        while (!_connections.IsEmpty && _time.GetElapsedTime(started) < timeout)
             await Task.Delay(10).ConfigureAwait(false);
         if (!_connections.IsEmpty)
         {

@@ -42,7 +42,7 @@ public abstract partial class RealtimeSocket
                 return SendResult.Dropped;
             }
             // Judge admission on a bound of the compressed size, so nothing the compressor has seen is dropped.
-            int bound = payload.Length + (payload.Length >> 3) + 64;
+            int bound = (int)Math.Min(int.MaxValue, payload.Length + (payload.Length >> 3) + 64L);
             var (_, verdict) = Backpressure.offer(_endpoint.Limits, _backpressure, bound);
             if (!Backpressure.isQueued(verdict)) return SendUncompressed(kind, payload);
             _deflater ??= new MessageDeflater(parameters.ServerMaxWindowBits, contextTakeover: true);
@@ -76,7 +76,7 @@ public abstract partial class RealtimeSocket
     private ReadOnlyMemory<byte>? InflateChunk(ReadOnlySpan<byte> chunk, MessageKind kind, bool messageEnd)
     {
         _inflater ??= _compression!.ClientNoContextTakeover ? CompressorPool.RentInflater() : new MessageInflater();
-        int limit = _endpoint.Options.MaxPayloadLength;
+        int limit = _endpoint.Options.EffectiveMaxPayloadLength;
         switch (_inflater.Inflate(chunk, messageEnd, limit))
         {
             case InflateStatus.TooBig:

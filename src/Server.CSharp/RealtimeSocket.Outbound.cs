@@ -15,6 +15,7 @@ public abstract partial class RealtimeSocket
 {
     private const int MinimumPendingBuffer = 4096;
     private const int KeptSpareBuffer = 64 * 1024;
+    private const int MaxControlBacklog = 1024 * 1024;
 
     private byte[]? _pending;
     private int _pendingLength;
@@ -28,11 +29,15 @@ public abstract partial class RealtimeSocket
     private TaskCompletionSource? _controlTaken;
 
     // Handlers of one connection never overlap: the receive loop and a writer that reports Drain
-    // take turns through this gate. A Drain that finds the gate taken is left pending and run by
-    // whoever leaves the gate.
+    // take turns through this gate (0 free, 1 taken). A Drain that finds the gate taken is left
+    // pending and run by whoever leaves the gate. The receive loop that finds it taken (a Drain runs
+    // on a writer's thread) does not spin: it waits on a task that the Drain's runner completes when
+    // it leaves the gate, so a Drain handler that blocks costs the receive loop no CPU.
     private int _handlerGate;
     private int _drainPending;
     private bool _closeDispatched;
+    private readonly object _gateWait = new();
+    private TaskCompletionSource? _gateFreed;
 
     internal SendResult SendFrame(MessageKind kind, ReadOnlySpan<byte> payload, bool compress) =>
         WantsCompression(compress, payload.Length) ? SendCompressed(kind, payload) : SendUncompressed(kind, payload);
@@ -40,7 +45,9 @@ public abstract partial class RealtimeSocket
     /// <summary>Queues a data frame (header and payload) under the backpressure rules.</summary>
     internal SendResult Enqueue(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload)
     {
-        int total = header.Length + payload.Length;
+        // In 64 bits: a payload within 14 bytes of int.MaxValue must not wrap into a small size
+        // (past int.MaxValue it is over every MaxBufferedAmount, so it is dropped or closes).
+        int total = (int)Math.Min(int.MaxValue, (long)header.Length + payload.Length);
         SendResult result;
         bool startWriter;
         bool closeForLimit = false;
@@ -245,12 +252,13 @@ public abstract partial class RealtimeSocket
     /// writer has taken the pending control frames. Pongs are never dropped and not counted against
     /// the send limits, so a client that sends pings without reading (while the connection's writer
     /// is stuck behind it) would otherwise make them pile up in server memory without bound; once
-    /// more than <see cref="RealtimeOptions.BackpressureLimit"/> of them are pending, the loop stops
-    /// reading and TCP holds the client back, as it does for a slow message handler.
+    /// more than <see cref="RealtimeOptions.BackpressureLimit"/> of them (at most 1 MiB, so that data
+    /// and control frames together stay within one array) are pending, the loop stops reading and
+    /// TCP holds the client back, as it does for a slow message handler.
     /// </summary>
     private Task? ControlBacklog()
     {
-        if (_pendingControlBytes <= _endpoint.Options.BackpressureLimit || _transportFailed) return null;
+        if (_pendingControlBytes <= Math.Min(_endpoint.Options.BackpressureLimit, MaxControlBacklog) || _transportFailed) return null;
         _controlTaken ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         return _controlTaken.Task;
     }
@@ -302,10 +310,36 @@ public abstract partial class RealtimeSocket
         }
     }
 
-    private void EnterHandlers()
+    /// <summary>Takes the handler gate; completes at once unless a Drain handler is running.</summary>
+    private ValueTask EnterHandlersAsync() =>
+        Interlocked.CompareExchange(ref _handlerGate, 1, 0) == 0 ? ValueTask.CompletedTask : WaitForGateAsync();
+
+    private async ValueTask WaitForGateAsync()
     {
-        var spinner = new SpinWait();
-        while (Interlocked.CompareExchange(ref _handlerGate, 1, 0) != 0) spinner.SpinOnce();
+        while (true)
+        {
+            Task freed;
+            lock (_gateWait)
+            {
+                // Tried under the lock, so a Drain leaving the gate after this either lets this
+                // succeed or finds the waiter below and wakes it.
+                if (Interlocked.CompareExchange(ref _handlerGate, 1, 0) == 0) return;
+                freed = (_gateFreed ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
+            }
+            await freed.ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Called by a Drain's runner after it left the gate: wakes the receive loop if it waits.</summary>
+    private void WakeGateWaiter()
+    {
+        TaskCompletionSource? freed;
+        lock (_gateWait)
+        {
+            freed = _gateFreed;
+            _gateFreed = null;
+        }
+        freed?.TrySetResult();
     }
 
     private void ExitHandlers()
@@ -336,6 +370,7 @@ public abstract partial class RealtimeSocket
             finally
             {
                 Volatile.Write(ref _handlerGate, 0);
+                WakeGateWaiter();
             }
         }
     }

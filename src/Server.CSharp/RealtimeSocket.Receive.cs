@@ -40,7 +40,7 @@ public abstract partial class RealtimeSocket
         _server.Log.ConnectionOpened(Id, _endpoint.Pattern, RemoteAddress?.ToString());
         try
         {
-            RunHandler(static socket => socket.OnOpen(), "Open");
+            await RunHandlerAsync(static socket => socket.OnOpen(), "Open").ConfigureAwait(false);
             await UncorkAndFlushInline().ConfigureAwait(false);
             await ReceiveLoopAsync().ConfigureAwait(false);
         }
@@ -61,10 +61,10 @@ public abstract partial class RealtimeSocket
     }
 
     /// <summary>Open runs corked (the caller flushes after); any handler exception closes with 1011.</summary>
-    private void RunHandler(Action<RealtimeSocket> handler, string name)
+    private async ValueTask RunHandlerAsync(Action<RealtimeSocket> handler, string name)
     {
         CorkIncrement();
-        EnterHandlers();
+        await EnterHandlersAsync().ConfigureAwait(false);
         try { handler(this); }
         catch (Exception exception) { HandlerFailed(exception, name); }
         finally { ExitHandlers(); }
@@ -195,10 +195,10 @@ public abstract partial class RealtimeSocket
                         break;
                     case ConnectionEvent.Tags.PingReceived:
                         EnqueueControl(step.pong);
-                        if (deliver) DispatchControl(step.pingPayload, isPing: true);
+                        if (deliver) await DispatchControlAsync(step.pingPayload, isPing: true).ConfigureAwait(false);
                         break;
                     case ConnectionEvent.Tags.PongReceived:
-                        if (deliver) DispatchControl(step.pongPayload, isPing: false);
+                        if (deliver) await DispatchControlAsync(step.pongPayload, isPing: false).ConfigureAwait(false);
                         break;
                     case ConnectionEvent.Tags.CloseReceived:
                         EnqueueControl(step.reply);
@@ -283,7 +283,7 @@ public abstract partial class RealtimeSocket
     private async ValueTask DeliverAsync(MessageKind kind, ReadOnlyMemory<byte> data, bool compressed)
     {
         _server.Metrics.MessageReceived();
-        EnterHandlers();
+        await EnterHandlersAsync().ConfigureAwait(false);
         try
         {
             ValueTask pending;
@@ -311,9 +311,9 @@ public abstract partial class RealtimeSocket
         }
     }
 
-    private void DispatchControl(byte[] payload, bool isPing)
+    private async ValueTask DispatchControlAsync(byte[] payload, bool isPing)
     {
-        EnterHandlers();
+        await EnterHandlersAsync().ConfigureAwait(false);
         try
         {
             if (isPing) OnPing(payload);
@@ -458,7 +458,7 @@ public abstract partial class RealtimeSocket
         _server.Unregister(this);
         _server.Metrics.ConnectionClosed(_endpoint.Pattern, code);
         _server.Log.ConnectionClosed(Id, code, reason);
-        EnterHandlers();
+        await EnterHandlersAsync().ConfigureAwait(false);
         _closeDispatched = true;
         try { OnClose(code, reason); }
         catch (Exception exception) { _server.Log.HandlerFailed(exception, "Close", Id, _endpoint.Pattern); }

@@ -109,8 +109,13 @@ public abstract partial class RealtimeSocket
     /// </summary>
     public SendResult Send(RealtimeMessage message) => SendFrame(message.Kind, message.Data.Span, message.Compressed);
 
-    /// <summary>Subscribes the connection to a topic; false when it already was.</summary>
-    public bool Subscribe(string topic) => _server.Subscribe(this, topic);
+    /// <summary>
+    /// Subscribes the connection to a topic. False when it already was, when it is already in
+    /// <see cref="RealtimeOptions.MaxTopicsPerConnection"/> topics (nothing changes), or when it has closed.
+    /// </summary>
+    /// <exception cref="ArgumentNullException">The topic is null.</exception>
+    /// <exception cref="ArgumentException">The topic is longer than <see cref="RealtimeOptions.MaxTopicLength"/> UTF-8 bytes.</exception>
+    public bool Subscribe(string topic) => _server.Subscribe(this, topic, _endpoint.Options.MaxTopicsPerConnection);
 
     /// <summary>Unsubscribes the connection from a topic; false when it was not subscribed.</summary>
     public bool Unsubscribe(string topic) => _server.Unsubscribe(this, topic);
@@ -121,7 +126,11 @@ public abstract partial class RealtimeSocket
     /// <summary>The topics the connection is subscribed to.</summary>
     public IReadOnlyList<string> Subscriptions => _server.SubscriptionsOf(this);
 
-    /// <summary>Publishes a text message to every subscriber of the topic except this connection; returns how many it was queued to.</summary>
+    /// <summary>
+    /// Publishes a text message to every subscriber of the topic except this connection; returns how
+    /// many it was queued to. A topic longer than <see cref="RealtimeOptions.MaxTopicLength"/> UTF-8
+    /// bytes throws <see cref="ArgumentException"/>, as for every Publish.
+    /// </summary>
     public int Publish(string topic, string text, bool compress = false)
     {
         ArgumentNullException.ThrowIfNull(text);

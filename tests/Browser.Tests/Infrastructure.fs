@@ -189,7 +189,9 @@ let private launch () : Task<IPlaywright * IBrowser> =
                 Timeout = 30000.0f,
                 Args =
                     [ "--headless"; "--no-sandbox"; "--disable-gpu"; "--disable-quic"; "--no-first-run"
-                      "--disable-background-networking"; "--disable-component-update"; "--disable-sync" ])
+                      "--disable-background-networking"; "--disable-component-update"; "--disable-sync"
+                      // Names under .test (RFC 2606) reach 127.0.0.1: other sites for the dev server's security tests.
+                      "--host-resolver-rules=MAP *.test 127.0.0.1" ])
         let! browser = playwright.Chromium.LaunchAsync(options)
         return playwright, browser
     }

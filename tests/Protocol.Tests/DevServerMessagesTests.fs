@@ -202,7 +202,8 @@ let examples =
                     InvalidImport "d"
                     InvalidConsoleLog "d"
                     InvalidResponse "d"
-                    ReservedType "import" ]
+                    ReservedType "import"
+                    UnsafeImportPath "//evil.example/x.js" ]
 
               Expect.equal
                   (errors |> List.map (fun e -> e.Code))
@@ -214,7 +215,8 @@ let examples =
                     "invalid-import"
                     "invalid-console-log"
                     "invalid-response"
-                    "reserved-type" ]
+                    "reserved-type"
+                    "unsafe-import-path" ]
                   "codes"
 
               for e in errors do
@@ -252,11 +254,6 @@ let examples =
                   (decodeBrowser """{"type":"hello","id":null}""" |> Result.map (fun m -> m.Id))
                   (Ok ValueNone)
                   "null id is no id"
-
-              Expect.equal
-                  (decodeBrowser """{"type":"import"}""" |> Result.map (fun m -> m.Type))
-                  (Ok "import")
-                  "any type"
           }
 
           test "browser message errors" {
@@ -267,6 +264,79 @@ let examples =
               Expect.equal (browserError "{\"type\":[]}") TypeNotString "array type"
               Expect.equal (browserError "{\"type\":\"x\",\"id\":{}}") InvalidId "object id"
               Expect.equal (browserError "{\"type\":\"x\",\"id\":2.5}") InvalidId "fractional id"
+          }
+
+          test "a browser cannot send the built-in types: only the server's API sends them" {
+              Expect.equal
+                  (browserError """{"type":"import","data":{"importPath":"https://evil.example/x.js","args":[]}}""")
+                  (ReservedType "import")
+                  "import"
+
+              Expect.equal (browserError """{"type":"console-log","data":{"text":"hi"}}""") (ReservedType "console-log") "console-log"
+              Expect.equal (browserError """{"type":"message-response","id":1,"response":2}""") (ReservedType "message-response") "message-response"
+              Expect.isTrue (decodeBrowser """{"type":"Import"}""" |> Result.isOk) "types are case-sensitive, as the client's switch is"
+              Expect.isTrue (decodeBrowser """{"type":"import-map"}""" |> Result.isOk) "only the exact built-in names"
+
+              for t in [ "import"; "console-log"; "message-response" ] do
+                  Expect.isTrue (isBuiltInType t) t
+
+              for t in [ ""; "Import"; "imports"; "hello"; "message-response-text" ] do
+                  Expect.isFalse (isBuiltInType t) t
+
+              Expect.isFalse (isBuiltInType null) "null"
+          }
+
+          test "import paths: same-origin paths and data: URLs only" {
+              for path in
+                  [ "/"
+                    "/foo.js"
+                    "/a/b/c.js?v=1#x"
+                    "/__realtime__/reload.js"
+                    "/caf\u00e9.js"
+                    "/a//b.js"
+                    "/%2F%2Fevil.example/x.js"
+                    "data:text/javascript,window.location.reload()"
+                    "DATA:text/javascript,export default () => 1"
+                    "data:text/javascript;base64,ZXhwb3J0IGRlZmF1bHQgMQ==" ] do
+                  Expect.isTrue (isAllowedImportPath path) path
+                  Expect.isOk (encode (Import(path, [||]))) path
+
+              for path in
+                  [ "//evil.example/x.js"
+                    "/\\evil.example/x.js"
+                    "/\t/evil.example/x.js"
+                    "/\n/evil.example/x.js"
+                    "/a\\b.js"
+                    "/a\u0000.js"
+                    "/a\u007f.js"
+                    "http://evil.example/x.js"
+                    "https://evil.example/x.js"
+                    "HTTPS://evil.example/x.js"
+                    "javascript:alert(1)"
+                    "blob:http://127.0.0.1/x"
+                    "foo.js"
+                    "./foo.js"
+                    "../foo.js"
+                    " /foo.js"
+                    " data:text/javascript,1"
+                    "" ] do
+                  Expect.isFalse (isAllowedImportPath path) path
+                  Expect.equal (encodeError (Import(path, [||]))) (UnsafeImportPath path) path
+
+              Expect.isFalse (isAllowedImportPath null) "null"
+              Expect.equal (encodeError (Import(null, [||]))).Code "invalid-import" "null path is an invalid import"
+          }
+
+          test "decoding an import of a path the rule refuses is an error" {
+              Expect.equal
+                  (decodeError """{"type":"import","data":{"importPath":"//evil.example/x.js","args":[]}}""")
+                  (UnsafeImportPath "//evil.example/x.js")
+                  "protocol-relative"
+
+              Expect.equal
+                  (decodeError """{"type":"import","data":{"importPath":"javascript:alert(1)"}}""").Code
+                  "unsafe-import-path"
+                  "javascript: URL"
           } ]
 
 // ---- properties --------------------------------------------------------------------------------
@@ -365,6 +435,39 @@ let private render json =
 
 let private reserved = set [ "import"; "console-log"; "message-response" ]
 
+/// Import paths the rule accepts: "/" then text without slashes at its start, backslashes or
+/// control characters, or a data: URL with any text.
+let private genImportPath =
+    let clean (s: string) =
+        String(s |> Seq.filter (fun c -> c <> '\\' && c >= ' ' && c <> '\u007f') |> Array.ofSeq).TrimStart('/')
+
+    Gen.oneof
+        [ Gen.map (fun s -> "/" + clean s) genText
+          Gen.map (fun s -> "data:text/javascript," + s) genText ]
+
+/// Import paths the rule refuses: another origin in the forms a URL parser reads as one, schemes,
+/// relative paths, and control characters spliced into a good path.
+let private genUnsafeImportPath =
+    gen {
+        let! host = Gen.elements [ "evil.example"; "127.0.0.2:8000"; "[::1]"; "" ]
+        let! rest = Gen.map (fun (s: string) -> s.Replace("\\", "")) genText
+        let! control = Gen.elements [ '\t'; '\n'; '\r'; '\u0000'; '\u001f'; '\u007f'; '\\' ]
+        let! at = Gen.choose (0, rest.Length)
+
+        return!
+            Gen.elements
+                [ "//" + host + "/" + rest
+                  "/\\" + host + "/" + rest
+                  "\\\\" + host + "/" + rest
+                  "http://" + host + "/" + rest
+                  "https://" + host + "/" + rest
+                  "javascript:" + rest
+                  "ws://" + host
+                  "x" + rest
+                  "./" + rest
+                  "/" + rest.Insert(at, string control) ]
+    }
+
 let private genRequestId =
     Gen.oneof
         [ Gen.map NumberId (ArbMap.defaults |> ArbMap.generate<int64>)
@@ -374,7 +477,7 @@ let private genMessage =
     let value = genJson 3
 
     Gen.oneof
-        [ Gen.map2 (fun path args -> Import(path, args |> List.map render |> Array.ofList)) genText (Gen.resize 5 (Gen.listOf value))
+        [ Gen.map2 (fun path args -> Import(path, args |> List.map render |> Array.ofList)) genImportPath (Gen.resize 5 (Gen.listOf value))
           Gen.map ConsoleLog genText
           Gen.map2 (fun id response -> Response(id, render response)) genRequestId value
           Gen.map2
@@ -426,6 +529,7 @@ let properties =
                   | Some(StringId s) -> [ "id", JText s ]
                   | None -> []
 
+              let messageType = if reserved.Contains messageType then "x-" + messageType else messageType
               let text = render (JObject(("type", JText messageType) :: fields))
 
               Expect.equal
@@ -449,8 +553,27 @@ let properties =
           <| Prop.forAll (Arb.fromGen genNearlyJson) (fun text ->
               match decode text, decodeBrowser text with
               | Error e, _ -> Expect.isNotEmpty e.Code "a code"
-              | Ok _, Ok _ -> ()
-              | Ok m, Error e -> failtestf "a server message %A is not a browser message: %s" m e.Message)
+              | Ok(Custom _), Ok _ -> ()
+              | Ok(Import _ | ConsoleLog _ | Response _), Error(ReservedType _) -> ()
+              | Ok m, result -> failtestf "a custom server message is a browser message, a built-in one is refused: %A, %A" m result)
+
+          property "a browser message of a built-in type is refused whatever it carries"
+          <| Prop.forAll (Arb.fromGen (Gen.zip (Gen.elements (List.ofSeq reserved)) (Gen.resize 4 (Gen.listOf (Gen.zip genText (genJson 2)))))) (fun (messageType, fields) ->
+              let fields = fields |> List.filter (fun (name, _) -> name <> "type")
+              let text = render (JObject(("type", JText messageType) :: fields))
+              Expect.equal (decodeBrowser text) (Error(ReservedType messageType)) text)
+
+          property "an import of an unsafe path is refused by encode and decode"
+          <| Prop.forAll (Arb.fromGen genUnsafeImportPath) (fun path ->
+              Expect.isFalse (isAllowedImportPath path) path
+              Expect.equal (encode (Import(path, [| "1" |]))) (Error(UnsafeImportPath path)) "encode"
+              let text = render (JObject [ "type", JText "import"; "data", JObject [ "importPath", JText path; "args", JArray [] ] ])
+              Expect.equal (decode text) (Error(UnsafeImportPath path)) "decode")
+
+          property "an import of a same-origin path or data: URL round-trips"
+          <| Prop.forAll (Arb.fromGen genImportPath) (fun path ->
+              Expect.isTrue (isAllowedImportPath path) path
+              Expect.equal (decode (encoded (Import(path, [||])))) (Ok(Import(path, [||]))) "round trip")
 
           property "encode never throws on arbitrary parts"
           <| Prop.forAll (Arb.fromGen (Gen.zip3 (ArbMap.defaults |> ArbMap.generate<string>) (ArbMap.defaults |> ArbMap.generate<string[]>) (ArbMap.defaults |> ArbMap.generate<int64>))) (fun (s, parts, n) ->

@@ -13,6 +13,10 @@ let private sub (table: TopicTable<'S>) topic s =
     let struct (table', change) = subscribe table topic s
     table', change
 
+let private subWithin limits (table: TopicTable<'S>) topic s =
+    let struct (table', change) = subscribeWithin limits table topic s
+    table', change
+
 let private unsub (table: TopicTable<'S>) topic s =
     let struct (table', change) = unsubscribe table topic s
     table', change
@@ -232,6 +236,70 @@ let examples =
               Expect.isTrue (isSubscribed t "a" 1) "works"
           } ]
 
+[<Tests>]
+let limits =
+    testList
+        "Topics: limits on topic names and topics per subscriber"
+        [ test "a name is measured in UTF-8 bytes" {
+              Expect.isTrue (nameFits 3 "abc") "3 ASCII bytes fit in 3"
+              Expect.isFalse (nameFits 3 "abcd") "4 do not"
+              Expect.isFalse (nameFits 3 "a\u00e9\u00e9") "1 + 2 + 2 bytes do not fit in 3 (though 3 chars)"
+              Expect.isTrue (nameFits 5 "a\u00e9\u00e9") "they fit in 5"
+              Expect.isFalse (nameFits 3 "\U0001F600") "a surrogate pair is 4 bytes"
+              Expect.isFalse (nameFits 2 "\ud800") "a lone surrogate counts as U+FFFD, 3 bytes"
+              Expect.isTrue (nameFits 0 "") "the empty name fits any limit"
+              Expect.isFalse (nameFits 10 null) "a null name never fits"
+              Expect.isFalse (nameFits -1 "") "a negative limit fits nothing"
+          }
+
+          test "a name over the length limit is rejected and changes nothing" {
+              let limits = { MaxTopicLength = 4; MaxTopicsPerSubscriber = 10 }
+              let t, change = subWithin limits Topics.empty<int> "abcde" 1
+              Expect.equal change (Rejected "topic-too-long") "rejected"
+              Expect.equal (topicCount t) 0 "no topic"
+              let _, change = subWithin limits t "abcd" 1
+              Expect.equal change (Subscribed true) "exactly the limit is fine"
+          }
+
+          test "a subscriber at its topic limit gets TopicLimitReached, but may resubscribe and may join again after leaving one" {
+              let limits = { MaxTopicLength = 256; MaxTopicsPerSubscriber = 2 }
+              let t, _ = subWithin limits Topics.empty<int> "a" 1
+              let t, _ = subWithin limits t "b" 1
+              let t', change = subWithin limits t "c" 1
+              Expect.equal change TopicLimitReached "third topic refused"
+              Expect.equal (topicsOf t' 1) [| "a"; "b" |] "unchanged"
+              Expect.equal (snd (subWithin limits t "a" 1)) AlreadySubscribed "an existing topic is still AlreadySubscribed"
+              Expect.equal (snd (subWithin limits t "c" 2)) (Subscribed true) "other subscribers have their own count"
+              let t, _ = unsub t "a" 1
+              Expect.equal (snd (subWithin limits t "c" 1)) (Subscribed true) "room again after leaving one"
+          }
+
+          test "a limit of zero topics refuses every subscribe" {
+              let limits = { MaxTopicLength = 256; MaxTopicsPerSubscriber = 0 }
+              Expect.equal (snd (subWithin limits Topics.empty<int> "a" 1)) TopicLimitReached "refused"
+          }
+
+          test "subscribe is subscribeWithin unlimited" {
+              Expect.equal unlimited { MaxTopicLength = Int32.MaxValue; MaxTopicsPerSubscriber = Int32.MaxValue } "no bounds"
+              let long = String('x', 100_000)
+              Expect.equal (snd (sub Topics.empty<int> long 1)) (Subscribed true) "any length"
+          }
+
+          property "nameFits agrees with counting the UTF-8 bytes"
+          <| Prop.forAll
+              (Arb.fromGen (
+                  Gen.zip
+                      (Gen.choose (-1, 40))
+                      (Gen.map
+                          (fun (cs: char list) -> String(Array.ofList cs))
+                          (Gen.listOf (Gen.elements [ 'a'; 'z'; '\u00e9'; '\u20ac'; '\ud83d'; '\ude00'; '\ud800'; '\u0000' ])))
+              ))
+              (fun (limit, name) ->
+                  Expect.equal
+                      (nameFits limit name)
+                      (limit >= 0 && Text.Encoding.UTF8.GetByteCount name <= limit)
+                      (sprintf "%d %A" limit name)) ]
+
 // ---- model-based checking -------------------------------------------------------------------
 
 type private Command =
@@ -243,7 +311,7 @@ type private Command =
 /// The naive model: (topic, subscriber) pairs in subscription order.
 type private Model = (string * int) list
 
-let private topicUniverse = [ "a"; "b"; "c"; ""; "A"; "t\u00e9" ]
+let private topicUniverse = [ "a"; "b"; "c"; ""; "A"; "t\u00e9"; "long-name" ]
 let private subscriberUniverse = [ 0..7 ]
 
 let private modelSubscribers (m: Model) topic =
@@ -317,14 +385,19 @@ let private arbScenario =
         }
     )
 
-let private step (t: TopicTable<int>, m: Model) command =
+/// One command on the table and the model; subscribes stay within `limits`.
+let private stepWithin (limits: TopicLimits) (t: TopicTable<int>, m: Model) command =
     match command with
     | Subscribe(topic, s) ->
-        let t', change = sub t topic s
+        let t', change = subWithin limits t topic s
 
         let expected, m' =
-            if List.contains (topic, s) m then
+            if Text.Encoding.UTF8.GetByteCount topic > limits.MaxTopicLength then
+                Rejected "topic-too-long", m
+            elif List.contains (topic, s) m then
                 AlreadySubscribed, m
+            elif (modelTopics m s).Length >= limits.MaxTopicsPerSubscriber then
+                TopicLimitReached, m
             else
                 Subscribed (modelSubscribers m topic).IsEmpty, m @ [ topic, s ]
 
@@ -361,6 +434,33 @@ let private step (t: TopicTable<int>, m: Model) command =
         Expect.equal (iterate r |> Array.ofList) expected (sprintf "%A iteration" command)
         t, m
 
+let private step state command = stepWithin unlimited state command
+
+let private genLimits =
+    Gen.map2
+        (fun length count -> { MaxTopicLength = length; MaxTopicsPerSubscriber = count })
+        (Gen.choose (0, 10))
+        (Gen.choose (0, 4))
+
+/// Runs commands within limits against the model; no subscriber passes the count limit and no
+/// topic in the table passes the length limit, after any command.
+let private checkWithin (limits: TopicLimits) (commands: Command list) =
+    commands
+    |> List.fold
+        (fun state command ->
+            let t, m = stepWithin limits state command
+            Expect.equal (snapshot t) (modelSnapshot m) (sprintf "queries after %A within %A" command limits)
+
+            for s in subscriberUniverse do
+                Expect.isLessThanOrEqual (topicsOf t s).Length limits.MaxTopicsPerSubscriber "within the count limit"
+
+            for topic in topics t do
+                Expect.isTrue (nameFits limits.MaxTopicLength topic) "every topic within the length limit"
+
+            t, m)
+        (Topics.empty<int>, [])
+    |> ignore
+
 [<Tests>]
 let properties =
     testList
@@ -375,6 +475,10 @@ let properties =
                       t, m)
                   (Topics.empty<int>, [])
               |> ignore)
+
+          property "within limits, the table agrees with a model that refuses over-long names and topics past the limit"
+          <| Prop.forAll (Arb.fromGen (Gen.zip genLimits (Gen.listOf genCommand))) (fun (limits, commands) ->
+              checkWithin limits commands)
 
           property "subscribe is idempotent"
           <| Prop.forAll arbScenario (fun (commands, topic, s) ->

@@ -51,6 +51,8 @@ internal sealed unsafe class MessageInflater : IDisposable
     /// </summary>
     public InflateStatus Inflate(ReadOnlySpan<byte> chunk, bool final, int maxLength)
     {
+        // The output (with its byte past the limit) is one array.
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(maxLength, Array.MaxLength - 1);
         ObjectDisposedException.ThrowIf(_stream is null, this);
         var status = Feed(chunk, maxLength);
         if (status == InflateStatus.Ok && final) status = Feed(Tail, maxLength);
@@ -69,16 +71,18 @@ internal sealed unsafe class MessageInflater : IDisposable
                 while (true)
                 {
                     // Room for one byte past the limit, so crossing it is seen without inflating more.
-                    _output ??= ArrayPool<byte>.Shared.Rent(Math.Min(Math.Max(input.Length * 4, 1024), maxLength + 1));
+                    // In 64 bits: with maxLength near int.MaxValue, maxLength + 1 and the doubling must not wrap.
+                    long capacity = (long)maxLength + 1;
+                    _output ??= ArrayPool<byte>.Shared.Rent((int)Math.Min(Math.Max(input.Length * 4L, 1024), capacity));
                     if (_length == _output.Length)
                     {
                         if (_length > maxLength) return InflateStatus.TooBig;
-                        byte[] grown = ArrayPool<byte>.Shared.Rent(Math.Min(_output.Length * 2, maxLength + 1));
+                        byte[] grown = ArrayPool<byte>.Shared.Rent((int)Math.Min(_output.Length * 2L, capacity));
                         _output.AsSpan(0, _length).CopyTo(grown);
                         ArrayPool<byte>.Shared.Return(_output);
                         _output = grown;
                     }
-                    int space = Math.Min(_output.Length, maxLength + 1) - _length;
+                    int space = (int)Math.Min(_output.Length, capacity) - _length;
                     int result;
                     fixed (byte* outputPointer = _output)
                     {

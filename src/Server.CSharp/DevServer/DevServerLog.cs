@@ -25,4 +25,10 @@ internal static partial class DevServerLog
 
     [LoggerMessage(EventId = 106, Level = LogLevel.Warning, Message = "File watcher error: {Detail}")]
     public static partial void WatcherError(this ILogger logger, string detail);
+
+    [LoggerMessage(EventId = 107, Level = LogLevel.Warning, Message = "Refused a request for {Path} with Host {Host} (403): the dev server answers to localhost names, the addresses it listens on and its allowedHosts")]
+    public static partial void HostRefused(this ILogger logger, string host, string path);
+
+    [LoggerMessage(EventId = 108, Level = LogLevel.Warning, Message = "Refused a dev-server socket from Origin {Origin} to Host {Host} (403): only the dev server's own pages may connect")]
+    public static partial void OriginRefused(this ILogger logger, string origin, string host);
 }

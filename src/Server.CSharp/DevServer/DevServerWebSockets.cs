@@ -36,8 +36,9 @@ public sealed class DevServerWebSockets
 
     /// <summary>
     /// Raised for each message a browser sends that is a JSON object with a string <c>type</c>, with
-    /// the sending socket and the parsed message. Other messages (not JSON, no <c>type</c>, binary)
-    /// are logged as warnings and dropped. Handlers run on the sending socket's receive loop, one
+    /// the sending socket and the parsed message. Other messages (not JSON, no <c>type</c>, binary,
+    /// or one of the built-in types <c>import</c>, <c>console-log</c> and <c>message-response</c>,
+    /// which only the server sends) are logged as warnings and dropped. Handlers run on the sending socket's receive loop, one
     /// message at a time; an exception in one is logged and the others still run.
     /// </summary>
     public event Action<DevServerMessageEvent>? Message;
@@ -49,9 +50,12 @@ public sealed class DevServerWebSockets
     public event Action<RealtimeSocket>? Closed;
 
     /// <summary>
-    /// Sends a message to every open browser socket. <paramref name="json"/> must be a JSON object
-    /// with a string <c>type</c> (custom types reach the page's message listeners; <c>import</c>,
-    /// <c>console-log</c> and <c>message-response</c> must have their built-in shape).
+    /// Sends a custom message to every open browser socket: <paramref name="json"/> must be a JSON
+    /// object with a string <c>type</c> other than the built-in ones (<c>import</c>,
+    /// <c>console-log</c>, <c>message-response</c>, sent by <see cref="SendImport"/>,
+    /// <see cref="SendConsoleLog"/> and <see cref="DevServerMessageEvent.Respond"/> only, so that
+    /// relaying what a page sent can never make the other pages import or log something).
+    /// It reaches the pages' message listeners.
     /// </summary>
     /// <returns>How many sockets the message was queued to.</returns>
     /// <exception cref="ArgumentException">The text is not such a message.</exception>
@@ -62,14 +66,20 @@ public sealed class DevServerWebSockets
     public int SendConsoleLog(string text) => Broadcast(Encode(DevServerMessages.ServerMessage.NewConsoleLog(text)));
 
     /// <summary>
-    /// Makes every open page import the module at <paramref name="importPath"/> (a real file, a
-    /// virtual module served by a plugin, or a <c>data:</c> URL) and call its default export with
-    /// <paramref name="args"/> (each one serialized to JSON with <see cref="JsonOptions"/>).
+    /// Makes every open page import the module at <paramref name="importPath"/> and call its default
+    /// export with <paramref name="args"/> (each one serialized to JSON with <see cref="JsonOptions"/>).
+    /// The path is a path on the dev server's own origin, starting with a single <c>/</c> (a real
+    /// file or a plugin's virtual module), or a <c>data:</c> URL; nothing from another origin.
     /// </summary>
     /// <returns>How many sockets the message was queued to.</returns>
+    /// <exception cref="ArgumentException">
+    /// <paramref name="importPath"/> is neither (<c>//host/x.js</c>, <c>https:</c>, <c>javascript:</c>,
+    /// relative paths, backslashes or control characters), or an argument cannot be serialized.
+    /// </exception>
     public int SendImport(string importPath, params object?[]? args) => Broadcast(Encode(ImportMessage(importPath, args)));
 
-    /// <summary>Sends a message (as in <see cref="Send"/>) to one socket only.</summary>
+    /// <summary>Sends a custom message (as in <see cref="Send"/>) to one socket only.</summary>
+    /// <exception cref="ArgumentException">As in <see cref="Send"/>.</exception>
     public SendResult SendTo(RealtimeSocket socket, string json)
     {
         ArgumentNullException.ThrowIfNull(socket);
@@ -84,6 +94,7 @@ public sealed class DevServerWebSockets
     }
 
     /// <summary>Makes one page import a module and call its default export (as in <see cref="SendImport"/>).</summary>
+    /// <exception cref="ArgumentException">As in <see cref="SendImport"/>.</exception>
     public SendResult SendImportTo(RealtimeSocket socket, string importPath, params object?[]? args)
     {
         ArgumentNullException.ThrowIfNull(socket);
@@ -100,19 +111,21 @@ public sealed class DevServerWebSockets
         return result.ResultValue;
     }
 
-    /// <summary>Decodes a server message with the core and encodes it again: checked and canonical.</summary>
+    /// <summary>A custom message checked and made canonical by the core; the built-in types are refused.</summary>
     internal static string Checked(string json)
     {
         ArgumentNullException.ThrowIfNull(json);
-        var decoded = DevServerMessages.decode(json);
-        if (decoded.IsError)
-            throw new ArgumentException($"Not a dev-server message ({decoded.ErrorValue.Code}): {decoded.ErrorValue.Message}", nameof(json));
-        return Encode(decoded.ResultValue);
+        var encoded = DevServerMessages.encode(DevServerMessages.ServerMessage.NewCustom(json));
+        if (encoded.IsError)
+            throw new ArgumentException($"Not a custom dev-server message ({encoded.ErrorValue.Code}): {encoded.ErrorValue.Message}", nameof(json));
+        return encoded.ResultValue;
     }
 
     private static DevServerMessages.ServerMessage ImportMessage(string importPath, object?[]? args)
     {
         ArgumentNullException.ThrowIfNull(importPath);
+        if (!DevServerMessages.isAllowedImportPath(importPath))
+            throw new ArgumentException(DevServerMessages.MessageError.NewUnsafeImportPath(importPath).Message, nameof(importPath));
         var json = args is null ? [] : Array.ConvertAll(args, ToJson);
         return DevServerMessages.ServerMessage.NewImport(importPath, json);
     }
@@ -234,9 +247,10 @@ public sealed class DevServerMessageEvent
     }
 
     /// <summary>
-    /// Sends a message to the sending socket only (checked as in <see cref="DevServerWebSockets.Send"/>):
-    /// a JSON object with a string <c>type</c>.
+    /// Sends a custom message to the sending socket only (checked as in <see cref="DevServerWebSockets.Send"/>):
+    /// a JSON object with a string <c>type</c> other than the built-in ones.
     /// </summary>
+    /// <exception cref="ArgumentException">As in <see cref="DevServerWebSockets.Send"/>.</exception>
     public SendResult Reply(string json) => WebSocket.Send(DevServerWebSockets.Checked(json));
 
     /// <inheritdoc />

@@ -30,12 +30,17 @@ public sealed class RealtimeDevServer
     private readonly ILoggerFactory _loggers;
     private readonly ILogger _logger;
     private readonly Dictionary<RealtimePlugin, ILogger> _pluginLoggers = [];
+    private readonly DevServerAccess _access;
+    private readonly DevServerPaths _paths;
 
-    internal RealtimeDevServer(string rootPath, IReadOnlyList<RealtimePlugin> plugins, DevServerWebSockets webSockets, ILoggerFactory loggers)
+    internal RealtimeDevServer(string rootPath, IReadOnlyList<RealtimePlugin> plugins, DevServerWebSockets webSockets, ILoggerFactory loggers, DevServerAccess access, IReadOnlyList<string> allowedHosts)
     {
         RootPath = rootPath;
         Plugins = plugins;
         WebSockets = webSockets;
+        AllowedHosts = allowedHosts;
+        _access = access;
+        _paths = new DevServerPaths(rootPath);
         _loggers = loggers;
         _logger = loggers.CreateLogger("Realtime.DevServer");
         _files = new PhysicalFileProvider(rootPath);
@@ -47,6 +52,12 @@ public sealed class RealtimeDevServer
 
     /// <summary>The plugins, in the order their hooks run (the built-in watch plugin last when enabled).</summary>
     public IReadOnlyList<RealtimePlugin> Plugins { get; }
+
+    /// <summary>
+    /// The hosts allowed besides localhost names and the addresses the server listens on (the
+    /// <c>allowedHosts</c> of <c>UseRealtimeDevServer</c>; <c>"*"</c> allows any).
+    /// </summary>
+    public IReadOnlyList<string> AllowedHosts { get; }
 
     /// <summary>The web-sockets manager the plugins receive.</summary>
     public DevServerWebSockets WebSockets { get; }
@@ -105,10 +116,19 @@ public sealed class RealtimeDevServer
         }
     }
 
-    /// <summary>The middleware: the client, the plugins' Serve hooks, then the static files; anything else goes on.</summary>
+    /// <summary>
+    /// The middleware: a request with a Host the dev server does not answer to gets 403; then the
+    /// client, the plugins' Serve hooks, then the static files; anything else goes on.
+    /// </summary>
     internal async Task InvokeAsync(HttpContext http, RequestDelegate next)
     {
         var request = http.Request;
+        if (!_access.IsHostAllowed(request))
+        {
+            _logger.HostRefused(request.Host.Value ?? "", request.Path.Value ?? "");
+            await RefuseAsync(http, "Host not allowed: this dev server answers to localhost and the addresses it listens on (see allowedHosts).");
+            return;
+        }
         if (http.GetEndpoint() is not null || !(HttpMethods.IsGet(request.Method) || HttpMethods.IsHead(request.Method)))
         {
             await next(http);
@@ -143,6 +163,12 @@ public sealed class RealtimeDevServer
             return;
         }
 
+        if (DevServerPaths.HasDotSegment(path))
+        {
+            http.Response.StatusCode = StatusCodes.Status404NotFound;
+            return;
+        }
+
         var file = _files.GetFileInfo(path);
         if (file.Exists && file.IsDirectory)
         {
@@ -162,6 +188,11 @@ public sealed class RealtimeDevServer
         if (!file.Exists || file.IsDirectory || file.PhysicalPath is null)
         {
             await next(http);
+            return;
+        }
+        if (!_paths.IsInside(file.PhysicalPath))
+        {
+            http.Response.StatusCode = StatusCodes.Status404NotFound;
             return;
         }
 
@@ -208,6 +239,12 @@ public sealed class RealtimeDevServer
         await WriteAsync(http, contentType, Encoding.UTF8.GetBytes(body));
     }
 
+    private static async Task RefuseAsync(HttpContext http, string reason)
+    {
+        http.Response.StatusCode = StatusCodes.Status403Forbidden;
+        await WriteAsync(http, "text/plain; charset=utf-8", Encoding.UTF8.GetBytes(reason));
+    }
+
     private static async Task WriteAsync(HttpContext http, string contentType, byte[] body)
     {
         NoCache(http.Response);
@@ -251,8 +288,26 @@ public sealed class RealtimeDevServer
         }
     }
 
+    // Checked here as well as in the middleware, so that however a socket is accepted it passes both.
+    private Attachment<object?> Admit(HttpContext http)
+    {
+        var request = http.Request;
+        if (!_access.IsHostAllowed(request))
+        {
+            _logger.HostRefused(request.Host.Value ?? "", request.Path.Value ?? "");
+            return Attachment<object?>.Reject(StatusCodes.Status403Forbidden, "Host not allowed");
+        }
+        if (!DevServerAccess.IsOriginAllowed(request))
+        {
+            _logger.OriginRefused(request.Headers.Origin.ToString(), request.Host.Value ?? "");
+            return Attachment<object?>.Reject(StatusCodes.Status403Forbidden, "Origin not allowed: only the dev server's own pages may connect");
+        }
+        return Attachment<object?>.Accept(null);
+    }
+
     internal RealtimeHandlers<object?> Handlers() => new()
     {
+        Attach = Admit,
         Open = WebSockets.Add,
         Message = WebSockets.Receive,
         Close = (ws, _, _) => WebSockets.Remove(ws),

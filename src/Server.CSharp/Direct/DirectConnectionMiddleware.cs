@@ -13,13 +13,13 @@ namespace Realtime.Direct;
 /// <summary>
 /// A Kestrel connection middleware that reads the first request of each new connection itself, below
 /// Kestrel's HTTP layer. A WebSocket upgrade (GET, HTTP/1.1, <c>Upgrade: websocket</c>,
-/// <c>Connection: Upgrade</c>, no body) whose path is a Realtime endpoint's route is run through the
+/// <c>Connection: Upgrade</c>, no body) is run through the
 /// application's whole request pipeline (the same <see cref="DirectApplication"/> Kestrel runs: every
 /// middleware, routing, authorization, the endpoint); when that ends in a 101 from a Realtime endpoint,
 /// the connection runs on its transport pipes with no HTTP/1.1 state under it, which saves memory per
 /// connection and a copy per read. Everything else (other requests, heads past Kestrel's limits or
-/// malformed, paths Kestrel would rewrite, TLS bytes before <c>UseHttps</c>, a server whose application
-/// could not be captured) is passed on untouched to the next middleware, normally Kestrel's HTTP server.
+/// malformed, paths Kestrel would rewrite, paths of endpoints that opted out, TLS bytes before
+/// <c>UseHttps</c>, a server whose application could not be captured) is passed on untouched to the next middleware, normally Kestrel's HTTP server.
 /// </summary>
 internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServiceProvider services)
 {
@@ -163,7 +163,7 @@ internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServi
             if (RequestHead.parseWithin(bytes, _limits) is not RequestHead.RequestHeadResult.Complete complete) return null;
             var request = complete.request;
             if (!DirectRequest.IsCandidate(request, out string path, out string query)) return null;
-            if (!_routes!.Matches(new PathString(path))) return null;
+            if (_routes!.OptedOut(new PathString(path))) return null;
             var headers = new HeaderDictionary(request.Headers.Length);
             foreach (var header in request.Headers) headers.Append(header.Name, header.Value);
             return new DirectConnectionFeatures(connection, request.Method, request.HttpVersion, path, query, request.Path, headers, _addServerHeader);

@@ -6,11 +6,11 @@ using Microsoft.Extensions.Primitives;
 namespace Realtime.Direct;
 
 /// <summary>
-/// The route templates of the Realtime endpoints a directly accepted connection may be for, read from
-/// the application's routes (so route groups and their prefixes count) and rebuilt when the routes
-/// change. It only pre-selects which upgrade requests are worth taking: the application's own routing
-/// (precedence, constraints, every endpoint) still decides where a taken request goes. Endpoints with
-/// <see cref="RealtimeOptions.DirectConnections"/> false are left out.
+/// The route templates of the Realtime endpoints that opted out of direct connections
+/// (<see cref="RealtimeOptions.DirectConnections"/> false), read from the application's routes (so
+/// route groups and their prefixes count) and rebuilt when the routes change. Upgrade requests whose
+/// path fits one of them are left to Kestrel; the application's own routing (precedence,
+/// constraints, every endpoint) decides where every other request goes.
 /// </summary>
 internal sealed class DirectRoutes(EndpointDataSource dataSource)
 {
@@ -18,8 +18,8 @@ internal sealed class DirectRoutes(EndpointDataSource dataSource)
     private IChangeToken? _changed;
     private readonly Lock _sync = new();
 
-    /// <summary>True when <paramref name="path"/> fits the template of a Realtime endpoint that takes direct connections.</summary>
-    public bool Matches(PathString path)
+    /// <summary>True when <paramref name="path"/> fits the template of a Realtime endpoint that opted out.</summary>
+    public bool OptedOut(PathString path)
     {
         foreach (var route in Current())
         {
@@ -41,7 +41,7 @@ internal sealed class DirectRoutes(EndpointDataSource dataSource)
             {
                 if (endpoint is not RouteEndpoint route) continue;
                 var realtime = route.Metadata.GetMetadata<RealtimeEndpoint>();
-                if (realtime is null || !realtime.Options.DirectConnections) continue;
+                if (realtime is null || realtime.Options.DirectConnections) continue;
                 built.Add(new TemplateMatcher(new RouteTemplate(route.RoutePattern), new RouteValueDictionary(route.RoutePattern.Defaults)));
             }
             Volatile.Write(ref _routes, built.ToArray());

@@ -104,7 +104,12 @@ async function runImport(message) {
   const data = message.data || {};
   const path = data.importPath;
   try {
-    const module = await import(new URL(path, document.baseURI).href);
+    // The server sends same-origin paths and data: URLs only; a module from anywhere else is refused here too.
+    const target = new URL(path, import.meta.url);
+    if (target.protocol !== 'data:' && target.origin !== new URL(import.meta.url).origin) {
+      throw new Error('refused: not on the dev server\'s origin');
+    }
+    const module = await import(target.href);
     // A module without a default export is imported for its side effects only (the data: URL case).
     if (module.default === undefined) return;
     if (typeof module.default !== 'function') throw new TypeError('the default export is not a function');
