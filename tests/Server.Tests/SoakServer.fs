@@ -35,7 +35,8 @@ let handshakeTimeout = TimeSpan.FromSeconds 3.0
 /// Most connections open at once.
 let maxConnections = 4000
 
-/// The longest room name (topic) Attach accepts; longer gets 400.
+/// The longest room name (topic), in UTF-8 bytes, Attach accepts; longer gets 400. It is also the
+/// server's MaxTopicLength, past which Subscribe would throw: the app checks before it subscribes.
 let maxRoomLength = 64
 
 /// The bytes the server may hold for its clients in the soak (outgoing buffers, unfinished
@@ -65,7 +66,7 @@ let private handlers (counters: Counters) =
         Attach =
             (fun http ->
                 let room = http.Request.Query["room"].ToString()
-                if room.Length = 0 || room.Length > maxRoomLength then
+                if room.Length = 0 || Text.Encoding.UTF8.GetByteCount room > maxRoomLength then
                     lock counters (fun () -> counters.Rejected <- counters.Rejected + 1)
                     Attachment<Chatter>.Reject(400, $"room must be 1 to {maxRoomLength} characters")
                 else
@@ -95,7 +96,10 @@ let run (port: int) : int =
         options.IdleTimeout <- idleTimeout
         options.CloseTimeout <- closeTimeout
         options.HandshakeTimeout <- Nullable handshakeTimeout
-        options.MaxConnections <- Nullable maxConnections)
+        options.MaxConnections <- Nullable maxConnections
+        options.MaxTopicLength <- maxRoomLength
+        // Every connection joins one room.
+        options.MaxTopicsPerConnection <- 1)
     |> ignore
     let app = builder.Build()
     let counters = Counters()

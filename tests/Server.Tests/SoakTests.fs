@@ -424,10 +424,13 @@ let private pingFloodAttack (pings: int64 ref) (port: int) (index: int) : Task<s
             return outcome.Value
     }
 
-/// A room name of 65 to 4,064 characters.
+/// A room name of 65 to 4,064 ASCII characters, or (every third) of fewer characters than the
+/// limit whose UTF-8 bytes pass it (MaxTopicLength counts bytes).
 let private oversizedRoomAttack (port: int) (index: int) : Task<string> =
     task {
-        let room = String('r', SoakServer.maxRoomLength + 1 + (index * 7919) % 4000)
+        let room =
+            if index % 3 = 2 then Uri.EscapeDataString(String('é', SoakServer.maxRoomLength / 2 + 1 + index % 8))
+            else String('r', SoakServer.maxRoomLength + 1 + (index * 7919) % 4000)
         let! tcp, _, head = send port false (Encoding.ASCII.GetBytes(RawClient.upgradeRequest (target index room) ""))
         tcp.Dispose()
         do! Task.Delay 10
