@@ -3,4 +3,8 @@ module Realtime.Server.Tests.Main
 open Expecto
 
 [<EntryPoint>]
-let main argv = runTestsInAssemblyWithCLIArgs [] argv
+let main argv =
+    match argv with
+    // The hostile soak runs its server in a process of its own (SoakTests): this program doubles as it.
+    | [| "--soak-server"; port |] -> SoakServer.run (int port)
+    | _ -> runTestsInAssemblyWithCLIArgs [] argv
