@@ -39,11 +39,11 @@ let maxConnections = 4000
 /// server's MaxTopicLength, past which Subscribe would throw: the app checks before it subscribes.
 let maxRoomLength = 64
 
-/// The bytes the server may hold for its clients in the soak (outgoing buffers, unfinished
-/// messages, receive buffers). RealtimeOptions has no server-wide budget option yet, so the server
-/// is not given it: SoakTests checks that the per-connection limits above cannot make the soak's
-/// attackers pass it, and measures RSS against it. Once such an option exists, set it to this value.
-let budgetBytes = 32L <<< 20
+/// The server-wide budget (RealtimeOptions.MaxServerBufferedBytes) for the bytes the server holds
+/// for its clients: outgoing buffers (a published frame once), unfinished and inflating messages,
+/// zlib state. Below what the per-connection limits would let these attackers make it hold, so the
+/// budget, not luck, is what bounds the soak.
+let budgetBytes = 16L <<< 20
 
 /// The endpoint that takes direct connections (the listener reads the head itself and the socket
 /// runs on the connection's pipes after the 101).
@@ -97,12 +97,22 @@ let run (port: int) : int =
         options.CloseTimeout <- closeTimeout
         options.HandshakeTimeout <- Nullable handshakeTimeout
         options.MaxConnections <- Nullable maxConnections
+        options.MaxServerBufferedBytes <- budgetBytes
         options.MaxTopicLength <- maxRoomLength
         // Every connection joins one room.
         options.MaxTopicsPerConnection <- 1)
     |> ignore
     let app = builder.Build()
     let counters = Counters()
+    // The most the server's budget figure held, sampled every 5 ms.
+    let realtimeServer = app.Services.GetRequiredService<IRealtimeServer>()
+    let peakBuffered = ref 0L
+    use _sampler =
+        new Timer(
+            (fun _ ->
+                let now = realtimeServer.BufferedBytes
+                if now > Volatile.Read &peakBuffered.contents then Volatile.Write(&peakBuffered.contents, now)),
+            null, 5, 5)
     app.MapRealtime(directPath, handlers counters) |> ignore
     app.MapRealtime(routePath, handlers counters, fun options -> options.DirectConnections <- false) |> ignore
     app.MapGet(
@@ -118,6 +128,8 @@ let run (port: int) : int =
             let opened, rejected = lock counters (fun () -> counters.Opened, counters.Rejected)
             http.Response.WriteAsJsonAsync(
                 {| connectionCount = realtime.ConnectionCount
+                   bufferedBytes = realtime.BufferedBytes
+                   peakBufferedBytes = Volatile.Read &peakBuffered.contents
                    subscribers = realtime.SubscriberCount(http.Request.Query["room"].ToString())
                    opened = opened
                    rejected = rejected
