@@ -299,18 +299,6 @@ let private tryWrite (connection: RawConnection) (bytes: byte[]) : Task<unit> =
         with :? IOException -> ()
     }
 
-/// A client's masked frame as bytes (no checks, so malformed frames can be built).
-let private frameBytes (opcode: Opcode) (fin: bool) (rsv1: bool) (payload: byte[]) : byte[] =
-    let header: FrameHeader =
-        { Fin = fin
-          Rsv1 = rsv1
-          Rsv2 = false
-          Rsv3 = false
-          Opcode = opcode
-          Masked = true
-          MaskKey = 0x5A17C3E9u
-          PayloadLength = int64 payload.Length }
-    (Frame.encode header (ReadOnlyMemory payload)).ToArray()
 
 // ---------------------------------------------------------------------------------------------
 // The servers.
@@ -600,25 +588,25 @@ let compressedViolationTests =
             use! session = openSession port "/echo" "permessage-deflate"
             let compressed = ClientDeflater(false, 15).Compress(textMessage 1 1000)
             let half = compressed.Length / 2
-            do! tryWrite session.Connection (frameBytes Opcode.Text false true compressed[.. half - 1])
-            do! tryWrite session.Connection (frameBytes Opcode.Continuation true true compressed[half ..])
+            do! tryWrite session.Connection (RawClient.clientFrame Opcode.Text false true compressed[.. half - 1])
+            do! tryWrite session.Connection (RawClient.clientFrame Opcode.Continuation true true compressed[half ..])
             do! expectClose session.Connection CloseCode.ProtocolError "RSV1 on the continuation"
         })
 
         testCaseTask "RSV1 on a control frame is closed with 1002" (fun () -> task {
             let! port = echoPort ()
             use! session = openSession port "/echo" "permessage-deflate"
-            do! tryWrite session.Connection (frameBytes Opcode.Ping true true [| 1uy |])
+            do! tryWrite session.Connection (RawClient.clientFrame Opcode.Ping true true [| 1uy |])
             do! expectClose session.Connection CloseCode.ProtocolError "RSV1 on a ping"
         })
 
         testCaseTask "RSV1 without negotiated compression is closed with 1002 (RFC 6455 §5.2)" (fun () -> task {
             let! port = echoPort ()
             use! connection = connectOffering port "/echo" None
-            do! tryWrite connection (frameBytes Opcode.Text true true (ClientDeflater(false, 15).Compress(Encoding.UTF8.GetBytes "hello")))
+            do! tryWrite connection (RawClient.clientFrame Opcode.Text true true (ClientDeflater(false, 15).Compress(Encoding.UTF8.GetBytes "hello")))
             do! expectClose connection CloseCode.ProtocolError "RSV1 not negotiated"
             use! declined = connectOffering port "/off" (Some "permessage-deflate")
-            do! tryWrite declined (frameBytes Opcode.Binary true true [| 0x00uy |])
+            do! tryWrite declined (RawClient.clientFrame Opcode.Binary true true [| 0x00uy |])
             do! expectClose declined CloseCode.ProtocolError "RSV1 when the offer was declined"
         })
 
@@ -626,7 +614,7 @@ let compressedViolationTests =
             let! port = echoPort ()
             // 0x06: a block of the reserved type 3.
             use! session = openSession port "/echo" "permessage-deflate"
-            do! tryWrite session.Connection (frameBytes Opcode.Binary true true [| 0x06uy; 0x12uy; 0x34uy |])
+            do! tryWrite session.Connection (RawClient.clientFrame Opcode.Binary true true [| 0x06uy; 0x12uy; 0x34uy |])
             do! expectClose session.Connection CloseCode.InvalidPayload "reserved block type"
             // A valid start followed by a distance that reaches before the start of the data.
             use! second = openSession port "/takeover" "permessage-deflate"
@@ -634,7 +622,7 @@ let compressedViolationTests =
             let corrupt = Array.copy valid
             for i in 2 .. 3 .. corrupt.Length - 1 do
                 corrupt[i] <- corrupt[i] ^^^ 0x5Auy
-            do! tryWrite second.Connection (frameBytes Opcode.Binary true true corrupt)
+            do! tryWrite second.Connection (RawClient.clientFrame Opcode.Binary true true corrupt)
             do! expectClose second.Connection CloseCode.InvalidPayload "garbled deflate data"
         })
 
@@ -642,7 +630,7 @@ let compressedViolationTests =
             let! port = echoPort ()
             use! session = openSession port "/echo" "permessage-deflate"
             let invalid = Array.append (textMessage 3 2000) [| 0xC3uy; 0x28uy |]
-            do! tryWrite session.Connection (frameBytes Opcode.Text true true (ClientDeflater(false, 15).Compress invalid))
+            do! tryWrite session.Connection (RawClient.clientFrame Opcode.Text true true (ClientDeflater(false, 15).Compress invalid))
             do! expectClose session.Connection CloseCode.InvalidPayload "invalid UTF-8 after inflating"
             // The same bytes as binary are fine.
             use! binary = openSession port "/echo" "permessage-deflate"
@@ -681,7 +669,7 @@ let zipBombTests =
             let compressed = bomb.Value
             Expect.isLessThan compressed.Length (1024 * 1024) "the compressed message itself is under the limit, so only inflating can find it too big"
             use! session = openSession port "/small" "permessage-deflate"
-            let frame = frameBytes Opcode.Binary true true compressed
+            let frame = RawClient.clientFrame Opcode.Binary true true compressed
             GC.Collect()
             GC.WaitForPendingFinalizers()
             let before = GC.GetTotalMemory true
@@ -710,7 +698,7 @@ let zipBombTests =
             use! session = openSession port "/small" "permessage-deflate"
             let pieces = bomb.Value |> Array.chunkBySize 65536
             let frames =
-                pieces |> Array.mapi (fun i piece -> frameBytes (if i = 0 then Opcode.Binary else Opcode.Continuation) (i = pieces.Length - 1) (i = 0) piece)
+                pieces |> Array.mapi (fun i piece -> RawClient.clientFrame (if i = 0 then Opcode.Binary else Opcode.Continuation) (i = pieces.Length - 1) (i = 0) piece)
             do! tryWrite session.Connection (Array.concat frames)
             do! expectClose session.Connection CloseCode.MessageTooBig "inflated past 1 MiB over several frames"
         })
@@ -721,7 +709,7 @@ let zipBombTests =
             let atLimit = binaryMessage 9 (1024 * 1024)
             let! count = expectEchoes session [ Opcode.Binary, atLimit, None ]
             Expect.equal count 1 "1 MiB echoed"
-            do! tryWrite session.Connection (frameBytes Opcode.Binary true true (ClientDeflater(false, 15).Compress(binaryMessage 9 (1024 * 1024 + 1))))
+            do! tryWrite session.Connection (RawClient.clientFrame Opcode.Binary true true (ClientDeflater(false, 15).Compress(binaryMessage 9 (1024 * 1024 + 1))))
             do! expectClose session.Connection CloseCode.MessageTooBig "1 MiB + 1"
         })
     ]

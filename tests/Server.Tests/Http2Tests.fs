@@ -404,18 +404,6 @@ let http2Tests =
 // Backpressure and metrics: counted the same over HTTP/2 as over HTTP/1.1
 // ---------------------------------------------------------------------------------------------
 
-let private meteredRoutes (app: WebApplication) =
-    app.MapRealtime(
-        "/metrics",
-        RealtimeHandlers<obj>(
-            Open = (fun ws -> ws.Subscribe "room" |> ignore),
-            Message = (fun ws message -> ws.Publish("room", message.Text) |> ignore; ws.Send "ack" |> ignore),
-            // The connection has ended: this send is dropped.
-            Close = (fun ws _ _ -> ws.Send "bye" |> ignore)),
-        // Every frame (5+ bytes) reports Backpressure, then Drain once it is written.
-        fun o -> o.BackpressureLimit <- 4L)
-    |> ignore
-
 let private instruments =
     [ "realtime.connections.opened"; "realtime.connections.closed"; "realtime.connections.closed[realtime.close_code=1000]"
       "realtime.connections.closed[realtime.close_code=4000]"; "realtime.connections.active"; "realtime.messages.received"
@@ -426,7 +414,7 @@ let private instruments =
 /// The same conversation as the Metrics test, with clients over `version`: returns the meter's totals.
 let private meteredConversation (version: Version) : Task<(string * int64) list> =
     task {
-        let! server = startHttps ignore meteredRoutes
+        let! server = startHttps ignore MetricsTests.meteredRoutes
         use _ = server
         use recorder = new MetricsTests.Recorder((server.Realtime :?> RealtimeServer).Metrics.Meter)
         let waitFor name expected =

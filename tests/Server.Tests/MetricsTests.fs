@@ -36,7 +36,9 @@ type Recorder(meter: Meter) =
     interface IDisposable with
         member _.Dispose() = listener.Dispose()
 
-let private routes (app: WebApplication) =
+/// `/metrics`: each message is published to "room" and acknowledged; Close sends one more (dropped);
+/// every frame reports Backpressure, then Drain. The HTTP/2 tests map it too, to compare totals.
+let meteredRoutes (app: WebApplication) =
     app.MapRealtime(
         "/metrics",
         RealtimeHandlers<obj>(
@@ -58,7 +60,7 @@ let private waitFor (recorder: Recorder) (name: string) (expected: int64) =
 let tests =
     testList "Metrics" [
         testCaseTask "the Realtime meter of the host counts connections, messages, bytes, publishes, backpressure, drops and rejections" (fun () -> task {
-            let! server = start ignore routes
+            let! server = start ignore meteredRoutes
             use _ = server
             let factory = server.App.Services.GetRequiredService<IMeterFactory>()
             let meter = (server.Realtime :?> RealtimeServer).Metrics.Meter

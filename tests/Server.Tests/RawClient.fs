@@ -212,6 +212,20 @@ let handshakeRawWith (configure: TcpClient -> unit) (port: int) (requestText: st
 let handshakeRaw (port: int) (requestText: string) : Task<TcpClient * NetworkStream * string> =
     handshakeRawWith ignore port requestText
 
+/// A client's masked frame as bytes, with no checks, so that malformed frames can be built too
+/// (RSV1 on any opcode, control frames unfinished).
+let clientFrame (opcode: Opcode) (fin: bool) (rsv1: bool) (payload: byte[]) : byte[] =
+    let header: FrameHeader =
+        { Fin = fin
+          Rsv1 = rsv1
+          Rsv2 = false
+          Rsv3 = false
+          Opcode = opcode
+          Masked = true
+          MaskKey = 0x5A17C3E9u
+          PayloadLength = int64 payload.Length }
+    (Frame.encode header (ReadOnlyMemory payload)).ToArray()
+
 /// A standard upgrade request for `path` with optional extra header lines (each ending in CRLF).
 let upgradeRequest (path: string) (extraHeaders: string) =
     $"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extraHeaders}\r\n"

@@ -173,7 +173,7 @@ let private join (source: string) (deployment: Deployment) (name: string) (room:
     task {
         match! openFrom source deployment (throughNginx deployment name room) [] with
         | Ok client ->
-            do! client.WaitFor "connected to WebSocket server"
+            do! client.WaitFor "connected to WebSocket server over HTTP/1.1"
             return client
         | Error status -> return failtestf "%s from %s was refused with %d" name source status
     }
@@ -254,7 +254,7 @@ let tests =
                 match again with
                 | Some client ->
                     use _ = client
-                    do! client.WaitFor "connected to WebSocket server"
+                    do! client.WaitFor "connected to WebSocket server over HTTP/1.1"
                 | None -> failtest "the slot alice2 freed was not given back within 15 s"
             }))
 
