@@ -107,7 +107,7 @@ public static class Report
 
         TwoNodes(md, rows, best);
 
-        string micro = $"{MicroStart}\n## Micro-benchmarks\n\nNot run yet: `bench/micro` writes this section.\n{MicroEnd}";
+        string micro = $"{MicroStart}\n## Micro-benchmarks\n\nNot run yet: `bench/run-micro` writes this section.\n{MicroEnd}";
         if (File.Exists(markdownPath))
         {
             string old = File.ReadAllText(markdownPath);

@@ -40,7 +40,7 @@ if (write is not null)
     section.AppendLine("The protocol core's hot paths (`bench/Micro`, BenchmarkDotNet, a short in-process job: 3 warmups, 5 iterations,");
     section.AppendLine("so expect a few percent of noise). Per-frame rows divide one call over 1,000 frames by 1,000. `GB/s` is bytes");
     section.AppendLine("processed per second for the sized benchmarks; `Span.CopyTo` of the same size is the limit masking can reach.");
-    section.AppendLine($"Run {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC with `bench/micro` on {Environment.ProcessorCount} cores.").AppendLine();
+    section.AppendLine($"Run {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC with `bench/run-micro` on {Environment.ProcessorCount} cores.").AppendLine();
     foreach (var summary in summaries)
     {
         var logger = new AccumulationLogger();
