@@ -19,6 +19,7 @@ let updateVariable = "UPDATE_PUBLIC_API"
 let private protocolAssembly = typeof<Realtime.Protocol.FrameHeader>.Assembly
 let private serverAssembly = typeof<Realtime.IRealtimeServer>.Assembly
 let private redisAssembly = typeof<Realtime.Redis.RedisBackplane>.Assembly
+let private devServerAssembly = typeof<Realtime.RealtimeDevServer>.Assembly
 
 // ---------------------------------------------------------------------------------------------
 // The public surface as text: one line per type and per member, sorted.
@@ -351,6 +352,8 @@ let tests =
             checkSurface serverAssembly "src/Server.CSharp/PublicAPI.txt")
         testCase "Realtime.Redis's public surface matches src/Redis.CSharp/PublicAPI.txt" (fun () ->
             checkSurface redisAssembly "src/Redis.CSharp/PublicAPI.txt")
+        testCase "Realtime.DevServer's public surface matches src/DevServer.CSharp/PublicAPI.txt" (fun () ->
+            checkSurface devServerAssembly "src/DevServer.CSharp/PublicAPI.txt")
         testCase "the surface text is deterministic and names members with their signatures" (fun () ->
             let text = describe serverAssembly
             Expect.equal (describe serverAssembly) text "same text twice"

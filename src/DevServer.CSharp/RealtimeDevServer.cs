@@ -18,7 +18,7 @@ namespace Realtime;
 /// </summary>
 public sealed class RealtimeDevServer
 {
-    /// <summary>Where the browser client (an ES module, an embedded resource of Realtime.Server) is served.</summary>
+    /// <summary>Where the browser client (an ES module, an embedded resource of Realtime.DevServer) is served.</summary>
     public const string ClientPath = "/__realtime__/client.js";
 
     /// <summary>The Realtime endpoint the browser client connects to.</summary>
@@ -81,7 +81,7 @@ public sealed class RealtimeDevServer
     internal static byte[] Resource(string name)
     {
         using var stream = typeof(RealtimeDevServer).Assembly.GetManifestResourceStream(name)
-            ?? throw new InvalidOperationException($"Embedded resource {name} is missing from Realtime.Server.");
+            ?? throw new InvalidOperationException($"Embedded resource {name} is missing from Realtime.DevServer.");
         using var copy = new MemoryStream();
         stream.CopyTo(copy);
         return copy.ToArray();

@@ -1,4 +1,4 @@
-// The Realtime dev server's browser client (an embedded resource of Realtime.Server, served at
+// The Realtime dev server's browser client (an embedded resource of Realtime.DevServer, served at
 // /__realtime__/client.js and injected into the dev server's HTML pages). It connects to
 // /__realtime__/ws beside itself, runs the server's built-in messages (import, console-log,
 // message-response), hands custom messages to the page's listeners, and reconnects by itself
