@@ -1,6 +1,6 @@
-/// The packages as a consumer gets them: pack both, make a fresh `dotnet new web` app outside the
-/// repository that takes them from a local folder only, put the README's quick start in its
-/// Program.cs, build and run it, and talk to it with WebSocket clients.
+/// The packages as a consumer gets them: pack them, make a fresh `dotnet new web` app outside the
+/// repository that takes them from a local folder only, put the README's code (the quick start, or
+/// the dev server) in its Program.cs, build and run it, and talk to it with HTTP and WebSocket clients.
 module Realtime.Server.Tests.PackageTests
 
 open System
@@ -16,14 +16,20 @@ open System.Threading.Tasks
 open Expecto
 open Realtime.Server.Tests.TestHost
 
-/// The C# code of the README's "Quick start" section: its first ```csharp block.
-let quickStartCode () =
+/// The first ```csharp block after the README's heading `heading`.
+let private readmeCode (heading: string) =
     let readme = File.ReadAllText(Path.Combine(repositoryRoot, "README.md"))
-    let section = readme.IndexOf("## Quick start", StringComparison.Ordinal)
-    if section < 0 then failtest "README.md has no \"## Quick start\" section"
+    let section = readme.IndexOf(heading, StringComparison.Ordinal)
+    if section < 0 then failtestf "README.md has no \"%s\" section" heading
     let block = Regex.Match(readme.Substring section, "```csharp\r?\n(.*?)```", RegexOptions.Singleline)
-    if not block.Success then failtest "the Quick start section of README.md has no ```csharp block"
+    if not block.Success then failtestf "the %s section of README.md has no ```csharp block" heading
     block.Groups[1].Value
+
+/// The C# code of the README's "Quick start" section: its first ```csharp block.
+let quickStartCode () = readmeCode "## Quick start"
+
+/// The C# code of the README's "Dev server and plugins" section: its first ```csharp block.
+let devServerCode () = readmeCode "## Dev server and plugins"
 
 /// Runs a dotnet command to its end, bounded by `timeout`; fails the test with its output when it
 /// fails or runs over. MSBuild's variables of the test run (set when `dotnet test` runs the suite)
@@ -99,6 +105,72 @@ let private connectInbox (url: string) =
         return new Inbox(client)
     }
 
+/// Writes the consumer's NuGet sources into `root`/nuget.config: the local folder `feed`, and
+/// nuget.org for FSharp.Core. The packages folder `packages` is the test's own, so nothing lands in
+/// the user's cache; the user's cache is a fallback folder, so FSharp.Core need not be downloaded
+/// again. Returns the environment the dotnet commands run with.
+let private writeNugetConfig (root: string) (feed: string) (packages: string) =
+    let userCache =
+        match Environment.GetEnvironmentVariable "NUGET_PACKAGES" with
+        | null | "" -> Path.Combine(Environment.GetFolderPath Environment.SpecialFolder.UserProfile, ".nuget", "packages")
+        | path -> path
+    let config =
+        [ """<?xml version="1.0" encoding="utf-8"?>"""
+          "<configuration>"
+          "  <packageSources>"
+          "    <clear />"
+          $"""    <add key="realtime-local" value="{feed}" />"""
+          """    <add key="nuget.org" value="https://api.nuget.org/v3/index.json" />"""
+          "  </packageSources>"
+          if Directory.Exists userCache then
+              "  <fallbackPackageFolders>"
+              $"""    <add key="user-cache" value="{userCache}" />"""
+              "  </fallbackPackageFolders>"
+          "</configuration>" ]
+    File.WriteAllLines(Path.Combine(root, "nuget.config"), config)
+    [ "NUGET_PACKAGES", packages ]
+
+/// A consumer app run from its build output `dll` in `app`, on 127.0.0.1 with a port Kestrel picks
+/// (read from its log). Disposing kills it.
+type private Consumer(app: string, dll: string) =
+    let info =
+        ProcessStartInfo("dotnet", [ dll; "--urls"; "http://127.0.0.1:0" ],
+                         WorkingDirectory = app, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
+    do info.Environment["ASPNETCORE_ENVIRONMENT"] <- "Production"
+    let log = StringBuilder()
+    let listening = TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously)
+    let server = new Process(StartInfo = info)
+    do
+        server.OutputDataReceived.Add(fun e ->
+            if not (isNull e.Data) then
+                lock log (fun () -> log.AppendLine e.Data |> ignore)
+                let m = Regex.Match(e.Data, @"Now listening on: (http://127\.0\.0\.1:\d+)")
+                if m.Success then listening.TrySetResult m.Groups[1].Value |> ignore)
+        server.ErrorDataReceived.Add(fun e -> if not (isNull e.Data) then lock log (fun () -> log.AppendLine e.Data |> ignore))
+        server.Start() |> ignore
+        server.BeginOutputReadLine()
+        server.BeginErrorReadLine()
+
+    /// What the app wrote so far.
+    member _.Log = lock log (fun () -> log.ToString())
+
+    /// The app's http://127.0.0.1:PORT once it listens; fails the test after 30 s.
+    member this.Url =
+        task {
+            let! first = Task.WhenAny(listening.Task, Task.Delay(TimeSpan.FromSeconds 30.0))
+            if not (Object.ReferenceEquals(first, listening.Task)) then failtestf "the app did not start within 30 s; output:\n%s" this.Log
+            return listening.Task.Result
+        }
+
+    interface IDisposable with
+        member _.Dispose() =
+            try
+                if not server.HasExited then
+                    server.Kill true
+                    server.WaitForExit 10000 |> ignore
+            with _ -> ()
+            server.Dispose()
+
 let private packageVersion () = $"""0.1.0-consumer.{DateTime.UtcNow.ToString("yyyyMMddHHmmss")}.{Environment.ProcessId}"""
 
 /// Sequenced: Expecto runs it after the parallel tests, one at a time, so its builds (two cores'
@@ -115,7 +187,7 @@ let tests =
             let version = packageVersion ()
             let timings = ResizeArray<string>()
             let step name (elapsed: TimeSpan) = timings.Add $"{name} {elapsed.TotalSeconds:F0}s"
-            let mutable server: Process = null
+            let mutable server: Consumer option = None
             try
                 // 1. Pack both packages with a version no cache has seen, into the local folder.
                 for project in [ "src/Protocol.FSharp/Protocol.FSharp.fsproj"; "src/Server.CSharp/Server.CSharp.csproj" ] do
@@ -130,28 +202,8 @@ let tests =
                        $"Realtime.Server.{version}.nupkg"; $"Realtime.Server.{version}.snupkg" |]
                     "both packages and their symbol packages"
 
-                // 2. The app's NuGet sources: the local folder, and nuget.org for FSharp.Core. The
-                //    packages folder is the test's own, so nothing lands in the user's cache; the
-                //    user's cache is a fallback folder, so FSharp.Core need not be downloaded again.
-                let userCache =
-                    match Environment.GetEnvironmentVariable "NUGET_PACKAGES" with
-                    | null | "" -> Path.Combine(Environment.GetFolderPath Environment.SpecialFolder.UserProfile, ".nuget", "packages")
-                    | path -> path
-                let config =
-                    [ """<?xml version="1.0" encoding="utf-8"?>"""
-                      "<configuration>"
-                      "  <packageSources>"
-                      "    <clear />"
-                      $"""    <add key="realtime-local" value="{feed}" />"""
-                      """    <add key="nuget.org" value="https://api.nuget.org/v3/index.json" />"""
-                      "  </packageSources>"
-                      if Directory.Exists userCache then
-                          "  <fallbackPackageFolders>"
-                          $"""    <add key="user-cache" value="{userCache}" />"""
-                          "  </fallbackPackageFolders>"
-                      "</configuration>" ]
-                File.WriteAllLines(Path.Combine(root, "nuget.config"), config)
-                let nugetEnvironment = [ "NUGET_PACKAGES", packages ]
+                // 2. The app's NuGet sources: the local folder, and nuget.org for FSharp.Core.
+                let nugetEnvironment = writeNugetConfig root feed packages
 
                 // 3. A fresh web app, the package, and the README's code as its whole Program.cs.
                 let! elapsed = dotnet root nugetEnvironment (TimeSpan.FromMinutes 2.0) [ "new"; "web"; "-o"; app; "-n"; "ConsumerApp"; "--no-restore" ]
@@ -166,26 +218,9 @@ let tests =
                 Expect.stringContains assets "FSharp.Core/" "FSharp.Core restored as a dependency"
 
                 // 4. Run it on 127.0.0.1 with a port Kestrel picks, and read the port from its log.
-                let info =
-                    ProcessStartInfo("dotnet", [ Path.Combine(app, "out", "ConsumerApp.dll"); "--urls"; "http://127.0.0.1:0" ],
-                                     WorkingDirectory = app, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false)
-                info.Environment["ASPNETCORE_ENVIRONMENT"] <- "Production"
-                let log = StringBuilder()
-                let listening = TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously)
-                server <- new Process(StartInfo = info)
-                server.OutputDataReceived.Add(fun e ->
-                    if not (isNull e.Data) then
-                        lock log (fun () -> log.AppendLine e.Data |> ignore)
-                        let m = Regex.Match(e.Data, @"Now listening on: (http://127\.0\.0\.1:\d+)")
-                        if m.Success then listening.TrySetResult m.Groups[1].Value |> ignore)
-                server.ErrorDataReceived.Add(fun e -> if not (isNull e.Data) then lock log (fun () -> log.AppendLine e.Data |> ignore))
                 let started = Stopwatch.StartNew()
-                server.Start() |> ignore
-                server.BeginOutputReadLine()
-                server.BeginErrorReadLine()
-                let! first = Task.WhenAny(listening.Task, Task.Delay(TimeSpan.FromSeconds 30.0))
-                if not (Object.ReferenceEquals(first, listening.Task)) then failtestf "the app did not start within 30 s; output:\n%O" log
-                let httpUrl = listening.Task.Result
+                server <- Some(new Consumer(app, Path.Combine(app, "out", "ConsumerApp.dll")))
+                let! httpUrl = server.Value.Url
                 let wsUrl = httpUrl.Replace("http://", "ws://")
                 step "start" started.Elapsed
 
@@ -218,13 +253,74 @@ let tests =
                 do! alice.WaitFor "bob left"
                 printfn "consumer test timings: %s" (String.Join(", ", timings))
             finally
-                if not (isNull server) then
-                    try
-                        if not server.HasExited then
-                            server.Kill true
-                            server.WaitForExit 10000 |> ignore
-                    with _ -> ()
-                    server.Dispose()
+                server |> Option.iter (fun consumer -> (consumer :> IDisposable).Dispose())
+                try Directory.Delete(root, true) with _ -> ()
+        })
+
+        testCaseTask "Realtime.DevServer packs; a fresh dotnet new web app builds the README's dev server against it and serves pages, plugins and the client's socket" (fun () -> task {
+            let root = Path.Combine(Path.GetTempPath(), $"realtime-devserver-consumer-{Guid.NewGuid():N}")
+            let feed = Path.Combine(root, "feed")
+            let packages = Path.Combine(root, "packages")
+            let app = Path.Combine(root, "app")
+            Directory.CreateDirectory feed |> ignore
+            let version = packageVersion ()
+            let timings = ResizeArray<string>()
+            let step name (elapsed: TimeSpan) = timings.Add $"{name} {elapsed.TotalSeconds:F0}s"
+            let mutable server: Consumer option = None
+            try
+                // 1. Pack the dev server and what it depends on, with a version no cache has seen.
+                for project in [ "src/Protocol.FSharp/Protocol.FSharp.fsproj"; "src/Server.CSharp/Server.CSharp.csproj"; "src/DevServer.CSharp/DevServer.CSharp.csproj" ] do
+                    let! elapsed =
+                        dotnet repositoryRoot [] (TimeSpan.FromMinutes 5.0)
+                            [ "pack"; project; "-c"; "Release"; "--no-restore"; "-o"; feed; $"-p:Version={version}"; "-v"; "q" ]
+                    step $"pack {Path.GetFileNameWithoutExtension project}" elapsed
+                let files = Directory.GetFiles feed |> Array.map Path.GetFileName
+                Expect.containsAll files [ $"Realtime.DevServer.{version}.nupkg"; $"Realtime.DevServer.{version}.snupkg" ] "the dev server's package and its symbol package"
+                let nuspec =
+                    use package = Compression.ZipFile.OpenRead(Path.Combine(feed, $"Realtime.DevServer.{version}.nupkg"))
+                    let entry = package.GetEntry "Realtime.DevServer.nuspec"
+                    use reader = new StreamReader(entry.Open())
+                    reader.ReadToEnd()
+                Expect.stringContains nuspec $"""<dependency id="Realtime.Server" version="{version}" """ "it depends on Realtime.Server, same version"
+
+                // 2. A fresh web app that adds Realtime.DevServer only (Realtime.Server comes with it),
+                //    the README's dev-server code as its whole Program.cs, and a page in wwwroot.
+                let nugetEnvironment = writeNugetConfig root feed packages
+                let! elapsed = dotnet root nugetEnvironment (TimeSpan.FromMinutes 2.0) [ "new"; "web"; "-o"; app; "-n"; "DevServerApp"; "--no-restore" ]
+                step "new web" elapsed
+                let! elapsed = dotnet app nugetEnvironment (TimeSpan.FromMinutes 3.0) [ "add"; "package"; "Realtime.DevServer"; "--version"; version ]
+                step "add package" elapsed
+                File.WriteAllText(Path.Combine(app, "Program.cs"), devServerCode ())
+                Directory.CreateDirectory(Path.Combine(app, "wwwroot")) |> ignore
+                File.WriteAllText(Path.Combine(app, "wwwroot", "index.html"), "<!doctype html><html><head><title>consumer</title></head><body><h1>consumer page</h1></body></html>")
+                let! elapsed = dotnet app nugetEnvironment (TimeSpan.FromMinutes 5.0) [ "build"; "-c"; "Debug"; "-v"; "q"; "-o"; Path.Combine(app, "out") ]
+                step "build" elapsed
+                let assets = File.ReadAllText(Path.Combine(app, "obj", "project.assets.json"))
+                Expect.stringContains assets $"Realtime.DevServer/{version}" "Realtime.DevServer came from the packed folder"
+                Expect.stringContains assets $"Realtime.Server/{version}" "Realtime.Server came with it, as its dependency"
+
+                // 3. Run it; the page gets the client, which is served from the package's resources,
+                //    the README's plugin answers, and a socket on the client's endpoint hears it.
+                let started = Stopwatch.StartNew()
+                server <- Some(new Consumer(app, Path.Combine(app, "out", "DevServerApp.dll")))
+                let! httpUrl = server.Value.Url
+                step "start" started.Elapsed
+                use http = new HttpClient(Timeout = TimeSpan.FromSeconds 10.0)
+                let! page = http.GetStringAsync(httpUrl + "/")
+                Expect.stringContains page "<h1>consumer page</h1><script type=\"module\" src=\"/__realtime__/client.js\"></script></body>" "the page, with the client injected before </body>"
+                let! client = http.GetStringAsync(httpUrl + "/__realtime__/client.js")
+                Expect.stringContains client "/__realtime__/ws" "the browser client, from Realtime.DevServer's resources"
+                let! reload = http.GetStringAsync(httpUrl + "/__realtime__/reload.js")
+                Expect.isNotEmpty reload "watch: true serves the live-reload module"
+                let! plugin = http.GetStringAsync(httpUrl + "/virtual/answer.js")
+                Expect.equal plugin "export default 42;" "the README's plugin serves its virtual module"
+                let! socket = connect (httpUrl.Replace("http://", "ws://") + "/__realtime__/ws")
+                use socket = socket
+                let! greeting = receiveText socket
+                Expect.equal greeting """{"type":"console-log","data":{"text":"hello from the dev server"}}""" "the plugin's greeting, to the socket that opened"
+                printfn "dev-server consumer test timings: %s" (String.Join(", ", timings))
+            finally
+                server |> Option.iter (fun consumer -> (consumer :> IDisposable).Dispose())
                 try Directory.Delete(root, true) with _ -> ()
         })
     ]
