@@ -1,5 +1,5 @@
 /// An HTTP/1.1 request head (RFC 9112) read straight off a connection, for a host that accepts WebSocket
-/// upgrades below an HTTP server's own parsing, and the minimal error responses such a host sends.
+/// upgrades below an HTTP server's own parsing. (Its responses are written with `ResponseHead.render`.)
 ///
 /// `parse` is strict: the request line is `method SP request-target SP HTTP-version CRLF` (§3), each field
 /// line `name ":" OWS value OWS CRLF` (§5), the head ends with an empty line. It checks every byte as it
@@ -299,60 +299,3 @@ let parse (input: ReadOnlySpan<byte>, maxBytes: int) : RequestHeadResult =
           MaxFieldBytes = Int32.MaxValue
           MaxFieldCount = Int32.MaxValue }
     )
-
-// RFC 9110 §15 (and RFC 6585 for 428, 429, 431).
-let private reasonPhrase (status: int) =
-    match status with
-    | 101 -> "Switching Protocols"
-    | 200 -> "OK"
-    | 204 -> "No Content"
-    | 400 -> "Bad Request"
-    | 401 -> "Unauthorized"
-    | 403 -> "Forbidden"
-    | 404 -> "Not Found"
-    | 405 -> "Method Not Allowed"
-    | 408 -> "Request Timeout"
-    | 409 -> "Conflict"
-    | 413 -> "Content Too Large"
-    | 414 -> "URI Too Long"
-    | 426 -> "Upgrade Required"
-    | 428 -> "Precondition Required"
-    | 429 -> "Too Many Requests"
-    | 431 -> "Request Header Fields Too Large"
-    | 500 -> "Internal Server Error"
-    | 501 -> "Not Implemented"
-    | 502 -> "Bad Gateway"
-    | 503 -> "Service Unavailable"
-    | 504 -> "Gateway Timeout"
-    | 505 -> "HTTP Version Not Supported"
-    | _ -> ""
-
-let private isToken (text: string) =
-    not (String.IsNullOrEmpty text) && text |> Seq.forall (fun c -> c < '\u0100' && isTChar (byte c))
-
-let private isFieldValue (text: string) =
-    not (isNull text) && text |> Seq.forall (fun c -> c < '\u0100' && isValueByte (byte c))
-
-/// Renders a minimal response with no body: "HTTP/1.1 {status} {reason phrase}\r\n", the given headers,
-/// then "Content-Length: 0\r\nConnection: close\r\n\r\n", as Latin-1 bytes (ASCII for ASCII text).
-/// The reason phrase is RFC 9110's for the usual statuses and empty otherwise (RFC 9112 §4 allows that).
-/// Never throws and never lets a header split the response: a status outside 100–999 is sent as 500, and
-/// null headers, names that are not tokens, values with control characters or characters above U+00FF,
-/// and Content-Length or Connection headers (both are always written) are left out.
-let errorResponse (status: int, headers: HttpHeader array) : byte[] =
-    let status = if status < 100 || status > 999 then 500 else status
-    let text = StringBuilder()
-    text.Append("HTTP/1.1 ").Append(status).Append(' ').Append(reasonPhrase status).Append("\r\n") |> ignore
-    for h in (if isNull headers then [||] else headers) do
-        if not (isNull (box h)) && isToken h.Name && isFieldValue h.Value
-           && not (String.Equals(h.Name, "Content-Length", StringComparison.OrdinalIgnoreCase))
-           && not (String.Equals(h.Name, "Connection", StringComparison.OrdinalIgnoreCase)) then
-            text.Append(h.Name).Append(": ").Append(h.Value).Append("\r\n") |> ignore
-    text.Append("Content-Length: 0\r\nConnection: close\r\n\r\n") |> ignore
-    Encoding.Latin1.GetBytes(text.ToString())
-
-/// The error response for a refused handshake: its status and headers (Allow, Sec-WebSocket-Version)
-/// through `errorResponse`. A null rejection gives a plain 400.
-let rejectionResponse (rejection: Rejection) : byte[] =
-    if isNull (box rejection) then errorResponse (400, [||])
-    else errorResponse (rejection.Status, rejection.Headers)
