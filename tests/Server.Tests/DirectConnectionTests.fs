@@ -533,6 +533,11 @@ let directFeatureTests =
             Expect.isTrue (context.Features |> Seq.exists (fun entry -> obj.ReferenceEquals(entry.Value, replaced))) "the replacement is listed"
         }
 
+        test "a response written directly carries the reason phrase Kestrel would write" {
+            for status in 100..599 do
+                Expect.equal (ResponseHead.reasonPhrase status) (Microsoft.AspNetCore.WebUtilities.ReasonPhrases.GetReasonPhrase status) $"{status}"
+        }
+
         testTask "a response the application writes goes out with its status, headers and body after the OnStarting callbacks, then Connection: close" {
             let connection = new Microsoft.AspNetCore.Connections.DefaultConnectionContext("conn-2")
             let toServer = System.IO.Pipelines.Pipe()
