@@ -72,21 +72,33 @@ internal abstract class RealtimeEndpoint
     /// </summary>
     public abstract Task<RealtimeSocket?> OpenAsync(HttpContext context);
 
-    /// <summary>The request as the core's handshake sees it.</summary>
+    /// <summary>
+    /// The request as the core's handshake sees it. A directly accepted request whose headers the
+    /// application's pipeline left as they came hands on the header lines the core parsed; otherwise
+    /// they are read from <see cref="HttpRequest.Headers"/>, as the pipeline left them.
+    /// </summary>
     protected static Handshake.HandshakeRequest ToHandshakeRequest(HttpRequest request)
     {
+        string target = request.Path.Value + request.QueryString.Value;
+        if (request.Headers is Direct.DirectRequestHeaders { AsParsed: { } parsed })
+            return new Handshake.HandshakeRequest(request.Method, target, request.Protocol, parsed);
         var headers = new List<Handshake.HttpHeader>(request.Headers.Count + 2);
         foreach (var (name, values) in request.Headers)
         {
             foreach (var value in values) headers.Add(new Handshake.HttpHeader(name, value ?? ""));
         }
-        return new Handshake.HandshakeRequest(request.Method, request.Path.Value + request.QueryString.Value, request.Protocol, headers.ToArray());
+        return new Handshake.HandshakeRequest(request.Method, target, request.Protocol, headers.ToArray());
     }
 
     /// <summary>Total bytes of the request's header names and values.</summary>
     protected static long HeaderBytes(HttpRequest request)
     {
         long total = 0;
+        if (request.Headers is Direct.DirectRequestHeaders { AsParsed: { } parsed })
+        {
+            foreach (var header in parsed) total += header.Name.Length + header.Value.Length + 4;
+            return total;
+        }
         foreach (var (name, values) in request.Headers)
         {
             foreach (var value in values) total += name.Length + (value?.Length ?? 0) + 4;

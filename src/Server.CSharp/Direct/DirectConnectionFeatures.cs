@@ -46,18 +46,23 @@ internal sealed class DirectConnectionFeatures :
     private PipeWriter? _bodyWriter;
     private bool _started;
 
-    public DirectConnectionFeatures(ConnectionContext connection, string method, string protocol, string path,
-        string queryString, string rawTarget, IHeaderDictionary headers, bool addServerHeader)
+    /// <summary>
+    /// The features of <paramref name="request"/>, as the core parsed it, with its decoded
+    /// <paramref name="path"/> and its <paramref name="queryString"/>; its header lines are the request
+    /// headers as they are (<see cref="DirectRequestHeaders"/>).
+    /// </summary>
+    public DirectConnectionFeatures(ConnectionContext connection, Handshake.HandshakeRequest request, string path,
+        string queryString, bool addServerHeader)
     {
         _connection = connection;
         _addServerHeader = addServerHeader;
-        Method = method;
-        Protocol = protocol;
+        Method = request.Method;
+        Protocol = request.HttpVersion;
         Scheme = connection.Features.Get<ITlsConnectionFeature>() is null ? "http" : "https";
         Path = path;
         QueryString = queryString;
-        RawTarget = rawTarget;
-        Headers = headers;
+        RawTarget = request.Path;
+        Headers = new DirectRequestHeaders(request.Headers);
         ConnectionId = connection.ConnectionId;
         if (connection.RemoteEndPoint is IPEndPoint remote)
         {
