@@ -1,7 +1,7 @@
 /// An HTTP/1.1 request head (RFC 9112) read straight off a connection, for a host that accepts WebSocket
 /// upgrades below an HTTP server's own parsing. (Its responses are written with `ResponseHead.render`.)
 ///
-/// `parse` is strict: the request line is `method SP request-target SP HTTP-version CRLF` (§3), each field
+/// `parseWithin` is strict: the request line is `method SP request-target SP HTTP-version CRLF` (§3), each field
 /// line `name ":" OWS value OWS CRLF` (§5), the head ends with an empty line. It checks every byte as it
 /// goes, so garbage (a TLS ClientHello, a stray LF) is refused as soon as it is seen, not when the size
 /// limit runs out. Choices where RFC 9112 leaves room:
@@ -13,7 +13,7 @@
 /// - any well-formed HTTP/1.x version is accepted here and judged by `Handshake.accept` (HTTP/1.0 gets its
 ///   "http-version" rejection); another major version is 505, a malformed one 400;
 /// - obs-fold and whitespace before the first field line are 400 "obs-fold" (§5.2, §2.2);
-/// - the whole head, blank line included, must fit in `maxBytes`: a request line that does not end within
+/// - the whole head, blank line included, must fit in `MaxHeadBytes`: a request line that does not end within
 ///   it is 414 "uri-too-long", field lines that do not end within it 431 "header-too-large".
 module Realtime.Protocol.RequestHead
 
@@ -287,15 +287,3 @@ let parseWithin (input: ReadOnlySpan<byte>, limits: Limits) : RequestHeadResult 
             invalid 414 "uri-too-long" $"the request line does not end within {maxBytes} bytes (RFC 9112 §3)"
         | _ ->
             invalid 431 "header-too-large" $"the request head does not end within {maxBytes} bytes (RFC 6585 §5)"
-
-/// Parses the front of `input` as an HTTP/1.1 request head that must fit, blank line included, in
-/// `maxBytes` bytes, with no other limit: `parseWithin` with only MaxHeadBytes set. A `maxBytes` of zero
-/// or less admits nothing (431). Never throws.
-let parse (input: ReadOnlySpan<byte>, maxBytes: int) : RequestHeadResult =
-    parseWithin (
-        input,
-        { MaxHeadBytes = maxBytes
-          MaxRequestLineBytes = Int32.MaxValue
-          MaxFieldBytes = Int32.MaxValue
-          MaxFieldCount = Int32.MaxValue }
-    )

@@ -16,10 +16,14 @@ let private bytesOf (text: string) = Encoding.Latin1.GetBytes text
 
 let private textOf (bytes: byte[]) = Encoding.Latin1.GetString bytes
 
-let private parseBytes (bytes: byte[]) (maxBytes: int) = parse (ReadOnlySpan<byte>(bytes), maxBytes)
+// A head limit only: the other limits are examined in limitExamples.
+let private onlyHeadBytes (maxBytes: int) =
+    { MaxHeadBytes = maxBytes; MaxRequestLineBytes = Int32.MaxValue; MaxFieldBytes = Int32.MaxValue; MaxFieldCount = Int32.MaxValue }
+
+let private parseBytes (bytes: byte[]) (maxBytes: int) = parseWithin (ReadOnlySpan<byte>(bytes), onlyHeadBytes maxBytes)
 
 let private parsePrefix (bytes: byte[]) (length: int) (maxBytes: int) =
-    parse (ReadOnlySpan<byte>(bytes, 0, length), maxBytes)
+    parseWithin (ReadOnlySpan<byte>(bytes, 0, length), onlyHeadBytes maxBytes)
 
 let private parseText (text: string) = parseBytes (bytesOf text) 8192
 
