@@ -170,12 +170,3 @@ let dropReasonCode (reason: DropReason) : string =
     | ConnectionClosed -> "connection-closed"
     | OverLimit -> "over-limit"
     | InvalidLength -> "invalid-length"
-
-/// The result as Bun's ws.send number: the byte count when sent, -1 when queued under
-/// backpressure, 0 when dropped or closing. As in Bun, sending an empty message also gives 0.
-let toSendStatus (result: SendResult) : int =
-    match result with
-    | Sent bytes -> bytes
-    | Backpressure -> -1
-    | Dropped _
-    | CloseForLimit -> 0

@@ -303,13 +303,3 @@ let acceptExtendedConnect (policy: Policy) (protocol: string) (request: Handshak
     match versionProblem (find "Sec-WebSocket-Version") with
     | Some rejection -> rejection
     | None -> acceptedConnect policy headers
-
-/// The raw HTTP/1.1 101 response for an acceptance of `accept`: status line, header lines and a blank
-/// line, all ending in CRLF. (An extended CONNECT's 200 is sent by the HTTP/2 layer, not as text.)
-let responseText (acceptance: Acceptance) : string =
-    let text = StringBuilder("HTTP/1.1 101 Switching Protocols\r\n")
-    let headers =
-        if isNull (box acceptance) || isNull acceptance.ResponseHeaders then [||] else acceptance.ResponseHeaders
-    for h in headers |> Array.filter (fun h -> not (isNull (box h))) do
-        text.Append(h.Name).Append(": ").Append(h.Value).Append("\r\n") |> ignore
-    text.Append("\r\n").ToString()

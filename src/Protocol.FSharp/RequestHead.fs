@@ -1,7 +1,7 @@
 /// An HTTP/1.1 request head (RFC 9112) read straight off a connection, for a host that accepts WebSocket
-/// upgrades below an HTTP server's own parsing, and the minimal error responses such a host sends.
+/// upgrades below an HTTP server's own parsing. (Its responses are written with `ResponseHead.render`.)
 ///
-/// `parse` is strict: the request line is `method SP request-target SP HTTP-version CRLF` (§3), each field
+/// `parseWithin` is strict: the request line is `method SP request-target SP HTTP-version CRLF` (§3), each field
 /// line `name ":" OWS value OWS CRLF` (§5), the head ends with an empty line. It checks every byte as it
 /// goes, so garbage (a TLS ClientHello, a stray LF) is refused as soon as it is seen, not when the size
 /// limit runs out. Choices where RFC 9112 leaves room:
@@ -13,7 +13,7 @@
 /// - any well-formed HTTP/1.x version is accepted here and judged by `Handshake.accept` (HTTP/1.0 gets its
 ///   "http-version" rejection); another major version is 505, a malformed one 400;
 /// - obs-fold and whitespace before the first field line are 400 "obs-fold" (§5.2, §2.2);
-/// - the whole head, blank line included, must fit in `maxBytes`: a request line that does not end within
+/// - the whole head, blank line included, must fit in `MaxHeadBytes`: a request line that does not end within
 ///   it is 414 "uri-too-long", field lines that do not end within it 431 "header-too-large".
 module Realtime.Protocol.RequestHead
 
@@ -287,72 +287,3 @@ let parseWithin (input: ReadOnlySpan<byte>, limits: Limits) : RequestHeadResult 
             invalid 414 "uri-too-long" $"the request line does not end within {maxBytes} bytes (RFC 9112 §3)"
         | _ ->
             invalid 431 "header-too-large" $"the request head does not end within {maxBytes} bytes (RFC 6585 §5)"
-
-/// Parses the front of `input` as an HTTP/1.1 request head that must fit, blank line included, in
-/// `maxBytes` bytes, with no other limit: `parseWithin` with only MaxHeadBytes set. A `maxBytes` of zero
-/// or less admits nothing (431). Never throws.
-let parse (input: ReadOnlySpan<byte>, maxBytes: int) : RequestHeadResult =
-    parseWithin (
-        input,
-        { MaxHeadBytes = maxBytes
-          MaxRequestLineBytes = Int32.MaxValue
-          MaxFieldBytes = Int32.MaxValue
-          MaxFieldCount = Int32.MaxValue }
-    )
-
-// RFC 9110 §15 (and RFC 6585 for 428, 429, 431).
-let private reasonPhrase (status: int) =
-    match status with
-    | 101 -> "Switching Protocols"
-    | 200 -> "OK"
-    | 204 -> "No Content"
-    | 400 -> "Bad Request"
-    | 401 -> "Unauthorized"
-    | 403 -> "Forbidden"
-    | 404 -> "Not Found"
-    | 405 -> "Method Not Allowed"
-    | 408 -> "Request Timeout"
-    | 409 -> "Conflict"
-    | 413 -> "Content Too Large"
-    | 414 -> "URI Too Long"
-    | 426 -> "Upgrade Required"
-    | 428 -> "Precondition Required"
-    | 429 -> "Too Many Requests"
-    | 431 -> "Request Header Fields Too Large"
-    | 500 -> "Internal Server Error"
-    | 501 -> "Not Implemented"
-    | 502 -> "Bad Gateway"
-    | 503 -> "Service Unavailable"
-    | 504 -> "Gateway Timeout"
-    | 505 -> "HTTP Version Not Supported"
-    | _ -> ""
-
-let private isToken (text: string) =
-    not (String.IsNullOrEmpty text) && text |> Seq.forall (fun c -> c < '\u0100' && isTChar (byte c))
-
-let private isFieldValue (text: string) =
-    not (isNull text) && text |> Seq.forall (fun c -> c < '\u0100' && isValueByte (byte c))
-
-/// Renders a minimal response with no body: "HTTP/1.1 {status} {reason phrase}\r\n", the given headers,
-/// then "Content-Length: 0\r\nConnection: close\r\n\r\n", as Latin-1 bytes (ASCII for ASCII text).
-/// The reason phrase is RFC 9110's for the usual statuses and empty otherwise (RFC 9112 §4 allows that).
-/// Never throws and never lets a header split the response: a status outside 100–999 is sent as 500, and
-/// null headers, names that are not tokens, values with control characters or characters above U+00FF,
-/// and Content-Length or Connection headers (both are always written) are left out.
-let errorResponse (status: int, headers: HttpHeader array) : byte[] =
-    let status = if status < 100 || status > 999 then 500 else status
-    let text = StringBuilder()
-    text.Append("HTTP/1.1 ").Append(status).Append(' ').Append(reasonPhrase status).Append("\r\n") |> ignore
-    for h in (if isNull headers then [||] else headers) do
-        if not (isNull (box h)) && isToken h.Name && isFieldValue h.Value
-           && not (String.Equals(h.Name, "Content-Length", StringComparison.OrdinalIgnoreCase))
-           && not (String.Equals(h.Name, "Connection", StringComparison.OrdinalIgnoreCase)) then
-            text.Append(h.Name).Append(": ").Append(h.Value).Append("\r\n") |> ignore
-    text.Append("Content-Length: 0\r\nConnection: close\r\n\r\n") |> ignore
-    Encoding.Latin1.GetBytes(text.ToString())
-
-/// The error response for a refused handshake: its status and headers (Allow, Sec-WebSocket-Version)
-/// through `errorResponse`. A null rejection gives a plain 400.
-let rejectionResponse (rejection: Rejection) : byte[] =
-    if isNull (box rejection) then errorResponse (400, [||])
-    else errorResponse (rejection.Status, rejection.Headers)

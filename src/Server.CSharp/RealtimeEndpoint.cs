@@ -72,21 +72,33 @@ internal abstract class RealtimeEndpoint
     /// </summary>
     public abstract Task<RealtimeSocket?> OpenAsync(HttpContext context);
 
-    /// <summary>The request as the core's handshake sees it.</summary>
+    /// <summary>
+    /// The request as the core's handshake sees it. A directly accepted request whose headers the
+    /// application's pipeline left as they came hands on the header lines the core parsed; otherwise
+    /// they are read from <see cref="HttpRequest.Headers"/>, as the pipeline left them.
+    /// </summary>
     protected static Handshake.HandshakeRequest ToHandshakeRequest(HttpRequest request)
     {
+        string target = request.Path.Value + request.QueryString.Value;
+        if (request.Headers is Direct.DirectRequestHeaders { AsParsed: { } parsed })
+            return new Handshake.HandshakeRequest(request.Method, target, request.Protocol, parsed);
         var headers = new List<Handshake.HttpHeader>(request.Headers.Count + 2);
         foreach (var (name, values) in request.Headers)
         {
             foreach (var value in values) headers.Add(new Handshake.HttpHeader(name, value ?? ""));
         }
-        return new Handshake.HandshakeRequest(request.Method, request.Path.Value + request.QueryString.Value, request.Protocol, headers.ToArray());
+        return new Handshake.HandshakeRequest(request.Method, target, request.Protocol, headers.ToArray());
     }
 
     /// <summary>Total bytes of the request's header names and values.</summary>
     protected static long HeaderBytes(HttpRequest request)
     {
         long total = 0;
+        if (request.Headers is Direct.DirectRequestHeaders { AsParsed: { } parsed })
+        {
+            foreach (var header in parsed) total += header.Name.Length + header.Value.Length + 4;
+            return total;
+        }
         foreach (var (name, values) in request.Headers)
         {
             foreach (var value in values) total += name.Length + (value?.Length ?? 0) + 4;
@@ -112,22 +124,29 @@ internal abstract class RealtimeEndpoint
         return false;
     }
 
-    /// <summary>Logs and counts a refused upgrade: its HTTP status and stable reason code.</summary>
-    protected void Rejected(int status, string code, string detail)
+    /// <summary>
+    /// Refuses an upgrade: logs and counts it (its status and stable code, with <paramref name="detail"/>),
+    /// then answers with the core's response for it.
+    /// </summary>
+    protected Task RefuseAsync(HttpContext context, Refusal refusal, string detail)
     {
-        Server.Log.HandshakeRejected(Pattern, status, code, detail);
-        Server.Metrics.HandshakeRejected(Pattern, status, code);
+        var response = RefusalModule.response(refusal);
+        Server.Log.HandshakeRejected(Pattern, response.Status, refusal.Code, detail);
+        Server.Metrics.HandshakeRejected(Pattern, response.Status, refusal.Code);
+        return WriteAsync(context, response);
     }
 
-    /// <summary>Writes a refusal before the upgrade: status, extra headers and a short text body.</summary>
-    protected static async Task RejectAsync(HttpContext context, int status, string reason, IEnumerable<Handshake.HttpHeader> headers)
+    /// <summary>
+    /// Copies a response of the core into the request's response: its status, its headers (replacing
+    /// any of the same name), its length and its body.
+    /// </summary>
+    protected static Task WriteAsync(HttpContext context, Response response)
     {
-        context.Response.StatusCode = status;
-        foreach (var header in headers) context.Response.Headers.Append(header.Name, header.Value);
-        context.Response.ContentType = "text/plain; charset=utf-8";
-        byte[] body = System.Text.Encoding.UTF8.GetBytes(reason);
-        context.Response.ContentLength = body.Length;
-        await context.Response.Body.WriteAsync(body, context.RequestAborted).ConfigureAwait(false);
+        var target = context.Response;
+        target.StatusCode = response.Status;
+        foreach (var header in response.Headers) target.Headers[header.Name] = header.Value;
+        target.ContentLength = response.Body.Length;
+        return response.Body.Length == 0 ? Task.CompletedTask : target.Body.WriteAsync(response.Body, context.RequestAborted).AsTask();
     }
 }
 
@@ -157,7 +176,7 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         catch (Exception exception) when (!context.Response.HasStarted)
         {
             Server.Log.AttachFailed(exception, Pattern);
-            context.Response.StatusCode = StatusCodes.Status500InternalServerError;
+            await WriteAsync(context, RefusalModule.response(Refusal.ApplicationFailed)).ConfigureAwait(false);
             return null;
         }
     }
@@ -171,14 +190,12 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
     {
         if (Server.IsShuttingDown)
         {
-            Rejected(StatusCodes.Status503ServiceUnavailable, "shutting-down", "server shutting down");
-            await RejectAsync(context, StatusCodes.Status503ServiceUnavailable, "server shutting down", []).ConfigureAwait(false);
+            await RefuseAsync(context, Refusal.ShuttingDown, "server shutting down").ConfigureAwait(false);
             return null;
         }
         if (HeaderBytes(context.Request) > Options.MaxHandshakeHeaderBytes)
         {
-            Rejected(StatusCodes.Status431RequestHeaderFieldsTooLarge, "headers-too-large", "request headers over the limit");
-            await RejectAsync(context, StatusCodes.Status431RequestHeaderFieldsTooLarge, "request headers too large", []).ConfigureAwait(false);
+            await RefuseAsync(context, Refusal.HeadersTooLarge, "request headers over the limit").ConfigureAwait(false);
             return null;
         }
         // RFC 8441: over HTTP/2 (and RFC 9220: HTTP/3) the handshake is an extended CONNECT.
@@ -188,30 +205,26 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
             : Handshake.acceptExtendedConnect(Policy, connect.Protocol, ToHandshakeRequest(context.Request));
         if (result is Handshake.HandshakeResult.Rejected { rejection: var rejection })
         {
-            Rejected(rejection.Status, rejection.Code, rejection.Reason);
-            await RejectAsync(context, rejection.Status, rejection.Reason, rejection.Headers).ConfigureAwait(false);
+            await RefuseAsync(context, Refusal.NewInvalid(rejection), rejection.Reason).ConfigureAwait(false);
             return null;
         }
         var acceptance = ((Handshake.HandshakeResult.Accepted)result).acceptance;
         var upgrade = context.Features.Get<IHttpUpgradeFeature>();
         if (connect is null && (upgrade is null || !upgrade.IsUpgradableRequest))
         {
-            Rejected(400, "not-upgradable", "the server cannot upgrade this request");
-            await RejectAsync(context, StatusCodes.Status400BadRequest, "this request cannot be upgraded (an HTTP/1.1 upgrade or an HTTP/2 extended CONNECT is required)", []).ConfigureAwait(false);
+            await RefuseAsync(context, Refusal.NotUpgradable, "the server cannot upgrade this request").ConfigureAwait(false);
             return null;
         }
 
         if (!OriginAllowed(context.Request))
         {
-            Rejected(StatusCodes.Status403Forbidden, "origin-not-allowed", context.Request.Headers.Origin.ToString());
-            await RejectAsync(context, StatusCodes.Status403Forbidden, "origin not allowed", []).ConfigureAwait(false);
+            await RefuseAsync(context, Refusal.OriginNotAllowed, context.Request.Headers.Origin.ToString()).ConfigureAwait(false);
             return null;
         }
         var address = context.Connection.RemoteIpAddress;
         if (!Server.TryReserveSlot(address, Options))
         {
-            Rejected(StatusCodes.Status503ServiceUnavailable, "too-many-connections", address?.ToString() ?? "");
-            await RejectAsync(context, StatusCodes.Status503ServiceUnavailable, "too many connections", []).ConfigureAwait(false);
+            await RefuseAsync(context, Refusal.TooManyConnections, address?.ToString() ?? "").ConfigureAwait(false);
             return null;
         }
         RealtimeSocket? socket = null;
@@ -239,8 +252,7 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         else attachment = Attachment<TData>.Accept(default!);
         if (attachment.IsRejected)
         {
-            Rejected(attachment.RejectStatus, "attach-rejected", attachment.RejectReason ?? "");
-            await RejectAsync(context, attachment.RejectStatus, attachment.RejectReason ?? "rejected", []).ConfigureAwait(false);
+            await RefuseAsync(context, Refusal.NewByApplication(attachment.RejectStatus, attachment.RejectReason!), attachment.RejectReason ?? "").ConfigureAwait(false);
             return null;
         }
 

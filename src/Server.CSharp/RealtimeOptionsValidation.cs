@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Options;
+using Realtime.Protocol;
 
 namespace Realtime;
 
@@ -78,7 +79,11 @@ internal sealed class RealtimeOptionsValidation : IValidateOptions<RealtimeOptio
         Duration(nameof(o.CloseTimeout), o.CloseTimeout, zeroAllowed: false, "");
         Duration(nameof(o.ShutdownTimeout), o.ShutdownTimeout, zeroAllowed: true, "close without waiting");
         if (o.HandshakeTimeout is { } handshake) Duration(nameof(o.HandshakeTimeout), handshake, zeroAllowed: false, "");
-        Range(nameof(o.MaxBufferedAmount), o.MaxBufferedAmount, Math.Max(0, o.BackpressureLimit), MaxBufferedAmountLimit, "bytes (from BackpressureLimit to 1 GiB)");
+        // The pair follows the core's rule for backpressure limits (both non-negative, the soft one not above
+        // the hard one); a negative BackpressureLimit is its own problem, so the pair is judged from 0.
+        var pair = new Backpressure.Limits(Math.Max(0, o.BackpressureLimit), o.MaxBufferedAmount, o.CloseOnBackpressureLimit);
+        if (Backpressure.validate(pair).IsError || o.MaxBufferedAmount > MaxBufferedAmountLimit)
+            problems.Add($"RealtimeOptions.{nameof(o.MaxBufferedAmount)} is {o.MaxBufferedAmount}; it must be {pair.SoftLimit} to {MaxBufferedAmountLimit} bytes (from BackpressureLimit to 1 GiB).");
         Range(nameof(o.BackpressureLimit), o.BackpressureLimit, 0, MaxBufferedAmountLimit, "bytes");
         Range(nameof(o.MaxServerBufferedBytes), o.MaxServerBufferedBytes, 1, long.MaxValue, "bytes");
         Range(nameof(o.ServerMaxWindowBits), o.ServerMaxWindowBits, 9, 15, "bits (RFC 7692 §7.1.2.1)");

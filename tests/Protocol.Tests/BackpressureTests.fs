@@ -192,14 +192,6 @@ let examples =
               Expect.equal s.Buffered 0L "flushed"
           }
 
-          test "results map to Bun's send status" {
-              Expect.equal (toSendStatus (Sent 42)) 42 "bytes"
-              Expect.equal (toSendStatus Backpressure) -1 "backpressure"
-              Expect.equal (toSendStatus (Dropped OverLimit)) 0 "dropped"
-              Expect.equal (toSendStatus (Dropped ConnectionClosed)) 0 "closed"
-              Expect.equal (toSendStatus CloseForLimit) 0 "closing"
-          }
-
           test "queued results and drop codes" {
               Expect.isTrue (isQueued (Sent 1)) "sent"
               Expect.isTrue (isQueued Backpressure) "backpressure"
@@ -394,15 +386,10 @@ let properties =
                       (ops @ [ true, extreme; false, extreme ])
                       |> List.fold
                           (fun state (isOffer, n) ->
-                              let state', result =
-                                  if isOffer then
-                                      let s, r = offerTo limits state n
-                                      s, toSendStatus r
-                                  else
-                                      fst (flush limits state n), 0
+                              let state' =
+                                  if isOffer then fst (offerTo limits state n) else fst (flush limits state n)
 
                               Expect.isGreaterThanOrEqual state'.Buffered 0L "non-negative"
-                              Expect.isGreaterThanOrEqual result -1 "a Bun status"
                               state')
                           initial
 

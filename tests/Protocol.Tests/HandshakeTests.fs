@@ -55,6 +55,12 @@ let private expectRejection r status code headers =
 
 let private chat = { defaultPolicy with Subprotocols = [| "chat"; "superchat" |] }
 
+// The 101 as a host that writes it itself sends it: the acceptance's status and headers through the core's renderer.
+let private responseText (acceptance: Acceptance) =
+    match ResponseHead.render (acceptance.Status, "", acceptance.ResponseHeaders) with
+    | ResponseHead.Rendered head -> Text.Encoding.Latin1.GetString head
+    | ResponseHead.SplitsResponse name -> failtestf "the header %s would split the response" name
+
 [<Tests>]
 let examples =
     testList "RFC 6455 §1.3 / §4.2 opening handshake" [
@@ -203,7 +209,6 @@ let examples =
             acceptedBy { Subprotocols = null; Deflate = PerMessageDeflate.defaults } (request odd) |> ignore
             acceptedBy (Unchecked.defaultof<Policy>) sample |> ignore
             Expect.equal (acceptKey null) (acceptKey "") "null key"
-            Expect.equal (responseText (Unchecked.defaultof<Acceptance>)) "HTTP/1.1 101 Switching Protocols\r\n\r\n" "null acceptance"
         }
     ]
 

@@ -31,6 +31,7 @@ open Microsoft.AspNetCore.RateLimiting
 open Microsoft.Extensions.DependencyInjection
 open Microsoft.Extensions.Logging
 open Microsoft.Extensions.Options
+open Microsoft.Extensions.Primitives
 open Realtime
 open Realtime.Server.Tests.TestHost
 
@@ -743,6 +744,29 @@ let private middlewareState =
           case "a User set by middleware" (upgrade "/chat" |> withHeader "X-Middleware-User" "carol") [ upgradedBy "/chat"; user "carol" ]
           case "plain GET: the header on the refusal too" (plainGet "/chat") [ status 400; header "x-app-middleware: ran"; notAttached ] ] }
 
+let private changedRequestHeaders =
+    { Name = "middleware: request headers changed before the endpoint (the handshake sees what the pipeline left)"
+      Services = ignore
+      App =
+        fun recorder app ->
+            app.Use(fun (context: HttpContext) (next: RequestDelegate) ->
+                let headers = context.Request.Headers
+                if headers.ContainsKey "X-Set-Protocol" then headers["Sec-WebSocket-Protocol"] <- StringValues "chat"
+                if headers.ContainsKey "X-Drop-Version" then headers.Remove "Sec-WebSocket-Version" |> ignore
+                if headers.ContainsKey "X-Replace-Headers" then
+                    let copy = HeaderDictionary()
+                    for pair in headers do copy[pair.Key] <- pair.Value
+                    copy["Sec-WebSocket-Protocol"] <- StringValues "chat"
+                    context.Features.Get<IHttpRequestFeature>().Headers <- copy
+                next.Invoke context)
+            |> ignore
+            app.MapRealtime("/chat", observing recorder "/chat", fun (options: RealtimeOptions) -> options.Subprotocols.Add "chat") |> ignore
+      Cases =
+        [ case "unchanged" (upgrade "/chat") [ upgradedBy "/chat"; noHeaderStarting "sec-websocket-protocol" ]
+          case "a subprotocol set by middleware" (upgrade "/chat" |> withHeader "X-Set-Protocol" "1") [ upgradedBy "/chat"; header "sec-websocket-protocol: chat" ]
+          case "the version removed by middleware" (upgrade "/chat" |> withHeader "X-Drop-Version" "1") [ status 426; header "sec-websocket-version: 13"; notAttached ]
+          case "the request headers replaced by middleware" (upgrade "/chat" |> withHeader "X-Replace-Headers" "1") [ upgradedBy "/chat"; header "sec-websocket-protocol: chat" ] ] }
+
 /// Every configuration, each item of the rule.
 let configurations =
     [ fallbackPolicy
@@ -758,7 +782,8 @@ let configurations =
       endpointFilters
       routingPrecedence
       routeGroup
-      middlewareState ]
+      middlewareState
+      changedRequestHeaders ]
 
 [<Tests>]
 let differentialTests =

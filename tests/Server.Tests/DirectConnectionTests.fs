@@ -493,10 +493,9 @@ let directFeatureTests =
         let connection = new Microsoft.AspNetCore.Connections.DefaultConnectionContext("conn-1")
         connection.RemoteEndPoint <- IPEndPoint(IPAddress.Loopback, 5555)
         connection.LocalEndPoint <- IPEndPoint(IPAddress.Loopback, 80)
-        let headers = HeaderDictionary()
-        headers.Append("Host", "example.test")
-        let features =
-            new Direct.DirectConnectionFeatures(connection, "GET", "HTTP/1.1", "/rooms/a", "?x=1", "/rooms/a?x=1", headers, true)
+        let request: Realtime.Protocol.Handshake.HandshakeRequest =
+            { Method = "GET"; Path = "/rooms/a?x=1"; HttpVersion = "HTTP/1.1"; Headers = [| { Name = "Host"; Value = "example.test" } |] }
+        let features = new Direct.DirectConnectionFeatures(connection, request, "/rooms/a", "?x=1", true)
         features, DefaultHttpContext(features)
 
     testList "Direct connections: the request's features" [
@@ -533,6 +532,11 @@ let directFeatureTests =
             Expect.isTrue (context.Features |> Seq.exists (fun entry -> obj.ReferenceEquals(entry.Value, replaced))) "the replacement is listed"
         }
 
+        test "a response written directly carries the reason phrase Kestrel would write" {
+            for status in 100..599 do
+                Expect.equal (ResponseHead.reasonPhrase status) (Microsoft.AspNetCore.WebUtilities.ReasonPhrases.GetReasonPhrase status) $"{status}"
+        }
+
         testTask "a response the application writes goes out with its status, headers and body after the OnStarting callbacks, then Connection: close" {
             let connection = new Microsoft.AspNetCore.Connections.DefaultConnectionContext("conn-2")
             let toServer = System.IO.Pipelines.Pipe()
@@ -541,8 +545,8 @@ let directFeatureTests =
                 { new System.IO.Pipelines.IDuplexPipe with
                     member _.Input = toServer.Reader
                     member _.Output = fromServer.Writer }
-            let headers = HeaderDictionary()
-            let features = new Direct.DirectConnectionFeatures(connection, "GET", "HTTP/1.1", "/", "", "/", headers, false)
+            let request: Realtime.Protocol.Handshake.HandshakeRequest = { Method = "GET"; Path = "/"; HttpVersion = "HTTP/1.1"; Headers = [||] }
+            let features = new Direct.DirectConnectionFeatures(connection, request, "/", "", false)
             let context = DefaultHttpContext(features)
             let order = ResizeArray<string>()
             context.Response.OnStarting(fun () -> order.Add "first registered"; Task.CompletedTask)

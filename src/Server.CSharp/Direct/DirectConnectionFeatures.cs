@@ -1,10 +1,10 @@
+using System.Buffers;
 using System.IO.Pipelines;
 using System.Net;
-using System.Text;
 using Microsoft.AspNetCore.Connections;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
-using Microsoft.AspNetCore.WebUtilities;
+using Realtime.Protocol;
 
 namespace Realtime.Direct;
 
@@ -46,18 +46,23 @@ internal sealed class DirectConnectionFeatures :
     private PipeWriter? _bodyWriter;
     private bool _started;
 
-    public DirectConnectionFeatures(ConnectionContext connection, string method, string protocol, string path,
-        string queryString, string rawTarget, IHeaderDictionary headers, bool addServerHeader)
+    /// <summary>
+    /// The features of <paramref name="request"/>, as the core parsed it, with its decoded
+    /// <paramref name="path"/> and its <paramref name="queryString"/>; its header lines are the request
+    /// headers as they are (<see cref="DirectRequestHeaders"/>).
+    /// </summary>
+    public DirectConnectionFeatures(ConnectionContext connection, Handshake.HandshakeRequest request, string path,
+        string queryString, bool addServerHeader)
     {
         _connection = connection;
         _addServerHeader = addServerHeader;
-        Method = method;
-        Protocol = protocol;
+        Method = request.Method;
+        Protocol = request.HttpVersion;
         Scheme = connection.Features.Get<ITlsConnectionFeature>() is null ? "http" : "https";
         Path = path;
         QueryString = queryString;
-        RawTarget = rawTarget;
-        Headers = headers;
+        RawTarget = request.Path;
+        Headers = new DirectRequestHeaders(request.Headers);
         ConnectionId = connection.ConnectionId;
         if (connection.RemoteEndPoint is IPEndPoint remote)
         {
@@ -331,25 +336,29 @@ internal sealed class DirectConnectionFeatures :
         return new DuplexPipeStream(_connection.Transport);
     }
 
+    /// <summary>
+    /// Writes a response head through the core's renderer, with the headers Kestrel adds (Date, and
+    /// Server unless turned off) when the application did not set them. A header value with a line break
+    /// throws, as Kestrel does, rather than split the response (RFC 9110 §5.5).
+    /// </summary>
     private static void WriteHead(PipeWriter output, int status, string? reasonPhrase, IHeaderDictionary headers, bool addServerHeader)
     {
-        var head = new StringBuilder(256);
-        head.Append("HTTP/1.1 ").Append(status).Append(' ')
-            .Append(string.IsNullOrEmpty(reasonPhrase) ? ReasonPhrases.GetReasonPhrase(status) : reasonPhrase).Append("\r\n");
-        // Kestrel's own headers, unless the application set them.
-        if (!headers.ContainsKey("Date")) head.Append("Date: ").Append(DateTimeOffset.UtcNow.ToString("r")).Append("\r\n");
-        if (addServerHeader && !headers.ContainsKey("Server")) head.Append("Server: Kestrel\r\n");
+        var lines = new List<Handshake.HttpHeader>(headers.Count + 2);
+        if (!headers.ContainsKey("Date")) lines.Add(new Handshake.HttpHeader("Date", DateTimeOffset.UtcNow.ToString("r")));
+        if (addServerHeader && !headers.ContainsKey("Server")) lines.Add(new Handshake.HttpHeader("Server", "Kestrel"));
         foreach (var (name, values) in headers)
         {
-            foreach (var value in values)
-            {
-                // As Kestrel does: a line break in a header would split the response (RFC 9110 §5.5).
-                if (value is not null && value.AsSpan().IndexOfAny('\r', '\n') >= 0)
-                    throw new InvalidOperationException($"the value of response header {name} contains a line break");
-                head.Append(name).Append(": ").Append(value).Append("\r\n");
-            }
+            foreach (var value in values) lines.Add(new Handshake.HttpHeader(name, value ?? ""));
         }
-        head.Append("\r\n");
-        Encoding.Latin1.GetBytes(head.ToString(), output);
+        switch (ResponseHead.render(status, reasonPhrase ?? "", lines.ToArray()))
+        {
+            case ResponseHead.Rendering.Rendered { head: var head }:
+                output.Write(head);
+                break;
+            case ResponseHead.Rendering.SplitsResponse { name: ":status" }:
+                throw new InvalidOperationException("the reason phrase of the response contains a line break");
+            case ResponseHead.Rendering.SplitsResponse { name: var name }:
+                throw new InvalidOperationException($"the value of response header {name} contains a line break");
+        }
     }
 }

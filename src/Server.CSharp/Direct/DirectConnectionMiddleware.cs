@@ -164,9 +164,7 @@ internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServi
             var request = complete.request;
             if (!DirectRequest.IsCandidate(request, out string path, out string query)) return null;
             if (_routes!.OptedOut(new PathString(path))) return null;
-            var headers = new HeaderDictionary(request.Headers.Length);
-            foreach (var header in request.Headers) headers.Append(header.Name, header.Value);
-            return new DirectConnectionFeatures(connection, request.Method, request.HttpVersion, path, query, request.Path, headers, _addServerHeader);
+            return new DirectConnectionFeatures(connection, request, path, query, _addServerHeader);
         }
         finally
         {
