@@ -95,7 +95,7 @@ public abstract partial class RealtimeSocket
     }
 
     /// <summary>
-    /// Inflates one chunk of a compressed message and hands what it inflated to to the core, whose
+    /// Inflates one chunk of a compressed message and hands the inflated bytes to the core, whose
     /// message rules (size, UTF-8) hold for it as for an uncompressed message. Returns the whole
     /// inflated message when this chunk ended it, else null; fails the connection (1009, 1007) and
     /// returns null on bad data.
@@ -153,7 +153,9 @@ public abstract partial class RealtimeSocket
             ReleaseInflater();
             return null;
         }
-        return messageEnd ? _inflater.Output : null;
+        // Not `messageEnd ? Output : null`: that null would become an empty message (byte[] converts to memory).
+        if (!messageEnd) return null;
+        return _inflater.Output;
     }
 
     /// <summary>After a compressed message was handled: a pooled inflater goes back, an own one keeps its window.</summary>
