@@ -34,8 +34,9 @@ type ConnectionEvent =
     /// Input bytes [payloadStart, payloadStart + length) are payload of the current message,
     /// still masked: unmask them with `Masking.apply (maskKey, maskOffset, ...)`, where maskOffset
     /// is their position in their frame's payload. `messageEnd` when the message is complete;
-    /// `compressed` when the message was sent compressed (RFC 7692), in which case its text, if
-    /// any, is validated after inflating. A message can end with an event of length 0.
+    /// `compressed` when the message was sent compressed (RFC 7692): the shell inflates the payload
+    /// and hands what it inflated to `Connection.inflated`, which applies the size limit and the
+    /// UTF-8 rule to it. A message can end with an event of length 0.
     | MessageData of kind: MessageKind * payloadStart: int * length: int * maskKey: uint32 * maskOffset: int64 * messageEnd: bool * compressed: bool
     /// A ping arrived (payload unmasked); write the `pong` frame (RFC 6455 §5.5.2). While the
     /// closing handshake is under way no pong is owed, and `pong` is empty.
@@ -60,6 +61,17 @@ type CloseRequest =
     /// The code may not be sent on the wire (RFC 6455 §7.4); nothing changed.
     | CodeNotSendable of rejectedCode: uint16
 
+/// What the core found in a piece of an inflated message (see `Connection.inflated`).
+[<Struct>]
+type InflatedVerdict =
+    /// The bytes keep to the message rules; at the message's end the message is whole and valid.
+    | InflatedAccepted
+    /// The inflated message broke a rule (RFC 6455 §7.1.7): write `closeFrame` (empty when our
+    /// close was already sent) and close the transport, as for `ProtocolViolation`.
+    | InflatedRefused of error: ProtocolError * closeFrame: byte[]
+    /// The connection is already closed: drop the bytes; nothing is delivered or written.
+    | InflatedIgnored
+
 /// What the passing of time asks the shell to do.
 [<Struct>]
 type TickAction =
@@ -73,8 +85,9 @@ type TickAction =
     | CloseHandshakeTimedOut
 
 /// The parts of a connection that change a few times in its life, not at every frame: the
-/// settings and the closing handshake. Kept apart, behind a reference, so that the per-frame
-/// state the receive loop rebuilds stays small; a close or a failure makes a new one.
+/// settings, the closing handshake and the transport's end. Kept apart, behind a reference, so
+/// that the per-frame state the receive loop rebuilds stays small; a close, a failure or the
+/// transport's end makes a new one.
 [<NoComparison>]
 type internal Lifecycle =
     {
@@ -86,10 +99,28 @@ type internal Lifecycle =
         TimedOut: bool
         ReceivedCode: uint16
         ReceivedReason: string
+        /// The code of the close we started (our close, the idle close) or failed with; 0 until
+        /// then, and never changed once set. Not set by the echo of the peer's close.
+        SentCode: uint16
+        SentReason: string
+        /// The shell stopped running the connection: nothing more is queued, read or closed.
+        TransportEnded: bool
+        /// The transport takes no more bytes (a write failed, or it ended with no write under way).
+        WritesStopped: bool
     }
 
-    /// The closing handshake completed, or the connection failed or timed out.
-    member life.IsClosed = life.CloseReceived || life.Failed || life.TimedOut
+    /// The closing handshake completed, the connection failed or timed out, or its transport ended.
+    member life.IsClosed = life.CloseReceived || life.Failed || life.TimedOut || life.TransportEnded
+
+    /// The lifecycle after we sent a close frame with `code` and `reason` at `now` (the first code stays).
+    member life.Closing(code: uint16, reason: string, now: int64) : Lifecycle =
+        if life.SentCode <> 0us then { life with CloseSent = true; CloseSentAt = now }
+        else { life with CloseSent = true; CloseSentAt = now; SentCode = code; SentReason = reason }
+
+    /// The lifecycle after the connection failed with `error` (RFC 6455 §7.1.7; the first code stays).
+    member life.FailedWith(error: ProtocolError) : Lifecycle =
+        if life.SentCode <> 0us then { life with Failed = true; CloseSent = true }
+        else { life with Failed = true; CloseSent = true; SentCode = error.CloseCode; SentReason = error.Message }
 
 /// The per-frame part of a connection: the decoder and the message being received. It holds
 /// no references, so the receive loop updates a copy of it in place (the fields are mutable for
@@ -103,6 +134,8 @@ type internal Receiver =
         mutable Kind: MessageKind
         mutable InMessage: bool
         mutable Compressed: bool
+        /// Inflated bytes of the compressed message so far (its UTF-8 state is `Utf8`).
+        mutable InflatedLength: int64
     }
 
 /// Where the receive loop stopped, and the data event it found (`Data`), if any.
@@ -139,16 +172,32 @@ type Connection =
             Life: Lifecycle
         }
 
-    /// False once a close frame was sent (RFC 6455 §5.5.1: no data frames after a close).
-    member connection.CanSend = not connection.Life.CloseSent
+    /// False once a close frame was sent (RFC 6455 §5.5.1: no data frames after a close) or the
+    /// transport ended (`Connection.transportEnded`).
+    member connection.CanSend =
+        let life = connection.Life
+        not (life.CloseSent || life.TransportEnded)
+
+    /// False once the transport takes no more bytes (`Connection.writingStopped`): what is still
+    /// queued is dropped rather than written.
+    member connection.CanWrite = not connection.Life.WritesStopped
+
+    /// True once the shell stopped running the connection (`Connection.transportEnded`).
+    member connection.HasEnded = connection.Life.TransportEnded
+
+    /// True while the receive loop should read on: the connection is not closed and its transport
+    /// still takes bytes.
+    member connection.ShouldRead =
+        let life = connection.Life
+        not (life.IsClosed || life.WritesStopped)
 
     /// True once a close frame was sent or the connection failed.
     member connection.IsClosing =
         let life = connection.Life
         life.CloseSent || life.CloseReceived || life.Failed
 
-    /// True when the closing handshake completed or the connection failed or timed out: the
-    /// transport should be closed and nothing more is read.
+    /// True when the closing handshake completed, the connection failed or timed out, or its
+    /// transport ended: the transport should be closed and nothing more is read.
     member connection.IsClosed = connection.Life.IsClosed
 
     /// The settings the connection was created with.
@@ -171,7 +220,8 @@ module Connection =
               Kind = MessageKind.Binary
               Compressed = false
               MessageLength = 0L
-              Utf8 = Utf8Validator.initial }
+              Utf8 = Utf8Validator.initial
+              InflatedLength = 0L }
           Control = null
           LastActivity = now
           PingSentAt = -1L
@@ -183,7 +233,11 @@ module Connection =
               Failed = false
               TimedOut = false
               ReceivedCode = CloseCode.AbnormalClosure
-              ReceivedReason = "" } }
+              ReceivedReason = ""
+              SentCode = 0us
+              SentReason = ""
+              TransportEnded = false
+              WritesStopped = false } }
 
     /// The close frame a failure writes: none when our close frame was already sent.
     let private failureFrame (life: Lifecycle) (error: ProtocolError) : byte[] =
@@ -194,7 +248,7 @@ module Connection =
     [<MethodImpl(MethodImplOptions.NoInlining)>]
     let private fail (life: byref<Lifecycle>, control: byref<byte[]>, event: byref<ConnectionEvent>, error: ProtocolError) : unit =
         let closeFrame = failureFrame life error
-        life <- { life with Failed = true; CloseSent = true }
+        life <- life.FailedWith error
         control <- null
         event <- ProtocolViolation(error, closeFrame)
 
@@ -304,6 +358,7 @@ module Connection =
                         receiver.Kind <- if header.Opcode = Opcode.Text then MessageKind.Text else MessageKind.Binary
                         receiver.Compressed <- header.Rsv1
                         receiver.MessageLength <- 0L
+                        receiver.InflatedLength <- 0L
                         receiver.Utf8 <- Utf8Validator.initial
             | _ ->
                 // Payload: the `consumed` bytes from `start`, `offset` bytes into the frame's payload.
@@ -372,30 +427,40 @@ module Connection =
             else
                 struct (next, stop.Position, event)
 
-    /// Fails the connection for a message the shell found bad after the core passed it on: a
-    /// compressed message whose inflated size passes the limit (1009), whose text is not UTF-8 or
-    /// whose DEFLATE data is corrupt (1007). Returns the close frame to write (empty when a close
-    /// was already sent) before closing the transport, as for `ProtocolViolation`.
+    /// Fails the connection for a message the shell found bad with what only the shell knows: a
+    /// compressed message whose DEFLATE data is corrupt (1007), or one that does not fit the
+    /// server's memory budget (1009). Returns the close frame to write (empty when a close was
+    /// already sent) before closing the transport, as for `ProtocolViolation`.
     let failMessage (connection: Connection, error: ProtocolError) : struct (Connection * byte[]) =
         let life = connection.Life
         if life.IsClosed then struct (connection, Array.Empty<byte>())
         else
             let closeFrame = failureFrame life error
-            struct ({ connection with Control = null; Life = { life with Failed = true; CloseSent = true } }, closeFrame)
+            struct ({ connection with Control = null; Life = life.FailedWith error }, closeFrame)
 
     /// Asks to close with `code` and `reason` (cut to 123 UTF-8 bytes) at time `now`.
     let close (connection: Connection, code: uint16, reason: string, now: int64) : struct (Connection * CloseRequest) =
         let life = connection.Life
         if life.CloseSent || life.IsClosed then struct (connection, AlreadyClosing)
         elif not (CloseCode.isSendable code) then struct (connection, CodeNotSendable code)
-        else struct ({ connection with Life = { life with CloseSent = true; CloseSentAt = now } }, SendCloseFrame(Frame.close code reason))
+        else struct ({ connection with Life = life.Closing(code, reason, now) }, SendCloseFrame(Frame.close code reason))
 
-    /// The code and reason to report to the application once the transport has ended: the
-    /// peer's close code when its close frame arrived, else 1006 (RFC 6455 §7.1.5).
+    /// The peer's side of the closing handshake: its close code and reason when its close frame
+    /// arrived, else 1006 (RFC 6455 §7.1.5). See `closeOutcome` for what the application is told.
     let closeStatus (connection: Connection) : struct (uint16 * string) =
         let life = connection.Life
         if life.CloseReceived then struct (life.ReceivedCode, life.ReceivedReason)
         else struct (CloseCode.AbnormalClosure, "")
+
+    /// The code and reason to report to the application once the transport has ended: ours when
+    /// we started the closing handshake (a close, the idle close) or failed the connection, as
+    /// the client's answer to it (often a plain 1000) does not say why the connection ended;
+    /// else the peer's; else 1006, the connection ended without a close frame (RFC 6455 §7.1.5).
+    /// The reason is the one asked for, before the close frame cut it to 123 bytes.
+    let closeOutcome (connection: Connection) : struct (uint16 * string) =
+        let life = connection.Life
+        if life.SentCode <> 0us then struct (life.SentCode, life.SentReason)
+        else closeStatus connection
 
     /// `time + timeout`, saturating at Int64.MaxValue ("never") instead of wrapping around: a
     /// huge timeout (say Int64.MaxValue for "practically off") must not overflow into a deadline
@@ -413,6 +478,9 @@ module Connection =
         elif connection.PingSentAt >= 0L then after connection.PingSentAt options.IdleTimeout
         else after connection.LastActivity options.IdleTimeout
 
+    /// The reason of the idle close (1001).
+    let private idleReason = "idle timeout"
+
     /// Lets time pass: returns what is due at `now` (a keep-alive ping, an idle close, or the end
     /// of a closing handshake the peer never finished).
     let tick (connection: Connection, now: int64) : struct (Connection * TickAction) =
@@ -425,7 +493,50 @@ module Connection =
         elif life.CloseSent then
             struct ({ connection with Life = { life with TimedOut = true } }, CloseHandshakeTimedOut)
         elif connection.PingSentAt >= 0L then
-            let next = { connection with Life = { life with CloseSent = true; CloseSentAt = now; TimedOut = true } }
-            struct (next, IdleTimedOut(Frame.close CloseCode.GoingAway "idle timeout"))
+            let next = { connection with Life = { life.Closing(CloseCode.GoingAway, idleReason, now) with TimedOut = true } }
+            struct (next, IdleTimedOut(Frame.close CloseCode.GoingAway idleReason))
         else
             struct ({ connection with PingSentAt = now }, SendPing(Frame.control Opcode.Ping ReadOnlySpan.Empty))
+
+    /// The shell stopped running the connection (its receive loop ended, with or without a
+    /// closing handshake): from now on nothing more is queued, read, closed or timed; what is
+    /// already queued may still be written until `writingStopped`.
+    let transportEnded (connection: Connection) : Connection =
+        let life = connection.Life
+        if life.TransportEnded then connection else { connection with Life = { life with TransportEnded = true } }
+
+    /// The transport takes no more bytes: a write failed, or the connection ended with no write
+    /// under way. Nothing more is written or read; what is still queued is dropped.
+    let writingStopped (connection: Connection) : Connection =
+        let life = connection.Life
+        if life.WritesStopped then connection else { connection with Life = { life with WritesStopped = true } }
+
+    /// Applies the message rules to inflated bytes of a compressed message (RFC 7692 §6: the
+    /// extension sits below the message layer, so its inflated data is what the rules see): the
+    /// size limit summed over the inflated message (RFC 6455 §10.4, 1009; RFC 7692 §8.1 warns of
+    /// messages that expand enormously), and for text incremental UTF-8 validation, the message
+    /// not ending inside a sequence (RFC 6455 §8.1, 1007). Call it after a `MessageData` event of a
+    /// compressed message, with what its payload inflated to (any number of pieces, in order), and
+    /// `messageEnd` with the last piece of the message. The checks run in the order they run for
+    /// an uncompressed message, so the verdict is that of the same bytes sent uncompressed in
+    /// fragments cut where the pieces are.
+    let inflated (connection: Connection, inflatedBytes: ReadOnlySpan<byte>, messageEnd: bool) : struct (Connection * InflatedVerdict) =
+        let life = connection.Life
+        if life.IsClosed then struct (connection, InflatedIgnored)
+        else
+            let mutable receiver = connection.Receiver
+            let maxSize = life.Options.MaxMessageSize
+            let mutable error = ValueNone
+            if int64 inflatedBytes.Length > maxSize - receiver.InflatedLength then
+                error <- ValueSome(MessageTooBig maxSize)
+            elif receiver.Kind = MessageKind.Text then
+                match Utf8Validator.advance (receiver.Utf8, inflatedBytes) with
+                | Utf8Validator.Valid after when not messageEnd || after.IsComplete -> receiver.Utf8 <- after
+                | _ -> error <- ValueSome InvalidUtf8
+            match error with
+            | ValueSome error ->
+                let closeFrame = failureFrame life error
+                struct ({ connection with Control = null; Life = life.FailedWith error }, InflatedRefused(error, closeFrame))
+            | ValueNone ->
+                receiver.InflatedLength <- receiver.InflatedLength + int64 inflatedBytes.Length
+                struct ({ connection with Receiver = receiver }, InflatedAccepted)

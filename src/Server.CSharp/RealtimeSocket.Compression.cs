@@ -46,7 +46,7 @@ public abstract partial class RealtimeSocket
         }
         lock (_sync)
         {
-            if (!_core.CanSend || _ended)
+            if (!_core.CanSend)
             {
                 _server.Metrics.Queued(SendStatus.Dropped);
                 return SendResult.Dropped;
@@ -95,10 +95,12 @@ public abstract partial class RealtimeSocket
     }
 
     /// <summary>
-    /// Inflates one chunk of a compressed message. Returns the whole inflated message when this chunk
-    /// ended it, else null; fails the connection (1009, 1007) and returns null on bad data.
+    /// Inflates one chunk of a compressed message and hands the inflated bytes to the core, whose
+    /// message rules (size, UTF-8) hold for it as for an uncompressed message. Returns the whole
+    /// inflated message when this chunk ended it, else null; fails the connection (1009, 1007) and
+    /// returns null on bad data.
     /// </summary>
-    private ReadOnlyMemory<byte>? InflateChunk(ReadOnlySpan<byte> chunk, MessageKind kind, bool messageEnd)
+    private ReadOnlyMemory<byte>? InflateChunk(ReadOnlySpan<byte> chunk, bool messageEnd)
     {
         int limit = _endpoint.Options.EffectiveMaxPayloadLength;
         if (_inflater is null)
@@ -113,35 +115,47 @@ public abstract partial class RealtimeSocket
         }
         // The inflated bytes count against the server's budget as they grow: the message may grow
         // only as far as the budget has room, and past that it is too big, as past MaxPayloadLength.
+        // The inflater stops one byte past `room`, so a message inflating past the limit costs no
+        // more than the limit: that byte goes to the core, which refuses the message (1009); when
+        // the budget set `room` below the limit, only the host knows why it stopped.
         int before = _inflater.Output.Length;
         int room = (int)Math.Min(limit, before + _server.Budget.Available);
         var status = _inflater.Inflate(chunk, messageEnd, room);
         int grown = _inflater.Output.Length - before;
-        if (status != InflateStatus.TooBig)
+        bool overBudget;
+        if (status == InflateStatus.TooBig) overBudget = room < limit;
+        else if (_server.Budget.TryReserve(grown))
         {
-            if (_server.Budget.TryReserve(grown)) _inflatedCounted += grown;
-            else status = InflateStatus.TooBig;
+            _inflatedCounted += grown;
+            overBudget = false;
         }
-        switch (status)
+        else overBudget = true;
+        if (overBudget)
         {
-            case InflateStatus.TooBig:
-                FailMessage(ProtocolError.NewMessageTooBig(room));
-                ReleaseInflater();
-                return null;
-            case InflateStatus.Corrupt:
-                FailMessage(ProtocolError.InvalidCompressedData);
-                ReleaseInflater();
-                return null;
-        }
-        if (!messageEnd) return null;
-        var output = _inflater.Output;
-        // RFC 6455 §8.1 holds for the inflated text (RFC 7692 §6: extensions sit below the message layer).
-        if (kind == MessageKind.Text && !Utf8Validator.isValid(output.Span))
-        {
-            FailMessage(ProtocolError.InvalidUtf8);
+            FailMessage(ProtocolError.NewMessageTooBig(room));
+            ReleaseInflater();
             return null;
         }
-        return output;
+        if (status == InflateStatus.Corrupt)
+        {
+            FailMessage(ProtocolError.InvalidCompressedData);
+            ReleaseInflater();
+            return null;
+        }
+        InflatedVerdict verdict;
+        lock (_sync)
+        {
+            (_core, verdict) = ConnectionModule.inflated(_core, _inflater.Output.Span[before..], messageEnd);
+        }
+        if (!verdict.IsInflatedAccepted)
+        {
+            if (verdict.IsInflatedRefused) Failed(verdict.error, verdict.closeFrame);
+            ReleaseInflater();
+            return null;
+        }
+        // Not `messageEnd ? Output : null`: that null would become an empty message (byte[] converts to memory).
+        if (!messageEnd) return null;
+        return _inflater.Output;
     }
 
     /// <summary>After a compressed message was handled: a pooled inflater goes back, an own one keeps its window.</summary>
@@ -168,7 +182,10 @@ public abstract partial class RealtimeSocket
         _inflaterCounted = false;
     }
 
-    /// <summary>Fails the connection for a message found bad after the core passed it on.</summary>
+    /// <summary>
+    /// Fails the connection for a message found bad with what only the host knows: corrupt
+    /// DEFLATE data, or no room left in the server's budget.
+    /// </summary>
     private void FailMessage(ProtocolError error)
     {
         byte[] frame;
@@ -177,14 +194,15 @@ public abstract partial class RealtimeSocket
             var (core, closeFrame) = ConnectionModule.failMessage(_core, error);
             _core = core;
             frame = closeFrame;
-            if (_sentCloseCode == 0)
-            {
-                _sentCloseCode = error.CloseCode;
-                _sentCloseReason = error.Message;
-            }
         }
+        Failed(error, frame);
+    }
+
+    /// <summary>The connection failed (RFC 6455 §7.1.7): log it and write the core's close frame, if any.</summary>
+    private void Failed(ProtocolError error, byte[] closeFrame)
+    {
         _server.Log.ProtocolViolation(Id, error.Code, error.CloseCode);
-        EnqueueControl(frame);
+        EnqueueControl(closeFrame);
     }
 
     /// <summary>Frees the connection's compression state once it has ended.</summary>

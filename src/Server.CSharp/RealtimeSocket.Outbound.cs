@@ -28,7 +28,6 @@ public abstract partial class RealtimeSocket
     private int _pendingSharedBytes;
     private bool _writing;
     private int _corks;
-    private bool _transportFailed;
     private bool _stopReceivingWhenFlushed;
     private TaskCompletionSource? _writerIdle;
     private TaskCompletionSource? _controlTaken;
@@ -65,7 +64,7 @@ public abstract partial class RealtimeSocket
         bool closeForBudget = false;
         lock (_sync)
         {
-            if (!_core.CanSend || _ended)
+            if (!_core.CanSend)
             {
                 _server.Metrics.Queued(SendStatus.Dropped);
                 return SendResult.Dropped;
@@ -127,7 +126,7 @@ public abstract partial class RealtimeSocket
         bool startWriter;
         lock (_sync)
         {
-            if (_ended || _transportFailed) return;
+            if (_core.HasEnded || !_core.CanWrite) return;
             Append(frame);
             _pendingControlBytes += frame.Length;
             startWriter = TryBecomeWriter();
@@ -146,7 +145,7 @@ public abstract partial class RealtimeSocket
     /// <summary>Under the lock: claims the writer role when there is something to write and nobody holds it.</summary>
     private bool TryBecomeWriter()
     {
-        if (_writing || _corks > 0 || !HasPending || _transportFailed) return false;
+        if (_writing || _corks > 0 || !HasPending || !_core.CanWrite) return false;
         _writing = true;
         return true;
     }
@@ -208,7 +207,7 @@ public abstract partial class RealtimeSocket
                 // Either way no control frame is left pending below: a receive loop held back by them may go on.
                 controlTaken = _controlTaken;
                 _controlTaken = null;
-                if (!HasPending || _transportFailed)
+                if (!HasPending || !_core.CanWrite)
                 {
                     _writing = false;
                     ReleaseIdleBuffers();
@@ -264,7 +263,7 @@ public abstract partial class RealtimeSocket
                 _server.Log.TransportWriteFailed(Id, exception.Message);
                 lock (_sync)
                 {
-                    _transportFailed = true;
+                    _core = ConnectionModule.writingStopped(_core);
                     _writing = false;
                     ReleaseIdleBuffers();
                     _writerIdle?.TrySetResult();
@@ -459,7 +458,7 @@ public abstract partial class RealtimeSocket
     /// </summary>
     private Task? ControlBacklog()
     {
-        if (_pendingControlBytes <= Math.Min(_endpoint.Options.BackpressureLimit, MaxControlBacklog) || _transportFailed) return null;
+        if (_pendingControlBytes <= Math.Min(_endpoint.Options.BackpressureLimit, MaxControlBacklog) || !_core.CanWrite) return null;
         _controlTaken ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         return _controlTaken.Task;
     }
@@ -477,7 +476,7 @@ public abstract partial class RealtimeSocket
             ArrayPool<byte>.Shared.Return(_spare);
             _spare = null;
         }
-        if (_transportFailed && HasPending)
+        if (!_core.CanWrite && HasPending)
         {
             // Nothing will write these any more: their bytes leave the budget here.
             ReleaseWritten(_pendingLength - _pendingControlBytes, _pendingShared);

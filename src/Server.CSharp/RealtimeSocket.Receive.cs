@@ -24,9 +24,6 @@ public abstract partial class RealtimeSocket
     // an unfinished message (0 when none): set by the receive loop, read by Tick.
     private long _lastReadAt;
     private long _messageProgressAt;
-    private bool _ended;
-    private ushort _sentCloseCode;
-    private string _sentCloseReason = "";
 
     // Ends a stream's receive loop without aborting the transport (after the idle-timeout close
     // frame). It never gets a timer or wait handle, so it needs no Dispose. A pipe's loop has none:
@@ -85,7 +82,7 @@ public abstract partial class RealtimeSocket
         lock (_sync)
         {
             controlBacklog = null;
-            if (_core.IsClosed || _transportFailed) return true;
+            if (!_core.ShouldRead) return true;
             controlBacklog = ControlBacklog();
             return false;
         }
@@ -209,17 +206,7 @@ public abstract partial class RealtimeSocket
                         EnqueueControl(step.reply);
                         return;
                     case ConnectionEvent.Tags.ProtocolViolation:
-                        var error = step.error;
-                        _server.Log.ProtocolViolation(Id, error.Code, error.CloseCode);
-                        lock (_sync)
-                        {
-                            if (_sentCloseCode == 0)
-                            {
-                                _sentCloseCode = error.CloseCode;
-                                _sentCloseReason = error.Message;
-                            }
-                        }
-                        EnqueueControl(step.closeFrame);
+                        Failed(step.error, step.closeFrame);
                         return;
                 }
             }
@@ -242,7 +229,7 @@ public abstract partial class RealtimeSocket
         TrackUnfinishedMessage(data.messageEnd, data.length);
         if (data.compressed)
         {
-            var inflated = InflateChunk(payload, data.kind, data.messageEnd);
+            var inflated = InflateChunk(payload, data.messageEnd);
             if (inflated is null) return;
             try
             {
@@ -375,15 +362,9 @@ public abstract partial class RealtimeSocket
         byte[]? frame = null;
         lock (_sync)
         {
-            if (_ended) return;
             var (core, request) = ConnectionModule.close(_core, code, reason, _server.Now());
             _core = core;
-            if (request.IsSendCloseFrame)
-            {
-                frame = request.closeFrame;
-                _sentCloseCode = code;
-                _sentCloseReason = reason;
-            }
+            if (request.IsSendCloseFrame) frame = request.closeFrame;
         }
         if (frame is not null) EnqueueControl(frame);
     }
@@ -399,15 +380,9 @@ public abstract partial class RealtimeSocket
         TickAction action;
         lock (_sync)
         {
-            if (_ended) return;
             var (core, due) = ConnectionModule.tick(_core, now);
             _core = core;
             action = due;
-            if (action.IsIdleTimedOut && _sentCloseCode == 0)
-            {
-                _sentCloseCode = CloseCode.GoingAway;
-                _sentCloseReason = "idle timeout";
-            }
         }
         switch (action.Tag)
         {
@@ -465,7 +440,7 @@ public abstract partial class RealtimeSocket
     private void AbortUnlessEnded()
     {
         bool ended;
-        lock (_sync) ended = _ended;
+        lock (_sync) ended = _core.HasEnded;
         if (!ended) AbortTransport();
     }
 
@@ -490,18 +465,13 @@ public abstract partial class RealtimeSocket
         string reason;
         lock (_sync)
         {
-            _ended = true;
+            _core = ConnectionModule.transportEnded(_core);
             _backpressure = Backpressure.closed(_backpressure);
-            // When the server started the closing handshake (ws.Close, a failed handler, a protocol
-            // error, idle timeout, shutdown), its code says why the connection ended; the client's
-            // answer to it (often a plain 1000) does not.
-            var (peerCode, peerReason) = ConnectionModule.closeStatus(_core);
-            (code, reason) = _sentCloseCode != 0
-                ? (_sentCloseCode, _sentCloseReason)
-                : (peerCode, peerReason);
+            (code, reason) = ConnectionModule.closeOutcome(_core);
             if (!_writing)
             {
-                _transportFailed = true;
+                // No writer will take what is still queued (a running one ends once it has written it).
+                _core = ConnectionModule.writingStopped(_core);
                 ReleaseIdleBuffers();
             }
         }

@@ -68,7 +68,7 @@ public abstract partial class RealtimeSocket
     /// <summary>True until a close frame has been sent or the connection has ended.</summary>
     public bool IsOpen
     {
-        get { lock (_sync) return _core.CanSend && !_ended; }
+        get { lock (_sync) return _core.CanSend; }
     }
 
     /// <summary>Sends a text message.</summary>

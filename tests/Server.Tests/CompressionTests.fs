@@ -637,6 +637,16 @@ let compressedViolationTests =
             let! count = expectEchoes binary [ Opcode.Binary, invalid, None ]
             Expect.equal count 1 "binary echoed"
         })
+
+        testCaseTask "compressed text with a bad byte early is closed with 1007 before its last fragment arrives (RFC 6455 §8.1: fail fast)" (fun () -> task {
+            let! port = echoPort ()
+            use! session = openSession port "/echo" "permessage-deflate"
+            let invalid = Array.append [| 0x41uy; 0xC3uy; 0x28uy |] (textMessage 5 4000)
+            let compressed = ClientDeflater(false, 15).Compress invalid
+            // Only the first half: it inflates to the message's start, bad byte included; the rest never comes.
+            do! tryWrite session.Connection (RawClient.clientFrame Opcode.Text false true compressed[.. compressed.Length / 2 - 1])
+            do! expectClose session.Connection CloseCode.InvalidPayload "invalid UTF-8 in the first inflated bytes"
+        })
     ]
 
 // ---------------------------------------------------------------------------------------------
