@@ -279,28 +279,16 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     }
 
     /// <summary>The message as one uncompressed frame, shared.</summary>
-    private SharedFrame PlainFrame(MessageKind kind, ReadOnlySpan<byte> payload)
-    {
-        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
-        int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
-        return SharedFrame.Create(Budget, header[..headerLength], payload);
-    }
+    private SharedFrame PlainFrame(MessageKind kind, ReadOnlySpan<byte> payload) =>
+        SharedFrame.Create(Budget, kind, payload, compressed: false);
 
     /// <summary>The message compressed without context takeover with the full window, as one frame with RSV1 set (RFC 7692 §6), shared.</summary>
     private SharedFrame CompressedFrame(MessageKind kind, ReadOnlySpan<byte> payload)
     {
         int length = CompressorPool.SharedDeflater(15).Compress(payload, out byte[] compressed);
         Interlocked.Increment(ref _sharedPublishCompressions);
-        try
-        {
-            Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
-            int headerLength = Frame.writeHeader(Frame.compressedHeader((Opcode)(byte)kind, length), header);
-            return SharedFrame.Create(Budget, header[..headerLength], compressed.AsSpan(0, length));
-        }
-        finally
-        {
-            System.Buffers.ArrayPool<byte>.Shared.Return(compressed);
-        }
+        try { return SharedFrame.Create(Budget, kind, compressed.AsSpan(0, length), compressed: true); }
+        finally { System.Buffers.ArrayPool<byte>.Shared.Return(compressed); }
     }
 
     public int Publish(string topic, string text, bool compress = false)

@@ -41,58 +41,57 @@ public abstract partial class RealtimeSocket
         if (parameters.ServerNoContextTakeover)
         {
             int length = CompressorPool.SharedDeflater(parameters.ServerMaxWindowBits).Compress(payload, out byte[] compressed);
-            try { return EnqueueCompressed(kind, compressed.AsSpan(0, length)); }
+            try { return EnqueueData(kind, compressed.AsSpan(0, length), compressed: true, shared: null); }
             finally { ArrayPool<byte>.Shared.Return(compressed); }
         }
+        return SendCompressedWithContext(kind, payload);
+    }
+
+    /// <summary>
+    /// With context takeover the message is compressed only once it is sure to be queued (its window
+    /// must match what the client inflates): the core admits it once, at a bound of its compressed
+    /// size, and the frame is settled at its real size after compressing, under the same lock so that
+    /// the order of compression is the order on the wire. Not admitted, it goes uncompressed.
+    /// </summary>
+    private SendResult SendCompressedWithContext(MessageKind kind, ReadOnlySpan<byte> payload)
+    {
+        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
+        int bound = (int)Math.Min(int.MaxValue - Frame.MaxHeaderSize, payload.Length + (payload.Length >> 3) + 64L);
+        SendResult result;
+        bool startWriter;
         lock (_sync)
         {
-            if (!_core.CanSend || _ended)
-            {
-                _server.Metrics.Queued(SendStatus.Dropped);
-                return SendResult.Dropped;
-            }
-            // Judge admission on a bound of the compressed size, so nothing the compressor has seen is dropped.
-            int bound = (int)Math.Min(int.MaxValue, payload.Length + (payload.Length >> 3) + 64L + Frame.MaxHeaderSize);
-            var (_, verdict) = Backpressure.offer(_endpoint.Limits, _backpressure, bound);
+            if (_ended) return SendUncompressed(kind, payload);
+            var (admitted, verdict, _) = ConnectionModule.send(_core, _endpoint.Limits, kind, bound, true, header);
             if (!Backpressure.isQueued(verdict)) return SendUncompressed(kind, payload);
-            long ceiling = _server.Budget.CeilingFor(_backpressure.InBackpressure);
+            long ceiling = _server.Budget.CeilingFor(_core.InBackpressure);
             if (_deflater is null)
             {
                 if (!_server.Budget.TryReserve(DeflaterStateBytes, ceiling)) return SendUncompressed(kind, payload);
                 _deflaterCounted = true;
-                _deflater = new MessageDeflater(parameters.ServerMaxWindowBits, contextTakeover: true);
+                _deflater = new MessageDeflater(_compression!.ServerMaxWindowBits, contextTakeover: true);
             }
-            if (!_server.Budget.TryReserve(bound, ceiling)) return SendUncompressed(kind, payload);
+            int reserved = bound + Frame.MaxHeaderSize;
+            if (!_server.Budget.TryReserve(reserved, ceiling)) return SendUncompressed(kind, payload);
             int length = _deflater.Compress(payload, out byte[] compressed);
-            try { return EnqueueCompressed(kind, compressed.AsSpan(0, length), reservedBound: bound); }
+            try
+            {
+                var (core, total, headerLength) = ConnectionModule.settle(admitted, kind, bound, length, header);
+                _core = core;
+                _server.Budget.Release(reserved - total);
+                Append(header[..headerLength]);
+                Append(compressed.AsSpan(0, length));
+                result = Verdict(verdict, total);
+            }
             finally { ArrayPool<byte>.Shared.Return(compressed); }
+            startWriter = TryBecomeWriter();
         }
+        return Queued(result, startWriter, closeForBudget: false);
     }
 
     /// <summary>Sends without compression (always allowed, RFC 7692 §6): the ordinary path decides whether it fits.</summary>
-    private SendResult SendUncompressed(MessageKind kind, ReadOnlySpan<byte> payload)
-    {
-        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
-        int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
-        return Enqueue(header[..headerLength], payload);
-    }
-
-    /// <summary>
-    /// Queues an already compressed payload as one frame with RSV1 set (RFC 7692 §6). With
-    /// <paramref name="reservedBound"/> the caller has already reserved that many bytes of the
-    /// budget: the frame keeps what it needs and the rest is given back.
-    /// </summary>
-    internal SendResult EnqueueCompressed(MessageKind kind, ReadOnlySpan<byte> compressed, int reservedBound = 0)
-    {
-        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
-        int headerLength = Frame.writeHeader(Frame.compressedHeader((Opcode)(byte)kind, compressed.Length), header);
-        if (reservedBound == 0) return Enqueue(header[..headerLength], compressed);
-        int total = headerLength + compressed.Length;
-        _server.Budget.Release(reservedBound - total);
-        var result = EnqueueData(header[..headerLength], compressed, null, reserved: true);
-        if (!result.IsQueued) _server.Budget.Release(total);
-        return result;
-    }
+    private SendResult SendUncompressed(MessageKind kind, ReadOnlySpan<byte> payload) =>
+        EnqueueData(kind, payload, compressed: false, shared: null);
 
     /// <summary>
     /// Inflates one chunk of a compressed message. Returns the whole inflated message when this chunk

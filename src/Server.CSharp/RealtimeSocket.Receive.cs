@@ -491,7 +491,6 @@ public abstract partial class RealtimeSocket
         lock (_sync)
         {
             _ended = true;
-            _backpressure = Backpressure.closed(_backpressure);
             // When the server started the closing handshake (ws.Close, a failed handler, a protocol
             // error, idle timeout, shutdown), its code says why the connection ended; the client's
             // answer to it (often a plain 1000) does not.
