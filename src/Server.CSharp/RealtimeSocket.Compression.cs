@@ -9,7 +9,8 @@ namespace Realtime;
 // Sending: without context takeover (the default) a thread's shared compressor serves every
 // connection; with it the connection owns a compressor, used under the connection's lock so that
 // the order of compression is the order on the wire, and a message is compressed only once it is
-// sure to be queued (its window must match what the client inflates). Receiving: compressed
+// sure to be queued (its window must match what the client inflates). Either way the core frames
+// the compressed message (RSV1) and judges it like any other. Receiving: compressed
 // payloads are inflated as they arrive, bounded by MaxPayloadLength, with a pooled inflater when
 // the client resets its context after each message and a connection's own inflater when it does not.
 public abstract partial class RealtimeSocket
@@ -19,11 +20,8 @@ public abstract partial class RealtimeSocket
     private MessageInflater? _inflater;
 
     /// <summary>True when a message of this length goes out compressed: negotiated, and asked for or over the threshold.</summary>
-    internal bool WantsCompression(bool compress, int length) =>
+    private bool WantsCompression(bool compress, int length) =>
         _compression is not null && (compress || (_endpoint.Options.CompressionThreshold is { } threshold && length >= threshold));
-
-    /// <summary>True when this connection can take a frame compressed once for many: no context takeover, full window.</summary>
-    internal bool AcceptsSharedCompression => _compression is { ServerNoContextTakeover: true, ServerMaxWindowBits: 15 };
 
     // What zlib holds per stream with a 15-bit window and memLevel 8 (zlib's zconf.h: deflate
     // needs (1 << (windowBits + 2)) + (1 << (memLevel + 9)) bytes, inflate 1 << windowBits plus about

@@ -47,6 +47,18 @@ public abstract partial class RealtimeSocket
     internal SendResult SendFrame(MessageKind kind, ReadOnlySpan<byte> payload, bool compress) =>
         WantsCompression(compress, payload.Length) ? SendCompressed(kind, payload) : SendUncompressed(kind, payload);
 
+    /// <summary>
+    /// Queues a message prepared for many recipients in the form this connection takes: the shared
+    /// plain frame, the shared frame compressed with its window, or (when its compressor keeps its
+    /// context) compressed for itself.
+    /// </summary>
+    internal SendResult SendPrepared(ref PreparedMessage message)
+    {
+        if (!WantsCompression(message.Compress, message.Payload.Length)) return EnqueueShared(message.Plain());
+        if (_compression!.ServerNoContextTakeover) return EnqueueShared(message.CompressedFor(_compression.ServerMaxWindowBits));
+        return SendCompressed(message.Kind, message.Payload);
+    }
+
     /// <summary>Queues a reference to a frame shared with other recipients, under the same rules as any send.</summary>
     internal SendResult EnqueueShared(SharedFrame frame) => EnqueueData(frame.Kind, default, frame.Compressed, frame);
 
