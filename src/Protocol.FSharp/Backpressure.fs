@@ -1,7 +1,8 @@
 /// Per-connection accounting of outbound bytes that are queued but not yet written, deciding
 /// for each send whether it is queued, queued under backpressure, dropped, or must close the
-/// connection. The host calls `offer` before queueing a message and `flushed` after the
-/// transport wrote bytes; both are allocation-free struct computations.
+/// connection. `Connection.send` and `Connection.flushed` call `offer` and `flushed` with the
+/// state each connection keeps; both are allocation-free struct computations. Whether the
+/// connection may still send at all is the connection's closing state, not this accounting's.
 module Realtime.Protocol.Backpressure
 
 /// Thresholds on the bytes buffered for one connection.
@@ -76,7 +77,7 @@ type SendResult =
     /// Not queued; the buffered amount is unchanged.
     | Dropped of reason: DropReason
     /// Not queued: the message would cross the hard limit and CloseOnLimit is set. The host must
-    /// close the connection with 1008 (policy violation); the state is now closed.
+    /// close the connection with 1008 (policy violation); the buffered amount is unchanged.
     | CloseForLimit
 
 /// The outcome of the transport writing bytes.
@@ -88,14 +89,13 @@ type FlushResult =
     /// Nothing for the host to do.
     | NoDrain
 
-/// The accounting state of one connection. Built only from `initial`, `offer`, `flushed` and
-/// `closed`, so Buffered is never negative.
+/// The accounting state of one connection. Built only from `initial`, `offer` and `flushed`,
+/// so Buffered is never negative.
 [<Struct>]
 type State =
     private
         { buffered: int64
-          inBackpressure: bool
-          isClosed: bool }
+          inBackpressure: bool }
 
     /// Bytes queued and not yet written.
     member s.Buffered: int64 = s.buffered
@@ -103,58 +103,52 @@ type State =
     /// True between a Backpressure result and the Drain that ends the episode.
     member s.InBackpressure: bool = s.inBackpressure
 
-    /// True once the connection is closed: every later offer is Dropped ConnectionClosed.
-    member s.Closed: bool = s.isClosed
-
-/// The state of a new connection: nothing buffered, open.
+/// The state of a new connection: nothing buffered.
 let initial: State =
     { buffered = 0L
-      inBackpressure = false
-      isClosed = false }
+      inBackpressure = false }
 
-/// Decides what happens to a message of `bytes` bytes, in this order: closed connection, then
-/// negative length, then the hard limit (accepted iff buffered + bytes <= HardLimit, computed
-/// without overflow), then the soft limit (Backpressure iff buffered + bytes > SoftLimit).
-/// A message longer than HardLimit is therefore never sent. Limits should be validated; invalid
-/// ones give whatever these comparisons give, never an exception. O(1), no allocation.
+/// Decides what happens to a message of `bytes` bytes, in this order: negative length, then the
+/// hard limit (accepted iff buffered + bytes <= HardLimit, computed without overflow), then the
+/// soft limit (Backpressure iff buffered + bytes > SoftLimit). A message longer than HardLimit is
+/// therefore never sent. Limits should be validated; invalid ones give whatever these comparisons
+/// give, never an exception. O(1), no allocation.
 let offer (limits: Limits) (state: State) (bytes: int) : struct (State * SendResult) =
-    if state.isClosed then
-        struct (state, Dropped ConnectionClosed)
-    elif bytes < 0 then
+    if bytes < 0 then
         struct (state, Dropped InvalidLength)
     else
         let room =
             if limits.HardLimit < state.buffered then -1L else limits.HardLimit - state.buffered
 
         if int64 bytes > room then
-            if limits.CloseOnLimit then
-                struct ({ state with isClosed = true }, CloseForLimit)
-            else
-                struct (state, Dropped OverLimit)
+            struct (state, (if limits.CloseOnLimit then CloseForLimit else Dropped OverLimit))
         else
             let buffered = state.buffered + int64 bytes
 
             if buffered > limits.SoftLimit then
-                struct ({ state with buffered = buffered; inBackpressure = true }, Backpressure)
+                struct ({ buffered = buffered; inBackpressure = true }, Backpressure)
             else
                 struct ({ state with buffered = buffered }, Sent bytes)
 
 /// Records that the transport wrote `bytes` bytes. Buffered is clamped at zero: flushing more than
 /// is buffered (or a negative count, treated as zero) is a caller bug that must not produce a
 /// negative balance. Drain is reported when a backpressure episode is open and the buffer is now
-/// at or below the soft limit; a closed connection never drains. O(1), no allocation.
+/// at or below the soft limit. O(1), no allocation.
 let flushed (limits: Limits) (state: State) (bytes: int) : struct (State * FlushResult) =
     let written = if bytes < 0 then 0L else int64 bytes
     let buffered = if written >= state.buffered then 0L else state.buffered - written
 
-    if state.inBackpressure && not state.isClosed && buffered <= limits.SoftLimit then
-        struct ({ state with buffered = buffered; inBackpressure = false }, Drain)
+    if state.inBackpressure && buffered <= limits.SoftLimit then
+        struct ({ buffered = buffered; inBackpressure = false }, Drain)
     else
         struct ({ state with buffered = buffered }, NoDrain)
 
-/// The state after the connection closed: every later offer is Dropped ConnectionClosed.
-/// Buffered is kept, so late flushes still account correctly.
-let closed (state: State) : State = { state with isClosed = true }
+/// Corrects the account of a message that an earlier offer queued as `queued` bytes (a bound of its
+/// size, before its size was known) and that is `actual` bytes, without ending a backpressure
+/// episode (the next `flushed` reports the Drain). Clamped at zero like `flushed`. O(1), no allocation.
+let resize (state: State) (queued: int) (actual: int) : State =
+    let buffered = state.buffered - int64 (max 0 queued) + int64 (max 0 actual)
+    { state with buffered = max 0L buffered }
 
 /// Whether the message was queued (Sent or Backpressure).
 let isQueued (result: SendResult) : bool =

@@ -158,7 +158,9 @@ type internal Stop =
 /// copied: events say where they are in the input. Control frames (at most 125 bytes) are
 /// collected into a small array of their own. Ping answers and close echoes are produced here, as
 /// bytes to write. Time enters only as the `now` argument; `tick` and `nextDeadline` drive the
-/// keep-alive and the closing-handshake timeout.
+/// keep-alive and the closing-handshake timeout. Sending is decided here too: `send` writes each
+/// data frame's header and judges it against the bytes the connection has queued, which
+/// `flushed` reduces as the transport writes them.
 [<Struct>]
 type Connection =
     private
@@ -168,15 +170,18 @@ type Connection =
             Control: byte[]
             LastActivity: int64
             PingSentAt: int64
+            // The outgoing bytes queued and not yet written, and the backpressure episode.
+            Sending: Backpressure.State
             // Settings and the closing handshake (rarely changes).
             Life: Lifecycle
         }
 
-    /// False once a close frame was sent (RFC 6455 §5.5.1: no data frames after a close) or the
-    /// transport ended (`Connection.transportEnded`).
+    /// False once a close frame was sent (RFC 6455 §5.5.1: no data frames after a close), the
+    /// transport ended (`Connection.transportEnded`) or it takes no more bytes
+    /// (`Connection.writingStopped`): a send then would never reach the peer, so it is dropped.
     member connection.CanSend =
         let life = connection.Life
-        not (life.CloseSent || life.TransportEnded)
+        not (life.CloseSent || life.TransportEnded || life.WritesStopped)
 
     /// False once the transport takes no more bytes (`Connection.writingStopped`): what is still
     /// queued is dropped rather than written.
@@ -203,6 +208,12 @@ type Connection =
     /// The settings the connection was created with.
     member connection.Settings = connection.Life.Options
 
+    /// Bytes of data frames queued by `send` and not yet reported written by `flushed`.
+    member connection.Buffered = connection.Sending.Buffered
+
+    /// True between a send that reported Backpressure and the Drain that ends the episode.
+    member connection.InBackpressure = connection.Sending.InBackpressure
+
 /// Functions over `Connection`.
 module Connection =
 
@@ -225,6 +236,7 @@ module Connection =
           Control = null
           LastActivity = now
           PingSentAt = -1L
+          Sending = Backpressure.initial
           Life =
             { Options = options
               CloseSent = false
@@ -238,6 +250,65 @@ module Connection =
               SentReason = ""
               TransportEnded = false
               WritesStopped = false } }
+
+    /// Writes the header of a whole data message of `payloadLength` bytes into `destination`
+    /// (at least `Frame.MaxHeaderSize` bytes) and returns its length: FIN set, unmasked (RFC 6455
+    /// §5.1: a server never masks), RSV1 set when the payload is compressed (RFC 7692 §6). A frame
+    /// made once for many connections is framed here; each connection's `send` still judges it.
+    /// A negative length is written as 0; a destination too short gets nothing and 0 is returned.
+    let writeDataHeader (kind: MessageKind, payloadLength: int, compressed: bool, destination: Span<byte>) : int =
+        let opcode = if kind = MessageKind.Text then Opcode.Text else Opcode.Binary
+        let header = if compressed then Frame.compressedHeader opcode (int64 payloadLength) else Frame.header opcode (int64 payloadLength)
+        if destination.Length < Frame.headerSize header then 0 else Frame.writeHeader (header, destination)
+
+    /// The bytes a whole data message takes on the wire, header included, saturating at Int32.MaxValue
+    /// (a frame that large is over every hard limit anyway).
+    let private frameLength (payloadLength: int) : int =
+        let headerLength = if payloadLength <= 125 then 2 elif payloadLength <= 0xFFFF then 4 else 10
+        int (min (int64 Int32.MaxValue) (int64 headerLength + int64 payloadLength))
+
+    /// The send step: decides whether a data message of `payloadLength` bytes (after compression,
+    /// when `compressed`) is queued, by the connection's closing state and the bytes it has queued
+    /// (see `Backpressure.offer`; they count the whole frame, header included), and when it is,
+    /// writes its header into `header` (at least `Frame.MaxHeaderSize` bytes). Returns the next
+    /// connection, the verdict, and the header's length (0 when not queued). After a close frame was
+    /// sent nothing more is (RFC 6455 §5.5.1: Dropped ConnectionClosed). CloseForLimit leaves the
+    /// connection as it was: the host then closes it with 1008. No allocation.
+    let send
+        (connection: Connection, limits: Backpressure.Limits, kind: MessageKind, payloadLength: int, compressed: bool, header: Span<byte>)
+        : struct (Connection * Backpressure.SendResult * int) =
+        if not connection.CanSend then
+            struct (connection, Backpressure.Dropped Backpressure.ConnectionClosed, 0)
+        elif payloadLength < 0 || header.Length < Frame.MaxHeaderSize then
+            struct (connection, Backpressure.Dropped Backpressure.InvalidLength, 0)
+        else
+            let struct (sending, verdict) = Backpressure.offer limits connection.Sending (frameLength payloadLength)
+            if Backpressure.isQueued verdict then
+                let headerLength = writeDataHeader (kind, payloadLength, compressed, header)
+                struct ({ connection with Sending = sending }, verdict, headerLength)
+            else
+                struct (connection, verdict, 0)
+
+    /// After a `send` that queued a compressed message at a bound of its size (`boundLength`: a
+    /// compressor with context takeover may only see messages that go out, so it runs once the
+    /// message is queued), the message turned out `payloadLength` bytes: writes its real header into
+    /// `header` and corrects the queued bytes. Returns the next connection, the frame's length and the
+    /// header's length. The verdict `send` gave stands: a backpressure episode it began ends with the
+    /// Drain of a later `flushed`. No allocation.
+    let settle
+        (connection: Connection, kind: MessageKind, boundLength: int, payloadLength: int, header: Span<byte>)
+        : struct (Connection * int * int) =
+        let payloadLength = max 0 payloadLength
+        let actual = frameLength payloadLength
+        let headerLength = writeDataHeader (kind, payloadLength, true, header)
+        let sending = Backpressure.resize connection.Sending (frameLength (max 0 boundLength)) actual
+        struct ({ connection with Sending = sending }, actual, headerLength)
+
+    /// Records that the transport wrote `bytes` bytes of data frames (see `Backpressure.flushed`).
+    /// No Drain once a close frame was sent: nothing more may be sent to a closing connection.
+    let flushed (connection: Connection, limits: Backpressure.Limits, bytes: int) : struct (Connection * Backpressure.FlushResult) =
+        let struct (sending, result) = Backpressure.flushed limits connection.Sending bytes
+        struct ({ connection with Sending = sending }, (if connection.CanSend then result else Backpressure.NoDrain))
 
     /// The close frame a failure writes: none when our close frame was already sent.
     let private failureFrame (life: Lifecycle) (error: ProtocolError) : byte[] =
@@ -420,6 +491,7 @@ module Connection =
                   Control = control
                   LastActivity = (if active then now else connection.LastActivity)
                   PingSentAt = (if active then -1L else connection.PingSentAt)
+                  Sending = connection.Sending
                   Life = life }
             if stop.Data then
                 let event = MessageData(receiver.Kind, stop.Start, stop.Length, stop.MaskKey, stop.Offset, stop.MessageEnd, receiver.Compressed)

@@ -2,7 +2,6 @@ using System.Collections.Concurrent;
 using System.Text;
 using Microsoft.Extensions.Logging;
 using Microsoft.FSharp.Core;
-using Realtime.Compression;
 using Realtime.Memory;
 using Realtime.Protocol;
 
@@ -216,9 +215,9 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
             static (utf8, state) => state.server.PublishFrame(state.topic, MessageKind.Text, utf8, state.sender, state.compress));
 
     /// <summary>
-    /// How many times <see cref="PublishFrame"/> compressed a message for the recipients that take a
-    /// shared compressed frame (no context takeover, full window): at most once per publish, however
-    /// many such recipients there are. Kept for tests and diagnostics.
+    /// How many times a fan-out (publish, broadcast) compressed a message for the recipients that take a
+    /// shared compressed frame with the full window (no context takeover): at most once per message,
+    /// however many such recipients there are. Kept for tests and diagnostics.
     /// </summary>
     internal long SharedPublishCompressions => Interlocked.Read(ref _sharedPublishCompressions);
 
@@ -238,69 +237,40 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     }
 
     /// <summary>
-    /// Frames the message once into a shared frame that every local recipient's queue references
-    /// (and compresses it once for the recipients that take a shared compressed frame: no context
-    /// takeover, full window; the others are compressed for each); never waits for one.
+    /// Delivers one prepared message to this server's subscribers of the topic, the sender excepted;
+    /// never waits for one.
     /// </summary>
     private int DeliverToSubscribers(string topic, MessageKind kind, ReadOnlySpan<byte> payload, RealtimeSocket? sender, bool compress)
     {
         var excluded = sender is null ? FSharpValueOption<RealtimeSocket>.ValueNone : FSharpValueOption<RealtimeSocket>.NewValueSome(sender);
         var recipients = Topics.publish(Volatile.Read(ref _topics), topic, excluded);
-        if (recipients.IsEmpty)
-        {
-            Metrics.Published(0);
-            return 0;
-        }
-        // Made on first need; the publisher holds one reference to each until every recipient has its own.
-        SharedFrame? plain = null;
-        SharedFrame? compressed = null;
         int queued = 0;
-        try
+        if (!recipients.IsEmpty)
         {
-            foreach (var recipient in recipients)
+            var message = new PreparedMessage(Budget, kind, payload, compress);
+            try
             {
-                SendResult result;
-                if (!recipient.WantsCompression(compress, payload.Length))
-                    result = recipient.EnqueueShared(plain ??= PlainFrame(kind, payload));
-                else if (recipient.AcceptsSharedCompression)
-                    result = recipient.EnqueueShared(compressed ??= CompressedFrame(kind, payload));
-                else
-                    result = recipient.SendFrame(kind, payload, compress: true);
-                if (result.IsQueued) queued++;
+                foreach (var recipient in recipients)
+                    if (message.SendTo(recipient).IsQueued) queued++;
             }
-        }
-        finally
-        {
-            plain?.Release();
-            compressed?.Release();
+            finally
+            {
+                Finish(ref message);
+            }
         }
         Metrics.Published(queued);
         return queued;
     }
 
-    /// <summary>The message as one uncompressed frame, shared.</summary>
-    private SharedFrame PlainFrame(MessageKind kind, ReadOnlySpan<byte> payload)
+    /// <summary>
+    /// Ends a fan-out (publish, backplane delivery, broadcast): one <see cref="PreparedMessage"/>,
+    /// framed once and compressed once per parameter set, whose frames every recipient's queue
+    /// references; the publisher's own references go here.
+    /// </summary>
+    private void Finish(ref PreparedMessage message)
     {
-        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
-        int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
-        return SharedFrame.Create(Budget, header[..headerLength], payload);
-    }
-
-    /// <summary>The message compressed without context takeover with the full window, as one frame with RSV1 set (RFC 7692 §6), shared.</summary>
-    private SharedFrame CompressedFrame(MessageKind kind, ReadOnlySpan<byte> payload)
-    {
-        int length = CompressorPool.SharedDeflater(15).Compress(payload, out byte[] compressed);
-        Interlocked.Increment(ref _sharedPublishCompressions);
-        try
-        {
-            Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
-            int headerLength = Frame.writeHeader(Frame.compressedHeader((Opcode)(byte)kind, length), header);
-            return SharedFrame.Create(Budget, header[..headerLength], compressed.AsSpan(0, length));
-        }
-        finally
-        {
-            System.Buffers.ArrayPool<byte>.Shared.Return(compressed);
-        }
+        if (message.FullWindowCompressions > 0) Interlocked.Add(ref _sharedPublishCompressions, message.FullWindowCompressions);
+        message.Dispose();
     }
 
     public int Publish(string topic, string text, bool compress = false)
@@ -338,22 +308,25 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     public int Broadcast(string pattern, ReadOnlySpan<byte> data, RealtimeSocket? except = null) =>
         BroadcastFrame(pattern, MessageKind.Binary, data, except);
 
+    /// <summary>
+    /// Delivers to every connection of the endpoint but <paramref name="except"/> through the same
+    /// fan-out as a publish: compressed for the clients whose CompressionThreshold it reaches, each
+    /// delivery counted in <c>realtime.messages.sent</c> (or backpressure, drops) like a publish
+    /// delivery; <c>realtime.publishes</c> counts topic publishes only.
+    /// </summary>
     private int BroadcastFrame(string pattern, MessageKind kind, ReadOnlySpan<byte> payload, RealtimeSocket? except)
     {
         if (!_endpoints.TryGetValue(pattern, out var endpoint)) return 0;
-        SharedFrame? frame = null;
+        var message = new PreparedMessage(Budget, kind, payload, compress: false);
         int queued = 0;
         try
         {
             foreach (var pair in endpoint.Connections)
-            {
-                if (ReferenceEquals(pair.Value, except)) continue;
-                if (pair.Value.EnqueueShared(frame ??= PlainFrame(kind, payload)).IsQueued) queued++;
-            }
+                if (!ReferenceEquals(pair.Value, except) && message.SendTo(pair.Value).IsQueued) queued++;
         }
         finally
         {
-            frame?.Release();
+            Finish(ref message);
         }
         return queued;
     }

@@ -9,7 +9,8 @@ namespace Realtime;
 // Sending: without context takeover (the default) a thread's shared compressor serves every
 // connection; with it the connection owns a compressor, used under the connection's lock so that
 // the order of compression is the order on the wire, and a message is compressed only once it is
-// sure to be queued (its window must match what the client inflates). Receiving: compressed
+// sure to be queued (its window must match what the client inflates). Either way the core frames
+// the compressed message (RSV1) and judges it like any other. Receiving: compressed
 // payloads are inflated as they arrive, bounded by MaxPayloadLength, with a pooled inflater when
 // the client resets its context after each message and a connection's own inflater when it does not.
 public abstract partial class RealtimeSocket
@@ -19,11 +20,8 @@ public abstract partial class RealtimeSocket
     private MessageInflater? _inflater;
 
     /// <summary>True when a message of this length goes out compressed: negotiated, and asked for or over the threshold.</summary>
-    internal bool WantsCompression(bool compress, int length) =>
+    private bool WantsCompression(bool compress, int length) =>
         _compression is not null && (compress || (_endpoint.Options.CompressionThreshold is { } threshold && length >= threshold));
-
-    /// <summary>True when this connection can take a frame compressed once for many: no context takeover, full window.</summary>
-    internal bool AcceptsSharedCompression => _compression is { ServerNoContextTakeover: true, ServerMaxWindowBits: 15 };
 
     // What zlib holds per stream with a 15-bit window and memLevel 8 (zlib's zconf.h: deflate
     // needs (1 << (windowBits + 2)) + (1 << (memLevel + 9)) bytes, inflate 1 << windowBits plus about
@@ -41,58 +39,56 @@ public abstract partial class RealtimeSocket
         if (parameters.ServerNoContextTakeover)
         {
             int length = CompressorPool.SharedDeflater(parameters.ServerMaxWindowBits).Compress(payload, out byte[] compressed);
-            try { return EnqueueCompressed(kind, compressed.AsSpan(0, length)); }
+            try { return EnqueueData(kind, compressed.AsSpan(0, length), compressed: true, shared: null); }
             finally { ArrayPool<byte>.Shared.Return(compressed); }
         }
+        return SendCompressedWithContext(kind, payload);
+    }
+
+    /// <summary>
+    /// With context takeover the message is compressed only once it is sure to be queued (its window
+    /// must match what the client inflates): the core admits it once, at a bound of its compressed
+    /// size, and the frame is settled at its real size after compressing, under the same lock so that
+    /// the order of compression is the order on the wire. Not admitted, it goes uncompressed.
+    /// </summary>
+    private SendResult SendCompressedWithContext(MessageKind kind, ReadOnlySpan<byte> payload)
+    {
+        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
+        int bound = (int)Math.Min(int.MaxValue - Frame.MaxHeaderSize, payload.Length + (payload.Length >> 3) + 64L);
+        SendResult result;
+        bool startWriter;
         lock (_sync)
         {
-            if (!_core.CanSend)
-            {
-                _server.Metrics.Queued(SendStatus.Dropped);
-                return SendResult.Dropped;
-            }
-            // Judge admission on a bound of the compressed size, so nothing the compressor has seen is dropped.
-            int bound = (int)Math.Min(int.MaxValue, payload.Length + (payload.Length >> 3) + 64L + Frame.MaxHeaderSize);
-            var (_, verdict) = Backpressure.offer(_endpoint.Limits, _backpressure, bound);
+            var (admitted, verdict, _) = ConnectionModule.send(_core, _endpoint.Limits, kind, bound, true, header);
             if (!Backpressure.isQueued(verdict)) return SendUncompressed(kind, payload);
-            long ceiling = _server.Budget.CeilingFor(_backpressure.InBackpressure);
+            long ceiling = _server.Budget.CeilingFor(_core.InBackpressure);
             if (_deflater is null)
             {
                 if (!_server.Budget.TryReserve(DeflaterStateBytes, ceiling)) return SendUncompressed(kind, payload);
                 _deflaterCounted = true;
-                _deflater = new MessageDeflater(parameters.ServerMaxWindowBits, contextTakeover: true);
+                _deflater = new MessageDeflater(_compression!.ServerMaxWindowBits, contextTakeover: true);
             }
-            if (!_server.Budget.TryReserve(bound, ceiling)) return SendUncompressed(kind, payload);
+            int reserved = bound + Frame.MaxHeaderSize;
+            if (!_server.Budget.TryReserve(reserved, ceiling)) return SendUncompressed(kind, payload);
             int length = _deflater.Compress(payload, out byte[] compressed);
-            try { return EnqueueCompressed(kind, compressed.AsSpan(0, length), reservedBound: bound); }
+            try
+            {
+                var (core, total, headerLength) = ConnectionModule.settle(admitted, kind, bound, length, header);
+                _core = core;
+                _server.Budget.Release(reserved - total);
+                Append(header[..headerLength]);
+                Append(compressed.AsSpan(0, length));
+                result = Verdict(verdict, total);
+            }
             finally { ArrayPool<byte>.Shared.Return(compressed); }
+            startWriter = TryBecomeWriter();
         }
+        return Queued(result, startWriter, closeForBudget: false);
     }
 
     /// <summary>Sends without compression (always allowed, RFC 7692 §6): the ordinary path decides whether it fits.</summary>
-    private SendResult SendUncompressed(MessageKind kind, ReadOnlySpan<byte> payload)
-    {
-        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
-        int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
-        return Enqueue(header[..headerLength], payload);
-    }
-
-    /// <summary>
-    /// Queues an already compressed payload as one frame with RSV1 set (RFC 7692 §6). With
-    /// <paramref name="reservedBound"/> the caller has already reserved that many bytes of the
-    /// budget: the frame keeps what it needs and the rest is given back.
-    /// </summary>
-    internal SendResult EnqueueCompressed(MessageKind kind, ReadOnlySpan<byte> compressed, int reservedBound = 0)
-    {
-        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
-        int headerLength = Frame.writeHeader(Frame.compressedHeader((Opcode)(byte)kind, compressed.Length), header);
-        if (reservedBound == 0) return Enqueue(header[..headerLength], compressed);
-        int total = headerLength + compressed.Length;
-        _server.Budget.Release(reservedBound - total);
-        var result = EnqueueData(header[..headerLength], compressed, null, reserved: true);
-        if (!result.IsQueued) _server.Budget.Release(total);
-        return result;
-    }
+    private SendResult SendUncompressed(MessageKind kind, ReadOnlySpan<byte> payload) =>
+        EnqueueData(kind, payload, compressed: false, shared: null);
 
     /// <summary>
     /// Inflates one chunk of a compressed message and hands the inflated bytes to the core, whose

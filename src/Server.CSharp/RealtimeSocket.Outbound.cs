@@ -46,54 +46,53 @@ public abstract partial class RealtimeSocket
     internal SendResult SendFrame(MessageKind kind, ReadOnlySpan<byte> payload, bool compress) =>
         WantsCompression(compress, payload.Length) ? SendCompressed(kind, payload) : SendUncompressed(kind, payload);
 
-    /// <summary>Queues a data frame (header and payload) under the backpressure rules and the server's budget.</summary>
-    internal SendResult Enqueue(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload) => EnqueueData(header, payload, null);
-
-    /// <summary>Queues a reference to a frame shared with other recipients, under the same rules.</summary>
-    internal SendResult EnqueueShared(SharedFrame frame) => EnqueueData(default, default, frame);
-
-    /// <summary>The one way data frames are queued; <paramref name="reserved"/> when the caller has already reserved the frame's bytes of the budget.</summary>
-    private SendResult EnqueueData(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload, SharedFrame? shared, bool reserved = false)
+    /// <summary>
+    /// Queues a message prepared for many recipients in the form this connection takes: the shared
+    /// plain frame, the shared frame compressed with its window, or (when its compressor keeps its
+    /// context) compressed for itself.
+    /// </summary>
+    internal SendResult SendPrepared(ref PreparedMessage message)
     {
-        // In 64 bits: a payload within 14 bytes of int.MaxValue must not wrap into a small size
-        // (past int.MaxValue it is over every MaxBufferedAmount, so it is dropped or closes).
-        int total = shared?.Length ?? (int)Math.Min(int.MaxValue, (long)header.Length + payload.Length);
+        if (!WantsCompression(message.Compress, message.Payload.Length)) return EnqueueShared(message.Plain());
+        if (_compression!.ServerNoContextTakeover) return EnqueueShared(message.CompressedFor(_compression.ServerMaxWindowBits));
+        return SendCompressed(message.Kind, message.Payload);
+    }
+
+    /// <summary>Queues a reference to a frame shared with other recipients, under the same rules as any send.</summary>
+    internal SendResult EnqueueShared(SharedFrame frame) => EnqueueData(frame.Kind, default, frame.Compressed, frame);
+
+    /// <summary>
+    /// The one way data messages are queued: the core's send step frames the message (or judges the
+    /// <paramref name="shared"/> frame, already framed the same way) and decides it under the
+    /// connection's backpressure limits; the server's budget has the last word.
+    /// </summary>
+    private SendResult EnqueueData(MessageKind kind, ReadOnlySpan<byte> payload, bool compressed, SharedFrame? shared)
+    {
+        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
+        int payloadLength = shared?.PayloadLength ?? payload.Length;
         SendResult result;
         bool startWriter;
-        bool closeForLimit = false;
         bool closeForBudget = false;
         lock (_sync)
         {
-            if (!_core.CanSend)
-            {
-                _server.Metrics.Queued(SendStatus.Dropped);
-                return SendResult.Dropped;
-            }
             // A connection already behind (in a backpressure episode) may fill less of the budget,
             // so the ones that keep up still find room.
-            long ceiling = _server.Budget.CeilingFor(_backpressure.InBackpressure);
-            var (state, verdict) = Backpressure.offer(_endpoint.Limits, _backpressure, total);
-            if (Backpressure.isQueued(verdict) && !reserved && !(shared is null ? _server.Budget.TryReserve(total, ceiling) : shared.TryAddReference(ceiling)))
+            long ceiling = _server.Budget.CeilingFor(_core.InBackpressure);
+            var (core, verdict, headerLength) = ConnectionModule.send(_core, _endpoint.Limits, kind, payloadLength, compressed, header);
+            // In 64 bits: a payload within 14 bytes of int.MaxValue must not wrap into a small size.
+            int total = shared?.Length ?? (int)Math.Min(int.MaxValue, (long)headerLength + payloadLength);
+            result = Verdict(verdict, total);
+            if (result.IsQueued && !(shared is null ? _server.Budget.TryReserve(total, ceiling) : shared.TryAddReference(ceiling)))
             {
                 closeForBudget = _endpoint.Options.CloseOnBackpressureLimit;
                 result = SendResult.Dropped;
             }
-            else
+            else if (result.IsQueued)
             {
-                _backpressure = state;
-                if (verdict.IsSent) result = new SendResult(SendStatus.Sent, total);
-                else if (verdict.IsBackpressure) result = new SendResult(SendStatus.Backpressure, total);
-                else
-                {
-                    closeForLimit = verdict.IsCloseForLimit;
-                    result = SendResult.Dropped;
-                }
-            }
-            if (result.IsQueued)
-            {
+                _core = core;
                 if (shared is null)
                 {
-                    Append(header);
+                    Append(header[..headerLength]);
                     Append(payload);
                 }
                 else
@@ -102,15 +101,28 @@ public abstract partial class RealtimeSocket
                     _pendingSharedBytes += shared.Length;
                 }
             }
+            else if (verdict.IsCloseForLimit)
+            {
+                // Closed before the lock is let go, so no later send is queued after the refused one.
+                _server.Log.BackpressureLimitClose(Id, _endpoint.Pattern);
+                CloseLocally(CloseCode.PolicyViolation, "backpressure limit");
+            }
             startWriter = result.IsQueued && TryBecomeWriter();
         }
+        return Queued(result, startWriter, closeForBudget);
+    }
+
+    /// <summary>The core's verdict as the result a send returns, with the frame's size on the wire.</summary>
+    private static SendResult Verdict(Backpressure.SendResult verdict, int total) =>
+        verdict.IsSent ? new SendResult(SendStatus.Sent, total)
+        : verdict.IsBackpressure ? new SendResult(SendStatus.Backpressure, total)
+        : SendResult.Dropped;
+
+    /// <summary>After a data message was queued or not, outside the lock: metrics, a close for the budget, the writer.</summary>
+    private SendResult Queued(SendResult result, bool startWriter, bool closeForBudget)
+    {
         _server.Metrics.Queued(result.Status);
-        if (closeForLimit)
-        {
-            _server.Log.BackpressureLimitClose(Id, _endpoint.Pattern);
-            CloseLocally(CloseCode.PolicyViolation, "backpressure limit");
-        }
-        else if (closeForBudget)
+        if (closeForBudget)
         {
             _server.Log.BudgetLimitClose(Id, _endpoint.Pattern);
             CloseLocally(CloseCode.PolicyViolation, "server memory budget");
@@ -279,8 +291,9 @@ public abstract partial class RealtimeSocket
             bool drain;
             lock (_sync)
             {
-                var (state, flushed) = Backpressure.flushed(_endpoint.Limits, _backpressure, length - controlBytes + sharedBytes);
-                _backpressure = state;
+                var (core, flushed) = ConnectionModule.flushed(_core, _endpoint.Limits, length - controlBytes + sharedBytes);
+                _core = core;
+                // The core reports no Drain once a close frame was sent or the connection ended.
                 drain = flushed.IsDrain;
                 if (chunk is not null)
                 {

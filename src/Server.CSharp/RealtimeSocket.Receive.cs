@@ -466,7 +466,6 @@ public abstract partial class RealtimeSocket
         lock (_sync)
         {
             _core = ConnectionModule.transportEnded(_core);
-            _backpressure = Backpressure.closed(_backpressure);
             (code, reason) = ConnectionModule.closeOutcome(_core);
             if (!_writing)
             {

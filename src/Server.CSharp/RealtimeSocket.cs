@@ -21,9 +21,8 @@ public abstract partial class RealtimeSocket
     private readonly System.IO.Pipelines.IDuplexPipe? _pipe;
     private readonly object _sync = new();
 
-    // The protocol core's state and the outgoing accounting; both guarded by _sync.
+    // The protocol core's state, both directions (sends are framed and judged there); guarded by _sync.
     private Connection _core;
-    private Backpressure.State _backpressure;
 
     private protected RealtimeSocket(RealtimeServer server, RealtimeEndpoint endpoint, HttpContext context, RealtimeTransport transport, string? subprotocol, PerMessageDeflate.Parameters? compression)
     {
@@ -38,7 +37,6 @@ public abstract partial class RealtimeSocket
         RemoteAddress = context.Connection.RemoteIpAddress;
         _compression = compression;
         _core = ConnectionModule.create(endpoint.ConnectionOptions(compression is not null), server.Now());
-        _backpressure = Backpressure.initial;
     }
 
     /// <summary>A number that identifies the connection within the server, for <see cref="IRealtimeServer.TryGetConnection"/>.</summary>
@@ -62,7 +60,7 @@ public abstract partial class RealtimeSocket
     /// <summary>Bytes queued for this connection and not yet accepted by the transport.</summary>
     public long BufferedAmount
     {
-        get { lock (_sync) return _backpressure.Buffered; }
+        get { lock (_sync) return _core.Buffered; }
     }
 
     /// <summary>True until a close frame has been sent or the connection has ended.</summary>

@@ -52,7 +52,7 @@ let private measureAccounting () =
 [<Tests>]
 let examples =
     testList
-        "Backpressure: offer / flushed / closed"
+        "Backpressure: offer / flushed"
         [ test "defaults are 64 KiB soft, 16 MiB hard, drop on limit, and valid" {
               Expect.equal defaults.SoftLimit 65536L "soft"
               Expect.equal defaults.HardLimit 16777216L "hard"
@@ -127,10 +127,7 @@ let examples =
               let s, _ = offerTo limits initial 900
               let s', r = offerTo limits s 101
               Expect.equal r CloseForLimit "close"
-              Expect.isTrue s'.Closed "closed"
               Expect.equal s'.Buffered 900L "not queued"
-              let _, r = offerTo limits s' 1
-              Expect.equal r (Dropped ConnectionClosed) "later sends dropped"
           }
 
           test "a negative length is dropped as invalid" {
@@ -180,16 +177,16 @@ let examples =
               Expect.equal s''.Buffered 30L "unchanged"
           }
 
-          test "after closed every offer is Dropped ConnectionClosed, flushes still count, nothing drains" {
-              let s, _ = offerTo small initial 300
-              let s = closed s
-              Expect.isTrue s.Closed "closed"
-              let s', r = offerTo small s 1
-              Expect.equal r (Dropped ConnectionClosed) "dropped"
-              Expect.equal s' s "unchanged"
-              let s, d = flush small s 300
-              Expect.equal d NoDrain "a closed connection does not drain"
-              Expect.equal s.Buffered 0L "flushed"
+          test "resize corrects a message queued at a bound of its size, keeping the episode open" {
+              let s, r = offerTo small initial 500
+              Expect.equal r Backpressure "queued at the bound"
+              let s = resize s 500 80
+              Expect.equal s.Buffered 80L "the real size"
+              Expect.isTrue s.InBackpressure "the episode is still open"
+              let s, d = flush small s 0
+              Expect.equal d Drain "the next flush ends it"
+              Expect.equal (resize s 10 -5).Buffered 70L "a negative size counts as zero"
+              Expect.equal (resize s 500 0).Buffered 0L "clamped at zero"
           }
 
           test "queued results and drop codes" {
@@ -222,12 +219,10 @@ let examples =
 type private Op =
     | Offer of int
     | Flush of int
-    | Close
 
 type private Outcome =
     | Offered of SendResult
     | Flushed of FlushResult
-    | ClosedByHost
 
 type private Step =
     { Op: Op
@@ -250,8 +245,7 @@ let private genLimits =
 let private genOp =
     Gen.frequency
         [ 12, Gen.map Offer (Gen.choose (0, 200))
-          8, Gen.map Flush (Gen.choose (0, 300))
-          1, Gen.constant Close ]
+          8, Gen.map Flush (Gen.choose (0, 300)) ]
 
 let private arbRun =
     Arb.fromGen (Gen.zip genLimits (Gen.listOf genOp))
@@ -268,7 +262,6 @@ let private run limits ops =
                 | Flush n ->
                     let s, r = flush limits state n
                     s, Flushed r
-                | Close -> closed state, ClosedByHost
 
             { Op = op
               Before = state
@@ -319,26 +312,11 @@ let properties =
                           false
                       | Flushed NoDrain ->
                           let shouldDrain =
-                              episodeOpen && not step.After.Closed && step.After.Buffered <= limits.SoftLimit
+                              episodeOpen && step.After.Buffered <= limits.SoftLimit
 
                           Expect.isFalse shouldDrain "a drain is due"
                           episodeOpen
                       | _ -> episodeOpen)
-                  false
-              |> ignore)
-
-          property "no offer is queued after the connection closed"
-          <| forAllRuns (fun _ steps ->
-              steps
-              |> List.fold
-                  (fun isClosed step ->
-                      match step.Outcome with
-                      | Offered r when isClosed ->
-                          Expect.equal r (Dropped ConnectionClosed) "dropped"
-                          true
-                      | Offered CloseForLimit
-                      | ClosedByHost -> true
-                      | _ -> isClosed)
                   false
               |> ignore)
 
@@ -354,7 +332,7 @@ let properties =
           <| forAllRuns (fun limits steps ->
               for step in steps do
                   match step.Op, step.Outcome with
-                  | Offer n, Offered r when not step.Before.Closed ->
+                  | Offer n, Offered r ->
                       let total = step.Before.Buffered + int64 n
 
                       let expected =

@@ -171,9 +171,10 @@ let transportEndTests =
             let struct (_, closeFrame) = Connection.failMessage (ended, InvalidCompressedData)
             Expect.isEmpty closeFrame "no close frame"
             Expect.equal (Connection.closeOutcome ended) abnormal "1006"
-        testCase "writingStopped: nothing more is written or read" <| fun () ->
+        testCase "writingStopped: nothing more is written, read or sent" <| fun () ->
             let stopped = Connection.writingStopped (fresh ())
             Expect.isFalse stopped.CanWrite "no writing"
+            Expect.isFalse stopped.CanSend "a send could never reach the peer"
             Expect.isFalse stopped.ShouldRead "no reading"
             Expect.isFalse stopped.HasEnded "the host has not finished it yet"
         testCase "a running connection can send, write and read" <| fun () ->

@@ -973,6 +973,45 @@ let sendAndPublishTests =
                     | Plain(_, connection) -> (connection :> IDisposable).Dispose()
         })
 
+        testCaseTask "Broadcast compresses by CompressionThreshold like a publish: once per window for the shared ones, for itself with context takeover, plain for the others" (fun () -> task {
+            let routes (app: WebApplication) =
+                let threshold (options: RealtimeOptions) = options.CompressionThreshold <- Nullable 100
+                app.MapRealtime("/everyone", RealtimeHandlers<obj>(), Action<RealtimeOptions> threshold) |> ignore
+                app.MapRealtime("/everyone-takeover", RealtimeHandlers<obj>(), Action<RealtimeOptions>(fun o -> contextTakeover o; threshold o)) |> ignore
+            let! server = start sampleOptions routes
+            use _ = server
+            let! shared = openSession server.Port "/everyone" "permessage-deflate"
+            let! window10 = openSession server.Port "/everyone" "permessage-deflate; server_max_window_bits=10"
+            let! takeover = openSession server.Port "/everyone-takeover" "permessage-deflate"
+            let! plain = connectOffering server.Port "/everyone" None
+            try
+                let! opened = eventually (TimeSpan.FromSeconds 10.0) (fun () -> server.Realtime.ConnectionsOf("/everyone").Count = 3)
+                Expect.isTrue opened "three connections on /everyone"
+                let realtime = server.Realtime :?> RealtimeServer
+                let before = realtime.SharedPublishCompressions
+                let large = chatText 7 + chatText 8
+                let small = "hi"
+                Expect.equal (server.Realtime.Broadcast("/everyone", large)) 3 "queued to the three"
+                Expect.equal (server.Realtime.Broadcast("/everyone-takeover", large)) 1 "queued to the one"
+                Expect.equal (server.Realtime.Broadcast("/everyone", small)) 3 "queued to the three"
+                Expect.equal (realtime.SharedPublishCompressions - before) 1L "one full-window compression for the large broadcast, none for the small one"
+                for label, session in [ "shared", shared; "window 10", window10; "context takeover", takeover ] do
+                    let! kind, compressed, got = session.Receive()
+                    Expect.equal kind Opcode.Text $"{label}: text"
+                    Expect.isTrue compressed $"{label}: over the threshold, compressed"
+                    Expect.equal (Encoding.UTF8.GetString got) large $"{label}: same text"
+                for label, session in [ "shared", shared; "window 10", window10 ] do
+                    let! _, compressed, got = session.Receive()
+                    Expect.isFalse compressed $"{label}: under the threshold, plain"
+                    Expect.equal (Encoding.UTF8.GetString got) small $"{label}: same small text"
+                let! _, compressed, got = receiveFrames plain
+                Expect.isFalse compressed "no compression without negotiation"
+                Expect.equal (Encoding.UTF8.GetString got) large "same text, plain"
+            finally
+                for session in [ shared; window10; takeover ] do (session :> IDisposable).Dispose()
+                (plain :> IDisposable).Dispose()
+        })
+
         testCaseTask "measure: compression ratio and compress throughput for chat-like JSON messages (printed, not asserted)" (fun () -> task {
             let corpus = [| for i in 1..2000 -> Encoding.UTF8.GetBytes(chatText i) |]
             let rawBytes = corpus |> Array.sumBy (fun m -> int64 m.Length)

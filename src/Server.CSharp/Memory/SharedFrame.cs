@@ -1,4 +1,5 @@
 using System.Buffers;
+using Realtime.Protocol;
 
 namespace Realtime.Memory;
 
@@ -16,22 +17,39 @@ internal sealed class SharedFrame
     private int _references = 1;
     private bool _counted;
 
-    private SharedFrame(MemoryBudget budget, byte[] buffer, int length)
+    private SharedFrame(MemoryBudget budget, byte[] buffer, int length, MessageKind kind, int payloadLength, bool compressed)
     {
         _budget = budget;
         _buffer = buffer;
         Length = length;
+        Kind = kind;
+        PayloadLength = payloadLength;
+        Compressed = compressed;
     }
 
-    /// <summary>Copies header and payload into a pooled buffer; the caller holds the first reference.</summary>
-    public static SharedFrame Create(MemoryBudget budget, ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload)
+    /// <summary>
+    /// Frames a whole message (the header from the core, RSV1 when <paramref name="compressed"/>)
+    /// into a pooled buffer; the caller holds the first reference.
+    /// </summary>
+    public static SharedFrame Create(MemoryBudget budget, MessageKind kind, ReadOnlySpan<byte> payload, bool compressed)
     {
-        int length = header.Length + payload.Length;
+        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
+        int headerLength = ConnectionModule.writeDataHeader(kind, payload.Length, compressed, header);
+        int length = headerLength + payload.Length;
         byte[] buffer = ArrayPool<byte>.Shared.Rent(length);
-        header.CopyTo(buffer);
-        payload.CopyTo(buffer.AsSpan(header.Length));
-        return new SharedFrame(budget, buffer, length);
+        header[..headerLength].CopyTo(buffer);
+        payload.CopyTo(buffer.AsSpan(headerLength));
+        return new SharedFrame(budget, buffer, length, kind, payload.Length, compressed);
     }
+
+    /// <summary>The kind of the message framed.</summary>
+    public MessageKind Kind { get; }
+
+    /// <summary>The length of the frame's payload (compressed, when <see cref="Compressed"/>).</summary>
+    public int PayloadLength { get; }
+
+    /// <summary>True when the payload is compressed (RSV1 set, RFC 7692 §6).</summary>
+    public bool Compressed { get; }
 
     /// <summary>The frame's size on the wire.</summary>
     public int Length { get; }
