@@ -10,16 +10,15 @@ namespace Realtime;
 
 /// <summary>
 /// The server-wide state: connections by id and by endpoint, the topic table, the keep-alive
-/// timer and graceful shutdown. The topic table is an immutable value from the core: writers
-/// replace it under a lock, publishers read the current one without locking.
+/// timer and graceful shutdown. Topics live in a <see cref="TopicRegistry{T}"/>: a lock per topic
+/// and per connection, none server-wide; publishers read a topic's snapshot without locking.
 /// </summary>
 internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiver, IDisposable
 {
     private readonly TimeProvider _time;
     private readonly ConcurrentDictionary<long, RealtimeSocket> _connections = new();
     private readonly ConcurrentDictionary<string, RealtimeEndpoint> _endpoints = new(StringComparer.Ordinal);
-    private readonly object _topicsLock = new();
-    private Topics.TopicTable<RealtimeSocket> _topics = Topics.emptyWith<RealtimeSocket>(ReferenceEqualityComparer.Instance);
+    private readonly TopicRegistry<RealtimeSocket> _topics;
     private long _lastId;
     private ITimer? _timer;
     private TimeSpan _timerPeriod = TimeSpan.MaxValue;
@@ -39,6 +38,9 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         Budget = new MemoryBudget(defaults.MaxServerBufferedBytes);
         _time = time ?? TimeProvider.System;
         _backplane = backplane;
+        _topics = backplane is null
+            ? new TopicRegistry<RealtimeSocket>()
+            : new TopicRegistry<RealtimeSocket>(backplane.TopicActivated, backplane.TopicDeactivated);
         Metrics = metrics ?? new RealtimeMetrics(null);
         Metrics.ObserveBufferedBytes(() => Budget.Held);
     }
@@ -139,15 +141,9 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
 
     internal void Unregister(RealtimeSocket connection)
     {
-        lock (_topicsLock)
-        {
-            // Leave the registry under the topics lock, so a late Subscribe cannot re-add the connection.
-            _connections.TryRemove(connection.Id, out _);
-            var (table, removal) = Topics.removeSubscriber(_topics, connection);
-            Volatile.Write(ref _topics, table);
-            if (_backplane is not null)
-                foreach (var topic in removal.TopicsEmptied) _backplane.TopicDeactivated(topic);
-        }
+        // Leave the topics first, refusing a late Subscribe from then on.
+        _topics.RemoveAll(connection.TopicSubscriptions, connection);
+        _connections.TryRemove(connection.Id, out _);
         if (_endpoints.TryGetValue(connection.Endpoint, out var endpoint)) endpoint.Connections.TryRemove(connection.Id, out _);
     }
 
@@ -158,22 +154,11 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     internal bool Subscribe(RealtimeSocket connection, string topic, int maxTopics)
     {
         ThrowIfInvalidTopic(topic);
-        lock (_topicsLock)
-        {
-            // A connection that has left must not come back into the table through a late call.
-            if (!_connections.ContainsKey(connection.Id)) return false;
-            var limits = new Topics.TopicLimits(Defaults.MaxTopicLength, maxTopics);
-            var (table, change) = Topics.subscribeWithin(limits, _topics, topic, connection);
-            if (change.IsRejected) throw new ArgumentException($"invalid topic: {change.code}", nameof(topic));
-            if (change.IsTopicLimitReached)
-            {
-                Log.TopicLimitReached(connection.Id, connection.Endpoint, maxTopics);
-                return false;
-            }
-            Volatile.Write(ref _topics, table);
-            if (change.IsSubscribed && change.firstSubscriber) _backplane?.TopicActivated(topic);
-            return change.IsSubscribed;
-        }
+        // A connection that has left must not come back into the table through a late call.
+        if (!_connections.ContainsKey(connection.Id)) return false;
+        var outcome = _topics.Subscribe(connection.TopicSubscriptions, connection, topic, maxTopics);
+        if (outcome == SubscribeOutcome.TopicLimitReached) Log.TopicLimitReached(connection.Id, connection.Endpoint, maxTopics);
+        return outcome == SubscribeOutcome.Subscribed;
     }
 
     /// <summary>
@@ -192,24 +177,18 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     internal bool Unsubscribe(RealtimeSocket connection, string topic)
     {
         ArgumentNullException.ThrowIfNull(topic);
-        lock (_topicsLock)
-        {
-            var (table, change) = Topics.unsubscribe(_topics, topic, connection);
-            Volatile.Write(ref _topics, table);
-            if (change.IsUnsubscribed && change.lastSubscriberLeft) _backplane?.TopicDeactivated(topic);
-            return change.IsUnsubscribed;
-        }
+        return _topics.Unsubscribe(connection.TopicSubscriptions, connection, topic);
     }
 
     internal bool IsSubscribed(RealtimeSocket connection, string topic) =>
-        Topics.isSubscribed(Volatile.Read(ref _topics), topic, connection);
+        topic is not null && TopicRegistry<RealtimeSocket>.IsSubscribed(connection.TopicSubscriptions, topic);
 
     internal IReadOnlyList<string> SubscriptionsOf(RealtimeSocket connection) =>
-        Topics.topicsOf(Volatile.Read(ref _topics), connection);
+        TopicRegistry<RealtimeSocket>.TopicsOf(connection.TopicSubscriptions);
 
-    public int SubscriberCount(string topic) => Topics.subscriberCount(Volatile.Read(ref _topics), topic);
+    public int SubscriberCount(string topic) => topic is null ? 0 : _topics.SubscriberCount(topic);
 
-    IReadOnlyList<string> IRealtimeServer.Topics => Topics.topics(Volatile.Read(ref _topics));
+    IReadOnlyList<string> IRealtimeServer.Topics => _topics.Names();
 
     internal int PublishText(string topic, string text, RealtimeSocket? sender, bool compress) =>
         Utf8Text.With(text, (topic, sender, compress, server: this),
@@ -244,13 +223,13 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     /// </summary>
     private int DeliverToSubscribers(string topic, MessageKind kind, ReadOnlySpan<byte> payload, RealtimeSocket? sender, bool compress)
     {
-        var excluded = sender is null ? FSharpValueOption<RealtimeSocket>.ValueNone : FSharpValueOption<RealtimeSocket>.NewValueSome(sender);
-        var recipients = Topics.publish(Volatile.Read(ref _topics), topic, excluded);
-        if (recipients.IsEmpty)
+        var subscribers = _topics.Find(topic);
+        if (subscribers is null)
         {
             Metrics.Published(0);
             return 0;
         }
+        var recipients = subscribers.BeginPublish(out int epoch);
         // Made on first need; the publisher holds one reference to each until every recipient has its own.
         SharedFrame? plain = null;
         SharedFrame? compressed = null;
@@ -259,6 +238,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         {
             foreach (var recipient in recipients)
             {
+                if (ReferenceEquals(recipient, sender)) continue;
                 SendResult result;
                 if (!recipient.WantsCompression(compress, payload.Length))
                     result = recipient.EnqueueShared(plain ??= PlainFrame(kind, payload));
@@ -271,6 +251,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         }
         finally
         {
+            subscribers.EndPublish(epoch);
             plain?.Release();
             compressed?.Release();
         }

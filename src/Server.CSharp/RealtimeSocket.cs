@@ -109,6 +109,9 @@ public abstract partial class RealtimeSocket
     /// </summary>
     public SendResult Send(RealtimeMessage message) => SendFrame(message.Kind, message.Data.Span, message.Compressed);
 
+    /// <summary>The topics this connection is in, kept by the server's topic registry.</summary>
+    internal readonly Subscriptions<RealtimeSocket> TopicSubscriptions = new();
+
     /// <summary>
     /// Subscribes the connection to a topic. False when it already was, when it is already in
     /// <see cref="RealtimeOptions.MaxTopicsPerConnection"/> topics (nothing changes), or when it has closed.
