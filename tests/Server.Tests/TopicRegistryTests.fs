@@ -97,6 +97,19 @@ let tests =
                 Expect.equal (mine.Length % 2 = 1) (model[t].Count > 0) $"hooks of {t} end as the topic is"
         }
 
+        test "a topic grown to 5,000 and shrunk to 10 in random order publishes to exactly the 10 left" {
+            let registry = TopicRegistry<Probe>()
+            let probes = Array.init 5_000 Probe
+            for p in probes do registry.Subscribe(p.Subscriptions, p, "room", 10) |> ignore
+            let order = Array.copy probes
+            Random(7).Shuffle order
+            for p in order[10..] do Expect.isTrue (registry.Unsubscribe(p.Subscriptions, p, "room")) "was subscribed"
+            Expect.equal (registry.SubscriberCount "room") 10 "ten left"
+            Expect.equal (publish registry "room" null) 10 "a publish reaches ten"
+            let reached = probes |> Array.filter (fun p -> p.Received = 1) |> Array.map (fun p -> p.Id) |> Array.sort
+            Expect.sequenceEqual reached (order[..9] |> Array.map (fun p -> p.Id) |> Array.sort) "exactly the ones left"
+        }
+
         test "a closed connection is refused: a late Subscribe does not bring it back" {
             let registry = TopicRegistry<Probe>()
             let probe = Probe 1

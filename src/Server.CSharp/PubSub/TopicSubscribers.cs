@@ -69,6 +69,8 @@ internal sealed class TopicSubscribers<T> where T : class
                 _positions[moved] = position;
             }
             _members[last] = null!;
+            // Halving at a quarter keeps a shrunken topic's array proportional to it, still O(1) amortized.
+            if (_members.Length > 16 && last < _members.Length / 4) Array.Resize(ref _members, _members.Length / 2);
             Volatile.Write(ref _count, last);
             Volatile.Write(ref _snapshot, null);
             if (last == 0)
