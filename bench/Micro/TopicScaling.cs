@@ -1,0 +1,98 @@
+using BenchmarkDotNet.Attributes;
+using Realtime;
+
+namespace Micro;
+
+/// <summary>
+/// Filling and emptying one topic of n subscribers through the host's <see cref="TopicRegistry{T}"/>
+/// (each subscriber with its own subscription set, as each connection has). The whole operation is
+/// one invocation: its total cost should grow linearly with n.
+/// </summary>
+[MemoryDiagnoser]
+[InvocationCount(1)]
+public class TopicChurn
+{
+    [Params(1_000, 10_000, 100_000)]
+    public int N;
+
+    Subscriber[] subscribers = [];
+    Subscriptions<Subscriber>[] subscriptions = [];
+    TopicRegistry<Subscriber> registry = new();
+
+    void Fresh()
+    {
+        subscribers = Enumerable.Range(0, N).Select(i => new Subscriber(i)).ToArray();
+        subscriptions = Enumerable.Range(0, N).Select(_ => new Subscriptions<Subscriber>()).ToArray();
+        registry = new TopicRegistry<Subscriber>(static _ => { }, static _ => { });
+    }
+
+    void SubscribeEach()
+    {
+        for (int i = 0; i < N; i++) registry.Subscribe(subscriptions[i], subscribers[i], "room", 1_000);
+    }
+
+    [IterationSetup(Target = nameof(SubscribeAll))]
+    public void BeforeSubscribe() => Fresh();
+
+    [Benchmark(Description = "subscribe n connections to one topic (total)")]
+    public int SubscribeAll()
+    {
+        SubscribeEach();
+        return registry.SubscriberCount("room");
+    }
+
+    [IterationSetup(Target = nameof(UnsubscribeAll))]
+    public void BeforeUnsubscribe()
+    {
+        Fresh();
+        SubscribeEach();
+    }
+
+    [Benchmark(Description = "unsubscribe n connections from one topic (total)")]
+    public int UnsubscribeAll()
+    {
+        for (int i = 0; i < N; i++) registry.Unsubscribe(subscriptions[i], subscribers[i], "room");
+        return registry.SubscriberCount("room");
+    }
+}
+
+/// <summary>A publish to one topic of n subscribers through the host's registry: find the topic, take its snapshot, enumerate every recipient but the sender.</summary>
+[MemoryDiagnoser]
+public class TopicFanout
+{
+    [Params(1_000, 10_000, 100_000)]
+    public int N;
+
+    TopicRegistry<Subscriber> registry = new();
+    Subscriber sender = new(-1);
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        registry = new TopicRegistry<Subscriber>();
+        for (int i = 0; i < N; i++)
+        {
+            var subscriber = new Subscriber(i);
+            registry.Subscribe(new Subscriptions<Subscriber>(), subscriber, "room", 1_000);
+            if (i == N / 2) sender = subscriber;
+        }
+    }
+
+    [Benchmark(Description = "publish to one topic of n, skipping the sender (enumerate)")]
+    public int Publish()
+    {
+        var topic = registry.Find("room")!;
+        var recipients = topic.BeginPublish(out int epoch);
+        int sum = 0;
+        try
+        {
+            foreach (var s in recipients)
+                if (!ReferenceEquals(s, sender)) sum += s.Id;
+        }
+        finally
+        {
+            topic.EndPublish(epoch);
+        }
+        return sum;
+    }
+}
