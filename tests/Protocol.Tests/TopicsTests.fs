@@ -279,6 +279,16 @@ let limits =
               Expect.equal (snd (subWithin limits Topics.empty<int> "a" 1)) TopicLimitReached "refused"
           }
 
+          test "admit decides a subscribe for a host that keeps its own subscribers" {
+              let limits = { MaxTopicLength = 4; MaxTopicsPerSubscriber = 2 }
+              Expect.equal (admit limits "room" false 0) Admitted "a free subscriber joins"
+              Expect.equal (admit limits "room" false 1) Admitted "one under the limit joins"
+              Expect.equal (admit limits "room" false 2) AtTopicLimit "at the limit it does not"
+              Expect.equal (admit limits "room" true 2) AlreadyIn "already in is already in, even at the limit"
+              Expect.equal (admit limits "rooms" false 0) (Refused "topic-too-long") "5 bytes over a limit of 4"
+              Expect.equal (admit limits null false 0) (Refused "null-topic") "null"
+          }
+
           test "subscribe is subscribeWithin unlimited" {
               Expect.equal unlimited { MaxTopicLength = Int32.MaxValue; MaxTopicsPerSubscriber = Int32.MaxValue } "no bounds"
               let long = String('x', 100_000)
@@ -479,6 +489,17 @@ let properties =
           property "within limits, the table agrees with a model that refuses over-long names and topics past the limit"
           <| Prop.forAll (Arb.fromGen (Gen.zip genLimits (Gen.listOf genCommand))) (fun (limits, commands) ->
               checkWithin limits commands)
+
+          property "admit agrees with subscribeWithin on any table"
+          <| Prop.forAll (Arb.fromGen (Gen.zip genLimits arbScenario.Generator)) (fun (limits, (commands, topic, s)) ->
+              let t = build commands
+              let expected =
+                  match snd (subWithin limits t topic s) with
+                  | Rejected code -> Refused code
+                  | AlreadySubscribed -> AlreadyIn
+                  | TopicLimitReached -> AtTopicLimit
+                  | Subscribed _ -> Admitted
+              Expect.equal (admit limits topic (isSubscribed t topic s) (topicsOf t s).Length) expected "same verdict")
 
           property "subscribe is idempotent"
           <| Prop.forAll arbScenario (fun (commands, topic, s) ->
