@@ -12,6 +12,8 @@ namespace Micro;
 [InvocationCount(1)]
 public class TopicChurn
 {
+    static readonly Realtime.Protocol.Topics.TopicLimits Limits = new(256, 1_000);
+
     [Params(1_000, 10_000, 100_000)]
     public int N;
 
@@ -28,7 +30,7 @@ public class TopicChurn
 
     void SubscribeEach()
     {
-        for (int i = 0; i < N; i++) registry.Subscribe(subscriptions[i], subscribers[i], "room", 1_000);
+        for (int i = 0; i < N; i++) registry.Subscribe(subscriptions[i], subscribers[i], "room", Limits);
     }
 
     [IterationSetup(Target = nameof(SubscribeAll))]
@@ -60,6 +62,8 @@ public class TopicChurn
 [MemoryDiagnoser]
 public class TopicFanout
 {
+    static readonly Realtime.Protocol.Topics.TopicLimits Limits = new(256, 1_000);
+
     [Params(1_000, 10_000, 100_000)]
     public int N;
 
@@ -73,7 +77,7 @@ public class TopicFanout
         for (int i = 0; i < N; i++)
         {
             var subscriber = new Subscriber(i);
-            registry.Subscribe(new Subscriptions<Subscriber>(), subscriber, "room", 1_000);
+            registry.Subscribe(new Subscriptions<Subscriber>(), subscriber, "room", Limits);
             if (i == N / 2) sender = subscriber;
         }
     }

@@ -1,7 +1,6 @@
 using System.Collections.Concurrent;
 using System.Text;
 using Microsoft.Extensions.Logging;
-using Microsoft.FSharp.Core;
 using Realtime.Compression;
 using Realtime.Memory;
 using Realtime.Protocol;
@@ -156,7 +155,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         ThrowIfInvalidTopic(topic);
         // A connection that has left must not come back into the table through a late call.
         if (!_connections.ContainsKey(connection.Id)) return false;
-        var outcome = _topics.Subscribe(connection.TopicSubscriptions, connection, topic, maxTopics);
+        var outcome = _topics.Subscribe(connection.TopicSubscriptions, connection, topic, new Topics.TopicLimits(Defaults.MaxTopicLength, maxTopics));
         if (outcome == SubscribeOutcome.TopicLimitReached) Log.TopicLimitReached(connection.Id, connection.Endpoint, maxTopics);
         return outcome == SubscribeOutcome.Subscribed;
     }

@@ -19,6 +19,9 @@ type private Probe(id: int) =
     member val Received = 0 with get, set
     member val ReceivedAfterLeaving = 0 with get, set
 
+let private limits maxTopics : Realtime.Protocol.Topics.TopicLimits =
+    { MaxTopicLength = 256; MaxTopicsPerSubscriber = maxTopics }
+
 /// Delivers to every subscriber of the topic but the sender, as RealtimeServer's publish does.
 let private publish (registry: TopicRegistry<Probe>) (topic: string) (sender: Probe) =
     match registry.Find topic with
@@ -68,7 +71,7 @@ let tests =
                     for t in topicNames do model[t].Remove i |> ignore
                     probes[i] <- Probe i
                 | n when n < 5 ->
-                    let outcome = registry.Subscribe(probe.Subscriptions, probe, topic, 3)
+                    let outcome = registry.Subscribe(probe.Subscriptions, probe, topic, limits 3)
                     let inTopics = topicNames |> Array.filter (fun t -> model[t].Contains i)
                     let expected =
                         if model[topic].Contains i then SubscribeOutcome.AlreadySubscribed
@@ -100,7 +103,7 @@ let tests =
         test "a topic grown to 5,000 and shrunk to 10 in random order publishes to exactly the 10 left" {
             let registry = TopicRegistry<Probe>()
             let probes = Array.init 5_000 Probe
-            for p in probes do registry.Subscribe(p.Subscriptions, p, "room", 10) |> ignore
+            for p in probes do registry.Subscribe(p.Subscriptions, p, "room", limits 10) |> ignore
             let order = Array.copy probes
             Random(7).Shuffle order
             for p in order[10..] do Expect.isTrue (registry.Unsubscribe(p.Subscriptions, p, "room")) "was subscribed"
@@ -113,9 +116,9 @@ let tests =
         test "a closed connection is refused: a late Subscribe does not bring it back" {
             let registry = TopicRegistry<Probe>()
             let probe = Probe 1
-            Expect.equal (registry.Subscribe(probe.Subscriptions, probe, "room", 10)) SubscribeOutcome.Subscribed "first subscribe"
+            Expect.equal (registry.Subscribe(probe.Subscriptions, probe, "room", limits 10)) SubscribeOutcome.Subscribed "first subscribe"
             registry.RemoveAll(probe.Subscriptions, probe)
-            Expect.equal (registry.Subscribe(probe.Subscriptions, probe, "room", 10)) SubscribeOutcome.Closed "after closing"
+            Expect.equal (registry.Subscribe(probe.Subscriptions, probe, "room", limits 10)) SubscribeOutcome.Closed "after closing"
             Expect.equal (registry.SubscriberCount "room") 0 "the topic is empty"
             Expect.isEmpty (registry.Names()) "and gone"
         }
@@ -150,7 +153,7 @@ let tests =
                                 Interlocked.Increment(&leaves.contents) |> ignore
                             else
                                 lock probe (fun () -> probe.Left <- false)
-                                Expect.equal (registry.Subscribe(probe.Subscriptions, probe, "room", 10)) SubscribeOutcome.Subscribed "subscribes"
+                                Expect.equal (registry.Subscribe(probe.Subscriptions, probe, "room", limits 10)) SubscribeOutcome.Subscribed "subscribes"
                                 subscribed[i] <- true
                         | _ ->
                             publish registry "room" probe |> ignore

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using Realtime.Protocol;
 
 namespace Realtime;
 
@@ -33,20 +34,25 @@ internal sealed class TopicRegistry<T> where T : class
         _retire = topic => _topics.TryRemove(new KeyValuePair<string, TopicSubscribers<T>>(topic.Name, topic));
     }
 
-    /// <summary>Subscribes within <paramref name="maxTopics"/> topics for this subscriber. O(1) amortized.</summary>
-    public SubscribeOutcome Subscribe(Subscriptions<T> subscriptions, T subscriber, string topic, int maxTopics)
+    /// <summary>
+    /// Subscribes within <paramref name="limits"/>, as the core's <c>Topics.admit</c> decides. O(1) amortized.
+    /// </summary>
+    /// <exception cref="ArgumentException">The core refused the name (null, or over MaxTopicLength).</exception>
+    public SubscribeOutcome Subscribe(Subscriptions<T> subscriptions, T subscriber, string topic, Topics.TopicLimits limits)
     {
         lock (subscriptions.Gate)
         {
             if (subscriptions.Closed) return SubscribeOutcome.Closed;
-            if (subscriptions.Topics.ContainsKey(topic)) return SubscribeOutcome.AlreadySubscribed;
-            if (subscriptions.Topics.Count >= maxTopics) return SubscribeOutcome.TopicLimitReached;
+            var admission = Topics.admit(limits, topic, topic is not null && subscriptions.Topics.ContainsKey(topic), subscriptions.Topics.Count);
+            if (admission.IsRefused) throw new ArgumentException($"invalid topic: {admission.code}", nameof(topic));
+            if (admission.IsAlreadyIn) return SubscribeOutcome.AlreadySubscribed;
+            if (admission.IsAtTopicLimit) return SubscribeOutcome.TopicLimitReached;
             while (true)
             {
-                var subscribers = _topics.GetOrAdd(topic, static name => new TopicSubscribers<T>(name));
+                var subscribers = _topics.GetOrAdd(topic!, static name => new TopicSubscribers<T>(name));
                 // A retired topic has already left the map (under its lock), so the next lookup finds a new one.
                 if (!subscribers.TryAdd(subscriber, _activated)) continue;
-                subscriptions.Topics.Add(topic, subscribers);
+                subscriptions.Topics.Add(topic!, subscribers);
                 return SubscribeOutcome.Subscribed;
             }
         }
