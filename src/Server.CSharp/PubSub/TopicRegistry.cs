@@ -40,10 +40,10 @@ internal sealed class TopicRegistry<T> where T : class
     /// <exception cref="ArgumentException">The core refused the name (null, or over MaxTopicLength).</exception>
     public SubscribeOutcome Subscribe(Subscriptions<T> subscriptions, T subscriber, string topic, Topics.TopicLimits limits)
     {
-        lock (subscriptions.Gate)
+        lock (subscriptions)
         {
             if (subscriptions.Closed) return SubscribeOutcome.Closed;
-            var admission = Topics.admit(limits, topic, topic is not null && subscriptions.Topics.ContainsKey(topic), subscriptions.Topics.Count);
+            var admission = Topics.admit(limits, topic, topic is not null && subscriptions.Contains(topic), subscriptions.Count);
             if (admission.IsRefused) throw new ArgumentException($"invalid topic: {admission.code}", nameof(topic));
             if (admission.IsAlreadyIn) return SubscribeOutcome.AlreadySubscribed;
             if (admission.IsAtTopicLimit) return SubscribeOutcome.TopicLimitReached;
@@ -64,9 +64,9 @@ internal sealed class TopicRegistry<T> where T : class
     /// </summary>
     public bool Unsubscribe(Subscriptions<T> subscriptions, T subscriber, string topic)
     {
-        lock (subscriptions.Gate)
+        lock (subscriptions)
         {
-            if (!subscriptions.Topics.Remove(topic, out var subscribers)) return false;
+            if (!subscriptions.Contains(topic) || !subscriptions.Topics.Remove(topic, out var subscribers)) return false;
             subscribers.Remove(subscriber, waitForPublishes: true, _deactivated, _retire);
             return true;
         }
@@ -75,9 +75,10 @@ internal sealed class TopicRegistry<T> where T : class
     /// <summary>Removes the subscriber from all its topics and refuses it from now on (its connection closed). O(its topics).</summary>
     public void RemoveAll(Subscriptions<T> subscriptions, T subscriber)
     {
-        lock (subscriptions.Gate)
+        lock (subscriptions)
         {
             subscriptions.Closed = true;
+            if (subscriptions.Count == 0) return;
             foreach (var (_, subscribers) in subscriptions.Topics)
                 subscribers.Remove(subscriber, waitForPublishes: false, _deactivated, _retire);
             subscriptions.Topics.Clear();
@@ -87,13 +88,13 @@ internal sealed class TopicRegistry<T> where T : class
     /// <summary>Whether the subscriber is in the topic.</summary>
     public static bool IsSubscribed(Subscriptions<T> subscriptions, string topic)
     {
-        lock (subscriptions.Gate) return subscriptions.Topics.ContainsKey(topic);
+        lock (subscriptions) return subscriptions.Contains(topic);
     }
 
     /// <summary>The subscriber's topics, in the order it subscribed, as a new array.</summary>
     public static string[] TopicsOf(Subscriptions<T> subscriptions)
     {
-        lock (subscriptions.Gate) return [.. subscriptions.Topics.Keys];
+        lock (subscriptions) return subscriptions.Count == 0 ? [] : [.. subscriptions.Topics.Keys];
     }
 
     /// <summary>How many subscribers the topic has (0 for an unknown topic).</summary>
