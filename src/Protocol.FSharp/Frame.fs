@@ -87,6 +87,11 @@ module Frame =
     let header (opcode: Opcode) (payloadLength: int64) : FrameHeader =
         { Fin = true; Rsv1 = false; Rsv2 = false; Rsv3 = false; Opcode = opcode; Masked = false; MaskKey = 0u; PayloadLength = payloadLength }
 
+    /// A header with FIN and RSV1 set and no mask: a whole message compressed with
+    /// permessage-deflate (RFC 7692 §6: RSV1 marks the first frame of a compressed message).
+    let compressedHeader (opcode: Opcode) (payloadLength: int64) : FrameHeader =
+        { header opcode payloadLength with Rsv1 = true }
+
     /// The encoded size of a header: RFC 6455 §5.2 requires the minimal length encoding.
     let headerSize (header: FrameHeader) : int =
         let lengthBytes =

@@ -274,8 +274,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         try
         {
             Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
-            var fields = new FrameHeader(true, true, false, false, (Opcode)(byte)kind, false, 0u, length);
-            int headerLength = Frame.writeHeader(fields, header);
+            int headerLength = Frame.writeHeader(Frame.compressedHeader((Opcode)(byte)kind, length), header);
             return SharedFrame.Create(Budget, header[..headerLength], compressed.AsSpan(0, length));
         }
         finally

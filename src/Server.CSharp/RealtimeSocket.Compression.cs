@@ -85,8 +85,7 @@ public abstract partial class RealtimeSocket
     internal SendResult EnqueueCompressed(MessageKind kind, ReadOnlySpan<byte> compressed, int reservedBound = 0)
     {
         Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
-        var fields = new FrameHeader(true, true, false, false, (Opcode)(byte)kind, false, 0u, compressed.Length);
-        int headerLength = Frame.writeHeader(fields, header);
+        int headerLength = Frame.writeHeader(Frame.compressedHeader((Opcode)(byte)kind, compressed.Length), header);
         if (reservedBound == 0) return Enqueue(header[..headerLength], compressed);
         int total = headerLength + compressed.Length;
         _server.Budget.Release(reservedBound - total);

@@ -452,7 +452,9 @@ let private genUnsafeImportPath =
         let! host = Gen.elements [ "evil.example"; "127.0.0.2:8000"; "[::1]"; "" ]
         let! rest = Gen.map (fun (s: string) -> s.Replace("\\", "")) genText
         let! control = Gen.elements [ '\t'; '\n'; '\r'; '\u0000'; '\u001f'; '\u007f'; '\\' ]
-        let! at = Gen.choose (0, rest.Length)
+        let! chosen = Gen.choose (0, rest.Length)
+        // Never between the two halves of a surrogate pair: a lone surrogate is not text JSON can carry.
+        let at = if chosen < rest.Length && Char.IsLowSurrogate rest[chosen] then chosen - 1 else chosen
 
         return!
             Gen.elements

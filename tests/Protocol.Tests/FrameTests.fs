@@ -59,6 +59,11 @@ let tests =
                     else Expect.isTrue (bytes = expected) "bytes"
         ]
 
+        testCase "RFC 7692 §7.2.3.1: a compressed \"Hello\" is framed as c1 07 (FIN, RSV1, text, 7 bytes)" <| fun () ->
+            let deflated = [| 0xf2uy; 0x48uy; 0xcduy; 0xc9uy; 0xc9uy; 0x07uy; 0x00uy |]
+            let bytes = encode (Frame.compressedHeader Opcode.Text 7L) deflated
+            Expect.equal (toHex bytes) (toHex (Array.append [| 0xc1uy; 0x07uy |] deflated)) "bytes"
+
         testList "minimal length encoding (§5.2)" [
             for length, headerHex in
                 [ 0, "82 00"; 1, "82 01"; 125, "82 7d"; 126, "82 7e 00 7e"; 127, "82 7e 00 7f"

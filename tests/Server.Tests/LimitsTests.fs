@@ -22,33 +22,9 @@ open Microsoft.Extensions.Options
 open Realtime
 open Realtime.Protocol
 open Realtime.Server.Tests.TestHost
+open Realtime.Server.Tests.TestLogs
 
 let private seconds (s: float) = TimeSpan.FromSeconds s
-
-/// Every log entry at or above `minimum`, from every category (the host's and Kestrel's).
-type private LogEntry = { Level: LogLevel; Category: string; Id: int; Text: string }
-
-type private CapturingLogger(category: string, minimum: LogLevel, sink: ConcurrentQueue<LogEntry>) =
-    interface ILogger with
-        member _.BeginScope<'TState>(_state: 'TState) : IDisposable = null
-        member _.IsEnabled(level: LogLevel) = level >= minimum
-        member _.Log<'TState>(level: LogLevel, eventId: EventId, state: 'TState, error: exn, formatter: Func<'TState, exn, string>) =
-            if level >= minimum then
-                sink.Enqueue { Level = level; Category = category; Id = eventId.Id; Text = $"{formatter.Invoke(state, error)} {error}" }
-
-type private CapturedLogs(minimum: LogLevel) =
-    let entries = ConcurrentQueue<LogEntry>()
-    member _.Entries = entries.ToArray()
-    member _.Errors = entries.ToArray() |> Array.filter (fun entry -> entry.Level >= LogLevel.Error)
-    interface ILoggerProvider with
-        member _.CreateLogger(category: string) = CapturingLogger(category, minimum, entries) :> ILogger
-        member _.Dispose() = ()
-
-/// Adds a capturing provider to a built app (call from mapRoutes, before it starts).
-let private captureLogs (minimum: LogLevel) (app: WebApplication) =
-    let logs = new CapturedLogs(minimum)
-    app.Services.GetRequiredService<ILoggerFactory>().AddProvider logs
-    logs
 
 /// The server-side socket of the only connection of an endpoint (waits for it to be registered).
 let private onlyConnection (server: RunningServer) (pattern: string) : Task<RealtimeSocket> =
@@ -457,7 +433,7 @@ let clientErrorLogTests =
                 do! requestThenReset server.Port "/late" attaching.Task
                 // The handshake has ended once the host logged its last word about it.
                 let finished (entry: LogEntry) =
-                    entry.Category.StartsWith "Realtime" && (entry.Id = 15 || entry.Id = 2 || entry.Id = 3 || entry.Level >= LogLevel.Error)
+                    entry.Category.StartsWith "Realtime" && (entry.EventId = 15 || entry.EventId = 2 || entry.EventId = 3 || entry.Level >= LogLevel.Error)
                 let! ended = eventually (seconds 15.0) (fun () -> logs.Entries |> Array.exists finished)
                 Expect.isTrue ended "the host finished the handshake"
                 do! Task.Delay 200

@@ -23,6 +23,7 @@ open StackExchange.Redis
 open Realtime
 open Realtime.Redis
 open Realtime.Server.Tests.TestHost
+open Realtime.Server.Tests.TestLogs
 
 // ---------------------------------------------------------------------------------------------
 // Processes: redis-server, redis-cli, dotnet.
@@ -140,26 +141,6 @@ let private within (seconds: float) (what: string) (condition: unit -> bool) =
     }
 
 // ---------------------------------------------------------------------------------------------
-// Logs.
-// ---------------------------------------------------------------------------------------------
-
-type private Entry = { Level: LogLevel; EventId: int; Category: string; Text: string }
-
-/// Keeps every log entry a server writes (at its minimum level, Warning in TestHost).
-type private CapturingLogs() =
-    let entries = ConcurrentQueue<Entry>()
-    member _.Entries = entries |> Seq.toList
-    member this.Has (eventId: int) (level: LogLevel) = this.Entries |> List.exists (fun e -> e.EventId = eventId && e.Level = level)
-    interface ILoggerProvider with
-        member _.CreateLogger(category) =
-            { new ILogger with
-                member _.BeginScope<'TState>(_: 'TState) : IDisposable = null
-                member _.IsEnabled _ = true
-                member _.Log<'TState>(level, eventId, state: 'TState, error, formatter: Func<'TState, exn, string>) =
-                    entries.Enqueue { Level = level; EventId = eventId.Id; Category = category; Text = formatter.Invoke(state, error) } }
-        member _.Dispose() = ()
-
-// ---------------------------------------------------------------------------------------------
 // Nodes and clients.
 // ---------------------------------------------------------------------------------------------
 
@@ -190,7 +171,7 @@ let private nodeRoutes (app: WebApplication) =
 type private Node =
     { Server: RunningServer
       Backplane: RedisBackplane
-      Logs: CapturingLogs }
+      Logs: CapturedLogs }
 
     member node.Url = node.Server.WsUrl + "/node"
 
@@ -202,7 +183,7 @@ type private Node =
 let private startNodeWith (prefix: string) (configureClient: ConfigurationOptions -> unit) (configureBackplane: RedisBackplaneOptions -> unit) : Task<Node> =
     task {
         let redis = runningRedis ()
-        let logs = new CapturingLogs()
+        let logs = new CapturedLogs(LogLevel.Trace)
         let! server =
             startWith
                 (fun host ->
@@ -649,7 +630,7 @@ type private Burst =
       /// The sequence numbers the subscriber on the other node received, in arrival order.
       Delivered: int list
       /// The publishing node's log.
-      Log: Entry list }
+      Log: LogEntry list }
 
 /// Two nodes (backplane settings from `configure`), a subscriber to "burst" on b; pauses Redis's
 /// writes, then publishes `count` messages "n:" + `size` bytes from a's IRealtimeServer at once,
@@ -718,7 +699,7 @@ let private burstWhilePaused (configure: RedisBackplaneOptions -> unit) (count: 
               Failures = failures
               Answered = answered
               Delivered = List.ofSeq delivered
-              Log = a.Logs.Entries }
+              Log = a.Logs.Entries |> Array.toList }
     }
 
 /// What every burst shows, whichever bound held it.
@@ -731,7 +712,7 @@ let private expectBoundedBurst (burst: Burst) (count: int) =
     Expect.equal (burst.Answered + burst.Failures) (int64 count) "each publish either crossed or was counted as a failure"
     Expect.equal burst.Delivered [ 1 .. int burst.Answered ] "the other node got what was held: the burst's first publishes, in order, once each"
     Expect.isTrue
-        (burst.Log |> List.exists (fun e -> e.EventId = 104 && e.Level = LogLevel.Warning && e.Text.Contains "InFlight reached"))
+        (burst.Log |> List.exists (fun e -> e.EventId = 104 && e.Level = LogLevel.Warning && e.Message.Contains "InFlight reached"))
         "the drops were reported by the rate-limited warning, naming the bound"
 
 [<Tests>]
