@@ -8,9 +8,9 @@ using Realtime.Protocol;
 namespace Realtime;
 
 /// <summary>
-/// The server-wide state: connections by id and by endpoint, the topic table, the keep-alive
-/// timer and graceful shutdown. Topics live in a <see cref="TopicRegistry{T}"/>: a lock per topic
-/// and per connection, none server-wide; publishers read a topic's snapshot without locking.
+/// The server-wide state: connections by id and by endpoint, the topics, the keep-alive timer and
+/// graceful shutdown. Topics live in a <see cref="TopicRegistry{T}"/>: a lock per topic and per
+/// connection, none server-wide; a publish reads a topic's subscribers without locking or allocating.
 /// </summary>
 internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiver, IDisposable
 {
@@ -141,7 +141,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     internal void Unregister(RealtimeSocket connection)
     {
         // Leave the topics first, refusing a late Subscribe from then on.
-        _topics.RemoveAll(connection.TopicSubscriptions, connection);
+        _topics.RemoveAll(connection.TopicSubscriptions);
         _connections.TryRemove(connection.Id, out _);
         if (_endpoints.TryGetValue(connection.Endpoint, out var endpoint)) endpoint.Connections.TryRemove(connection.Id, out _);
     }
@@ -155,7 +155,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         ThrowIfInvalidTopic(topic);
         // A connection that has left must not come back into the table through a late call.
         if (!_connections.ContainsKey(connection.Id)) return false;
-        var outcome = _topics.Subscribe(connection.TopicSubscriptions, connection, topic, new Topics.TopicLimits(Defaults.MaxTopicLength, maxTopics));
+        var outcome = _topics.Subscribe(connection.TopicSubscriptions, topic, new Topics.TopicLimits(Defaults.MaxTopicLength, maxTopics));
         if (outcome == SubscribeOutcome.TopicLimitReached) Log.TopicLimitReached(connection.Id, connection.Endpoint, maxTopics);
         return outcome == SubscribeOutcome.Subscribed;
     }
@@ -176,16 +176,16 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     internal bool Unsubscribe(RealtimeSocket connection, string topic)
     {
         ArgumentNullException.ThrowIfNull(topic);
-        return _topics.Unsubscribe(connection.TopicSubscriptions, connection, topic);
+        return _topics.Unsubscribe(connection.TopicSubscriptions, topic);
     }
 
     internal bool IsSubscribed(RealtimeSocket connection, string topic) =>
-        topic is not null && TopicRegistry<RealtimeSocket>.IsSubscribed(connection.TopicSubscriptions, topic);
+        TopicRegistry<RealtimeSocket>.IsSubscribed(connection.TopicSubscriptions, topic);
 
     internal IReadOnlyList<string> SubscriptionsOf(RealtimeSocket connection) =>
         TopicRegistry<RealtimeSocket>.TopicsOf(connection.TopicSubscriptions);
 
-    public int SubscriberCount(string topic) => topic is null ? 0 : _topics.SubscriberCount(topic);
+    public int SubscriberCount(string topic) => _topics.SubscriberCount(topic);
 
     IReadOnlyList<string> IRealtimeServer.Topics => _topics.Names();
 
@@ -228,29 +228,28 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
             Metrics.Published(0);
             return 0;
         }
-        var recipients = subscribers.BeginPublish(out int epoch);
         // Made on first need; the publisher holds one reference to each until every recipient has its own.
         SharedFrame? plain = null;
         SharedFrame? compressed = null;
         int queued = 0;
         try
         {
-            foreach (var recipient in recipients)
+            foreach (var subscription in subscribers.Recipients(sender))
             {
-                if (ReferenceEquals(recipient, sender)) continue;
+                var recipient = subscription.Subscriber;
                 SendResult result;
+                // Each enqueue checks the subscription under the recipient's lock: nothing is queued after Unsubscribe returned.
                 if (!recipient.WantsCompression(compress, payload.Length))
-                    result = recipient.EnqueueShared(plain ??= PlainFrame(kind, payload));
+                    result = recipient.EnqueueShared(plain ??= PlainFrame(kind, payload), subscription);
                 else if (recipient.AcceptsSharedCompression)
-                    result = recipient.EnqueueShared(compressed ??= CompressedFrame(kind, payload));
+                    result = recipient.EnqueueShared(compressed ??= CompressedFrame(kind, payload), subscription);
                 else
-                    result = recipient.SendFrame(kind, payload, compress: true);
+                    result = recipient.SendFrame(kind, payload, compress: true, subscription);
                 if (result.IsQueued) queued++;
             }
         }
         finally
         {
-            subscribers.EndPublish(epoch);
             plain?.Release();
             compressed?.Release();
         }

@@ -35,17 +35,19 @@ public abstract partial class RealtimeSocket
     // Inflated bytes of the message being received, counted against the budget.
     private long _inflatedCounted;
 
-    private SendResult SendCompressed(MessageKind kind, ReadOnlySpan<byte> payload)
+    private SendResult SendCompressed(MessageKind kind, ReadOnlySpan<byte> payload, Subscription<RealtimeSocket>? subscription)
     {
         var parameters = _compression!;
         if (parameters.ServerNoContextTakeover)
         {
             int length = CompressorPool.SharedDeflater(parameters.ServerMaxWindowBits).Compress(payload, out byte[] compressed);
-            try { return EnqueueCompressed(kind, compressed.AsSpan(0, length)); }
+            try { return EnqueueCompressed(kind, compressed.AsSpan(0, length), subscription: subscription); }
             finally { ArrayPool<byte>.Shared.Return(compressed); }
         }
         lock (_sync)
         {
+            // Before compressing: a message the context has seen must be sent.
+            if (subscription is { IsActive: false }) return SendResult.Dropped;
             if (!_core.CanSend || _ended)
             {
                 _server.Metrics.Queued(SendStatus.Dropped);
@@ -54,27 +56,27 @@ public abstract partial class RealtimeSocket
             // Judge admission on a bound of the compressed size, so nothing the compressor has seen is dropped.
             int bound = (int)Math.Min(int.MaxValue, payload.Length + (payload.Length >> 3) + 64L + Frame.MaxHeaderSize);
             var (_, verdict) = Backpressure.offer(_endpoint.Limits, _backpressure, bound);
-            if (!Backpressure.isQueued(verdict)) return SendUncompressed(kind, payload);
+            if (!Backpressure.isQueued(verdict)) return SendUncompressed(kind, payload, subscription);
             long ceiling = _server.Budget.CeilingFor(_backpressure.InBackpressure);
             if (_deflater is null)
             {
-                if (!_server.Budget.TryReserve(DeflaterStateBytes, ceiling)) return SendUncompressed(kind, payload);
+                if (!_server.Budget.TryReserve(DeflaterStateBytes, ceiling)) return SendUncompressed(kind, payload, subscription);
                 _deflaterCounted = true;
                 _deflater = new MessageDeflater(parameters.ServerMaxWindowBits, contextTakeover: true);
             }
-            if (!_server.Budget.TryReserve(bound, ceiling)) return SendUncompressed(kind, payload);
+            if (!_server.Budget.TryReserve(bound, ceiling)) return SendUncompressed(kind, payload, subscription);
             int length = _deflater.Compress(payload, out byte[] compressed);
-            try { return EnqueueCompressed(kind, compressed.AsSpan(0, length), reservedBound: bound); }
+            try { return EnqueueCompressed(kind, compressed.AsSpan(0, length), reservedBound: bound, subscription: subscription); }
             finally { ArrayPool<byte>.Shared.Return(compressed); }
         }
     }
 
     /// <summary>Sends without compression (always allowed, RFC 7692 §6): the ordinary path decides whether it fits.</summary>
-    private SendResult SendUncompressed(MessageKind kind, ReadOnlySpan<byte> payload)
+    private SendResult SendUncompressed(MessageKind kind, ReadOnlySpan<byte> payload, Subscription<RealtimeSocket>? subscription)
     {
         Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
         int headerLength = Frame.writeHeader(Frame.header((Opcode)(byte)kind, payload.Length), header);
-        return Enqueue(header[..headerLength], payload);
+        return Enqueue(header[..headerLength], payload, subscription);
     }
 
     /// <summary>
@@ -82,14 +84,14 @@ public abstract partial class RealtimeSocket
     /// <paramref name="reservedBound"/> the caller has already reserved that many bytes of the
     /// budget: the frame keeps what it needs and the rest is given back.
     /// </summary>
-    internal SendResult EnqueueCompressed(MessageKind kind, ReadOnlySpan<byte> compressed, int reservedBound = 0)
+    internal SendResult EnqueueCompressed(MessageKind kind, ReadOnlySpan<byte> compressed, int reservedBound = 0, Subscription<RealtimeSocket>? subscription = null)
     {
         Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
         int headerLength = Frame.writeHeader(Frame.compressedHeader((Opcode)(byte)kind, compressed.Length), header);
-        if (reservedBound == 0) return Enqueue(header[..headerLength], compressed);
+        if (reservedBound == 0) return Enqueue(header[..headerLength], compressed, subscription);
         int total = headerLength + compressed.Length;
         _server.Budget.Release(reservedBound - total);
-        var result = EnqueueData(header[..headerLength], compressed, null, reserved: true);
+        var result = EnqueueData(header[..headerLength], compressed, null, subscription, reserved: true);
         if (!result.IsQueued) _server.Budget.Release(total);
         return result;
     }

@@ -44,17 +44,22 @@ public abstract partial class RealtimeSocket
     private readonly object _gateWait = new();
     private TaskCompletionSource? _gateFreed;
 
-    internal SendResult SendFrame(MessageKind kind, ReadOnlySpan<byte> payload, bool compress) =>
-        WantsCompression(compress, payload.Length) ? SendCompressed(kind, payload) : SendUncompressed(kind, payload);
+    /// <summary>Sends a data frame; for a publish, <paramref name="subscription"/> is the topic subscription it goes through (see <see cref="EnqueueData"/>).</summary>
+    internal SendResult SendFrame(MessageKind kind, ReadOnlySpan<byte> payload, bool compress, Subscription<RealtimeSocket>? subscription = null) =>
+        WantsCompression(compress, payload.Length) ? SendCompressed(kind, payload, subscription) : SendUncompressed(kind, payload, subscription);
 
     /// <summary>Queues a data frame (header and payload) under the backpressure rules and the server's budget.</summary>
-    internal SendResult Enqueue(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload) => EnqueueData(header, payload, null);
+    internal SendResult Enqueue(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload, Subscription<RealtimeSocket>? subscription = null) => EnqueueData(header, payload, null, subscription);
 
     /// <summary>Queues a reference to a frame shared with other recipients, under the same rules.</summary>
-    internal SendResult EnqueueShared(SharedFrame frame) => EnqueueData(default, default, frame);
+    internal SendResult EnqueueShared(SharedFrame frame, Subscription<RealtimeSocket>? subscription = null) => EnqueueData(default, default, frame, subscription);
 
-    /// <summary>The one way data frames are queued; <paramref name="reserved"/> when the caller has already reserved the frame's bytes of the budget.</summary>
-    private SendResult EnqueueData(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload, SharedFrame? shared, bool reserved = false)
+    /// <summary>
+    /// The one way data frames are queued; <paramref name="reserved"/> when the caller has already
+    /// reserved the frame's bytes of the budget. A publish passes the <paramref name="subscription"/>
+    /// it goes through: an ended one queues nothing (and is no send, so it is not counted).
+    /// </summary>
+    private SendResult EnqueueData(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload, SharedFrame? shared, Subscription<RealtimeSocket>? subscription, bool reserved = false)
     {
         // In 64 bits: a payload within 14 bytes of int.MaxValue must not wrap into a small size
         // (past int.MaxValue it is over every MaxBufferedAmount, so it is dropped or closes).
@@ -65,6 +70,8 @@ public abstract partial class RealtimeSocket
         bool closeForBudget = false;
         lock (_sync)
         {
+            // Under the lock Subscription.End takes: once Unsubscribe returned, this is false.
+            if (subscription is { IsActive: false }) return SendResult.Dropped;
             if (!_core.CanSend || _ended)
             {
                 _server.Metrics.Queued(SendStatus.Dropped);

@@ -39,6 +39,8 @@ public abstract partial class RealtimeSocket
         _compression = compression;
         _core = ConnectionModule.create(endpoint.ConnectionOptions(compression is not null), server.Now());
         _backpressure = Backpressure.initial;
+        // A subscription ends under the lock the queue takes (see Subscription<T>).
+        TopicSubscriptions = new Subscriptions<RealtimeSocket>(this, _sync);
     }
 
     /// <summary>A number that identifies the connection within the server, for <see cref="IRealtimeServer.TryGetConnection"/>.</summary>
@@ -110,7 +112,7 @@ public abstract partial class RealtimeSocket
     public SendResult Send(RealtimeMessage message) => SendFrame(message.Kind, message.Data.Span, message.Compressed);
 
     /// <summary>The topics this connection is in, kept by the server's topic registry.</summary>
-    internal readonly Subscriptions<RealtimeSocket> TopicSubscriptions = new();
+    internal readonly Subscriptions<RealtimeSocket> TopicSubscriptions;
 
     /// <summary>
     /// Subscribes the connection to a topic. False when it already was, when it is already in

@@ -25,6 +25,29 @@ let private topicRoutes (publishedCounts: ConcurrentQueue<int>) (app: WebApplica
     )
     |> ignore
 
+/// Reads text messages until "end"; counts topic messages ("p:...") that arrived outside a
+/// subscription, that is not between an "s" marker (queued before Subscribe) and a "u" marker
+/// (queued once Unsubscribe returned). Returns (topic messages, outside ones, "u" markers).
+let private readCycles (client: ClientWebSocket) : Task<int * int * int> =
+    task {
+        let mutable subscribed = false
+        let mutable topicMessages = 0
+        let mutable outside = 0
+        let mutable unsubscribes = 0
+        let mutable finished = false
+        while not finished do
+            match! receiveText client with
+            | "end" -> finished <- true
+            | "s" -> subscribed <- true
+            | "u" ->
+                subscribed <- false
+                unsubscribes <- unsubscribes + 1
+            | _ ->
+                topicMessages <- topicMessages + 1
+                if not subscribed then outside <- outside + 1
+        return topicMessages, outside, unsubscribes
+    }
+
 [<Tests>]
 let pubSubTests =
     testList "Host: topics deliver a publish to the subscribers only" [
@@ -156,5 +179,45 @@ let pubSubTests =
             Expect.isFalse (sb.Subscribe "late") "a closed connection cannot subscribe again"
             Expect.equal (server.Realtime.SubscriberCount "late") 0 "and is not counted"
             Expect.equal (server.Realtime.Publish("room", "after b")) 1 "only a remains"
+        })
+
+        testCaseTask "nothing queued after Unsubscribe returned reaches the connection, while two threads publish: 4 connections, 300 subscribe/unsubscribe cycles each" (fun () -> task {
+            let! server =
+                start
+                    (fun o -> o.MaxBufferedAmount <- 256L * 1024L * 1024L)
+                    (fun app -> app.MapRealtime("/cycles", announcing ()) |> ignore)
+            use _ = server
+            let! clients = Task.WhenAll [ for _ in 1..4 -> connectWithId (server.WsUrl + "/cycles") ]
+            try
+                let sockets = clients |> Array.map (fun (_, id) -> socketOf server id)
+                let readers = clients |> Array.map (fun (client, _) -> readCycles client)
+                let stop = new System.Threading.CancellationTokenSource(seconds 60.0)
+                let published = ref 0L
+                let publisher () =
+                    // Bounded in count and in time; stops when the cycles are done.
+                    let mutable n = 0
+                    while not stop.IsCancellationRequested && n < 2_000_000 do
+                        n <- n + 1
+                        server.Realtime.Publish("room", $"p:{System.Threading.Interlocked.Increment(&published.contents)}") |> ignore
+                let publishers = Array.init 2 (fun _ -> System.Threading.Thread(publisher, IsBackground = true))
+                for p in publishers do p.Start()
+                for _ in 1..300 do
+                    for socket in sockets do
+                        Expect.isTrue (socket.Send "s").IsQueued "the marker before Subscribe is queued"
+                        Expect.isTrue (socket.Subscribe "room") "subscribed"
+                    for socket in sockets do
+                        Expect.isTrue (socket.Unsubscribe "room") "unsubscribed"
+                        Expect.isTrue (socket.Send "u").IsQueued "the marker after Unsubscribe is queued"
+                stop.Cancel()
+                for p in publishers do Expect.isTrue (p.Join(seconds 30.0)) "the publishers stop"
+                for socket in sockets do Expect.isTrue (socket.Send "end").IsQueued "the end marker is queued"
+                let! results = Task.WhenAll(readers).WaitAsync(seconds 60.0)
+                Expect.isGreaterThan published.Value 0L "publishes ran"
+                Expect.isGreaterThan (results |> Array.sumBy (fun (received, _, _) -> received)) 0 "topic messages reached the subscribers"
+                for _, outside, unsubscribes in results do
+                    Expect.equal unsubscribes 300 "every cycle's marker arrived"
+                    Expect.equal outside 0 "no topic message arrived after an Unsubscribe returned"
+            finally
+                for client, _ in clients do client.Dispose()
         })
     ]

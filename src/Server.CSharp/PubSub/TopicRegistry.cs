@@ -16,8 +16,9 @@ internal enum SubscribeOutcome
 /// This server's topics: a concurrent map of topic name to <see cref="TopicSubscribers{T}"/>,
 /// each with its own lock. There is no server-wide lock: subscribe and unsubscribe cost O(1)
 /// amortized and contend only on their topic and their subscriber; a publish reads its topic's
-/// snapshot without locking. The first-subscriber and last-subscriber-left hooks (the backplane's
-/// channel subscriptions) run under the topic's lock, so for each topic they alternate in order.
+/// array without locking and without allocating. The first-subscriber and last-subscriber-left
+/// hooks (the backplane's channel subscriptions) run under the topic's lock, so for each topic
+/// they alternate in order.
 /// </summary>
 internal sealed class TopicRegistry<T> where T : class
 {
@@ -38,7 +39,7 @@ internal sealed class TopicRegistry<T> where T : class
     /// Subscribes within <paramref name="limits"/>, as the core's <c>Topics.admit</c> decides. O(1) amortized.
     /// </summary>
     /// <exception cref="ArgumentException">The core refused the name (null, or over MaxTopicLength).</exception>
-    public SubscribeOutcome Subscribe(Subscriptions<T> subscriptions, T subscriber, string topic, Topics.TopicLimits limits)
+    public SubscribeOutcome Subscribe(Subscriptions<T> subscriptions, string topic, Topics.TopicLimits limits)
     {
         lock (subscriptions)
         {
@@ -50,55 +51,55 @@ internal sealed class TopicRegistry<T> where T : class
             while (true)
             {
                 var subscribers = _topics.GetOrAdd(topic!, static name => new TopicSubscribers<T>(name));
+                var subscription = new Subscription<T>(subscriptions.Subscriber, subscriptions.SendLock, subscribers);
                 // A retired topic has already left the map (under its lock), so the next lookup finds a new one.
-                if (!subscribers.TryAdd(subscriber, _activated)) continue;
-                subscriptions.Topics.Add(topic!, subscribers);
+                if (!subscribers.TryAdd(subscription, _activated)) continue;
+                subscriptions.Add(topic!, subscription);
                 return SubscribeOutcome.Subscribed;
             }
         }
     }
 
     /// <summary>
-    /// Unsubscribes; false when it was not subscribed. When it returns, no publish delivers to the
-    /// subscriber from this topic any more. O(1) amortized plus waiting for publishes in flight on the topic.
+    /// Unsubscribes; false when it was not subscribed. Once it returns, nothing more from the topic
+    /// is queued to the subscriber (see <see cref="Subscription{T}"/>); it waits for no publish. O(1) amortized.
     /// </summary>
-    public bool Unsubscribe(Subscriptions<T> subscriptions, T subscriber, string topic)
+    public bool Unsubscribe(Subscriptions<T> subscriptions, string topic)
     {
         lock (subscriptions)
         {
-            if (!subscriptions.Contains(topic) || !subscriptions.Topics.Remove(topic, out var subscribers)) return false;
-            subscribers.Remove(subscriber, waitForPublishes: true, _deactivated, _retire);
+            if (topic is null || !subscriptions.TryRemove(topic, out var subscription)) return false;
+            subscription.End();
+            subscription.Topic.Remove(subscription, _deactivated, _retire);
             return true;
         }
     }
 
     /// <summary>Removes the subscriber from all its topics and refuses it from now on (its connection closed). O(its topics).</summary>
-    public void RemoveAll(Subscriptions<T> subscriptions, T subscriber)
+    public void RemoveAll(Subscriptions<T> subscriptions)
     {
         lock (subscriptions)
         {
             subscriptions.Closed = true;
-            if (subscriptions.Count == 0) return;
-            foreach (var (_, subscribers) in subscriptions.Topics)
-                subscribers.Remove(subscriber, waitForPublishes: false, _deactivated, _retire);
-            subscriptions.Topics.Clear();
+            foreach (var subscription in subscriptions.EndAll())
+                subscription.Topic.Remove(subscription, _deactivated, _retire);
         }
     }
 
     /// <summary>Whether the subscriber is in the topic.</summary>
     public static bool IsSubscribed(Subscriptions<T> subscriptions, string topic)
     {
-        lock (subscriptions) return subscriptions.Contains(topic);
+        lock (subscriptions) return topic is not null && subscriptions.Contains(topic);
     }
 
     /// <summary>The subscriber's topics, in the order it subscribed, as a new array.</summary>
     public static string[] TopicsOf(Subscriptions<T> subscriptions)
     {
-        lock (subscriptions) return subscriptions.Count == 0 ? [] : [.. subscriptions.Topics.Keys];
+        lock (subscriptions) return subscriptions.Names();
     }
 
-    /// <summary>How many subscribers the topic has (0 for an unknown topic).</summary>
-    public int SubscriberCount(string topic) => _topics.TryGetValue(topic, out var subscribers) ? subscribers.Count : 0;
+    /// <summary>How many subscribers the topic has (0 for an unknown or null topic).</summary>
+    public int SubscriberCount(string topic) => topic is not null && _topics.TryGetValue(topic, out var subscribers) ? subscribers.Count : 0;
 
     /// <summary>The topics that have at least one subscriber, in ordinal order.</summary>
     public string[] Names()
@@ -108,6 +109,6 @@ internal sealed class TopicRegistry<T> where T : class
         return names;
     }
 
-    /// <summary>The topic's subscribers, or null when it has none; publish through <see cref="TopicSubscribers{T}.BeginPublish"/>.</summary>
-    public TopicSubscribers<T>? Find(string topic) => _topics.TryGetValue(topic, out var subscribers) ? subscribers : null;
+    /// <summary>The topic's subscribers, or null when it has none; a publish enumerates <see cref="TopicSubscribers{T}.Recipients"/>.</summary>
+    public TopicSubscribers<T>? Find(string topic) => topic is not null && _topics.TryGetValue(topic, out var subscribers) ? subscribers : null;
 }

@@ -1,26 +1,32 @@
 namespace Realtime;
 
 /// <summary>
-/// One topic's subscribers on this server. Adding and removing are O(1) under the topic's own lock
-/// (an array with swap-remove and a position index); a publish reads an immutable snapshot array
-/// without locking, and only the first publish after a change rebuilds it (O(n), as the publish
-/// itself is). A removal waits for the publishes that may still hold a snapshot with the removed
-/// subscriber, so once it returns nothing more is delivered to it from this topic.
+/// One topic's subscribers on this server, in subscription order. Adding and removing cost O(1)
+/// amortized under the topic's own lock; a publish reads the current array without locking and
+/// without allocating (see <see cref="Recipients"/>).
 /// </summary>
+/// <remarks>
+/// The array is append-only for readers: a subscriber goes into the next free slot, a removal only
+/// empties its slot, so an entry never moves within an array a publish may be reading (no one is
+/// missed or seen twice). When empty slots outnumber the subscribers, or the array is full, the
+/// subscribers are copied in order into a new array sized twice their number, which replaces the
+/// old one: a publish that still reads the old array sees the same entries, and ended ones are
+/// refused when queued (see <see cref="Subscription{T}"/>). Each copy follows as many changes as
+/// it copies entries, so the cost stays O(1) amortized and the array stays within a constant
+/// factor of the topic's size as it grows and shrinks.
+/// </remarks>
 internal sealed class TopicSubscribers<T> where T : class
 {
+    private const int MinimumCapacity = 4;
+
     private readonly object _lock = new();
-    private readonly Dictionary<T, int> _positions = new(ReferenceEqualityComparer.Instance);
-    private T[] _members = new T[4];
+    private Subscription<T>?[] _slots = new Subscription<T>?[MinimumCapacity];
+    // Slots handed out in _slots (subscribers and emptied slots); under the lock.
+    private int _used;
     private int _count;
-    // Null when the members changed since it was built.
-    private T[]? _snapshot = [];
-    // Publishes in progress, counted in one of two epochs: a removal flips the epoch twice and
-    // waits for each count to drain, as user-space RCU's synchronize does.
-    private readonly int[] _publishing = new int[2];
-    private int _epoch;
     private bool _retired;
 
+    /// <summary>A topic with no subscriber yet.</summary>
     public TopicSubscribers(string name) => Name = name;
 
     /// <summary>The topic's name.</summary>
@@ -29,98 +35,72 @@ internal sealed class TopicSubscribers<T> where T : class
     /// <summary>How many subscribers the topic has.</summary>
     public int Count => Volatile.Read(ref _count);
 
+    /// <summary>The length of the array a publish reads, for tests of its bounds.</summary>
+    internal int Capacity => Volatile.Read(ref _slots).Length;
+
     /// <summary>
-    /// Adds a subscriber, calling <paramref name="firstSubscriber"/> under the topic's lock when it
-    /// is the first. False when the topic was retired (emptied and left the registry): subscribe
-    /// to the registry's current topic instead.
+    /// Adds the subscription last, calling <paramref name="firstSubscriber"/> under the topic's lock
+    /// when it is the first. False when the topic was retired (emptied and taken out of the
+    /// registry): subscribe to the registry's current topic instead.
     /// </summary>
-    public bool TryAdd(T subscriber, Action<string>? firstSubscriber)
+    public bool TryAdd(Subscription<T> subscription, Action<string>? firstSubscriber)
     {
         lock (_lock)
         {
             if (_retired) return false;
-            if (_positions.ContainsKey(subscriber)) return true;
-            if (_count == _members.Length) Array.Resize(ref _members, _count * 2);
-            _members[_count] = subscriber;
-            _positions.Add(subscriber, _count);
+            if (_used == _slots.Length) Repack(Math.Max(MinimumCapacity, 2 * (_count + 1)));
+            subscription.Slot = _used;
+            Volatile.Write(ref _slots[_used], subscription);
+            _used++;
             Volatile.Write(ref _count, _count + 1);
-            Volatile.Write(ref _snapshot, null);
             if (_count == 1) firstSubscriber?.Invoke(Name);
             return true;
         }
     }
 
     /// <summary>
-    /// Removes a subscriber. When it was the last, the topic retires: <paramref name="lastSubscriberLeft"/>
-    /// runs under the topic's lock and then <paramref name="retire"/> takes the topic out of the
-    /// registry, so a subscribe that comes later finds a new topic, ordered after this one. With
-    /// <paramref name="waitForPublishes"/>, returns only when no publish can still deliver to it.
+    /// Removes an ended subscription. When it was the last, the topic retires:
+    /// <paramref name="lastSubscriberLeft"/> runs under the topic's lock and then
+    /// <paramref name="retire"/> takes the topic out of the registry, so a subscribe that comes
+    /// later finds a new topic, whose first-subscriber call comes after this one.
     /// </summary>
-    public bool Remove(T subscriber, bool waitForPublishes, Action<string>? lastSubscriberLeft, Action<TopicSubscribers<T>> retire)
+    public void Remove(Subscription<T> subscription, Action<string>? lastSubscriberLeft, Action<TopicSubscribers<T>> retire)
     {
         lock (_lock)
         {
-            if (!_positions.Remove(subscriber, out int position)) return false;
-            int last = _count - 1;
-            if (position != last)
-            {
-                var moved = _members[last];
-                _members[position] = moved;
-                _positions[moved] = position;
-            }
-            _members[last] = null!;
-            // Halving at a quarter keeps a shrunken topic's array proportional to it, still O(1) amortized.
-            if (_members.Length > 16 && last < _members.Length / 4) Array.Resize(ref _members, _members.Length / 2);
-            Volatile.Write(ref _count, last);
-            Volatile.Write(ref _snapshot, null);
-            if (last == 0)
+            Volatile.Write(ref _slots[subscription.Slot], null);
+            Volatile.Write(ref _count, _count - 1);
+            if (_count == 0)
             {
                 _retired = true;
                 lastSubscriberLeft?.Invoke(Name);
                 retire(this);
             }
-            if (waitForPublishes) WaitForPublishesInFlight();
-            return true;
+            else if (_used - _count > _count) Repack(Math.Max(MinimumCapacity, 2 * _count));
         }
+    }
+
+    /// <summary>Under the lock: copies the subscribers, in order, into a new array of <paramref name="capacity"/> slots, which replaces the old one.</summary>
+    private void Repack(int capacity)
+    {
+        var slots = new Subscription<T>?[capacity];
+        int next = 0;
+        for (int i = 0; i < _used; i++)
+        {
+            var subscription = _slots[i];
+            if (subscription is null) continue;
+            subscription.Slot = next;
+            slots[next++] = subscription;
+        }
+        _used = next;
+        Volatile.Write(ref _slots, slots);
     }
 
     /// <summary>
-    /// The subscribers a publish delivers to; the caller must pass <paramref name="epoch"/> to
-    /// <see cref="EndPublish"/> when done. Lock-free unless the members changed since the last publish.
+    /// The subscriptions a publish from <paramref name="sender"/> (null for none) goes to, in
+    /// subscription order, the sender left out. Lock-free and allocation-free. A subscription that
+    /// ends meanwhile may still be enumerated: the queueing must check <see cref="Subscription{T}.IsActive"/>
+    /// under the subscriber's send lock.
     /// </summary>
-    public T[] BeginPublish(out int epoch)
-    {
-        int e = Volatile.Read(ref _epoch);
-        Interlocked.Increment(ref _publishing[e]);
-        var snapshot = Volatile.Read(ref _snapshot);
-        if (snapshot is not null)
-        {
-            epoch = e;
-            return snapshot;
-        }
-        Interlocked.Decrement(ref _publishing[e]);
-        lock (_lock)
-        {
-            snapshot = _snapshot ??= _members.AsSpan(0, _count).ToArray();
-            // Entered under the lock, so no removal is between changing the members and waiting.
-            epoch = _epoch;
-            Interlocked.Increment(ref _publishing[epoch]);
-            return snapshot;
-        }
-    }
-
-    /// <summary>Ends a publish begun with <see cref="BeginPublish"/>.</summary>
-    public void EndPublish(int epoch) => Interlocked.Decrement(ref _publishing[epoch]);
-
-    /// <summary>Called under the lock after a removal: every publish that may hold an older snapshot has ended when it returns.</summary>
-    private void WaitForPublishesInFlight()
-    {
-        for (int round = 0; round < 2; round++)
-        {
-            int previous = _epoch;
-            Interlocked.Exchange(ref _epoch, 1 - previous);
-            var spin = new SpinWait();
-            while (Volatile.Read(ref _publishing[previous]) != 0) spin.SpinOnce();
-        }
-    }
+    public TopicRecipients<T> Recipients(T? sender) => new(Volatile.Read(ref _slots), sender);
 }
