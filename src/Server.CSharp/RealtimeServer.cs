@@ -21,6 +21,8 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     private long _lastId;
     private ITimer? _timer;
     private TimeSpan _timerPeriod = TimeSpan.MaxValue;
+    // 1 while TickAll runs.
+    private int _ticking;
     private readonly object _timerLock = new();
     private volatile bool _shuttingDown;
     private int _admitted;
@@ -90,8 +92,20 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
 
     private void TickAll()
     {
-        long now = Now();
-        foreach (var connection in _connections.Values) connection.Tick(now);
+        // Timer callbacks overlap when one runs late (a busy machine): two ticks of one connection
+        // could then decide "ping" and "idle close" in order yet queue them the other way round.
+        // A tick that finds the previous one still running is skipped; the next catches up, as the
+        // core acts on deadlines, not on tick counts.
+        if (Interlocked.CompareExchange(ref _ticking, 1, 0) != 0) return;
+        try
+        {
+            long now = Now();
+            foreach (var connection in _connections.Values) connection.Tick(now);
+        }
+        finally
+        {
+            Volatile.Write(ref _ticking, 0);
+        }
     }
 
     /// <summary>
