@@ -1,6 +1,5 @@
 using System.Buffers.Binary;
 using BenchmarkDotNet.Attributes;
-using Microsoft.FSharp.Core;
 using Realtime.Protocol;
 
 namespace Micro;
@@ -143,39 +142,3 @@ public sealed class Subscriber(int id)
     public int Id { get; } = id;
 }
 
-/// <summary>Topics.publish on a topic with 1,000 subscribers (among 100 topics), enumerating every recipient.</summary>
-[MemoryDiagnoser]
-public class TopicPublish
-{
-    const int Subscribers = 1000;
-    Topics.TopicTable<Subscriber> table = Topics.emptyWith<Subscriber>(ReferenceEqualityComparer.Instance);
-    FSharpValueOption<Subscriber> sender;
-
-    [GlobalSetup]
-    public void Setup()
-    {
-        var subscribers = Enumerable.Range(0, Subscribers).Select(i => new Subscriber(i)).ToArray();
-        var t = Topics.emptyWith<Subscriber>(ReferenceEqualityComparer.Instance);
-        for (int topic = 0; topic < 100; topic++)
-            t = Topics.subscribe(t, $"other-{topic}", subscribers[topic]).Item1;
-        foreach (var s in subscribers) t = Topics.subscribe(t, "room", s).Item1;
-        table = t;
-        sender = FSharpValueOption<Subscriber>.NewValueSome(subscribers[Subscribers / 2]);
-    }
-
-    [Benchmark(Description = "Topics.publish + enumerate 1,000, skipping the sender")]
-    public int PublishSkippingSender()
-    {
-        int sum = 0;
-        foreach (var s in Topics.publish(table, "room", sender)) sum += s.Id;
-        return sum;
-    }
-
-    [Benchmark(Description = "Topics.publish + enumerate 1,000, to everyone")]
-    public int PublishToAll()
-    {
-        int sum = 0;
-        foreach (var s in Topics.publish(table, "room", FSharpValueOption<Subscriber>.ValueNone)) sum += s.Id;
-        return sum;
-    }
-}

@@ -8,9 +8,10 @@ namespace Realtime;
 /// dependency injection (for example with the Realtime.Redis package).
 /// </summary>
 /// <remarks>
-/// The server calls these members from publishing threads and while it updates its topic table,
-/// so they must not block: queue the work and return. <see cref="TopicActivated"/> and
-/// <see cref="TopicDeactivated"/> arrive in the order the table changed.
+/// The server calls these members from publishing threads and while it holds a topic's lock,
+/// so they must not block: queue the work and return. For one topic, <see cref="TopicActivated"/>
+/// and <see cref="TopicDeactivated"/> alternate in the order its subscribers changed; for
+/// different topics they may be called at the same time from different threads.
 /// </remarks>
 public interface IRealtimeBackplane
 {

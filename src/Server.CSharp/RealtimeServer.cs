@@ -1,27 +1,27 @@
 using System.Collections.Concurrent;
 using System.Text;
 using Microsoft.Extensions.Logging;
-using Microsoft.FSharp.Core;
 using Realtime.Memory;
 using Realtime.Protocol;
 
 namespace Realtime;
 
 /// <summary>
-/// The server-wide state: connections by id and by endpoint, the topic table, the keep-alive
-/// timer and graceful shutdown. The topic table is an immutable value from the core: writers
-/// replace it under a lock, publishers read the current one without locking.
+/// The server-wide state: connections by id and by endpoint, the topics, the keep-alive timer and
+/// graceful shutdown. Topics live in a <see cref="TopicRegistry{T}"/>: a lock per topic and per
+/// connection, none server-wide; a publish reads a topic's subscribers without locking or allocating.
 /// </summary>
 internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiver, IDisposable
 {
     private readonly TimeProvider _time;
     private readonly ConcurrentDictionary<long, RealtimeSocket> _connections = new();
     private readonly ConcurrentDictionary<string, RealtimeEndpoint> _endpoints = new(StringComparer.Ordinal);
-    private readonly object _topicsLock = new();
-    private Topics.TopicTable<RealtimeSocket> _topics = Topics.emptyWith<RealtimeSocket>(ReferenceEqualityComparer.Instance);
+    private readonly TopicRegistry<RealtimeSocket> _topics;
     private long _lastId;
     private ITimer? _timer;
     private TimeSpan _timerPeriod = TimeSpan.MaxValue;
+    // 1 while TickAll runs.
+    private int _ticking;
     private readonly object _timerLock = new();
     private volatile bool _shuttingDown;
     private int _admitted;
@@ -38,6 +38,9 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         Budget = new MemoryBudget(defaults.MaxServerBufferedBytes);
         _time = time ?? TimeProvider.System;
         _backplane = backplane;
+        _topics = backplane is null
+            ? new TopicRegistry<RealtimeSocket>()
+            : new TopicRegistry<RealtimeSocket>(backplane.TopicActivated, backplane.TopicDeactivated);
         Metrics = metrics ?? new RealtimeMetrics(null);
         Metrics.ObserveBufferedBytes(() => Budget.Held);
     }
@@ -88,8 +91,20 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
 
     private void TickAll()
     {
-        long now = Now();
-        foreach (var connection in _connections.Values) connection.Tick(now);
+        // Timer callbacks overlap when one runs late (a busy machine): two ticks of one connection
+        // could then decide "ping" and "idle close" in order yet queue them the other way round.
+        // A tick that finds the previous one still running is skipped; the next catches up, as the
+        // core acts on deadlines, not on tick counts.
+        if (Interlocked.CompareExchange(ref _ticking, 1, 0) != 0) return;
+        try
+        {
+            long now = Now();
+            foreach (var connection in _connections.Values) connection.Tick(now);
+        }
+        finally
+        {
+            Volatile.Write(ref _ticking, 0);
+        }
     }
 
     /// <summary>
@@ -138,15 +153,9 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
 
     internal void Unregister(RealtimeSocket connection)
     {
-        lock (_topicsLock)
-        {
-            // Leave the registry under the topics lock, so a late Subscribe cannot re-add the connection.
-            _connections.TryRemove(connection.Id, out _);
-            var (table, removal) = Topics.removeSubscriber(_topics, connection);
-            Volatile.Write(ref _topics, table);
-            if (_backplane is not null)
-                foreach (var topic in removal.TopicsEmptied) _backplane.TopicDeactivated(topic);
-        }
+        // Leave the topics first, refusing a late Subscribe from then on.
+        _topics.RemoveAll(connection.TopicSubscriptions);
+        _connections.TryRemove(connection.Id, out _);
         if (_endpoints.TryGetValue(connection.Endpoint, out var endpoint)) endpoint.Connections.TryRemove(connection.Id, out _);
     }
 
@@ -157,22 +166,11 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     internal bool Subscribe(RealtimeSocket connection, string topic, int maxTopics)
     {
         ThrowIfInvalidTopic(topic);
-        lock (_topicsLock)
-        {
-            // A connection that has left must not come back into the table through a late call.
-            if (!_connections.ContainsKey(connection.Id)) return false;
-            var limits = new Topics.TopicLimits(Defaults.MaxTopicLength, maxTopics);
-            var (table, change) = Topics.subscribeWithin(limits, _topics, topic, connection);
-            if (change.IsRejected) throw new ArgumentException($"invalid topic: {change.code}", nameof(topic));
-            if (change.IsTopicLimitReached)
-            {
-                Log.TopicLimitReached(connection.Id, connection.Endpoint, maxTopics);
-                return false;
-            }
-            Volatile.Write(ref _topics, table);
-            if (change.IsSubscribed && change.firstSubscriber) _backplane?.TopicActivated(topic);
-            return change.IsSubscribed;
-        }
+        // A connection that has left must not come back into the table through a late call.
+        if (!_connections.ContainsKey(connection.Id)) return false;
+        var outcome = _topics.Subscribe(connection.TopicSubscriptions, topic, new Topics.TopicLimits(Defaults.MaxTopicLength, maxTopics));
+        if (outcome == SubscribeOutcome.TopicLimitReached) Log.TopicLimitReached(connection.Id, connection.Endpoint, maxTopics);
+        return outcome == SubscribeOutcome.Subscribed;
     }
 
     /// <summary>
@@ -191,24 +189,18 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     internal bool Unsubscribe(RealtimeSocket connection, string topic)
     {
         ArgumentNullException.ThrowIfNull(topic);
-        lock (_topicsLock)
-        {
-            var (table, change) = Topics.unsubscribe(_topics, topic, connection);
-            Volatile.Write(ref _topics, table);
-            if (change.IsUnsubscribed && change.lastSubscriberLeft) _backplane?.TopicDeactivated(topic);
-            return change.IsUnsubscribed;
-        }
+        return _topics.Unsubscribe(connection.TopicSubscriptions, topic);
     }
 
     internal bool IsSubscribed(RealtimeSocket connection, string topic) =>
-        Topics.isSubscribed(Volatile.Read(ref _topics), topic, connection);
+        TopicRegistry<RealtimeSocket>.IsSubscribed(connection.TopicSubscriptions, topic);
 
     internal IReadOnlyList<string> SubscriptionsOf(RealtimeSocket connection) =>
-        Topics.topicsOf(Volatile.Read(ref _topics), connection);
+        TopicRegistry<RealtimeSocket>.TopicsOf(connection.TopicSubscriptions);
 
-    public int SubscriberCount(string topic) => Topics.subscriberCount(Volatile.Read(ref _topics), topic);
+    public int SubscriberCount(string topic) => _topics.SubscriberCount(topic);
 
-    IReadOnlyList<string> IRealtimeServer.Topics => Topics.topics(Volatile.Read(ref _topics));
+    IReadOnlyList<string> IRealtimeServer.Topics => _topics.Names();
 
     internal int PublishText(string topic, string text, RealtimeSocket? sender, bool compress) =>
         Utf8Text.With(text, (topic, sender, compress, server: this),
@@ -242,21 +234,24 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     /// </summary>
     private int DeliverToSubscribers(string topic, MessageKind kind, ReadOnlySpan<byte> payload, RealtimeSocket? sender, bool compress)
     {
-        var excluded = sender is null ? FSharpValueOption<RealtimeSocket>.ValueNone : FSharpValueOption<RealtimeSocket>.NewValueSome(sender);
-        var recipients = Topics.publish(Volatile.Read(ref _topics), topic, excluded);
-        int queued = 0;
-        if (!recipients.IsEmpty)
+        var subscribers = _topics.Find(topic);
+        if (subscribers is null)
         {
-            var message = new PreparedMessage(Budget, kind, payload, compress);
-            try
-            {
-                foreach (var recipient in recipients)
-                    if (message.SendTo(recipient).IsQueued) queued++;
-            }
-            finally
-            {
-                Finish(ref message);
-            }
+            Metrics.Published(0);
+            return 0;
+        }
+        int queued = 0;
+        var message = new PreparedMessage(Budget, kind, payload, compress);
+        try
+        {
+            // Each recipient checks its subscription under its own lock as it queues: nothing is
+            // queued after Unsubscribe returned.
+            foreach (var subscription in subscribers.Recipients(sender))
+                if (message.SendTo(subscription.Subscriber, subscription).IsQueued) queued++;
+        }
+        finally
+        {
+            Finish(ref message);
         }
         Metrics.Published(queued);
         return queued;

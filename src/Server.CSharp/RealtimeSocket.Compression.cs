@@ -33,16 +33,16 @@ public abstract partial class RealtimeSocket
     // Inflated bytes of the message being received, counted against the budget.
     private long _inflatedCounted;
 
-    private SendResult SendCompressed(MessageKind kind, ReadOnlySpan<byte> payload)
+    private SendResult SendCompressed(MessageKind kind, ReadOnlySpan<byte> payload, Subscription<RealtimeSocket>? subscription)
     {
         var parameters = _compression!;
         if (parameters.ServerNoContextTakeover)
         {
             int length = CompressorPool.SharedDeflater(parameters.ServerMaxWindowBits).Compress(payload, out byte[] compressed);
-            try { return EnqueueData(kind, compressed.AsSpan(0, length), compressed: true, shared: null); }
+            try { return EnqueueData(kind, compressed.AsSpan(0, length), compressed: true, shared: null, subscription); }
             finally { ArrayPool<byte>.Shared.Return(compressed); }
         }
-        return SendCompressedWithContext(kind, payload);
+        return SendCompressedWithContext(kind, payload, subscription);
     }
 
     /// <summary>
@@ -51,7 +51,7 @@ public abstract partial class RealtimeSocket
     /// size, and the frame is settled at its real size after compressing, under the same lock so that
     /// the order of compression is the order on the wire. Not admitted, it goes uncompressed.
     /// </summary>
-    private SendResult SendCompressedWithContext(MessageKind kind, ReadOnlySpan<byte> payload)
+    private SendResult SendCompressedWithContext(MessageKind kind, ReadOnlySpan<byte> payload, Subscription<RealtimeSocket>? subscription)
     {
         Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
         int bound = (int)Math.Min(int.MaxValue - Frame.MaxHeaderSize, payload.Length + (payload.Length >> 3) + 64L);
@@ -59,17 +59,19 @@ public abstract partial class RealtimeSocket
         bool startWriter;
         lock (_sync)
         {
+            // Before compressing: a message the context has seen must be sent.
+            if (subscription is { IsActive: false }) return SendResult.Dropped;
             var (admitted, verdict, _) = ConnectionModule.send(_core, _endpoint.Limits, kind, bound, true, header);
-            if (!Backpressure.isQueued(verdict)) return SendUncompressed(kind, payload);
+            if (!Backpressure.isQueued(verdict)) return SendUncompressed(kind, payload, subscription);
             long ceiling = _server.Budget.CeilingFor(_core.InBackpressure);
             if (_deflater is null)
             {
-                if (!_server.Budget.TryReserve(DeflaterStateBytes, ceiling)) return SendUncompressed(kind, payload);
+                if (!_server.Budget.TryReserve(DeflaterStateBytes, ceiling)) return SendUncompressed(kind, payload, subscription);
                 _deflaterCounted = true;
                 _deflater = new MessageDeflater(_compression!.ServerMaxWindowBits, contextTakeover: true);
             }
             int reserved = bound + Frame.MaxHeaderSize;
-            if (!_server.Budget.TryReserve(reserved, ceiling)) return SendUncompressed(kind, payload);
+            if (!_server.Budget.TryReserve(reserved, ceiling)) return SendUncompressed(kind, payload, subscription);
             int length = _deflater.Compress(payload, out byte[] compressed);
             try
             {
@@ -87,8 +89,8 @@ public abstract partial class RealtimeSocket
     }
 
     /// <summary>Sends without compression (always allowed, RFC 7692 §6): the ordinary path decides whether it fits.</summary>
-    private SendResult SendUncompressed(MessageKind kind, ReadOnlySpan<byte> payload) =>
-        EnqueueData(kind, payload, compressed: false, shared: null);
+    private SendResult SendUncompressed(MessageKind kind, ReadOnlySpan<byte> payload, Subscription<RealtimeSocket>? subscription) =>
+        EnqueueData(kind, payload, compressed: false, shared: null, subscription);
 
     /// <summary>
     /// Inflates one chunk of a compressed message and hands the inflated bytes to the core, whose

@@ -43,30 +43,33 @@ public abstract partial class RealtimeSocket
     private readonly object _gateWait = new();
     private TaskCompletionSource? _gateFreed;
 
-    internal SendResult SendFrame(MessageKind kind, ReadOnlySpan<byte> payload, bool compress) =>
-        WantsCompression(compress, payload.Length) ? SendCompressed(kind, payload) : SendUncompressed(kind, payload);
+    /// <summary>Sends a data frame; for a publish, <paramref name="subscription"/> is the topic subscription it goes through (see <see cref="EnqueueData"/>).</summary>
+    internal SendResult SendFrame(MessageKind kind, ReadOnlySpan<byte> payload, bool compress, Subscription<RealtimeSocket>? subscription = null) =>
+        WantsCompression(compress, payload.Length) ? SendCompressed(kind, payload, subscription) : SendUncompressed(kind, payload, subscription);
 
     /// <summary>
     /// Queues a message prepared for many recipients in the form this connection takes: the shared
     /// plain frame, the shared frame compressed with its window, or (when its compressor keeps its
     /// context) compressed for itself.
     /// </summary>
-    internal SendResult SendPrepared(ref PreparedMessage message)
+    internal SendResult SendPrepared(ref PreparedMessage message, Subscription<RealtimeSocket>? subscription = null)
     {
-        if (!WantsCompression(message.Compress, message.Payload.Length)) return EnqueueShared(message.Plain());
-        if (_compression!.ServerNoContextTakeover) return EnqueueShared(message.CompressedFor(_compression.ServerMaxWindowBits));
-        return SendCompressed(message.Kind, message.Payload);
+        if (!WantsCompression(message.Compress, message.Payload.Length)) return EnqueueShared(message.Plain(), subscription);
+        if (_compression!.ServerNoContextTakeover) return EnqueueShared(message.CompressedFor(_compression.ServerMaxWindowBits), subscription);
+        return SendCompressed(message.Kind, message.Payload, subscription);
     }
 
     /// <summary>Queues a reference to a frame shared with other recipients, under the same rules as any send.</summary>
-    internal SendResult EnqueueShared(SharedFrame frame) => EnqueueData(frame.Kind, default, frame.Compressed, frame);
+    internal SendResult EnqueueShared(SharedFrame frame, Subscription<RealtimeSocket>? subscription = null) => EnqueueData(frame.Kind, default, frame.Compressed, frame, subscription);
 
     /// <summary>
     /// The one way data messages are queued: the core's send step frames the message (or judges the
     /// <paramref name="shared"/> frame, already framed the same way) and decides it under the
-    /// connection's backpressure limits; the server's budget has the last word.
+    /// connection's backpressure limits; the server's budget has the last word. A publish passes the
+    /// <paramref name="subscription"/> it goes through: an ended one queues nothing (and is no send,
+    /// so it is not counted).
     /// </summary>
-    private SendResult EnqueueData(MessageKind kind, ReadOnlySpan<byte> payload, bool compressed, SharedFrame? shared)
+    private SendResult EnqueueData(MessageKind kind, ReadOnlySpan<byte> payload, bool compressed, SharedFrame? shared, Subscription<RealtimeSocket>? subscription = null)
     {
         Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
         int payloadLength = shared?.PayloadLength ?? payload.Length;
@@ -75,6 +78,8 @@ public abstract partial class RealtimeSocket
         bool closeForBudget = false;
         lock (_sync)
         {
+            // Under the lock Subscription.End takes: once Unsubscribe returned, this is false.
+            if (subscription is { IsActive: false }) return SendResult.Dropped;
             // A connection already behind (in a backpressure episode) may fill less of the budget,
             // so the ones that keep up still find room.
             long ceiling = _server.Budget.CeilingFor(_core.InBackpressure);

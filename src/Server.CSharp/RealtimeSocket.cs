@@ -37,6 +37,8 @@ public abstract partial class RealtimeSocket
         RemoteAddress = context.Connection.RemoteIpAddress;
         _compression = compression;
         _core = ConnectionModule.create(endpoint.ConnectionOptions(compression is not null), server.Now());
+        // A subscription ends under the lock the queue takes (see Subscription<T>).
+        TopicSubscriptions = new Subscriptions<RealtimeSocket>(this, _sync);
     }
 
     /// <summary>A number that identifies the connection within the server, for <see cref="IRealtimeServer.TryGetConnection"/>.</summary>
@@ -106,6 +108,9 @@ public abstract partial class RealtimeSocket
     /// sent it compressed. Its text was validated on arrival, so it is not checked again.
     /// </summary>
     public SendResult Send(RealtimeMessage message) => SendFrame(message.Kind, message.Data.Span, message.Compressed);
+
+    /// <summary>The topics this connection is in, kept by the server's topic registry.</summary>
+    internal readonly Subscriptions<RealtimeSocket> TopicSubscriptions;
 
     /// <summary>
     /// Subscribes the connection to a topic. False when it already was, when it is already in

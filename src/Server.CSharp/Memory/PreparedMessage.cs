@@ -63,7 +63,7 @@ internal ref struct PreparedMessage
     }
 
     /// <summary>Queues the message to <paramref name="recipient"/> in the form it takes.</summary>
-    public SendResult SendTo(RealtimeSocket recipient) => recipient.SendPrepared(ref this);
+    public SendResult SendTo(RealtimeSocket recipient, Subscription<RealtimeSocket>? subscription = null) => recipient.SendPrepared(ref this, subscription);
 
     /// <summary>Drops the publisher's references: each frame goes back to the pool once its recipients have written it.</summary>
     public void Dispose()
