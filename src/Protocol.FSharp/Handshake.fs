@@ -110,8 +110,39 @@ let private valuesOf (name: string) (headers: HttpHeader array) =
 let private listElements (values: string array) =
     values |> Array.collect (fun v -> v.Split ',') |> Array.map trimOws |> Array.filter (fun e -> e <> "")
 
-let private hasToken (token: string) (values: string array) =
-    listElements values |> Array.exists (fun e -> String.Equals(e, token, StringComparison.OrdinalIgnoreCase))
+// RFC 9110 §5.6.1: one line's #list, elements trimmed of optional whitespace, empty ones skipped.
+let private listHasElement (token: string) (value: string) =
+    let mutable found = false
+    let mutable start = 0
+    while not found && start <= value.Length do
+        let comma = value.IndexOf(',', start)
+        let stop = if comma < 0 then value.Length else comma
+        let element = MemoryExtensions.Trim(value.AsSpan(start, stop - start), " \t".AsSpan())
+        found <- element.Length > 0 && MemoryExtensions.Equals(element, token.AsSpan(), StringComparison.OrdinalIgnoreCase)
+        start <- stop + 1
+    found
+
+/// True when the header `name` has `token` among the elements of its comma-separated list
+/// (RFC 9110 §5.6.1), every line with that name read as part of one list (RFC 9110 §5.3). Names
+/// and tokens are compared case-insensitively (RFC 9110 §5.1, §7.6.1, §7.8); whitespace around an
+/// element and empty elements do not count, so "h2c , WebSocket" has "websocket" and "websocket/13"
+/// has not. This is the check behind `accept`'s "missing-upgrade" (`Upgrade` has `websocket`) and
+/// "missing-connection-upgrade" (`Connection` has `upgrade`), RFC 6455 §4.2.1. Allocates nothing;
+/// never throws: null arrays, headers and strings count as empty.
+let hasToken (name: string) (token: string) (headers: HttpHeader array) : bool =
+    let token = orEmpty token
+    let mutable found = false
+    if not (isNull headers) then
+        let mutable index = 0
+        while not found && index < headers.Length do
+            let line = headers[index]
+            found <-
+                not (isNull (box line))
+                && String.Equals(line.Name, name, StringComparison.OrdinalIgnoreCase)
+                && not (isNull line.Value)
+                && listHasElement token line.Value
+            index <- index + 1
+    found
 
 // "HTTP/1.1", "1.1", "HTTP/2", "2.0" and the like as (major, minor); None when malformed.
 let private versionNumber (version: string) =
@@ -261,9 +292,9 @@ let accept (policy: Policy) (request: HandshakeRequest) : HandshakeResult =
     match hostProblem (find "Host") with
     | Some rejection -> rejection
     | None ->
-    if not (hasToken "websocket" (find "Upgrade")) then
+    if not (hasToken "Upgrade" "websocket" headers) then
         badRequest "missing-upgrade" "the Upgrade header does not contain websocket (RFC 6455 §4.2.1)"
-    elif not (hasToken "upgrade" (find "Connection")) then
+    elif not (hasToken "Connection" "upgrade" headers) then
         badRequest "missing-connection-upgrade" "the Connection header does not contain Upgrade (RFC 6455 §4.2.1)"
     else
     match versionProblem (find "Sec-WebSocket-Version") with

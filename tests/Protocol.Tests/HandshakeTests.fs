@@ -327,6 +327,68 @@ let properties =
             Expect.isTrue (rejection.Status >= 400 && rejection.Status < 500) "4xx")
     ]
 
+// RFC 9110 §5.6.1: a header's tokens, as `accept` reads Upgrade and Connection.
+
+// The rule spelled out naively: every line of the name, split at commas, trimmed, compared case-insensitively.
+let private tokenModel (name: string) (token: string) (headers: HttpHeader array) =
+    let orEmpty (text: string) = if isNull text then "" else text
+    headers
+    |> Array.filter (fun h -> not (isNull (box h)) && String.Equals(h.Name, name, StringComparison.OrdinalIgnoreCase))
+    |> Array.collect (fun h -> (orEmpty h.Value).Split ',')
+    |> Array.map (fun element -> element.Trim(' ', '\t'))
+    |> Array.exists (fun element -> element <> "" && String.Equals(element, orEmpty token, StringComparison.OrdinalIgnoreCase))
+
+let private tokenHeaders =
+    gen {
+        let! name = Gen.elements [ "Upgrade"; "upgrade"; "Connection"; "CONNECTION"; "Other"; ""; null ]
+        let! value =
+            Gen.oneof
+                [ anyString
+                  Gen.elements [ "websocket"; "WebSocket"; "h2c , websocket"; "websocket/13"; "keep-alive, Upgrade"; " ,upgrade"
+                                 "upgrades"; ",,"; "\twebsocket\t"; ""; null ] ]
+        let! isNull = Gen.frequency [ 9, Gen.constant false; 1, Gen.constant true ]
+        return if isNull then Unchecked.defaultof<HttpHeader> else header name value
+    }
+    |> Gen.arrayOf
+
+[<Tests>]
+let tokenExamples =
+    testList "RFC 9110 §5.6.1 header tokens (hasToken: Upgrade and Connection)" [
+        test "a token alone, in a list, with whitespace around it, in any letter case" {
+            for value in [ "websocket"; "WebSocket"; "h2c, websocket"; "h2c , websocket"; "websocket,h2c"; "\twebsocket "; ", ,websocket," ] do
+                Expect.isTrue (hasToken "Upgrade" "websocket" [| header "Upgrade" value |]) $"Upgrade: {value}"
+            Expect.isTrue (hasToken "Connection" "upgrade" [| header "connection" "keep-alive, Upgrade" |]) "name in other letter case"
+            Expect.isTrue (hasToken "connection" "UPGRADE" [| header "Connection" "upgrade" |]) "token in other letter case"
+        }
+
+        test "every line of the name is part of the list (RFC 9110 §5.3)" {
+            let lines = [| header "Connection" "keep-alive"; header "Host" "example.com"; header "Connection" " ,upgrade" |]
+            Expect.isTrue (hasToken "Connection" "upgrade" lines) "the second Connection line"
+        }
+
+        test "a longer or shorter token, another header, an empty value or element is not the token" {
+            for value in [ "websocket/13"; "websockets"; "web socket"; "h2c"; ""; " , "; "\"websocket\"" ] do
+                Expect.isFalse (hasToken "Upgrade" "websocket" [| header "Upgrade" value |]) $"Upgrade: {value}"
+            Expect.isFalse (hasToken "Connection" "upgrade" [| header "Connection" "upgrades" |]) "upgrades"
+            Expect.isFalse (hasToken "Connection" "upgrade" [| header "Upgrade" "upgrade" |]) "another header's token"
+            Expect.isFalse (hasToken "Upgrade" "" [| header "Upgrade" "" |]) "an empty token is never in the list"
+        }
+
+        test "null arrays, headers, names, values and tokens count as empty" {
+            Expect.isFalse (hasToken "Upgrade" "websocket" null) "null array"
+            Expect.isFalse (hasToken "Upgrade" "websocket" [| Unchecked.defaultof<HttpHeader> |]) "null header"
+            Expect.isFalse (hasToken "Upgrade" "websocket" [| header null "websocket" |]) "null name"
+            Expect.isFalse (hasToken "Upgrade" "websocket" [| header "Upgrade" null |]) "null value"
+            Expect.isFalse (hasToken "Upgrade" null [| header "Upgrade" "websocket" |]) "null token"
+            Expect.isFalse (hasToken null "websocket" [| header "Upgrade" "websocket" |]) "null name asked for"
+        }
+
+        property "hasToken is the naive split-trim-compare of every line, and never throws"
+        <| Prop.forAll (Arb.fromGen (Gen.zip tokenHeaders (Gen.elements [ "websocket"; "upgrade"; "Upgrade"; ""; null ]))) (fun (headers, token) ->
+            for name in [ "Upgrade"; "Connection"; "Other"; "" ] do
+                Expect.equal (hasToken name token headers) (tokenModel name token headers) $"{name} has {token}")
+    ]
+
 // RFC 8441: the same handshake as an extended CONNECT on HTTP/2.
 
 let private connectRequest headers =

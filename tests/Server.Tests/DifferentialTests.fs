@@ -110,6 +110,14 @@ type Recorder() =
     member val Attached = ConcurrentDictionary<string, Observation * string>()
     /// Requests whose Open handler ran: what it saw through the socket's HttpContext.
     member val Opened = ConcurrentDictionary<string, Observation>()
+    /// The upgrade feature's type name each request had in the middleware of a configuration that
+    /// records it (the empty-value one), whatever the answer: which path answered a refusal too.
+    member val PipelineRan = ConcurrentDictionary<string, string>()
+
+let private upgradeFeatureName (context: HttpContext) =
+    match context.Features.Get<IHttpUpgradeFeature>() with
+    | null -> "(none)"
+    | upgrade -> upgrade.GetType().Name
 
 let private observe (handler: string) (context: HttpContext) : Observation =
     let request = context.Request
@@ -141,9 +149,7 @@ let private observing (recorder: Recorder) (handler: string) =
         Attach =
             (fun context ->
                 let case = context.Request.Headers["X-Case"].ToString()
-                let upgrade = context.Features.Get<IHttpUpgradeFeature>()
-                let upgradeType = if isNull upgrade then "(none)" else upgrade.GetType().Name
-                recorder.Attached[case] <- (observe handler context, upgradeType)
+                recorder.Attached[case] <- (observe handler context, upgradeFeatureName context)
                 Attachment<string>.Accept case),
         Open =
             fun ws ->
@@ -164,17 +170,30 @@ type Request =
     { Method: string
       Target: string
       Host: string
-      Upgrade: bool
+      /// The handshake's own lines after Host (empty for a request that is not an upgrade).
+      Handshake: (string * string) list
+      /// Further header lines, after the handshake's.
       Headers: (string * string) list }
+
+/// The header lines of a client's opening handshake (RFC 6455 §4.1), after Host.
+let private handshakeLines =
+    [ "Upgrade", "websocket"
+      "Connection", "Upgrade"
+      "Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="
+      "Sec-WebSocket-Version", "13" ]
 
 /// A WebSocket upgrade request (RFC 6455 §4.1) for `target`, Host 127.0.0.1.
 let private upgrade target =
-    { Method = "GET"; Target = target; Host = "127.0.0.1"; Upgrade = true; Headers = [] }
+    { Method = "GET"; Target = target; Host = "127.0.0.1"; Handshake = handshakeLines; Headers = [] }
 
 /// A GET that is not an upgrade.
-let private plainGet target : Request = { upgrade target with Upgrade = false }
+let private plainGet target : Request = { upgrade target with Handshake = [] }
 
 let private withHeader name value (request: Request) = { request with Headers = request.Headers @ [ name, value ] }
+
+/// The handshake line `name` sent with `value` instead of its standard one.
+let private replacingHandshakeLine name value (request: Request) =
+    { request with Handshake = request.Handshake |> List.map (fun (line, standard) -> line, (if line = name then value else standard)) }
 
 let private signedIn (credentials: string) request = withHeader "Authorization" ("Test " + credentials) request
 
@@ -187,12 +206,8 @@ let private requestText (case: string) (request: Request) =
     let lines =
         [ yield $"{request.Method} {request.Target} HTTP/1.1"
           yield $"Host: {request.Host}"
-          if request.Upgrade then
-              yield "Upgrade: websocket"
-              yield "Connection: Upgrade"
-              yield "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="
-              yield "Sec-WebSocket-Version: 13"
-          for name, value in request.Headers -> $"{name}: {value}"
+          // An empty value is sent as nothing after the colon (RFC 9110 §5.5 allows an empty field value).
+          for name, value in request.Handshake @ request.Headers -> if value = "" then $"{name}:" else $"{name}: {value}"
           yield $"X-Case: {case}" ]
     String.Join("\r\n", lines) + "\r\n\r\n"
 
@@ -219,11 +234,14 @@ type Run =
     { Outcome: Outcome
       /// The type name of the request's IHttpUpgradeFeature when Attach ran: DirectConnectionFeatures
       /// when accepted directly, Kestrel's own otherwise.
-      UpgradeFeature: string option }
+      UpgradeFeature: string option
+      /// The same for every request the middleware of a recording configuration saw.
+      PipelineFeature: string option }
 
 let private headersThatMatter =
     set [ "www-authenticate"; "retry-after"; "vary"; "allow"; "upgrade"; "x-app-middleware"
-          "sec-websocket-accept"; "sec-websocket-protocol"; "sec-websocket-extensions"; "sec-websocket-version" ]
+          "sec-websocket-accept"; "sec-websocket-protocol"; "sec-websocket-extensions"; "sec-websocket-version"
+          "x-seen-request-headers" ]
 
 let private parseHead (head: string) =
     let lines = head.Split("\r\n", StringSplitOptions.RemoveEmptyEntries)
@@ -272,7 +290,11 @@ let private runCase (server: RunningServer) (recorder: Recorder) (held: ResizeAr
                     match recorder.Opened.TryGetValue case with
                     | true, observation -> Some observation
                     | _ -> None }
-              UpgradeFeature = attached |> Option.map snd }
+              UpgradeFeature = attached |> Option.map snd
+              PipelineFeature =
+                match recorder.PipelineRan.TryGetValue case with
+                | true, feature -> Some feature
+                | _ -> None }
     }
 
 // ---------------------------------------------------------------------------------------------
@@ -326,6 +348,14 @@ let private item (value: string) = seen $"item {value}" (fun seen -> List.contai
 let private tenant (name: string) = seen $"feature tenant {name}" (fun seen -> seen.Tenant = name)
 
 let private header (line: string) : Check = expect (fun outcome -> List.contains line outcome.Headers) $"header '{line}'"
+
+/// The request header `entry` ("Name=['value',...]") among those the empty-value configuration's middleware saw.
+let private seenHeader (entry: string) : Check =
+    expect
+        (fun outcome ->
+            outcome.Headers
+            |> List.exists (fun line -> line.StartsWith "x-seen-request-headers: " && (line.Substring 24).Split("; ") |> Array.contains entry))
+        $"the pipeline saw {entry}"
 
 let private noHeaderStarting (prefix: string) : Check =
     expect (fun outcome -> outcome.Headers |> List.forall (fun line -> not (line.StartsWith prefix))) $"no '{prefix}' header"
@@ -401,7 +431,11 @@ let private problemsOf (case: Case) (route: Run) (direct: Run) =
           yield "route: accepted by the direct path on a server without direct connections"
       if direct.Outcome.Status = 101 && direct.UpgradeFeature <> Some "DirectConnectionFeatures" then
           let feature = defaultArg direct.UpgradeFeature "(Attach not called)"
-          yield $"direct: the 101 did not come from the direct path (upgrade feature {feature})" ]
+          yield $"direct: the 101 did not come from the direct path (upgrade feature {feature})"
+      match direct.PipelineFeature with
+      | Some feature when feature <> "DirectConnectionFeatures" ->
+          yield $"direct: the pipeline ran on Kestrel's path, not the direct one (upgrade feature {feature}); a recording configuration sends only requests the direct path takes"
+      | _ -> () ]
 
 /// Runs a configuration on both paths and fails with every problem, outcomes side by side.
 let private differential (configuration: Configuration) =
@@ -767,6 +801,61 @@ let private changedRequestHeaders =
           case "the version removed by middleware" (upgrade "/chat" |> withHeader "X-Drop-Version" "1") [ status 426; header "sec-websocket-version: 13"; notAttached ]
           case "the request headers replaced by middleware" (upgrade "/chat" |> withHeader "X-Replace-Headers" "1") [ upgradedBy "/chat"; header "sec-websocket-protocol: chat" ] ] }
 
+/// The request headers the empty-value cases send empty, as the application's pipeline saw them:
+/// "Name=['value',...]" when present, "Name absent" otherwise.
+let private seenRequestHeaders (headers: IHeaderDictionary) =
+    let seen name =
+        match headers.TryGetValue name with
+        | true, values -> let quoted = [ for value in values -> $"'{value}'" ] in $"""{name}=[{String.Join(",", quoted)}]"""
+        | _ -> $"{name} absent"
+    String.Join("; ", [ "Sec-WebSocket-Version"; "Sec-WebSocket-Protocol"; "Sec-WebSocket-Extensions"; "Origin"; "X-Flag" ] |> List.map seen)
+
+let private emptyHeaderValues =
+    { Name = "empty header values: handshake headers and a custom header with nothing after the colon"
+      Services = ignore
+      App =
+        fun recorder app ->
+            app.Use(fun (context: HttpContext) (next: RequestDelegate) ->
+                let headers = context.Request.Headers
+                recorder.PipelineRan[headers["X-Case"].ToString()] <- upgradeFeatureName context
+                context.Response.Headers["X-Seen-Request-Headers"] <- seenRequestHeaders headers
+                if headers.ContainsKey "X-Flag" then context.Items["test.flag"] <- "'" + headers["X-Flag"].ToString() + "'"
+                next.Invoke context)
+            |> ignore
+            app.MapRealtime(
+                "/chat",
+                observing recorder "/chat",
+                fun (options: RealtimeOptions) ->
+                    options.Subprotocols.Add "chat"
+                    options.AllowedOrigins.Add "https://good.example"
+                    options.PerMessageDeflate <- true)
+            |> ignore
+      Cases =
+        [ case "the standard handshake" (upgrade "/chat")
+              [ upgradedBy "/chat"; noHeaderStarting "sec-websocket-protocol"; noHeaderStarting "sec-websocket-extensions"
+                header "x-seen-request-headers: Sec-WebSocket-Version=['13']; Sec-WebSocket-Protocol absent; Sec-WebSocket-Extensions absent; Origin absent; X-Flag absent" ]
+          case "an empty Sec-WebSocket-Version instead of 13: present and empty, so not version 13" (upgrade "/chat" |> replacingHandshakeLine "Sec-WebSocket-Version" "")
+              [ status 426; header "sec-websocket-version: 13"; notAttached; seenHeader "Sec-WebSocket-Version=['']" ]
+          case "whitespace only as Sec-WebSocket-Version: trimmed to empty (RFC 9110 §5.5)" (upgrade "/chat" |> replacingHandshakeLine "Sec-WebSocket-Version" "  ")
+              [ status 426; header "sec-websocket-version: 13"; notAttached; seenHeader "Sec-WebSocket-Version=['']" ]
+          case "an empty Sec-WebSocket-Version line beside 13: two values, not the single 13" (upgrade "/chat" |> withHeader "Sec-WebSocket-Version" "")
+              [ status 426; header "sec-websocket-version: 13"; notAttached; seenHeader "Sec-WebSocket-Version=['13','']" ]
+          case "an empty Sec-WebSocket-Protocol: no subprotocol offered" (upgrade "/chat" |> withHeader "Sec-WebSocket-Protocol" "")
+              [ upgradedBy "/chat"; noHeaderStarting "sec-websocket-protocol"; seenHeader "Sec-WebSocket-Protocol=['']" ]
+          case "an empty Sec-WebSocket-Protocol line beside chat" (upgrade "/chat" |> withHeader "Sec-WebSocket-Protocol" "chat" |> withHeader "Sec-WebSocket-Protocol" "")
+              [ upgradedBy "/chat"; header "sec-websocket-protocol: chat"; seenHeader "Sec-WebSocket-Protocol=['chat','']" ]
+          case "an empty Sec-WebSocket-Extensions: no extension offered" (upgrade "/chat" |> withHeader "Sec-WebSocket-Extensions" "")
+              [ upgradedBy "/chat"; noHeaderStarting "sec-websocket-extensions"; seenHeader "Sec-WebSocket-Extensions=['']" ]
+          case "an empty Sec-WebSocket-Extensions line beside permessage-deflate"
+              (upgrade "/chat" |> withHeader "Sec-WebSocket-Extensions" "permessage-deflate" |> withHeader "Sec-WebSocket-Extensions" "")
+              [ upgradedBy "/chat"; header "sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+                seenHeader "Sec-WebSocket-Extensions=['permessage-deflate','']" ]
+          case "an allowed Origin" (upgrade "/chat" |> withHeader "Origin" "https://good.example") [ upgradedBy "/chat" ]
+          case "an empty Origin: present, so checked, and not allowed" (upgrade "/chat" |> withHeader "Origin" "")
+              [ status 403; notAttached; seenHeader "Origin=['']" ]
+          case "an empty custom header the middleware reads: present, with an empty value" (upgrade "/chat" |> withHeader "X-Flag" "")
+              [ upgradedBy "/chat"; item "test.flag=''"; seenHeader "X-Flag=['']" ] ] }
+
 /// Every configuration, each item of the rule.
 let configurations =
     [ fallbackPolicy
@@ -783,7 +872,8 @@ let configurations =
       routingPrecedence
       routeGroup
       middlewareState
-      changedRequestHeaders ]
+      changedRequestHeaders
+      emptyHeaderValues ]
 
 [<Tests>]
 let differentialTests =

@@ -11,9 +11,10 @@ namespace Realtime.Direct;
 internal static class DirectRequest
 {
     /// <summary>
-    /// True for a GET over HTTP/1.1 with one plain Host, <c>Upgrade: websocket</c>,
-    /// <c>Connection: Upgrade</c>, no body, and a path that needs no normalising; gives the decoded
-    /// path and the query string (with its '?', or empty) as Kestrel would.
+    /// True for a GET over HTTP/1.1 with one plain Host, <c>Upgrade: websocket</c> and
+    /// <c>Connection: Upgrade</c> (read by the core's <see cref="Handshake.hasToken"/>, as its handshake
+    /// reads them), no body, and a path that needs no normalising; gives the decoded path and the query
+    /// string (with its '?', or empty) as Kestrel would.
     /// </summary>
     public static bool IsCandidate(Handshake.HandshakeRequest request, out string path, out string query)
     {
@@ -21,7 +22,6 @@ internal static class DirectRequest
         query = "";
         if (request.Method != "GET" || request.HttpVersion != "HTTP/1.1") return false;
         int hosts = 0;
-        bool upgrade = false, connectionUpgrade = false;
         foreach (var header in request.Headers)
         {
             string name = header.Name;
@@ -29,13 +29,13 @@ internal static class DirectRequest
             {
                 if (++hosts > 1 || !IsPlainHost(header.Value)) return false;
             }
-            else if (name.Equals("Upgrade", StringComparison.OrdinalIgnoreCase)) upgrade |= HasToken(header.Value, "websocket");
-            else if (name.Equals("Connection", StringComparison.OrdinalIgnoreCase)) connectionUpgrade |= HasToken(header.Value, "upgrade");
             // RFC 9112 §6: a body would need Kestrel's own reading of it.
             else if (name.Equals("Transfer-Encoding", StringComparison.OrdinalIgnoreCase)) return false;
             else if (name.Equals("Content-Length", StringComparison.OrdinalIgnoreCase) && header.Value != "0") return false;
         }
-        if (hosts != 1 || !upgrade || !connectionUpgrade) return false;
+        if (hosts != 1
+            || !Handshake.hasToken("Upgrade", "websocket", request.Headers)
+            || !Handshake.hasToken("Connection", "upgrade", request.Headers)) return false;
 
         string target = request.Path;
         int mark = target.IndexOf('?');
@@ -54,15 +54,6 @@ internal static class DirectRequest
             if (!(char.IsAsciiLetterOrDigit(c) || c is '.' or '-' or '_' or ':' or '[' or ']')) return false;
         }
         return true;
-    }
-
-    private static bool HasToken(string value, string token)
-    {
-        foreach (var part in value.Split(','))
-        {
-            if (part.Trim().Equals(token, StringComparison.OrdinalIgnoreCase)) return true;
-        }
-        return false;
     }
 
     /// <summary>
