@@ -29,6 +29,11 @@ public abstract partial class RealtimeSocket
     private bool _writing;
     private int _corks;
     private bool _stopReceivingWhenFlushed;
+    // For the idle close's backstop (see AbortUnlessEnded): a writer took the close frame, a writer
+    // is inside a transport write, and the close frame was handed over with nothing left after it.
+    private bool _closeTaken;
+    private bool _inWrite;
+    private bool _closeHandedOver;
     private TaskCompletionSource? _writerIdle;
     private TaskCompletionSource? _controlTaken;
 
@@ -226,6 +231,7 @@ public abstract partial class RealtimeSocket
                 _controlTaken = null;
                 if (!HasPending || !_core.CanWrite)
                 {
+                    if (stopReceiving && _core.CanWrite) _closeHandedOver = true;
                     _writing = false;
                     ReleaseIdleBuffers();
                     _writerIdle?.TrySetResult();
@@ -237,6 +243,8 @@ public abstract partial class RealtimeSocket
                 }
                 else
                 {
+                    _inWrite = true;
+                    if (stopReceiving) _closeTaken = true;
                     chunk = _pending;
                     length = _pendingLength;
                     controlBytes = _pendingControlBytes;
@@ -296,6 +304,7 @@ public abstract partial class RealtimeSocket
             bool drain;
             lock (_sync)
             {
+                _inWrite = false;
                 var (core, flushed) = ConnectionModule.flushed(_core, _endpoint.Limits, length - controlBytes + sharedBytes);
                 _core = core;
                 // The core reports no Drain once a close frame was sent or the connection ended.

@@ -393,10 +393,10 @@ public abstract partial class RealtimeSocket
                 _server.Log.IdleTimeout(Id);
                 // Once the close frame is handed to Kestrel the connection ends without waiting for
                 // the silent client's answer; a vanished peer may never take the frame at all, so
-                // the transport is aborted after the close timeout either way.
+                // the transport is aborted after the close timeout unless it was handed over.
                 lock (_sync) _stopReceivingWhenFlushed = true;
                 EnqueueControl(action.idleCloseFrame);
-                _ = Task.Delay(_endpoint.Options.CloseTimeout).ContinueWith(static (_, state) => ((RealtimeSocket)state!).AbortUnlessEnded(), this, TaskScheduler.Default);
+                ArmCloseBackstop();
                 break;
             case TickAction.Tags.CloseHandshakeTimedOut:
                 AbortTransport();
@@ -436,12 +436,35 @@ public abstract partial class RealtimeSocket
         controlTaken?.TrySetResult();
     }
 
-    /// <summary>The backstop after an idle close: drop the transport only if the connection is still running.</summary>
+    private int _backstopWaits;
+
+    private void ArmCloseBackstop() =>
+        _ = Task.Delay(_endpoint.Options.CloseTimeout).ContinueWith(static (_, state) => ((RealtimeSocket)state!).AbortUnlessEnded(), this, TaskScheduler.Default);
+
+    /// <summary>
+    /// The backstop after an idle close: drops the transport when the close frame is stuck (a writer
+    /// is blocked on a peer that does not read). Not when the frame was handed over: the connection
+    /// is then ending gracefully, and an abort would drop the frame still in Kestrel's output. Not
+    /// either, for up to a second, while no writer has taken the frame yet (the thread pool is late,
+    /// which with a close timeout of a few milliseconds is no sign of a vanished peer).
+    /// </summary>
     private void AbortUnlessEnded()
     {
-        bool ended;
-        lock (_sync) ended = _core.HasEnded;
-        if (!ended) AbortTransport();
+        bool abort;
+        bool wait = false;
+        lock (_sync)
+        {
+            abort = !_core.HasEnded && !_closeHandedOver;
+            if (abort && !_closeTaken && !_inWrite
+                && (long)(_backstopWaits + 1) * Math.Max(1L, (long)_endpoint.Options.CloseTimeout.TotalMilliseconds) <= 1000)
+            {
+                _backstopWaits++;
+                wait = true;
+                abort = false;
+            }
+        }
+        if (wait) ArmCloseBackstop();
+        else if (abort) AbortTransport();
     }
 
     private void AbortTransport()
