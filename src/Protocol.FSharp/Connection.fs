@@ -160,7 +160,10 @@ type internal Stop =
 /// bytes to write. Time enters only as the `now` argument; `tick` and `nextDeadline` drive the
 /// keep-alive and the closing-handshake timeout. Sending is decided here too: `send` writes each
 /// data frame's header and judges it against the bytes the connection has queued, which
-/// `flushed` reduces as the transport writes them.
+/// `flushed` reduces as the transport writes them. The send half is updated in place, through a
+/// byref to the caller's connection (the host's, under its lock): a send is the hot path, and a
+/// copy of the whole connection per send would cost more than the decision itself. A copy of the
+/// connection held elsewhere is never changed by it.
 [<Struct>]
 type Connection =
     private
@@ -170,8 +173,9 @@ type Connection =
             Control: byte[]
             LastActivity: int64
             PingSentAt: int64
-            // The outgoing bytes queued and not yet written, and the backpressure episode.
-            Sending: Backpressure.State
+            // The outgoing bytes queued and not yet written, and the backpressure episode; changed
+            // in place by `send`, `settle` and `flushed` (see above).
+            mutable Sending: Backpressure.State
             // Settings and the closing handshake (rarely changes).
             Life: Lifecycle
         }
@@ -213,6 +217,10 @@ type Connection =
 
     /// True between a send that reported Backpressure and the Drain that ends the episode.
     member connection.InBackpressure = connection.Sending.InBackpressure
+
+    /// The send half of the connection (bytes queued, backpressure episode), as a value: what
+    /// `Connection.restoreSendState` puts back when the shell could not queue what `send` admitted.
+    member connection.SendState = connection.Sending
 
 /// Functions over `Connection`.
 module Connection =
@@ -270,45 +278,54 @@ module Connection =
     /// The send step: decides whether a data message of `payloadLength` bytes (after compression,
     /// when `compressed`) is queued, by the connection's closing state and the bytes it has queued
     /// (see `Backpressure.offer`; they count the whole frame, header included), and when it is,
-    /// writes its header into `header` (at least `Frame.MaxHeaderSize` bytes). Returns the next
-    /// connection, the verdict, and the header's length (0 when not queued). After a close frame was
-    /// sent nothing more is (RFC 6455 §5.5.1: Dropped ConnectionClosed). CloseForLimit leaves the
-    /// connection as it was: the host then closes it with 1008. No allocation.
+    /// records it in the connection's send half (in place) and writes its header into `header` (at
+    /// least `Frame.MaxHeaderSize` bytes). Returns the verdict and the header's length (0 when not
+    /// queued). After a close frame was sent nothing more is (RFC 6455 §5.5.1: Dropped
+    /// ConnectionClosed). CloseForLimit leaves the connection as it was: the host then closes it
+    /// with 1008. No allocation, no copy of the connection.
     let send
-        (connection: Connection, limits: Backpressure.Limits, kind: MessageKind, payloadLength: int, compressed: bool, header: Span<byte>)
-        : struct (Connection * Backpressure.SendResult * int) =
+        (connection: byref<Connection>, limits: Backpressure.Limits, kind: MessageKind, payloadLength: int, compressed: bool, header: Span<byte>)
+        : struct (Backpressure.SendResult * int) =
         if not connection.CanSend then
-            struct (connection, Backpressure.Dropped Backpressure.ConnectionClosed, 0)
+            struct (Backpressure.Dropped Backpressure.ConnectionClosed, 0)
         elif payloadLength < 0 || header.Length < Frame.MaxHeaderSize then
-            struct (connection, Backpressure.Dropped Backpressure.InvalidLength, 0)
+            struct (Backpressure.Dropped Backpressure.InvalidLength, 0)
         else
             let struct (sending, verdict) = Backpressure.offer limits connection.Sending (frameLength payloadLength)
             if Backpressure.isQueued verdict then
-                let headerLength = writeDataHeader (kind, payloadLength, compressed, header)
-                struct ({ connection with Sending = sending }, verdict, headerLength)
+                connection.Sending <- sending
+                struct (verdict, writeDataHeader (kind, payloadLength, compressed, header))
             else
-                struct (connection, verdict, 0)
+                struct (verdict, 0)
+
+    /// The shell could not queue a message `send` admitted (the server-wide memory budget, which
+    /// only the shell knows, had no room): puts back the send half as it was before, from
+    /// `connection.SendState` read just before the `send`.
+    let restoreSendState (connection: byref<Connection>, before: Backpressure.State) : unit =
+        connection.Sending <- before
 
     /// After a `send` that queued a compressed message at a bound of its size (`boundLength`: a
     /// compressor with context takeover may only see messages that go out, so it runs once the
     /// message is queued), the message turned out `payloadLength` bytes: writes its real header into
-    /// `header` and corrects the queued bytes. Returns the next connection, the frame's length and the
+    /// `header` and corrects the queued bytes (in place). Returns the frame's length and the
     /// header's length. The verdict `send` gave stands: a backpressure episode it began ends with the
     /// Drain of a later `flushed`. No allocation.
     let settle
-        (connection: Connection, kind: MessageKind, boundLength: int, payloadLength: int, header: Span<byte>)
-        : struct (Connection * int * int) =
+        (connection: byref<Connection>, kind: MessageKind, boundLength: int, payloadLength: int, header: Span<byte>)
+        : struct (int * int) =
         let payloadLength = max 0 payloadLength
         let actual = frameLength payloadLength
         let headerLength = writeDataHeader (kind, payloadLength, true, header)
-        let sending = Backpressure.resize connection.Sending (frameLength (max 0 boundLength)) actual
-        struct ({ connection with Sending = sending }, actual, headerLength)
+        connection.Sending <- Backpressure.resize connection.Sending (frameLength (max 0 boundLength)) actual
+        struct (actual, headerLength)
 
-    /// Records that the transport wrote `bytes` bytes of data frames (see `Backpressure.flushed`).
-    /// No Drain once a close frame was sent: nothing more may be sent to a closing connection.
-    let flushed (connection: Connection, limits: Backpressure.Limits, bytes: int) : struct (Connection * Backpressure.FlushResult) =
+    /// Records (in place) that the transport wrote `bytes` bytes of data frames (see
+    /// `Backpressure.flushed`). No Drain once a close frame was sent: nothing more may be sent to a
+    /// closing connection.
+    let flushed (connection: byref<Connection>, limits: Backpressure.Limits, bytes: int) : Backpressure.FlushResult =
         let struct (sending, result) = Backpressure.flushed limits connection.Sending bytes
-        struct ({ connection with Sending = sending }, (if connection.CanSend then result else Backpressure.NoDrain))
+        connection.Sending <- sending
+        if connection.CanSend then result else Backpressure.NoDrain
 
     /// The close frame a failure writes: none when our close frame was already sent.
     let private failureFrame (life: Lifecycle) (error: ProtocolError) : byte[] =

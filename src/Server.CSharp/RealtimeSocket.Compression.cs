@@ -61,22 +61,22 @@ public abstract partial class RealtimeSocket
         {
             // Before compressing: a message the context has seen must be sent.
             if (subscription is { IsActive: false }) return SendResult.Dropped;
-            var (admitted, verdict, _) = ConnectionModule.send(_core, _endpoint.Limits, kind, bound, true, header);
-            if (!Backpressure.isQueued(verdict)) return SendUncompressed(kind, payload, subscription);
             long ceiling = _server.Budget.CeilingFor(_core.InBackpressure);
+            var before = _core.SendState;
+            var (verdict, _) = ConnectionModule.send(ref _core, _endpoint.Limits, kind, bound, true, header);
+            if (!Backpressure.isQueued(verdict)) return SendUncompressed(kind, payload, subscription);
             if (_deflater is null)
             {
-                if (!_server.Budget.TryReserve(DeflaterStateBytes, ceiling)) return SendUncompressed(kind, payload, subscription);
+                if (!_server.Budget.TryReserve(DeflaterStateBytes, ceiling)) return NotCompressed(before, kind, payload, subscription);
                 _deflaterCounted = true;
                 _deflater = new MessageDeflater(_compression!.ServerMaxWindowBits, contextTakeover: true);
             }
             int reserved = bound + Frame.MaxHeaderSize;
-            if (!_server.Budget.TryReserve(reserved, ceiling)) return SendUncompressed(kind, payload, subscription);
+            if (!_server.Budget.TryReserve(reserved, ceiling)) return NotCompressed(before, kind, payload, subscription);
             int length = _deflater.Compress(payload, out byte[] compressed);
             try
             {
-                var (core, total, headerLength) = ConnectionModule.settle(admitted, kind, bound, length, header);
-                _core = core;
+                var (total, headerLength) = ConnectionModule.settle(ref _core, kind, bound, length, header);
                 _server.Budget.Release(reserved - total);
                 Append(header[..headerLength]);
                 Append(compressed.AsSpan(0, length));
@@ -86,6 +86,13 @@ public abstract partial class RealtimeSocket
             startWriter = TryBecomeWriter();
         }
         return Queued(result, startWriter, closeForBudget: false);
+    }
+
+    /// <summary>Under the lock: the budget had no room to compress what the core admitted; the admission is undone and the message goes uncompressed.</summary>
+    private SendResult NotCompressed(Backpressure.State before, MessageKind kind, ReadOnlySpan<byte> payload, Subscription<RealtimeSocket>? subscription)
+    {
+        ConnectionModule.restoreSendState(ref _core, before);
+        return SendUncompressed(kind, payload, subscription);
     }
 
     /// <summary>Sends without compression (always allowed, RFC 7692 §6): the ordinary path decides whether it fits.</summary>

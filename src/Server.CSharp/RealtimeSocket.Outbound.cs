@@ -88,18 +88,20 @@ public abstract partial class RealtimeSocket
             // A connection already behind (in a backpressure episode) may fill less of the budget,
             // so the ones that keep up still find room.
             long ceiling = _server.Budget.CeilingFor(_core.InBackpressure);
-            var (core, verdict, headerLength) = ConnectionModule.send(_core, _endpoint.Limits, kind, payloadLength, compressed, header);
+            var before = _core.SendState;
+            var (verdict, headerLength) = ConnectionModule.send(ref _core, _endpoint.Limits, kind, payloadLength, compressed, header);
             // In 64 bits: a payload within 14 bytes of int.MaxValue must not wrap into a small size.
             int total = shared?.Length ?? (int)Math.Min(int.MaxValue, (long)headerLength + payloadLength);
             result = Verdict(verdict, total);
             if (result.IsQueued && !(shared is null ? _server.Budget.TryReserve(total, ceiling) : shared.TryAddReference(ceiling)))
             {
+                // The server's budget has the last word: what the core admitted is not queued after all.
+                ConnectionModule.restoreSendState(ref _core, before);
                 closeForBudget = _endpoint.Options.CloseOnBackpressureLimit;
                 result = SendResult.Dropped;
             }
             else if (result.IsQueued)
             {
-                _core = core;
                 if (shared is null)
                 {
                     Append(header[..headerLength]);
@@ -305,10 +307,8 @@ public abstract partial class RealtimeSocket
             lock (_sync)
             {
                 _inWrite = false;
-                var (core, flushed) = ConnectionModule.flushed(_core, _endpoint.Limits, length - controlBytes + sharedBytes);
-                _core = core;
                 // The core reports no Drain once a close frame was sent or the connection ended.
-                drain = flushed.IsDrain;
+                drain = ConnectionModule.flushed(ref _core, _endpoint.Limits, length - controlBytes + sharedBytes).IsDrain;
                 if (chunk is not null)
                 {
                     if (_spare is null && chunk.Length <= KeptSpareBuffer) _spare = chunk;

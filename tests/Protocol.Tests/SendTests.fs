@@ -24,11 +24,13 @@ let private fresh () = Connection.create (Connection.defaultOptions, 0L)
 /// One send step; returns the next connection, the verdict and the header it wrote.
 let private sendOn limits (connection: Connection) kind length compressed =
     let header = Array.zeroCreate<byte> Frame.MaxHeaderSize
-    let struct (next, verdict, headerLength) = Connection.send (connection, limits, kind, length, compressed, Span header)
+    let mutable next = connection
+    let struct (verdict, headerLength) = Connection.send (&next, limits, kind, length, compressed, Span header)
     next, verdict, Array.sub header 0 headerLength
 
 let private flushOn limits (connection: Connection) bytes =
-    let struct (next, result) = Connection.flushed (connection, limits, bytes)
+    let mutable next = connection
+    let result = Connection.flushed (&next, limits, bytes)
     next, result
 
 let private closeLocally (connection: Connection) =
@@ -49,8 +51,9 @@ let private headerLength (payloadLength: int) = if payloadLength <= 125 then 2 e
 let private measureSending () =
     let header = Array.zeroCreate<byte> Frame.MaxHeaderSize
     let run (c: Connection) =
-        let struct (c, _, _) = Connection.send (c, small, MessageKind.Text, 150, false, Span header)
-        let struct (c, _) = Connection.flushed (c, small, 152)
+        let mutable c = c
+        Connection.send (&c, small, MessageKind.Text, 150, false, Span header) |> ignore
+        Connection.flushed (&c, small, 152) |> ignore
         c
     let mutable c = fresh ()
     for _ in 1..1000 do c <- run c
@@ -73,6 +76,26 @@ let examples =
               Expect.isTrue c.InBackpressure "episode"
           }
 
+          test "restoreSendState undoes an admitted send the host could not queue, episode included" {
+              let c, _, _ = sendOn small (fresh ()) MessageKind.Text 40 false
+              let before = c.SendState
+              let mutable after, verdict, _ = sendOn small c MessageKind.Binary 70 false
+              Expect.equal verdict Backpressure "admitted, over the soft limit"
+              Connection.restoreSendState (&after, before)
+              Expect.equal after.Buffered 42L "the first message only"
+              Expect.isFalse after.InBackpressure "no episode began"
+              Expect.equal after.SendState before "as before"
+          }
+
+          test "a send changes the connection it is given, not copies of it" {
+              let original = fresh ()
+              let mutable working = original
+              let header = Array.zeroCreate<byte> Frame.MaxHeaderSize
+              Connection.send (&working, small, MessageKind.Text, 10, false, Span header) |> ignore
+              Expect.equal working.Buffered 12L "the working connection counts it"
+              Expect.equal original.Buffered 0L "the copy taken before is unchanged"
+          }
+
           test "a refused send writes no header and changes nothing" {
               let c, _, _ = sendOn small (fresh ()) MessageKind.Binary 900 false
               let c', verdict, header = sendOn small c MessageKind.Binary 200 false
@@ -85,7 +108,8 @@ let examples =
               let _, verdict, _ = sendOn small (fresh ()) MessageKind.Text -1 false
               Expect.equal verdict (Dropped InvalidLength) "negative"
               let short = Array.zeroCreate<byte> 4
-              let struct (_, verdict, length) = Connection.send (fresh (), small, MessageKind.Text, 10, false, Span short)
+              let mutable c = fresh ()
+              let struct (verdict, length) = Connection.send (&c, small, MessageKind.Text, 10, false, Span short)
               Expect.equal verdict (Dropped InvalidLength) "short span"
               Expect.equal length 0 "nothing written"
           }
@@ -124,7 +148,8 @@ let examples =
               let c, verdict, _ = sendOn small (fresh ()) MessageKind.Text 300 true
               Expect.equal verdict Backpressure "admitted at the bound, 304 bytes"
               let header = Array.zeroCreate<byte> Frame.MaxHeaderSize
-              let struct (c, total, length) = Connection.settle (c, MessageKind.Text, 300, 50, Span header)
+              let mutable c = c
+              let struct (total, length) = Connection.settle (&c, MessageKind.Text, 300, 50, Span header)
               Expect.equal total 52 "the real frame"
               Expect.equal (Array.sub header 0 length) [| 0xC1uy; 50uy |] "compressed text of 50 bytes"
               Expect.equal c.Buffered 52L "the bound's extra is given back"
