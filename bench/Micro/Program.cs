@@ -37,7 +37,7 @@ if (write is not null)
     const string start = "<!-- micro:start -->", end = "<!-- micro:end -->";
     var section = new System.Text.StringBuilder();
     section.AppendLine(start).AppendLine("## Micro-benchmarks").AppendLine();
-    section.AppendLine("The protocol core's hot paths (`bench/Micro`, BenchmarkDotNet, a short in-process job: 3 warmups, 5 iterations,");
+    section.AppendLine("The protocol core's hot paths and the host's send, publish and topic registry (`bench/Micro`, BenchmarkDotNet, a short in-process job: 3 warmups, 5 iterations,");
     section.AppendLine("so expect a few percent of noise). Per-frame rows divide one call over 1,000 frames by 1,000. `GB/s` is bytes");
     section.AppendLine("processed per second for the sized benchmarks; `Span.CopyTo` of the same size is the limit masking can reach.");
     section.AppendLine($"Run {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC with `bench/run-micro` on {Environment.ProcessorCount} cores.").AppendLine();
