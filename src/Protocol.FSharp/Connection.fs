@@ -264,6 +264,7 @@ module Connection =
     /// §5.1: a server never masks), RSV1 set when the payload is compressed (RFC 7692 §6). A frame
     /// made once for many connections is framed here; each connection's `send` still judges it.
     /// A negative length is written as 0; a destination too short gets nothing and 0 is returned.
+    [<MethodImpl(MethodImplOptions.AggressiveInlining)>]
     let writeDataHeader (kind: MessageKind, payloadLength: int, compressed: bool, destination: Span<byte>) : int =
         let opcode = if kind = MessageKind.Text then Opcode.Text else Opcode.Binary
         let header = if compressed then Frame.compressedHeader opcode (int64 payloadLength) else Frame.header opcode (int64 payloadLength)
@@ -274,6 +275,20 @@ module Connection =
     let private frameLength (payloadLength: int) : int =
         let headerLength = if payloadLength <= 125 then 2 elif payloadLength <= 0xFFFF then 4 else 10
         int (min (int64 Int32.MaxValue) (int64 headerLength + int64 payloadLength))
+
+    /// The send step for a frame already made, shared by many recipients (framed once with
+    /// `writeDataHeader`): decides and records it, `frameLength` bytes on the wire, as `send` does,
+    /// without writing a header. No allocation, no copy of the connection.
+    [<MethodImpl(MethodImplOptions.AggressiveInlining)>]
+    let sendFramed (connection: byref<Connection>, limits: Backpressure.Limits, frameLength: int) : Backpressure.SendResult =
+        if not connection.CanSend then
+            Backpressure.Dropped Backpressure.ConnectionClosed
+        elif frameLength < 0 then
+            Backpressure.Dropped Backpressure.InvalidLength
+        else
+            let struct (sending, verdict) = Backpressure.offer limits connection.Sending frameLength
+            if Backpressure.isQueued verdict then connection.Sending <- sending
+            verdict
 
     /// The send step: decides whether a data message of `payloadLength` bytes (after compression,
     /// when `compressed`) is queued, by the connection's closing state and the bytes it has queued
@@ -286,17 +301,12 @@ module Connection =
     let send
         (connection: byref<Connection>, limits: Backpressure.Limits, kind: MessageKind, payloadLength: int, compressed: bool, header: Span<byte>)
         : struct (Backpressure.SendResult * int) =
-        if not connection.CanSend then
-            struct (Backpressure.Dropped Backpressure.ConnectionClosed, 0)
-        elif payloadLength < 0 || header.Length < Frame.MaxHeaderSize then
-            struct (Backpressure.Dropped Backpressure.InvalidLength, 0)
+        if payloadLength < 0 || header.Length < Frame.MaxHeaderSize then
+            struct ((if connection.CanSend then Backpressure.Dropped Backpressure.InvalidLength else Backpressure.Dropped Backpressure.ConnectionClosed), 0)
         else
-            let struct (sending, verdict) = Backpressure.offer limits connection.Sending (frameLength payloadLength)
-            if Backpressure.isQueued verdict then
-                connection.Sending <- sending
-                struct (verdict, writeDataHeader (kind, payloadLength, compressed, header))
-            else
-                struct (verdict, 0)
+            let verdict = sendFramed (&connection, limits, frameLength payloadLength)
+            if Backpressure.isQueued verdict then struct (verdict, writeDataHeader (kind, payloadLength, compressed, header))
+            else struct (verdict, 0)
 
     /// The shell could not queue a message `send` admitted (the server-wide memory budget, which
     /// only the shell knows, had no room): puts back the send half as it was before, from

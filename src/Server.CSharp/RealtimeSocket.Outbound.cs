@@ -76,7 +76,8 @@ public abstract partial class RealtimeSocket
     /// </summary>
     private SendResult EnqueueData(MessageKind kind, ReadOnlySpan<byte> payload, bool compressed, SharedFrame? shared, Subscription<RealtimeSocket>? subscription = null)
     {
-        Span<byte> header = stackalloc byte[Frame.MaxHeaderSize];
+        // A shared frame is framed already: no header to write, and no stack buffer for one.
+        Span<byte> header = shared is null ? stackalloc byte[Frame.MaxHeaderSize] : default;
         int payloadLength = shared?.PayloadLength ?? payload.Length;
         SendResult result;
         bool startWriter;
@@ -89,7 +90,9 @@ public abstract partial class RealtimeSocket
             // so the ones that keep up still find room.
             long ceiling = _server.Budget.CeilingFor(_core.InBackpressure);
             var before = _core.SendState;
-            var (verdict, headerLength) = ConnectionModule.send(ref _core, _endpoint.Limits, kind, payloadLength, compressed, header);
+            var (verdict, headerLength) = shared is null
+                ? ConnectionModule.send(ref _core, _endpoint.Limits, kind, payloadLength, compressed, header)
+                : (ConnectionModule.sendFramed(ref _core, _endpoint.Limits, shared.Length), 0);
             // In 64 bits: a payload within 14 bytes of int.MaxValue must not wrap into a small size.
             int total = shared?.Length ?? (int)Math.Min(int.MaxValue, (long)headerLength + payloadLength);
             result = Verdict(verdict, total);

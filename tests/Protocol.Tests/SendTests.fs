@@ -87,6 +87,17 @@ let examples =
               Expect.equal after.SendState before "as before"
           }
 
+          test "sendFramed judges a frame made already as send judges the message it frames" {
+              let viaSend, sendVerdict, _ = sendOn small (fresh ()) MessageKind.Text 100 false
+              let mutable viaFramed = fresh ()
+              let framedVerdict = Connection.sendFramed (&viaFramed, small, 102)
+              Expect.equal framedVerdict sendVerdict "same verdict for the same 102 bytes on the wire"
+              Expect.equal viaFramed.SendState viaSend.SendState "same account"
+              let mutable closed = closeLocally (fresh ())
+              Expect.equal (Connection.sendFramed (&closed, small, 10)) (Dropped ConnectionClosed) "nothing after a close frame"
+              Expect.equal (Connection.sendFramed (&viaFramed, small, -1)) (Dropped InvalidLength) "a negative length"
+          }
+
           test "a send changes the connection it is given, not copies of it" {
               let original = fresh ()
               let mutable working = original
