@@ -173,28 +173,45 @@ type private Consumer(app: string, dll: string) =
 
 let private packageVersion () = $"""0.1.0-consumer.{DateTime.UtcNow.ToString("yyyyMMddHHmmss")}.{Environment.ProcessId}"""
 
+/// The scratch folders of one consumer test (a local feed, a packages folder, the app), the
+/// version its packages get (one no NuGet cache has seen), and how long each step took.
+type private ConsumerWorkspace(prefix: string) =
+    let root = Path.Combine(Path.GetTempPath(), $"{prefix}-{Guid.NewGuid():N}")
+    let feed = Path.Combine(root, "feed")
+    let version = packageVersion ()
+    let timings = ResizeArray<string>()
+    do Directory.CreateDirectory feed |> ignore
+    member _.Root = root
+    member _.Feed = feed
+    member _.Packages = Path.Combine(root, "packages")
+    member _.App = Path.Combine(root, "app")
+    member _.Version = version
+    member _.Timings = timings
+    member _.Step (name: string) (elapsed: TimeSpan) = timings.Add $"{name} {elapsed.TotalSeconds:F0}s"
+
+    /// Packs each project into the feed with the workspace's version, timing each.
+    member this.PackAsync(projects: string list) : Task =
+        task {
+            for project in projects do
+                let! elapsed =
+                    dotnet repositoryRoot [] (TimeSpan.FromMinutes 5.0)
+                        [ "pack"; project; "-c"; "Release"; "--no-restore"; "-o"; feed; $"-p:Version={version}"; "-v"; "q" ]
+                this.Step $"pack {Path.GetFileNameWithoutExtension project}" elapsed
+        }
+
 /// Sequenced: Expecto runs it after the parallel tests, one at a time, so its builds (two cores'
 /// worth for most of a minute) do not disturb the timing-sensitive host tests.
 [<Tests>]
 let tests =
     testSequenced <| testList "Packages" [
         testCaseTask "a fresh dotnet new web app builds the README's quick start against the packed packages and chats" (fun () -> task {
-            let root = Path.Combine(Path.GetTempPath(), $"realtime-consumer-{Guid.NewGuid():N}")
-            let feed = Path.Combine(root, "feed")
-            let packages = Path.Combine(root, "packages")
-            let app = Path.Combine(root, "app")
-            Directory.CreateDirectory feed |> ignore
-            let version = packageVersion ()
-            let timings = ResizeArray<string>()
-            let step name (elapsed: TimeSpan) = timings.Add $"{name} {elapsed.TotalSeconds:F0}s"
+            let workspace = ConsumerWorkspace "realtime-consumer"
+            let root, feed, packages, app, version = workspace.Root, workspace.Feed, workspace.Packages, workspace.App, workspace.Version
+            let timings, step = workspace.Timings, workspace.Step
             let mutable server: Consumer option = None
             try
                 // 1. Pack both packages with a version no cache has seen, into the local folder.
-                for project in [ "src/Protocol.FSharp/Protocol.FSharp.fsproj"; "src/Server.CSharp/Server.CSharp.csproj" ] do
-                    let! elapsed =
-                        dotnet repositoryRoot [] (TimeSpan.FromMinutes 5.0)
-                            [ "pack"; project; "-c"; "Release"; "--no-restore"; "-o"; feed; $"-p:Version={version}"; "-v"; "q" ]
-                    step $"pack {Path.GetFileNameWithoutExtension project}" elapsed
+                do! workspace.PackAsync [ "src/Protocol.FSharp/Protocol.FSharp.fsproj"; "src/Server.CSharp/Server.CSharp.csproj" ]
                 let files = Directory.GetFiles feed |> Array.map Path.GetFileName |> Array.sort
                 Expect.equal
                     files
@@ -258,22 +275,13 @@ let tests =
         })
 
         testCaseTask "Realtime.DevServer packs; a fresh dotnet new web app builds the README's dev server against it and serves pages, plugins and the client's socket" (fun () -> task {
-            let root = Path.Combine(Path.GetTempPath(), $"realtime-devserver-consumer-{Guid.NewGuid():N}")
-            let feed = Path.Combine(root, "feed")
-            let packages = Path.Combine(root, "packages")
-            let app = Path.Combine(root, "app")
-            Directory.CreateDirectory feed |> ignore
-            let version = packageVersion ()
-            let timings = ResizeArray<string>()
-            let step name (elapsed: TimeSpan) = timings.Add $"{name} {elapsed.TotalSeconds:F0}s"
+            let workspace = ConsumerWorkspace "realtime-devserver-consumer"
+            let root, feed, packages, app, version = workspace.Root, workspace.Feed, workspace.Packages, workspace.App, workspace.Version
+            let timings, step = workspace.Timings, workspace.Step
             let mutable server: Consumer option = None
             try
                 // 1. Pack the dev server and what it depends on, with a version no cache has seen.
-                for project in [ "src/Protocol.FSharp/Protocol.FSharp.fsproj"; "src/Server.CSharp/Server.CSharp.csproj"; "src/DevServer.CSharp/DevServer.CSharp.csproj" ] do
-                    let! elapsed =
-                        dotnet repositoryRoot [] (TimeSpan.FromMinutes 5.0)
-                            [ "pack"; project; "-c"; "Release"; "--no-restore"; "-o"; feed; $"-p:Version={version}"; "-v"; "q" ]
-                    step $"pack {Path.GetFileNameWithoutExtension project}" elapsed
+                do! workspace.PackAsync [ "src/Protocol.FSharp/Protocol.FSharp.fsproj"; "src/Server.CSharp/Server.CSharp.csproj"; "src/DevServer.CSharp/DevServer.CSharp.csproj" ]
                 let files = Directory.GetFiles feed |> Array.map Path.GetFileName
                 Expect.containsAll files [ $"Realtime.DevServer.{version}.nupkg"; $"Realtime.DevServer.{version}.snupkg" ] "the dev server's package and its symbol package"
                 let nuspec =
