@@ -151,7 +151,7 @@ let resize (state: State) (queued: int) (actual: int) : State =
     { state with buffered = max 0L buffered }
 
 /// Whether the message was queued (Sent or Backpressure).
-let isQueued (result: SendResult) : bool =
+let inline isQueued (result: SendResult) : bool =
     match result with
     | Sent _
     | Backpressure -> true
