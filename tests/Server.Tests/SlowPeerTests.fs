@@ -182,52 +182,35 @@ let slowPeerTests =
             Expect.isTrue ended "the TCP connection ended"
         })
 
-        testCaseTask "a client that stalls inside a frame header is closed by the idle timeout (1001) and its TCP connection ends" (fun () -> task {
-            let opened = TaskCompletionSource<RealtimeSocket>(TaskCreationOptions.RunContinuationsAsynchronously)
-            let closes = ConcurrentQueue<int>()
-            let! server =
-                start
-                    (fun options ->
-                        options.IdleTimeout <- TimeSpan.FromMilliseconds 400.0
-                        options.CloseTimeout <- seconds 1.0)
-                    (slowPeerRoutes opened closes)
-            use _ = server
-            use! raw = RawClient.connect server.Port "/sink"
-            // 5 of the 8 header bytes of a masked binary frame with a 16-bit length.
-            do! raw.SendRaw [| 0x82uy; 0xFEuy; 0x01uy; 0x00uy; 0x11uy |]
-            let clock = Stopwatch.StartNew()
-            let! code = raw.ReceiveClose(seconds 10.0)
-            Expect.equal code (Some 1001us) "a close frame with 1001 (pings before it are skipped)"
-            let! ended = raw.WaitForTransportClose(seconds 5.0)
-            Expect.isTrue ended "the TCP connection ended"
-            Expect.isLessThan clock.Elapsed (seconds 5.0) $"within a bounded time ({clock.Elapsed})"
-            do! expectEventually (seconds 5.0) "Close ran with 1001" (fun () -> closes.ToArray() = [| 1001 |])
-            do! expectEventually (seconds 5.0) "the connection is gone" (fun () -> server.Realtime.ConnectionCount = 0)
-        })
-
-        testCaseTask "a client that stalls inside a payload is closed by the idle timeout (1001) and its TCP connection ends" (fun () -> task {
-            let opened = TaskCompletionSource<RealtimeSocket>(TaskCreationOptions.RunContinuationsAsynchronously)
-            let closes = ConcurrentQueue<int>()
-            let! server =
-                start
-                    (fun options ->
-                        options.IdleTimeout <- TimeSpan.FromMilliseconds 400.0
-                        options.CloseTimeout <- seconds 1.0)
-                    (slowPeerRoutes opened closes)
-            use _ = server
-            use! raw = RawClient.connect server.Port "/sink"
-            // A whole header announcing 1000 bytes, then only 100 of them.
-            let header = Frame.encodeHeader { Frame.header Opcode.Binary 1000L with Masked = true; MaskKey = 0x0A0B0C0Du }
-            do! raw.SendRaw(Array.append header (Array.zeroCreate 100))
-            let clock = Stopwatch.StartNew()
-            let! code = raw.ReceiveClose(seconds 10.0)
-            Expect.equal code (Some 1001us) "a close frame with 1001"
-            let! ended = raw.WaitForTransportClose(seconds 5.0)
-            Expect.isTrue ended "the TCP connection ended"
-            Expect.isLessThan clock.Elapsed (seconds 5.0) $"within a bounded time ({clock.Elapsed})"
-            do! expectEventually (seconds 5.0) "Close ran with 1001" (fun () -> closes.ToArray() = [| 1001 |])
-            do! expectEventually (seconds 5.0) "the connection is gone" (fun () -> server.Realtime.ConnectionCount = 0)
-        })
+        // A client that stops in the middle of a frame, and the close frame's description.
+        for where, stalledBytes, closeDescription in
+            [ // 5 of the 8 header bytes of a masked binary frame with a 16-bit length.
+              "a frame header", [| 0x82uy; 0xFEuy; 0x01uy; 0x00uy; 0x11uy |], "a close frame with 1001 (pings before it are skipped)"
+              // A whole header announcing 1000 bytes, then only 100 of them.
+              "a payload",
+              Array.append (Frame.encodeHeader { Frame.header Opcode.Binary 1000L with Masked = true; MaskKey = 0x0A0B0C0Du }) (Array.zeroCreate 100),
+              "a close frame with 1001" ] do
+            testCaseTask $"a client that stalls inside {where} is closed by the idle timeout (1001) and its TCP connection ends" (fun () -> task {
+                let opened = TaskCompletionSource<RealtimeSocket>(TaskCreationOptions.RunContinuationsAsynchronously)
+                let closes = ConcurrentQueue<int>()
+                let! server =
+                    start
+                        (fun options ->
+                            options.IdleTimeout <- TimeSpan.FromMilliseconds 400.0
+                            options.CloseTimeout <- seconds 1.0)
+                        (slowPeerRoutes opened closes)
+                use _ = server
+                use! raw = RawClient.connect server.Port "/sink"
+                do! raw.SendRaw stalledBytes
+                let clock = Stopwatch.StartNew()
+                let! code = raw.ReceiveClose(seconds 10.0)
+                Expect.equal code (Some 1001us) closeDescription
+                let! ended = raw.WaitForTransportClose(seconds 5.0)
+                Expect.isTrue ended "the TCP connection ended"
+                Expect.isLessThan clock.Elapsed (seconds 5.0) $"within a bounded time ({clock.Elapsed})"
+                do! expectEventually (seconds 5.0) "Close ran with 1001" (fun () -> closes.ToArray() = [| 1001 |])
+                do! expectEventually (seconds 5.0) "the connection is gone" (fun () -> server.Realtime.ConnectionCount = 0)
+            })
 
         testCaseTask "a frame header announcing 2^63 bytes (and other huge lengths) is closed with 1009 at once, before any payload" (fun () -> task {
             let opened = TaskCompletionSource<RealtimeSocket>(TaskCreationOptions.RunContinuationsAsynchronously)
