@@ -59,6 +59,7 @@ type ChannelPosition =
     }
 
 /// How a subscribe with a position turned out.
+[<RequireQualifiedAccess>]
 type Recovery =
     /// No position was given: the subscription starts now.
     | Fresh
@@ -79,6 +80,7 @@ type PresenceMember =
     }
 
 /// What a client sends.
+[<RequireQualifiedAccess>]
 type ClientMessage =
     /// Subscribe to a channel, recovering what came after `since` when given; with `presence`, also
     /// receive join and leave events.
@@ -94,6 +96,7 @@ type ClientMessage =
     | Request of id: uint32 * method: string * data: ChannelData
 
 /// Why the server refused or could not do what a client asked.
+[<RequireQualifiedAccess>]
 type ChannelErrorCode =
     /// The message could not be read.
     | BadMessage
@@ -126,6 +129,7 @@ type ChannelErrorCode =
         | Internal -> "internal"
 
 /// What the server sends.
+[<RequireQualifiedAccess>]
 type ServerMessage =
     /// The first message on every connection: the protocol version and this connection's client id.
     | Welcome of version: int * client: string
