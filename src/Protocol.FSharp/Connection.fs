@@ -266,9 +266,22 @@ module Connection =
     /// A negative length is written as 0; a destination too short gets nothing and 0 is returned.
     [<MethodImpl(MethodImplOptions.AggressiveInlining)>]
     let writeDataHeader (kind: MessageKind, payloadLength: int, compressed: bool, destination: Span<byte>) : int =
-        let opcode = if kind = MessageKind.Text then Opcode.Text else Opcode.Binary
-        let header = if compressed then Frame.compressedHeader opcode (int64 payloadLength) else Frame.header opcode (int64 payloadLength)
-        if destination.Length < Frame.headerSize header then 0 else Frame.writeHeader (header, destination)
+        // RFC 6455 §5.2: FIN, RSV1 for a compressed message (RFC 7692 §6), the opcode; no mask from a
+        // server; the minimal length encoding. Written directly: the send path's one header.
+        let length = max 0 payloadLength
+        let size = if length <= 125 then 2 elif length <= 0xFFFF then 4 else 10
+        if destination.Length < size then 0
+        else
+            let opcode = if kind = MessageKind.Text then Opcode.Text else Opcode.Binary
+            destination[0] <- 0x80uy ||| (if compressed then 0x40uy else 0uy) ||| byte opcode
+            if size = 2 then destination[1] <- byte length
+            elif size = 4 then
+                destination[1] <- 126uy
+                BinaryPrimitives.WriteUInt16BigEndian(destination.Slice 2, uint16 length)
+            else
+                destination[1] <- 127uy
+                BinaryPrimitives.WriteUInt64BigEndian(destination.Slice 2, uint64 length)
+            size
 
     /// The bytes a whole data message takes on the wire, header included, saturating at Int32.MaxValue
     /// (a frame that large is over every hard limit anyway).

@@ -226,6 +226,16 @@ let properties =
               Expect.equal decoded.Opcode (if kind = MessageKind.Text then Opcode.Text else Opcode.Binary) "kind"
               Expect.equal decoded.PayloadLength (int64 length) "length")
 
+          property "writeDataHeader writes the bytes Frame.writeHeader writes for the same unmasked header"
+          <| Prop.forAll (Arb.fromGen (Gen.zip3 genKind (Gen.oneof [ genLength; Gen.choose (-10, -1) ]) (Gen.elements [ false; true ]))) (fun (kind, length, compressed) ->
+              let opcode = if kind = MessageKind.Text then Opcode.Text else Opcode.Binary
+              let general = if compressed then Frame.compressedHeader opcode (int64 length) else Frame.header opcode (int64 length)
+              let expected = Array.zeroCreate<byte> Frame.MaxHeaderSize
+              let expectedLength = Frame.writeHeader (general, Span expected)
+              let written = Array.zeroCreate<byte> Frame.MaxHeaderSize
+              let writtenLength = Connection.writeDataHeader (kind, length, compressed, Span written)
+              Expect.equal (Array.sub written 0 writtenLength) (Array.sub expected 0 expectedLength) $"{kind} of {length}, compressed {compressed}")
+
           property "verdicts and buffered bytes follow the naive account over sends, flushes and a close"
           <| Prop.forAll (Arb.fromGen (Gen.zip genLimits (Gen.listOf genOp))) (fun (limits, ops) ->
               ops
