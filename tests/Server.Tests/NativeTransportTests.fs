@@ -248,6 +248,47 @@ let nativeTransportTests =
             Expect.equal (first, second) ("wait", "after") "the awaiting connection's messages were handled in order"
         })
 
+        testCaseTask "a handler that blocks stalls only its own loop's connections" (fun () -> task {
+            use gate = new ManualResetEventSlim(false)
+            let handlers =
+                RealtimeHandlers<obj>(
+                    Message = fun ws message ->
+                        // Blocking on purpose: the cost this test shows.
+                        if message.Text = "block" then gate.Wait(seconds 10.0) |> ignore
+                        ws.Send(Thread.CurrentThread.Name) |> ignore)
+            use! server = startNative ignore (fun app -> app.MapRealtime("/where", handlers) |> ignore)
+            let ask (client: ClientWebSocket) = task {
+                do! sendText client "where"
+                return! receiveText client }
+            // Connected one after another, the loops take them in turn.
+            let! clients = task {
+                let connected = ResizeArray()
+                for _ in 1..3 do
+                    let! client = connect (server.WsUrl + "/where")
+                    connected.Add client
+                return connected.ToArray() }
+            let! loops = task {
+                let names = ResizeArray()
+                for client in clients do
+                    let! name = ask client
+                    names.Add name
+                return names.ToArray() }
+            Expect.equal loops[0] loops[2] "the first and third connections share a loop"
+            Expect.notEqual loops[0] loops[1] "the second is on the other loop"
+            do! sendText clients[0] "block"
+            let! other = (ask clients[1]).WaitAsync(seconds 10.0)
+            Expect.equal other loops[1] "the other loop answered while the handler blocked"
+            Expect.isFalse gate.IsSet "it answered before the blocked handler was released"
+            let sameLoop = ask clients[2]
+            let! first = Task.WhenAny(sameLoop, Task.Delay(millis 300.0))
+            Expect.isFalse (obj.ReferenceEquals(first, sameLoop)) "the blocked loop's other connection waits"
+            gate.Set()
+            let! late = sameLoop.WaitAsync(seconds 10.0)
+            let! blocked = (receiveText clients[0]).WaitAsync(seconds 10.0)
+            Expect.equal (late, blocked) (loops[2], loops[0]) "both are answered once the handler returns"
+            for client in clients do client.Dispose()
+        })
+
         testCaseTask "the app's pipeline decides as on Kestrel's path: the same statuses, and every request seen by its middleware" (fun () -> task {
             let requests = ref 0
             let recorder = Recorder()
