@@ -102,6 +102,31 @@ let nativeTransportTests =
             Expect.isTrue (recorder.AllNative()) "both connections were native"
         })
 
+        testCaseTask "permessage-deflate: the client's compressed messages reach the handler inflated and come back readable" (fun () -> task {
+            let recorder = Recorder()
+            let compressed = ConcurrentQueue<bool>()
+            let handlers =
+                RealtimeHandlers<obj>(
+                    Attach = (fun context ->
+                        recorder.ConnectionIds.Enqueue context.Connection.Id
+                        Attachment<obj>.Accept(null)),
+                    Message = fun ws message ->
+                        compressed.Enqueue message.Compressed
+                        ws.Send(message) |> ignore)
+            use! server = startNative (fun options -> options.PerMessageDeflate <- true) (fun app -> app.MapRealtime("/echo", handlers) |> ignore)
+            use client = new ClientWebSocket()
+            client.Options.DangerousDeflateOptions <- WebSocketDeflateOptions()
+            use cancel = new CancellationTokenSource(seconds 10.0)
+            do! client.ConnectAsync(Uri(server.WsUrl + "/echo"), cancel.Token)
+            let text = String.replicate 200 "compress me "
+            for _ in 1..3 do
+                do! sendText client text
+                let! back = receiveText client
+                Expect.equal back text "the text came back"
+            Expect.equal (compressed.ToArray()) [| true; true; true |] "the client's messages arrived compressed"
+            Expect.isTrue (recorder.AllNative()) "the connection was native"
+        })
+
         testCaseTask "forty connections are spread over both event loops and each gets its own answers" (fun () -> task {
             let recorder = Recorder()
             use! server = startNative ignore (fun app -> app.MapRealtime("/echo", recorder.Echo()) |> ignore)
