@@ -37,6 +37,8 @@ internal static unsafe partial class Libc
 
     public const int EIntr = 4;
     public const int EAgain = 11;
+    public const int ENFile = 23;
+    public const int EMFile = 24;
 
     /// <summary>struct epoll_event as the x86-64 kernel lays it out (packed: 12 bytes).</summary>
     [StructLayout(LayoutKind.Sequential, Pack = 4)]
@@ -85,6 +87,9 @@ internal static unsafe partial class Libc
     [LibraryImport(Library, EntryPoint = "shutdown", SetLastError = true)]
     public static partial int Shutdown(int fd, int how);
 
+    [LibraryImport(Library, EntryPoint = "getrlimit", SetLastError = true)]
+    public static partial int GetRLimit(int resource, ulong* limits);
+
     [LibraryImport(Library, EntryPoint = "close", SetLastError = true)]
     public static partial int Close(int fd);
 
@@ -93,6 +98,14 @@ internal static unsafe partial class Libc
         OperatingSystem.IsLinux() && RuntimeInformation.ProcessArchitecture == Architecture.X64;
 
     public static int LastError => Marshal.GetLastPInvokeError();
+
+    /// <summary>The process's soft limit on open descriptors (RLIMIT_NOFILE), or int.MaxValue when unknown.</summary>
+    public static int OpenFilesLimit()
+    {
+        ulong* limits = stackalloc ulong[2];
+        const int RLimitNoFile = 7;
+        return GetRLimit(RLimitNoFile, limits) == 0 ? (int)Math.Min(int.MaxValue, limits[0]) : int.MaxValue;
+    }
 
     /// <summary>Registers, changes or removes <paramref name="fd"/> in an epoll set; false with errno set on failure.</summary>
     public static bool Control(int epoll, int op, int fd, uint events)

@@ -69,6 +69,17 @@ internal sealed class NativeListener : IConnectionListener, ILoopMember
             {
                 int error = Libc.LastError;
                 if (error == Libc.EIntr) continue;
+                // Out of descriptors: the pending connection would wake the loop again at once.
+                // Stop watching the listener for a second (the backlog holds the connections meanwhile).
+                if (error is Libc.EMFile or Libc.ENFile) PauseAccepting();
+                return;
+            }
+            // Descriptors are numbered lowest first, so a high one means the process is nearly out:
+            // the runtime itself aborts when it cannot get one, so the last ones are kept for it.
+            if (fd >= _factory.DescriptorCeiling)
+            {
+                Libc.Close(fd);
+                PauseAccepting();
                 return;
             }
             if (_factory.NoDelay)
@@ -81,8 +92,16 @@ internal sealed class NativeListener : IConnectionListener, ILoopMember
         }
     }
 
+    private void PauseAccepting()
+    {
+        _loop.Modify(_fd, 0);
+        _loop.Tick(this, true);
+    }
+
     public void OnSecond(long now)
     {
+        _loop.Tick(this, false);
+        if (Volatile.Read(ref _unbound) == 0) _loop.Modify(_fd, Libc.EpollIn);
     }
 
     public void OnLoopStopped() => Unbind();

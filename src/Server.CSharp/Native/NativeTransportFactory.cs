@@ -47,6 +47,14 @@ internal sealed class NativeTransportFactory : IConnectionListenerFactory, IConn
 
     public bool NoDelay => _sockets.NoDelay;
 
+    /// <summary>
+    /// Connections whose descriptor would be at or above this are refused: the last
+    /// <see cref="ReservedDescriptors"/> of RLIMIT_NOFILE stay for the runtime and Kestrel.
+    /// </summary>
+    public int DescriptorCeiling { get; } = Math.Max(ReservedDescriptors, Libc.OpenFilesLimit() - ReservedDescriptors);
+
+    private const int ReservedDescriptors = 256;
+
     /// <summary>TCP endpoints only, and only where the native transport runs.</summary>
     public bool CanBind(EndPoint endpoint) => Libc.IsSupported && endpoint is IPEndPoint;
 
