@@ -149,6 +149,10 @@ namespace Microsoft.AspNetCore.Hosting
                 else services.AddOptions<RealtimeNativeTransportOptions>();
                 if (!Realtime.Native.Libc.IsSupported) return;
                 Realtime.Direct.ApplicationCapture.Register(services);
+                services.TryAddSingleton<Realtime.Native.PlainListeners>();
+                // After every other configuration of Kestrel, so that its endpoint defaults are final.
+                services.AddSingleton<IPostConfigureOptions<KestrelServerOptions>>(provider =>
+                    new PostConfigureOptions<KestrelServerOptions>(Options.DefaultName, kestrel => provider.GetRequiredService<Realtime.Native.PlainListeners>().Install(kestrel)));
                 // Kestrel binds with the transport registered last that can bind the endpoint.
                 services.AddSingleton<Microsoft.AspNetCore.Connections.IConnectionListenerFactory, Realtime.Native.NativeTransportFactory>();
             });

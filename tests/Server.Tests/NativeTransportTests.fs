@@ -192,7 +192,6 @@ let nativeTransportTests =
                 sent <- sent + 1
                 pressed <- result.Status = SendStatus.Backpressure
             Expect.isTrue pressed $"a send reported Backpressure (after {sent})"
-            Expect.isGreaterThan socket.BufferedAmount 0L "bytes wait in the connection's queue"
             let mutable received = 0
             while received < sent do
                 let! _ = raw.ReceiveMessage()
@@ -312,6 +311,34 @@ let nativeTransportTests =
             let! blocked = (receiveText clients[0]).WaitAsync(seconds 10.0)
             Expect.equal (late, blocked) (loops[2], loops[0]) "both are answered once the handler returns"
             for client in clients do client.Dispose()
+        })
+
+        testCaseTask "a TLS listener's connections all go to Kestrel: wss:// works, a plain upgrade on its port does not" (fun () -> task {
+            let recorder = Recorder()
+            let certificate = TlsTests.certificate.Force()
+            let port = freePort ()
+            let! server =
+                startWith
+                    (fun builder ->
+                        builder.WebHost.UseRealtimeNativeTransport() |> ignore
+                        builder.WebHost.UseUrls() |> ignore
+                        builder.WebHost.ConfigureKestrel(fun kestrel ->
+                            kestrel.Listen(Net.IPAddress.Loopback, port, fun listen -> listen.UseHttps(certificate) |> ignore))
+                        |> ignore)
+                    ignore
+                    (fun app -> app.MapRealtime("/echo", recorder.Echo()) |> ignore)
+            use _ = server
+            use secure = TlsTests.clientTrusting certificate
+            use cancel = new CancellationTokenSource(seconds 10.0)
+            do! secure.ConnectAsync(Uri $"wss://127.0.0.1:{port}/echo", cancel.Token)
+            do! sendText secure "over tls"
+            let! answer = receiveText secure
+            Expect.equal answer "over tls" "wss:// echoes"
+            let! tcp, stream, head = RawClient.handshakeRaw port (RawClient.upgradeRequest "/echo" "")
+            use _ = tcp
+            use _ = stream
+            Expect.isFalse (head.StartsWith "HTTP/1.1 101") $"no plain upgrade on the TLS port: {head}"
+            Expect.isFalse (recorder.ConnectionIds.ToArray() |> Array.exists (fun id -> id.StartsWith "native-")) "no connection was taken natively"
         })
 
         testCaseTask "the app's pipeline decides as on Kestrel's path: the same statuses, and every request seen by its middleware" (fun () -> task {

@@ -19,9 +19,10 @@ internal sealed class NativeListener : IConnectionListener, ILoopMember
     private readonly Channel<ConnectionContext> _handedOn = Channel.CreateUnbounded<ConnectionContext>(new UnboundedChannelOptions { SingleReader = false, SingleWriter = false });
     private int _unbound;
 
-    public NativeListener(NativeTransportFactory factory, Socket socket)
+    public NativeListener(NativeTransportFactory factory, Socket socket, bool takesConnections)
     {
         _factory = factory;
+        TakesConnections = takesConnections;
         _socket = socket;
         _fd = (int)socket.Handle;
         _loop = factory.Loops.First;
@@ -29,6 +30,12 @@ internal sealed class NativeListener : IConnectionListener, ILoopMember
     }
 
     public EndPoint EndPoint { get; }
+
+    /// <summary>
+    /// False for a listener whose connection pipeline has more than Kestrel's HTTP/1.1 server (TLS,
+    /// other middleware): each of its connections goes to Kestrel as soon as it is accepted.
+    /// </summary>
+    public bool TakesConnections { get; }
 
     public void Start() => _loop.Post(static state =>
     {
@@ -86,6 +93,11 @@ internal sealed class NativeListener : IConnectionListener, ILoopMember
             {
                 int on = 1;
                 Libc.SetSockOpt(fd, Libc.IpProtoTcp, Libc.TcpNoDelay, &on, sizeof(int));
+            }
+            if (!TakesConnections)
+            {
+                HandOn(fd);
+                continue;
             }
             var connection = new NativeConnection(_factory, this, _factory.Loops.Next(), fd);
             connection.Adopt();

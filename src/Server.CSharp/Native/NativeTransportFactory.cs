@@ -21,10 +21,13 @@ internal sealed class NativeTransportFactory : IConnectionListenerFactory, IConn
     private readonly Lazy<EventLoops> _loops;
     private readonly SocketConnectionContextFactory _handOff;
 
+    private readonly PlainListeners _plain;
+
     public NativeTransportFactory(IOptions<SocketTransportOptions> sockets, IOptions<RealtimeNativeTransportOptions> options,
-        ILoggerFactory loggers, IServiceProvider services)
+        ILoggerFactory loggers, IServiceProvider services, PlainListeners plain)
     {
         _sockets = sockets.Value;
+        _plain = plain;
         int count = options.Value.EventLoops > 0 ? options.Value.EventLoops : Environment.ProcessorCount;
         _loops = new Lazy<EventLoops>(() => new EventLoops(count));
         _handOff = new SocketConnectionContextFactory(
@@ -72,7 +75,7 @@ internal sealed class NativeTransportFactory : IConnectionListenerFactory, IConn
         }
         socket.Listen(_sockets.Backlog);
         socket.Blocking = false;
-        var listener = new NativeListener(this, socket);
+        var listener = new NativeListener(this, socket, takesConnections: _plain.IsPlain(endpoint));
         listener.Start();
         return new ValueTask<IConnectionListener>(listener);
     }
