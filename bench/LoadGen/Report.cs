@@ -10,11 +10,11 @@ public static class Report
 {
     public static readonly (string Id, string Name)[] Servers =
     [
-        ("ours", "Realtime (ours)"), ("ours-route", "Realtime, through the route"), ("ours-inline", "Realtime, inline I/O (opt-in)"), ("bun", "Bun"), ("node-ws", "Node ws"), ("aspnet", "ASP.NET Core WebSockets"), ("signalr", "SignalR"),
+        ("ours", "Realtime (ours)"), ("ours-native", "Realtime, native epoll transport"), ("ours-route", "Realtime, through the route"), ("ours-inline", "Realtime, inline I/O (opt-in)"), ("bun", "Bun"), ("node-ws", "Node ws"), ("aspnet", "ASP.NET Core WebSockets"), ("signalr", "SignalR"),
         ("floor", ".NET sockets alone (floor probe)"),
     ];
 
-    static readonly string[] Colors = ["#2b6cb0", "#90cdf4", "#2c5282", "#d69e2e", "#38a169", "#805ad5", "#c53030", "#a0aec0"];
+    static readonly string[] Colors = ["#2b6cb0", "#1a365d", "#90cdf4", "#2c5282", "#d69e2e", "#38a169", "#805ad5", "#c53030", "#a0aec0"];
 
     public static readonly (string Id, string Title, bool HigherIsBetter)[] Scenarios =
     [
@@ -59,12 +59,14 @@ public static class Report
         md.AppendLine("nonzero key per connection) drives all of them on the same machine, one server at a time, alternating");
         md.AppendLine("servers within each scenario. SignalR is driven through `Microsoft.AspNetCore.SignalR.Client`, a much");
         md.AppendLine("heavier client than the raw one, so its rows measure SignalR's client and server together.");
-        md.AppendLine("\"Realtime (ours)\" is `samples/Echo` as it ships: its listeners accept WebSocket connections directly");
+        md.AppendLine("\"Realtime (ours)\" is `samples/Echo --managed`: Kestrel's socket transport, whose listeners accept WebSocket connections directly");
         md.AppendLine("(`UseRealtimeDirectConnections`, below Kestrel's HTTP layer, see docs/direct-connections.md). \"Realtime, through");
         md.AppendLine("the route\" is the same sample with `--route`: connections go through ASP.NET Core's HTTP pipeline and");
         md.AppendLine("Kestrel's upgrade, as for an endpoint that needs middleware. \"Realtime, inline I/O\" is the sample with `--inline`");
         md.AppendLine("(and `DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS=1`): handlers run on the socket transport's I/O thread, an");
-        md.AppendLine("opt-in for applications whose handlers never block (see the README's Inline I/O section).").AppendLine();
+        md.AppendLine("opt-in for applications whose handlers never block (see the README's Inline I/O section). \"Realtime, native epoll");
+        md.AppendLine("transport\" is `samples/Echo` as it ships on Linux (`UseRealtimeNativeTransport`): WebSocket connections are held by");
+        md.AppendLine("Realtime's own epoll loops as file descriptors, handlers run on the loop threads (see the README's Native transport section).").AppendLine();
         md.AppendLine($"- **Reported value:** the best of {Meta("rounds")} round(s) per server (highest throughput; lowest memory per connection), among rounds without errors or loss.");
         md.AppendLine($"- **Mode:** {Meta("mode")}");
         md.AppendLine($"- **Date:** {Meta("date")}");

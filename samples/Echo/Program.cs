@@ -3,7 +3,10 @@
 //   /fanout  every message goes to every other connection on /fanout (a topic publish that skips the sender).
 // Run: dotnet run -c Release --project samples/Echo -- --urls http://127.0.0.1:PORT
 // With --tls, the same URLs are served over HTTPS (wss://) with a self-signed certificate made at start.
-// Connections are accepted directly by Realtime's connection middleware; --route sends them through the route.
+// On Linux the listeners are Realtime's native epoll transport (UseRealtimeNativeTransport): WebSocket
+// connections stay on its event loops, everything else (and TLS) goes on to Kestrel. --managed keeps
+// Kestrel's socket transport, with connections accepted directly by Realtime's connection middleware;
+// --route (which implies --managed) sends them through the route.
 // With --redis HOST:PORT, /fanout spans every Echo node on that Redis: a message sent on one node
 // reaches every other /fanout connection on every node, the sender excluded, in order per sender.
 // With --inline, handlers run on the socket transport's I/O thread instead of the thread pool
@@ -18,7 +21,9 @@ bool tls = args.Contains("--tls");
 // ordinary ASP.NET route instead (Kestrel's HTTP upgrade), for comparison.
 bool direct = !args.Contains("--route");
 bool inline = args.Contains("--inline");
-args = args.Where(a => a is not ("--tls" or "--route" or "--inline")).ToArray();
+// --inline is a setting of Kestrel's socket transport, so it implies --managed too.
+bool native = !args.Contains("--managed") && direct && !inline;
+args = args.Where(a => a is not ("--tls" or "--route" or "--inline" or "--managed")).ToArray();
 
 var builder = WebApplication.CreateBuilder(args);
 string[] urls = (builder.Configuration["urls"] ?? "http://127.0.0.1:5000").Split(';', StringSplitOptions.RemoveEmptyEntries);
@@ -47,6 +52,7 @@ else if (direct)
     builder.WebHost.UseRealtimeDirectConnections();
 }
 if (inline) builder.WebHost.UseSockets(sockets => sockets.UnsafePreferInlineScheduling = true);
+if (native) builder.WebHost.UseRealtimeNativeTransport();
 builder.Logging.SetMinimumLevel(LogLevel.Warning);
 var realtime = builder.Services.AddRealtime(options =>
 {

@@ -267,8 +267,9 @@ internal sealed class RealtimeEndpoint<TData> : RealtimeEndpoint
         }
         Stream upgraded = await upgrade!.UpgradeAsync().ConfigureAwait(false);
         // A directly accepted connection runs on its own pipes rather than on a stream.
+        // One held by the native transport's loop is read there and written straight to its socket.
         var transport = upgrade is Direct.DirectConnectionFeatures direct
-            ? RealtimeTransport.FromPipe(direct.Transport)
+            ? direct.Native is { } native ? RealtimeTransport.FromNative(native) : RealtimeTransport.FromPipe(direct.Transport)
             : RealtimeTransport.FromStream(upgraded);
         return new RealtimeSocket<TData>(
             Server, this, _handlers, context, transport,

@@ -124,6 +124,42 @@ namespace Microsoft.AspNetCore.Hosting
     }
 }
 
+namespace Microsoft.AspNetCore.Hosting
+{
+    /// <summary>Runs Realtime's WebSocket connections on its native Linux transport.</summary>
+    public static class RealtimeNativeTransportExtensions
+    {
+        /// <summary>
+        /// On Linux (x86-64), Kestrel's TCP listeners are bound and accepted by Realtime's epoll event
+        /// loops (one per core by default). A connection whose first request is a WebSocket upgrade to a
+        /// Realtime endpoint runs that request through the application's whole pipeline, and after the
+        /// 101 stays on its loop as a file descriptor: handlers run on the loop's thread, reads go into the
+        /// loop's buffer, writes go straight to the socket. Every other connection (other requests,
+        /// HTTP/2, TLS, other WebSocket endpoints) is handed to Kestrel's socket transport with its bytes
+        /// unread. Elsewhere, and for endpoints that are not TCP, nothing changes.
+        /// </summary>
+        /// <param name="host">The web host builder, for example <c>builder.WebHost</c>.</param>
+        /// <param name="configure">Sets the number of event loops.</param>
+        public static IWebHostBuilder UseRealtimeNativeTransport(this IWebHostBuilder host, Action<RealtimeNativeTransportOptions>? configure = null)
+        {
+            ArgumentNullException.ThrowIfNull(host);
+            return host.ConfigureServices(services =>
+            {
+                if (configure is not null) services.Configure(configure);
+                else services.AddOptions<RealtimeNativeTransportOptions>();
+                if (!Realtime.Native.Libc.IsSupported) return;
+                Realtime.Direct.ApplicationCapture.Register(services);
+                services.TryAddSingleton<Realtime.Native.PlainListeners>();
+                // After every other configuration of Kestrel, so that its endpoint defaults are final.
+                services.AddSingleton<IPostConfigureOptions<KestrelServerOptions>>(provider =>
+                    new PostConfigureOptions<KestrelServerOptions>(Options.DefaultName, kestrel => provider.GetRequiredService<Realtime.Native.PlainListeners>().Install(kestrel)));
+                // Kestrel binds with the transport registered last that can bind the endpoint.
+                services.AddSingleton<Microsoft.AspNetCore.Connections.IConnectionListenerFactory, Realtime.Native.NativeTransportFactory>();
+            });
+        }
+    }
+}
+
 namespace Realtime
 {
     /// <summary>Returned by <c>AddRealtime</c>, for further configuration.</summary>

@@ -71,7 +71,23 @@ public abstract partial class RealtimeSocket
         finally { ExitHandlers(); }
     }
 
-    private Task ReceiveLoopAsync() => _pipe is { } pipe ? ReceivePipeLoopAsync(pipe.Input) : ReceiveStreamLoopAsync(_transport!);
+    private Task ReceiveLoopAsync() =>
+        _native is { } native ? native.ReceiveAsync(this)
+        : _pipe is { } pipe ? ReceivePipeLoopAsync(pipe.Input)
+        : ReceiveStreamLoopAsync(_transport!);
+
+    /// <summary>
+    /// The native transport's receive step, on its loop thread: feeds one read to the core and runs the
+    /// handlers. The bytes are the loop's buffer; a task that is not complete on return keeps them.
+    /// </summary>
+    internal Task ReceiveNativeAsync(Memory<byte> received)
+    {
+        _server.Metrics.BytesReceived(received.Length);
+        return ProcessAsync(received);
+    }
+
+    /// <summary>For the native transport's loop, after a batch: as <see cref="ShouldStopReading"/>.</summary>
+    internal bool NativeReadingStops(out Task? controlBacklog) => ShouldStopReading(out controlBacklog);
 
     /// <summary>
     /// True when the loop must stop (the connection is over); otherwise <paramref name="controlBacklog"/>
@@ -420,6 +436,18 @@ public abstract partial class RealtimeSocket
     /// <summary>Ends the receive loop: the connection finishes and Kestrel closes the TCP connection after sending what it holds.</summary>
     private void StopReceiving()
     {
+        if (_native is not null)
+        {
+            _native.StopReading();
+            TaskCompletionSource? taken;
+            lock (_sync)
+            {
+                taken = _controlTaken;
+                _controlTaken = null;
+            }
+            taken?.TrySetResult();
+            return;
+        }
         if (_pipe is null)
         {
             _receiving!.Cancel();

@@ -19,6 +19,8 @@ public abstract partial class RealtimeSocket
     // returns, or the connection's own pipes when it was accepted directly (see DirectConnections).
     private readonly Stream? _transport;
     private readonly System.IO.Pipelines.IDuplexPipe? _pipe;
+    // Set when the native transport's loop reads the connection; _transport is then its send stream.
+    private readonly Native.NativeConnection? _native;
     private readonly object _sync = new();
 
     // The protocol core's state, both directions (sends are framed and judged there); guarded by _sync.
@@ -31,7 +33,8 @@ public abstract partial class RealtimeSocket
         _context = context;
         _transport = transport.Stream;
         _pipe = transport.Pipe;
-        if (_pipe is null) _receiving = new CancellationTokenSource();
+        _native = transport.Native;
+        if (_pipe is null && _native is null) _receiving = new CancellationTokenSource();
         Id = server.NextConnectionId();
         Protocol = subprotocol;
         RemoteAddress = context.Connection.RemoteIpAddress;

@@ -5,15 +5,19 @@ namespace Realtime;
 /// <summary>
 /// What carries a connection's bytes: the stream returned by Kestrel's HTTP upgrade, or, for a
 /// connection accepted directly by <see cref="Direct.DirectConnectionMiddleware"/>, the connection's
-/// own transport pipes (no HTTP layer between them and the socket).
+/// own transport pipes (no HTTP layer between them and the socket), or, for a connection held by the
+/// native transport's event loop, its descriptor (read by the loop, written through <see cref="Stream"/>).
 /// </summary>
 internal readonly struct RealtimeTransport
 {
-    private RealtimeTransport(Stream? stream, IDuplexPipe? pipe)
+    private RealtimeTransport(Stream? stream, IDuplexPipe? pipe, Native.NativeConnection? native = null)
     {
         Stream = stream;
         Pipe = pipe;
+        Native = native;
     }
+
+    public Native.NativeConnection? Native { get; }
 
     public Stream? Stream { get; }
 
@@ -22,4 +26,6 @@ internal readonly struct RealtimeTransport
     public static RealtimeTransport FromStream(Stream stream) => new(stream, null);
 
     public static RealtimeTransport FromPipe(IDuplexPipe pipe) => new(null, pipe);
+
+    public static RealtimeTransport FromNative(Native.NativeConnection native) => new(native.SendStream, null, native);
 }

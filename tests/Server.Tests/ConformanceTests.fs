@@ -24,6 +24,7 @@ open System.Threading
 open System.Threading.Tasks
 open Expecto
 open Microsoft.AspNetCore.Builder
+open Microsoft.AspNetCore.Hosting
 open Realtime
 open Realtime.Protocol
 open Realtime.Server.Tests.RawClient
@@ -48,9 +49,22 @@ let private echoRoutes (app: WebApplication) =
     app.MapRealtime("/echo", RealtimeHandlers<obj>(Message = fun ws message -> ws.Send(message.Data.Span, message.Kind) |> ignore))
     |> ignore
 
-/// A server started on first use and shared by one test list (it lives until the test run ends);
-/// `direct`: its listener accepts connections directly (UseRealtimeDirectConnections), else through the route.
-let private echoServer (direct: bool) : Lazy<Task<TestHost.RunningServer>> = lazy (TestHost.startIn direct echoOptions echoRoutes)
+/// How the server under test accepts its connections.
+type private Transport =
+    /// Kestrel's HTTP upgrade through the route.
+    | ThroughRoute
+    /// Realtime's connection middleware (UseRealtimeDirectConnections).
+    | Direct
+    /// Realtime's native epoll transport (UseRealtimeNativeTransport), on Linux.
+    | Native
+
+/// A server started on first use and shared by one test list (it lives until the test run ends).
+let private echoServer (transport: Transport) : Lazy<Task<TestHost.RunningServer>> =
+    lazy (
+        match transport with
+        | ThroughRoute -> TestHost.startIn false echoOptions echoRoutes
+        | Direct -> TestHost.startIn true echoOptions echoRoutes
+        | Native -> TestHost.startWith (fun builder -> builder.WebHost.UseRealtimeNativeTransport() |> ignore) echoOptions echoRoutes)
 
 let private connectTo (server: Lazy<Task<TestHost.RunningServer>>) : Task<RawConnection> =
     task {
@@ -277,8 +291,8 @@ let private closeNormally (connection: RawConnection) (what: string) : Task<unit
 // Autobahn 1: framing.
 // ---------------------------------------------------------------------------------------------
 
-let private framingTestsOn (direct: bool) =
-    let server = echoServer direct
+let private framingTestsOn (transport: Transport) =
+    let server = echoServer transport
     let kinds = [ 1, Opcode.Text, "text", byte '*'; 2, Opcode.Binary, "binary", 0xFEuy ]
     let sizes = [ 0; 125; 126; 127; 128; 65535; 65536 ]
     testList "Autobahn 1: framing (text and binary)" [
@@ -306,8 +320,8 @@ let private framingTestsOn (direct: bool) =
 // Autobahn 2: pings and pongs.
 // ---------------------------------------------------------------------------------------------
 
-let private pingTestsOn (direct: bool) =
-    let server = echoServer direct
+let private pingTestsOn (transport: Transport) =
+    let server = echoServer transport
     let pingCase name (payload: byte[]) =
         echoCase server name (fun connection ->
             task {
@@ -371,8 +385,8 @@ let private pingTestsOn (direct: bool) =
 // Autobahn 3: reserved bits (no extension is negotiated, so any RSV bit fails the connection).
 // ---------------------------------------------------------------------------------------------
 
-let private reservedBitTestsOn (direct: bool) =
-    let server = echoServer direct
+let private reservedBitTestsOn (transport: Transport) =
+    let server = echoServer transport
     let hello = ascii "Hello, world!"
     /// 3.2-3.4: a good message (echoed), the bad frame, a ping (never answered).
     let afterGoodMessage name rsv (send: RawConnection -> byte[] list -> Task<unit>) =
@@ -402,8 +416,8 @@ let private reservedBitTestsOn (direct: bool) =
 // Autobahn 4: opcodes (3-7 and 11-15 are reserved).
 // ---------------------------------------------------------------------------------------------
 
-let private opcodeTestsOn (direct: bool) =
-    let server = echoServer direct
+let private opcodeTestsOn (transport: Transport) =
+    let server = echoServer transport
     let hello = ascii "Hello, world!"
     let payload = ascii "reserved opcode payload"
     let alone name code (body: byte[]) =
@@ -436,8 +450,8 @@ let private opcodeTestsOn (direct: bool) =
 // Autobahn 5: fragmentation.
 // ---------------------------------------------------------------------------------------------
 
-let private fragmentationTestsOn (direct: bool) =
-    let server = echoServer direct
+let private fragmentationTestsOn (transport: Transport) =
+    let server = echoServer transport
     let f1 = ascii "fragment1"
     let f2 = ascii "fragment2"
     let ways: (string * (RawConnection -> byte[] list -> Task<unit>)) list =
@@ -572,8 +586,8 @@ let private utf8Sequences: (int * string * (bool * byte[]) list) list =
       22, "non-character code points (valid UTF-8)", [ for digits in nonCharacters -> valid digits ]
       23, "Unicode specials (valid)", [ for digits in [ "EFBFB9"; "EFBFBA"; "EFBFBB"; "EFBFBC"; "EFBFBD"; "EFBFBE"; "EFBFBF" ] -> valid digits ] ]
 
-let private utf8TestsOn (direct: bool) =
-    let server = echoServer direct
+let private utf8TestsOn (transport: Transport) =
+    let server = echoServer transport
     let textEchoes (connection: RawConnection) (expected: byte[]) (what: string) =
         task {
             do! expectNext connection (Message(Opcode.Text, expected)) what
@@ -678,8 +692,8 @@ let private utf8TestsOn (direct: bool) =
 // Autobahn 7: close handling.
 // ---------------------------------------------------------------------------------------------
 
-let private closeTestsOn (direct: bool) =
-    let server = echoServer direct
+let private closeTestsOn (transport: Transport) =
+    let server = echoServer transport
     let closeWith (code: uint16) = Frame.closePayload code ""
     /// The client sends `payload` as its close frame; the server must answer with `expected`.
     let answered name (payload: byte[]) (expected: uint16) =
@@ -761,8 +775,8 @@ let private closeTestsOn (direct: bool) =
 // Autobahn 9: limits and performance (run one at a time: they are the heavy ones).
 // ---------------------------------------------------------------------------------------------
 
-let private largeMessageTestsOn (direct: bool) =
-    let server = echoServer direct
+let private largeMessageTestsOn (transport: Transport) =
+    let server = echoServer transport
     let mib = 1024 * 1024
     let kinds = [ Opcode.Text, "text", textOf; Opcode.Binary, "binary", binaryOf ]
     /// Sends the message with `send` and expects its echo within `limit` seconds.
@@ -841,8 +855,8 @@ let private largeMessageTestsOn (direct: bool) =
 // Autobahn 10: auto-fragmentation.
 // ---------------------------------------------------------------------------------------------
 
-let private autoFragmentationTestsOn (direct: bool) =
-    let server = echoServer direct
+let private autoFragmentationTestsOn (transport: Transport) =
+    let server = echoServer transport
     testList "Autobahn 10: auto-fragmentation" [
         echoCase server "10.1.1 65536-byte text message auto-fragmented into 1300-byte frames echoes" (fun connection ->
             task {
@@ -854,28 +868,35 @@ let private autoFragmentationTestsOn (direct: bool) =
     ]
 
 // ---------------------------------------------------------------------------------------------
-// Every case above, once through the ordinary route (Kestrel's HTTP upgrade) and once on a
-// listener that accepts connections directly (Realtime's connection middleware, no HTTP layer).
+// Every case above through the ordinary route (Kestrel's HTTP upgrade), on a listener that accepts
+// connections directly (Realtime's connection middleware, no HTTP layer), and on the native transport.
 // ---------------------------------------------------------------------------------------------
 
-let private conformance (direct: bool) =
-    testList (if direct then "on direct connections" else "through the HTTP route") [
-        framingTestsOn direct
-        pingTestsOn direct
-        reservedBitTestsOn direct
-        opcodeTestsOn direct
-        fragmentationTestsOn direct
-        utf8TestsOn direct
-        closeTestsOn direct
-        largeMessageTestsOn direct
-        autoFragmentationTestsOn direct
+let private conformance (transport: Transport) =
+    testList
+        (match transport with
+         | ThroughRoute -> "through the HTTP route"
+         | Direct -> "on direct connections"
+         | Native -> "on the native transport") [
+        framingTestsOn transport
+        pingTestsOn transport
+        reservedBitTestsOn transport
+        opcodeTestsOn transport
+        fragmentationTestsOn transport
+        utf8TestsOn transport
+        closeTestsOn transport
+        largeMessageTestsOn transport
+        autoFragmentationTestsOn transport
     ]
 
 [<Tests>]
-let conformanceThroughRoute = conformance false
+let conformanceThroughRoute = conformance ThroughRoute
 
 [<Tests>]
-let conformanceOnDirectConnections = conformance true
+let conformanceOnDirectConnections = conformance Direct
+
+[<Tests>]
+let conformanceOnNativeTransport = conformance Native
 
 // ---------------------------------------------------------------------------------------------
 // The real samples/Echo, as a process.

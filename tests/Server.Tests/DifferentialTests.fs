@@ -1,9 +1,10 @@
 /// The differential suite: every way a WebSocket connection can be accepted (the ordinary route
-/// through Kestrel's HTTP layer, and UseRealtimeDirectConnections) must give identical outcomes for
+/// through Kestrel's HTTP layer, UseRealtimeDirectConnections, and the native transport
+/// UseRealtimeNativeTransport) must give identical outcomes for
 /// the same application and the same request, because the application's whole request pipeline
 /// (authentication, authorization, rate limiting, host filtering, forwarded headers, path base,
-/// CORS, endpoint filters, routing) runs for every upgrade. Each configuration is started twice,
-/// plain (route) and with direct connections (direct); the same raw requests go to both; the
+/// CORS, endpoint filters, routing) runs for every upgrade. Each configuration is started three times,
+/// plain (route), with direct connections (direct) and on the native transport (native); the same raw requests go to each; the
 /// outcomes (status, the headers that matter, what the handlers saw) are compared, and the key
 /// ones are also checked against their expected value, so both paths being equally wrong fails too.
 module Realtime.Server.Tests.DifferentialTests
@@ -379,15 +380,24 @@ type Configuration =
       App: Recorder -> WebApplication -> unit
       Cases: Case list }
 
-/// Starts the configuration (direct connections or not), sends every case in order, and stops it.
-let private runAll (direct: bool) (configuration: Configuration) : Task<Run list> =
+/// How a server accepts its connections.
+type private AcceptPath =
+    | Route
+    | Direct
+    | Native
+
+/// Starts the configuration on one accept path, sends every case in order, and stops it.
+let private runAll (path: AcceptPath) (configuration: Configuration) : Task<Run list> =
     task {
         let recorder = Recorder()
         let! server =
             startWith
                 (fun builder ->
                     configuration.Services builder
-                    if direct then builder.WebHost.UseRealtimeDirectConnections() |> ignore)
+                    match path with
+                    | Route -> ()
+                    | Direct -> builder.WebHost.UseRealtimeDirectConnections() |> ignore
+                    | Native -> builder.WebHost.UseRealtimeNativeTransport() |> ignore)
                 ignore
                 (configuration.App recorder)
         use _ = server
@@ -437,15 +447,26 @@ let private problemsOf (case: Case) (route: Run) (direct: Run) =
           yield $"direct: the pipeline ran on Kestrel's path, not the direct one (upgrade feature {feature}); a recording configuration sends only requests the direct path takes"
       | _ -> () ]
 
-/// Runs a configuration on both paths and fails with every problem, outcomes side by side.
+/// The problems of one case on the native transport: an outcome other than the route's, or a failed
+/// expectation. The native transport keeps only upgrades to a Realtime endpoint's own path (others,
+/// such as paths under a PathBase, go on to Kestrel), so which path served a request is not compared.
+let private nativeProblemsOf (case: Case) (route: Run) (native: Run) =
+    [ if route.Outcome <> native.Outcome then yield "native: the outcome differs from the route's"
+      for check in case.Checks do
+          match check native.Outcome with
+          | Some expected -> yield $"native: expected {expected}"
+          | None -> () ]
+
+/// Runs a configuration on every path and fails with every problem, outcomes side by side.
 let private differential (configuration: Configuration) =
     testCaseTask configuration.Name (fun () -> task {
-        let! routeRuns = runAll false configuration
-        let! directRuns = runAll true configuration
+        let! routeRuns = runAll Route configuration
+        let! directRuns = runAll Direct configuration
+        let! nativeRuns = runAll Native configuration
         let report = Text.StringBuilder()
         let mutable failing = 0
-        for index, (case, (route, direct)) in List.indexed (List.zip configuration.Cases (List.zip routeRuns directRuns)) do
-            match problemsOf case route direct with
+        for index, (case, (route, (direct, native))) in List.indexed (List.zip configuration.Cases (List.zip routeRuns (List.zip directRuns nativeRuns))) do
+            match problemsOf case route direct @ nativeProblemsOf case route native with
             | [] -> ()
             | problems ->
                 failing <- failing + 1
@@ -453,6 +474,11 @@ let private differential (configuration: Configuration) =
                 for problem in problems do report.AppendLine($"    - {problem}") |> ignore
                 report.AppendLine($"    route : {describe route.Outcome}") |> ignore
                 report.AppendLine($"    direct: {describe direct.Outcome}") |> ignore
+                report.AppendLine($"    native: {describe native.Outcome}") |> ignore
+        // Without an upgrade the native transport kept itself, its leg would compare Kestrel with itself.
+        if not (nativeRuns |> List.exists (fun run -> run.UpgradeFeature = Some "DirectConnectionFeatures")) then
+            failing <- failing + 1
+            report.AppendLine("native: the native transport kept none of the upgrades (all went on to Kestrel)") |> ignore
         if failing > 0 then
             failtestf "%d of %d cases of \"%s\" fail:\n%s" failing configuration.Cases.Length configuration.Name (report.ToString())
     })

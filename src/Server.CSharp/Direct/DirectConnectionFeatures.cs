@@ -79,6 +79,9 @@ internal sealed class DirectConnectionFeatures :
     /// <summary>The connection's transport, which carries the frames once upgraded.</summary>
     public IDuplexPipe Transport => _connection.Transport;
 
+    /// <summary>The native transport's connection when the request came through its event loop.</summary>
+    public Native.NativeConnection? Native => (_connection as Native.NativeConnectionContext)?.Connection;
+
     /// <summary>True once the 101 response went out.</summary>
     public bool Upgraded { get; private set; }
 

@@ -26,6 +26,9 @@ internal sealed class DirectConnectionMiddleware(ConnectionDelegate next, IServi
     private static ReadOnlySpan<byte> Get => "GET "u8;
     private static ReadOnlySpan<byte> EndOfHead => "\r\n\r\n"u8;
 
+    /// <summary>The rest of the listener's connection pipeline (read by the native transport's <see cref="Native.PlainListeners"/>).</summary>
+    internal ConnectionDelegate Next => next;
+
     private DirectRoutes? _routes;
     private RealtimeServer? _server;
     private DirectApplication? _application;

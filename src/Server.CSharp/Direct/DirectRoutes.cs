@@ -15,6 +15,7 @@ namespace Realtime.Direct;
 internal sealed class DirectRoutes(EndpointDataSource dataSource)
 {
     private TemplateMatcher[]? _routes;
+    private TemplateMatcher[] _direct = [];
     private IChangeToken? _changed;
     private readonly Lock _sync = new();
 
@@ -22,6 +23,20 @@ internal sealed class DirectRoutes(EndpointDataSource dataSource)
     public bool OptedOut(PathString path)
     {
         foreach (var route in Current())
+        {
+            if (route.TryMatch(path, new RouteValueDictionary())) return true;
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// True when <paramref name="path"/> fits the template of a Realtime endpoint with direct connections
+    /// on and of none that opted out: the native transport keeps only such upgrades.
+    /// </summary>
+    public bool ServesDirectly(PathString path)
+    {
+        if (OptedOut(path)) return false;
+        foreach (var route in Volatile.Read(ref _direct))
         {
             if (route.TryMatch(path, new RouteValueDictionary())) return true;
         }
@@ -37,13 +52,16 @@ internal sealed class DirectRoutes(EndpointDataSource dataSource)
             if (_routes is not null && _changed is { HasChanged: false }) return _routes;
             _changed = dataSource.GetChangeToken();
             var built = new List<TemplateMatcher>();
+            var direct = new List<TemplateMatcher>();
             foreach (var endpoint in dataSource.Endpoints)
             {
                 if (endpoint is not RouteEndpoint route) continue;
                 var realtime = route.Metadata.GetMetadata<RealtimeEndpoint>();
-                if (realtime is null || realtime.Options.DirectConnections) continue;
-                built.Add(new TemplateMatcher(new RouteTemplate(route.RoutePattern), new RouteValueDictionary(route.RoutePattern.Defaults)));
+                if (realtime is null) continue;
+                var matcher = new TemplateMatcher(new RouteTemplate(route.RoutePattern), new RouteValueDictionary(route.RoutePattern.Defaults));
+                (realtime.Options.DirectConnections ? direct : built).Add(matcher);
             }
+            Volatile.Write(ref _direct, direct.ToArray());
             Volatile.Write(ref _routes, built.ToArray());
             return _routes!;
         }
