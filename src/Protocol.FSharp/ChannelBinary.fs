@@ -204,7 +204,11 @@ let publicationSize (channel: string, position: ChannelPosition, data: ReadOnlyS
 /// Writes a `pub` message from its parts at the start of `destination` (at least `publicationSize`
 /// bytes long) without building a `ServerMessage`; returns the bytes written (0 when it is too short).
 let writePublication (channel: string, position: ChannelPosition, data: ReadOnlySpan<byte>, destination: Span<byte>) : int =
-    if destination.Length < publicationSize (channel, position, data) then 0
+    // Room for the largest encoding of these parts (three UTF-8 bytes per UTF-16 unit, five-byte
+    // lengths, a ten-byte offset) skips counting the exact size first.
+    let textBound (text: string) = if isNull text then 5 else 5 + 3 * text.Length
+    let bound = 1 + textBound channel + textBound position.Epoch + 10 + 5 + max data.Length 4
+    if destination.Length < bound && destination.Length < publicationSize (channel, position, data) then 0
     else putPublication (channel, position, data, destination)
 
 /// A `pub` message from its parts, in a new array.

@@ -109,23 +109,29 @@ let private putText (text: ReadOnlySpan<char>, destination: Span<byte>, at: int)
     if destination.IsEmpty then at + Encoding.UTF8.GetByteCount text
     else at + Encoding.UTF8.GetBytes(text, destination.Slice at)
 
-/// A JSON string, quotes included: runs without escapes go through the UTF-8 encoder in one piece
-/// (escapes are ASCII, so a run never splits a surrogate pair).
+// The characters a JSON string escapes: the quotation mark, the reverse solidus, U+0000 to U+001F.
+let private mustEscape = SearchValues.Create(("\"\\" + String(Array.init 0x20 char)).AsSpan())
+
+/// A JSON string, quotes included: runs without escapes (found vectorized) go through the UTF-8
+/// encoder in one piece (escapes are ASCII, so a run never splits a surrogate pair).
 let private putString (text: string, destination: Span<byte>, at: int) : int =
     let text = if isNull text then "" else text
     let mutable at = at
     if not destination.IsEmpty then destination[at] <- byte '"'
     at <- at + 1
-    let mutable run = 0
-    for i in 0 .. text.Length - 1 do
-        let c = text[i]
-        if escapeLength c > 0 then
-            at <- putText (text.AsSpan(run, i - run), destination, at)
-            at <- putEscape (c, destination, at)
-            run <- i + 1
-    at <- putText (text.AsSpan run, destination, at)
+    let mutable rest = text.AsSpan()
+    let mutable next = rest.IndexOfAny mustEscape
+    while next >= 0 do
+        at <- putText (rest.Slice(0, next), destination, at)
+        at <- putEscape (rest[next], destination, at)
+        rest <- rest.Slice(next + 1)
+        next <- rest.IndexOfAny mustEscape
+    at <- putText (rest, destination, at)
     if not destination.IsEmpty then destination[at] <- byte '"'
     at + 1
+
+/// At least the size of a JSON string of `text` (each UTF-16 unit takes at most six bytes: \u001f).
+let private stringBound (text: string) : int = if isNull text then 2 else 2 + 6 * text.Length
 
 let private ofType = "{\"type\":\""B
 let private idField = "\",\"id\":"B
@@ -320,7 +326,9 @@ let publicationSize (channel: string, position: ChannelPosition, data: ReadOnlyS
 /// Writes a `pub` message from its parts at the start of `destination` (at least `publicationSize`
 /// bytes long) without building a `ServerMessage`; returns the bytes written.
 let writePublication (channel: string, position: ChannelPosition, data: ReadOnlySpan<byte>, destination: Span<byte>) : int =
-    if destination.Length < publicationSize (channel, position, data) then 0
+    // Room for the largest encoding of these parts skips counting the exact size first.
+    let bound = 64 + stringBound channel + stringBound position.Epoch + 20 + max data.Length 4
+    if destination.Length < bound && destination.Length < publicationSize (channel, position, data) then 0
     else putPublication (channel, position, data, destination)
 
 /// A `pub` message from its parts, in a new array.

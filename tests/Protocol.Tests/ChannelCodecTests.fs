@@ -467,6 +467,16 @@ let jsonForm =
               Expect.equal (writer.WrittenSpan.ToArray()) expected "written"
               Expect.equal (ChannelJson.clientSize client + ChannelJson.serverSize server) expected.Length "sizes")
 
+          property "a pub written from its parts, into an exact or a roomy span, is the message's encoding"
+          <| Prop.forAll (Arb.fromGen (Gen.zip3 genChannel genPosition genData)) (fun (channel, at, payload) ->
+              let expected = ChannelJson.encodeServer (ServerMessage.Publication(channel, at, payload))
+              Expect.equal (ChannelJson.encodePublication (channel, at, payload.Json.Span)) expected "array"
+              Expect.equal (ChannelJson.publicationSize (channel, at, payload.Json.Span)) expected.Length "size"
+              for room in [ expected.Length; 1 <<< 16 ] do
+                  let destination = Array.zeroCreate room
+                  Expect.equal (ChannelJson.writePublication (channel, at, payload.Json.Span, Span destination)) expected.Length $"written into {room}"
+                  Expect.equal destination[.. expected.Length - 1] expected $"bytes in {room}")
+
           property "arbitrary bytes never throw, and what decodes re-encodes to the same message"
           <| Prop.forAll
               (Arb.fromGen (Gen.oneof [ genBytes; genJsonish; mutated ChannelJson.encodeClient genClientMessage; mutated ChannelJson.encodeServer genServerMessage ]))
@@ -634,6 +644,16 @@ let binaryForm =
               let expected = Array.append (ChannelBinary.encodeClient client) (ChannelBinary.encodeServer server)
               Expect.equal (writer.WrittenSpan.ToArray()) expected "written"
               Expect.equal (ChannelBinary.clientSize client + ChannelBinary.serverSize server) expected.Length "sizes")
+
+          property "a pub written from its parts, into an exact or a roomy span, is the message's encoding"
+          <| Prop.forAll (Arb.fromGen (Gen.zip3 genChannel genPosition genData)) (fun (channel, at, payload) ->
+              let expected = ChannelBinary.encodeServer (ServerMessage.Publication(channel, at, payload))
+              Expect.equal (ChannelBinary.encodePublication (channel, at, payload.Json.Span)) expected "array"
+              Expect.equal (ChannelBinary.publicationSize (channel, at, payload.Json.Span)) expected.Length "size"
+              for room in [ expected.Length; 1 <<< 16 ] do
+                  let destination = Array.zeroCreate room
+                  Expect.equal (ChannelBinary.writePublication (channel, at, payload.Json.Span, Span destination)) expected.Length $"written into {room}"
+                  Expect.equal destination[.. expected.Length - 1] expected $"bytes in {room}")
 
           property "arbitrary bytes never throw, and what decodes re-encodes to the same message"
           <| Prop.forAll
