@@ -16,68 +16,6 @@ open System.Buffers
 open System.Text
 open Microsoft.FSharp.Core.CompilerServices
 
-/// The kind byte of each message.
-module Kind =
-    /// subscribe
-    [<Literal>]
-    let Subscribe = 1uy
-
-    /// unsubscribe
-    [<Literal>]
-    let Unsubscribe = 2uy
-
-    /// publish
-    [<Literal>]
-    let Publish = 3uy
-
-    /// presence (the query)
-    [<Literal>]
-    let PresenceQuery = 4uy
-
-    /// request
-    [<Literal>]
-    let Request = 5uy
-
-    /// welcome
-    [<Literal>]
-    let Welcome = 64uy
-
-    /// subscribed
-    [<Literal>]
-    let Subscribed = 65uy
-
-    /// unsubscribed
-    [<Literal>]
-    let Unsubscribed = 66uy
-
-    /// pub
-    [<Literal>]
-    let Publication = 67uy
-
-    /// ack
-    [<Literal>]
-    let Ack = 68uy
-
-    /// presence (the members)
-    [<Literal>]
-    let Presence = 69uy
-
-    /// join
-    [<Literal>]
-    let Join = 70uy
-
-    /// leave
-    [<Literal>]
-    let Leave = 71uy
-
-    /// response
-    [<Literal>]
-    let Response = 72uy
-
-    /// error
-    [<Literal>]
-    let Error = 73uy
-
 /// Bit 0 of a subscribe's flags: `since` (epoch, offset) follows.
 [<Literal>]
 let SinceFlag = 1uy
@@ -89,8 +27,6 @@ let PresenceFlag = 2uy
 // ---------------------------------------------------------------------------------------------
 // Writing: as in ChannelJson, each writer returns the offset after what it wrote, and only counts
 // when the destination is empty.
-
-let private nullJson = "null"B
 
 let private putByte (value: byte, destination: Span<byte>, at: int) : int =
     if not destination.IsEmpty then destination[at] <- value
@@ -113,7 +49,7 @@ let private putString (text: string, destination: Span<byte>, at: int) : int =
     at + size
 
 let private putData (data: ReadOnlySpan<byte>, destination: Span<byte>, at: int) : int =
-    if data.IsEmpty then putBytes (ReadOnlySpan nullJson, destination, at) else putBytes (data, destination, at)
+    if data.IsEmpty then putBytes (ReadOnlySpan ChannelJson.nullJson, destination, at) else putBytes (data, destination, at)
 
 let private putPosition (position: ChannelPosition, destination: Span<byte>, at: int) : int =
     let at = putString (position.Epoch, destination, at)
@@ -129,7 +65,7 @@ let private putMember (memberInfo: PresenceMember, destination: Span<byte>, at: 
     putData (memberInfo.Info.Json.Span, destination, at)
 
 let private putPublication (channel: string, position: ChannelPosition, data: ReadOnlySpan<byte>, destination: Span<byte>) : int =
-    let at = putByte (Kind.Publication, destination, 0)
+    let at = putByte (ChannelKind.Publication, destination, 0)
     let at = putString (channel, destination, at)
     let at = putPosition (position, destination, at)
     putData (data, destination, at)
@@ -144,34 +80,34 @@ let private putServer (message: ServerMessage, destination: Span<byte>) : int =
     match message with
     | ServerMessage.Publication(channel, position, data) -> putPublication (channel, position, data.Json.Span, destination)
     | ServerMessage.Welcome(version, client) ->
-        let at = putByte (Kind.Welcome, destination, 0)
+        let at = putByte (ChannelKind.Welcome, destination, 0)
         let at = putVarint (uint64 (int64 version), destination, at)
         putString (client, destination, at)
     | ServerMessage.Subscribed(id, channel, position, recovery) ->
-        let at = putIdChannel (Kind.Subscribed, id, channel, destination)
+        let at = putIdChannel (ChannelKind.Subscribed, id, channel, destination)
         let at = putPosition (position, destination, at)
         putByte (recoveryByte recovery, destination, at)
-    | ServerMessage.Unsubscribed(id, channel) -> putIdChannel (Kind.Unsubscribed, id, channel, destination)
+    | ServerMessage.Unsubscribed(id, channel) -> putIdChannel (ChannelKind.Unsubscribed, id, channel, destination)
     | ServerMessage.Ack(id, channel, position) ->
-        let at = putIdChannel (Kind.Ack, id, channel, destination)
+        let at = putIdChannel (ChannelKind.Ack, id, channel, destination)
         putPosition (position, destination, at)
     | ServerMessage.Presence(id, channel, members) ->
-        let mutable at = putIdChannel (Kind.Presence, id, channel, destination)
+        let mutable at = putIdChannel (ChannelKind.Presence, id, channel, destination)
         at <- putVarint (uint64 members.Length, destination, at)
         for memberInfo in members do
             at <- putMember (memberInfo, destination, at)
         at
     | ServerMessage.Join(channel, memberInfo)
     | ServerMessage.Leave(channel, memberInfo) ->
-        let at = putByte ((if message.IsJoin then Kind.Join else Kind.Leave), destination, 0)
+        let at = putByte ((if message.IsJoin then ChannelKind.Join else ChannelKind.Leave), destination, 0)
         let at = putString (channel, destination, at)
         putMember (memberInfo, destination, at)
     | ServerMessage.Response(id, data) ->
-        let at = putByte (Kind.Response, destination, 0)
+        let at = putByte (ChannelKind.Response, destination, 0)
         let at = putVarint (uint64 id, destination, at)
         putData (data.Json.Span, destination, at)
     | ServerMessage.Error(id, code, text) ->
-        let at = putByte (Kind.Error, destination, 0)
+        let at = putByte (ChannelKind.Error, destination, 0)
         let at = putVarint (uint64 id, destination, at)
         let at = putString (code.Code, destination, at)
         putString (text, destination, at)
@@ -180,19 +116,19 @@ let private putClient (message: ClientMessage, destination: Span<byte>) : int =
     match message with
     | ClientMessage.Subscribe(id, channel, since, presence) ->
         let flags = (if since.IsSome then SinceFlag else 0uy) ||| (if presence then PresenceFlag else 0uy)
-        let at = putIdChannel (Kind.Subscribe, id, channel, destination)
+        let at = putIdChannel (ChannelKind.Subscribe, id, channel, destination)
         let at = putByte (flags, destination, at)
         match since with
         | ValueSome position -> putPosition (position, destination, at)
         | ValueNone -> at
-    | ClientMessage.Unsubscribe(id, channel) -> putIdChannel (Kind.Unsubscribe, id, channel, destination)
+    | ClientMessage.Unsubscribe(id, channel) -> putIdChannel (ChannelKind.Unsubscribe, id, channel, destination)
     | ClientMessage.Publish(id, channel, key, data) ->
-        let at = putIdChannel (Kind.Publish, id, channel, destination)
+        let at = putIdChannel (ChannelKind.Publish, id, channel, destination)
         let at = putString (key, destination, at)
         putData (data.Json.Span, destination, at)
-    | ClientMessage.PresenceQuery(id, channel) -> putIdChannel (Kind.PresenceQuery, id, channel, destination)
+    | ClientMessage.PresenceQuery(id, channel) -> putIdChannel (ChannelKind.PresenceQuery, id, channel, destination)
     | ClientMessage.Request(id, method, data) ->
-        let at = putByte (Kind.Request, destination, 0)
+        let at = putByte (ChannelKind.Request, destination, 0)
         let at = putVarint (uint64 id, destination, at)
         let at = putString (method, destination, at)
         putData (data.Json.Span, destination, at)
@@ -362,7 +298,7 @@ let private clientBody (bytes: ReadOnlyMemory<byte>, kind: byte) : Result<Client
     let mutable channel: string = null
     let mutable found = readId (span, &at, false, &id)
     match kind with
-    | Kind.Subscribe ->
+    | ChannelKind.Subscribe ->
         let mutable flags = 0uy
         let mutable since = Unchecked.defaultof<ChannelPosition>
         if found.IsNone then found <- readChannel (span, &at, &channel)
@@ -371,12 +307,12 @@ let private clientBody (bytes: ReadOnlyMemory<byte>, kind: byte) : Result<Client
         if found.IsNone && flags &&& SinceFlag <> 0uy then found <- readPosition (span, &at, &since)
         let since = if flags &&& SinceFlag <> 0uy then ValueSome since else ValueNone
         complete (span, at, found, ClientMessage.Subscribe(id, channel, since, flags &&& PresenceFlag <> 0uy))
-    | Kind.Unsubscribe
-    | Kind.PresenceQuery ->
+    | ChannelKind.Unsubscribe
+    | ChannelKind.PresenceQuery ->
         if found.IsNone then found <- readChannel (span, &at, &channel)
-        let message = if kind = Kind.Unsubscribe then ClientMessage.Unsubscribe(id, channel) else ClientMessage.PresenceQuery(id, channel)
+        let message = if kind = ChannelKind.Unsubscribe then ClientMessage.Unsubscribe(id, channel) else ClientMessage.PresenceQuery(id, channel)
         complete (span, at, found, message)
-    | Kind.Publish ->
+    | ChannelKind.Publish ->
         let mutable key: string = null
         let mutable data = Unchecked.defaultof<ChannelData>
         if found.IsNone then found <- readChannel (span, &at, &channel)
@@ -390,15 +326,6 @@ let private clientBody (bytes: ReadOnlyMemory<byte>, kind: byte) : Result<Client
         if found.IsNone then found <- readData (bytes, &at, "data", &data)
         complete (span, at, found, ClientMessage.Request(id, method, data))
 
-let private recoveries = [| Recovery.Fresh; Recovery.Recovered; Recovery.NotRecovered |]
-
-let private errorCodes =
-    [| ChannelErrorCode.BadMessage; ChannelErrorCode.Forbidden; ChannelErrorCode.UnknownChannel
-       ChannelErrorCode.NotSubscribed; ChannelErrorCode.TooLarge; ChannelErrorCode.RateLimited
-       ChannelErrorCode.UnknownMethod; ChannelErrorCode.Internal |]
-
-let private errorCodeBytes = errorCodes |> Array.map (fun c -> Encoding.UTF8.GetBytes c.Code)
-
 let private readCode (span: ReadOnlySpan<byte>, at: byref<int>, code: byref<ChannelErrorCode>) : Found =
     let mutable start = 0
     let mutable length = 0
@@ -407,12 +334,12 @@ let private readCode (span: ReadOnlySpan<byte>, at: byref<int>, code: byref<Chan
     | ValueNone ->
         let name = span.Slice(start, length)
         let mutable i = 0
-        while i < errorCodeBytes.Length && not (name.SequenceEqual(ReadOnlySpan errorCodeBytes[i])) do
+        while i < ChannelJson.errorCodeBytes.Length && not (name.SequenceEqual(ReadOnlySpan ChannelJson.errorCodeBytes[i])) do
             i <- i + 1
-        if i = errorCodeBytes.Length then
+        if i = ChannelJson.errorCodeBytes.Length then
             ValueSome(ChannelCodecError.OutOfRange "code")
         else
-            code <- errorCodes[i]
+            code <- ChannelJson.errorCodes[i]
             ValueNone
 
 let private readMembers (bytes: ReadOnlyMemory<byte>, at: byref<int>, members: byref<PresenceMember list>) : Found =
@@ -438,49 +365,49 @@ let private serverBody (bytes: ReadOnlyMemory<byte>, kind: byte) : Result<Server
     let mutable memberInfo = Unchecked.defaultof<PresenceMember>
     let mutable data = Unchecked.defaultof<ChannelData>
     match kind with
-    | Kind.Welcome ->
+    | ChannelKind.Welcome ->
         let mutable version = 0UL
         let mutable client: string = null
         let mutable found = readVarint (span, &at, &version)
         if found.IsNone && (version < 1UL || version > uint64 Int32.MaxValue) then found <- ValueSome(ChannelCodecError.OutOfRange "version")
         if found.IsNone then found <- readFree (span, &at, "client", &client)
         complete (span, at, found, ServerMessage.Welcome(int version, client))
-    | Kind.Subscribed ->
+    | ChannelKind.Subscribed ->
         let mutable recovery = 0uy
         let mutable found = readId (span, &at, false, &id)
         if found.IsNone then found <- readChannel (span, &at, &channel)
         if found.IsNone then found <- readPosition (span, &at, &position)
         if found.IsNone then found <- readByte (span, &at, &recovery)
         if found.IsNone && recovery > 2uy then found <- ValueSome(ChannelCodecError.OutOfRange "recovery")
-        let recovery = if found.IsNone then recoveries[int recovery] else Recovery.Fresh
+        let recovery = if found.IsNone then ChannelJson.recoveries[int recovery] else Recovery.Fresh
         complete (span, at, found, ServerMessage.Subscribed(id, channel, position, recovery))
-    | Kind.Unsubscribed ->
+    | ChannelKind.Unsubscribed ->
         let mutable found = readId (span, &at, true, &id)
         if found.IsNone then found <- readChannel (span, &at, &channel)
         complete (span, at, found, ServerMessage.Unsubscribed(id, channel))
-    | Kind.Publication ->
+    | ChannelKind.Publication ->
         let mutable found = readChannel (span, &at, &channel)
         if found.IsNone then found <- readPosition (span, &at, &position)
         if found.IsNone then found <- readData (bytes, &at, "data", &data)
         complete (span, at, found, ServerMessage.Publication(channel, position, data))
-    | Kind.Ack ->
+    | ChannelKind.Ack ->
         let mutable found = readId (span, &at, false, &id)
         if found.IsNone then found <- readChannel (span, &at, &channel)
         if found.IsNone then found <- readPosition (span, &at, &position)
         complete (span, at, found, ServerMessage.Ack(id, channel, position))
-    | Kind.Presence ->
+    | ChannelKind.Presence ->
         let mutable members: PresenceMember list = []
         let mutable found = readId (span, &at, false, &id)
         if found.IsNone then found <- readChannel (span, &at, &channel)
         if found.IsNone then found <- readMembers (bytes, &at, &members)
         complete (span, at, found, ServerMessage.Presence(id, channel, members))
-    | Kind.Join
-    | Kind.Leave ->
+    | ChannelKind.Join
+    | ChannelKind.Leave ->
         let mutable found = readChannel (span, &at, &channel)
         if found.IsNone then found <- readMember (bytes, &at, &memberInfo)
-        let message = if kind = Kind.Join then ServerMessage.Join(channel, memberInfo) else ServerMessage.Leave(channel, memberInfo)
+        let message = if kind = ChannelKind.Join then ServerMessage.Join(channel, memberInfo) else ServerMessage.Leave(channel, memberInfo)
         complete (span, at, found, message)
-    | Kind.Response ->
+    | ChannelKind.Response ->
         let mutable found = readId (span, &at, false, &id)
         if found.IsNone then found <- readData (bytes, &at, "data", &data)
         complete (span, at, found, ServerMessage.Response(id, data))
@@ -498,7 +425,7 @@ let decodeClient (bytes: ReadOnlyMemory<byte>) : Result<ClientMessage, ChannelCo
     if bytes.IsEmpty then Error ChannelCodecError.Truncated
     else
         let kind = bytes.Span[0]
-        if kind >= Kind.Subscribe && kind <= Kind.Request then clientBody (bytes, kind)
+        if kind >= ChannelKind.Subscribe && kind <= ChannelKind.Request then clientBody (bytes, kind)
         else Error ChannelCodecError.UnknownType
 
 /// Reads a server message (what a client receives). `data` and `info` are slices of `bytes`, not
@@ -507,5 +434,5 @@ let decodeServer (bytes: ReadOnlyMemory<byte>) : Result<ServerMessage, ChannelCo
     if bytes.IsEmpty then Error ChannelCodecError.Truncated
     else
         let kind = bytes.Span[0]
-        if kind >= Kind.Welcome && kind <= Kind.Error then serverBody (bytes, kind)
+        if kind >= ChannelKind.Welcome && kind <= ChannelKind.Error then serverBody (bytes, kind)
         else Error ChannelCodecError.UnknownType

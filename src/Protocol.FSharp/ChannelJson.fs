@@ -33,7 +33,8 @@ let MaxKeyBytes = 64
 // wrote; given an empty destination it only counts, so one function gives both a message's size
 // and its bytes.
 
-let private nullJson = "null"B
+// What empty data is written as (shared with the binary form, as are the error codes and recoveries by number).
+let internal nullJson = "null"B
 
 let private put (literal: byte[], destination: Span<byte>, at: int) : int =
     if not destination.IsEmpty then literal.AsSpan().CopyTo(destination.Slice at)
@@ -375,7 +376,7 @@ let writeClient (message: ClientMessage, writer: IBufferWriter<byte>) : unit =
 // member inside `members` inside the message); deeper values are refused as invalid JSON.
 let private readerOptions = JsonReaderOptions(MaxDepth = MaxDataDepth + 4)
 
-// Field numbers (bits of Fields.Seen) and the message kinds' numbers (the binary form's kind bytes).
+// Field numbers (bits of Fields.Seen).
 [<Literal>]
 let private TypeField = 0
 [<Literal>]
@@ -424,19 +425,22 @@ let private serverFields =
        MembersField; MemberField; CodeField; MessageField |]
 
 let private clientTypes = [| subscribeType; unsubscribeType; publishType; presenceType; requestType |]
-let private clientKinds = [| 1uy; 2uy; 3uy; 4uy; 5uy |]
+let private clientKinds =
+    [| ChannelKind.Subscribe; ChannelKind.Unsubscribe; ChannelKind.Publish; ChannelKind.PresenceQuery; ChannelKind.Request |]
 
 let private serverTypes =
     [| welcomeType; subscribedType; unsubscribedType; pubType; ackType; presenceType; joinType; leaveType; responseType; errorType |]
 
-let private serverKinds = [| 64uy; 65uy; 66uy; 67uy; 68uy; 69uy; 70uy; 71uy; 72uy; 73uy |]
+let private serverKinds =
+    [| ChannelKind.Welcome; ChannelKind.Subscribed; ChannelKind.Unsubscribed; ChannelKind.Publication; ChannelKind.Ack
+       ChannelKind.Presence; ChannelKind.Join; ChannelKind.Leave; ChannelKind.Response; ChannelKind.Error |]
 
-let private errorCodes =
+let internal errorCodes =
     [| ChannelErrorCode.BadMessage; ChannelErrorCode.Forbidden; ChannelErrorCode.UnknownChannel
        ChannelErrorCode.NotSubscribed; ChannelErrorCode.TooLarge; ChannelErrorCode.RateLimited
        ChannelErrorCode.UnknownMethod; ChannelErrorCode.Internal |]
 
-let private errorCodeBytes = errorCodes |> Array.map (fun c -> Encoding.UTF8.GetBytes c.Code)
+let internal errorCodeBytes = errorCodes |> Array.map (fun c -> Encoding.UTF8.GetBytes c.Code)
 
 /// What one pass found: the fields read so far, by number (see Seen).
 [<Struct; NoEquality; NoComparison>]
@@ -627,7 +631,7 @@ let private readNamed (reader: byref<Utf8JsonReader>, field: string, names: byte
             ValueNone
 
 let private recoveryNames = [| freshName; recoveredName; notRecoveredName |]
-let private recoveries = [| Recovery.Fresh; Recovery.Recovered; Recovery.NotRecovered |]
+let internal recoveries = [| Recovery.Fresh; Recovery.Recovered; Recovery.NotRecovered |]
 
 /// Reads the value of field number `field` (the reader is on its first token).
 let private readField (bytes: ReadOnlyMemory<byte>, reader: byref<Utf8JsonReader>, server: bool, field: int, fields: byref<Fields>) : Found =
@@ -744,20 +748,20 @@ let private clientMessage (bytes: ReadOnlyMemory<byte>, fields: inref<Fields>) :
     let id = uint32 fields.Id
     let required =
         match fields.Kind with
-        | 1uy
-        | 2uy
-        | 4uy -> needIdChannel
-        | 3uy -> needPublish
+        | ChannelKind.Subscribe
+        | ChannelKind.Unsubscribe
+        | ChannelKind.PresenceQuery -> needIdChannel
+        | ChannelKind.Publish -> needPublish
         | _ -> needRequest
     match missing (&fields, required) with
     | ValueSome error -> Error error
     | ValueNone when not (idIn (&fields, false)) -> Error(ChannelCodecError.OutOfRange "id")
     | ValueNone ->
         match fields.Kind with
-        | 1uy -> Ok(ClientMessage.Subscribe(id, fields.Channel, fields.Since, fields.Presence))
-        | 2uy -> Ok(ClientMessage.Unsubscribe(id, fields.Channel))
-        | 3uy -> Ok(ClientMessage.Publish(id, fields.Channel, fields.Key, dataOf (bytes, fields.DataStart, fields.DataLength)))
-        | 4uy -> Ok(ClientMessage.PresenceQuery(id, fields.Channel))
+        | ChannelKind.Subscribe -> Ok(ClientMessage.Subscribe(id, fields.Channel, fields.Since, fields.Presence))
+        | ChannelKind.Unsubscribe -> Ok(ClientMessage.Unsubscribe(id, fields.Channel))
+        | ChannelKind.Publish -> Ok(ClientMessage.Publish(id, fields.Channel, fields.Key, dataOf (bytes, fields.DataStart, fields.DataLength)))
+        | ChannelKind.PresenceQuery -> Ok(ClientMessage.PresenceQuery(id, fields.Channel))
         | _ ->
             let data = if fields.Has DataField then dataOf (bytes, fields.DataStart, fields.DataLength) else nullData
             Ok(ClientMessage.Request(id, fields.Method, data))
@@ -766,36 +770,36 @@ let private serverMessage (bytes: ReadOnlyMemory<byte>, fields: inref<Fields>) :
     let kind = fields.Kind
     let required =
         match kind with
-        | 64uy -> needWelcome
-        | 65uy -> needSubscribed
-        | 66uy -> needChannel
-        | 67uy -> needPub
-        | 68uy -> needAck
-        | 69uy -> needPresence
-        | 70uy
-        | 71uy -> needMember
-        | 72uy -> needId
+        | ChannelKind.Welcome -> needWelcome
+        | ChannelKind.Subscribed -> needSubscribed
+        | ChannelKind.Unsubscribed -> needChannel
+        | ChannelKind.Publication -> needPub
+        | ChannelKind.Ack -> needAck
+        | ChannelKind.Presence -> needPresence
+        | ChannelKind.Join
+        | ChannelKind.Leave -> needMember
+        | ChannelKind.Response -> needId
         | _ -> needError
     // Only replies carry an id; unsubscribed and error may have id 0 (or none: 0).
-    let hasId = kind <> 64uy && kind <> 67uy && kind <> 70uy && kind <> 71uy
+    let hasId = kind <> ChannelKind.Welcome && kind <> ChannelKind.Publication && kind <> ChannelKind.Join && kind <> ChannelKind.Leave
     match missing (&fields, required) with
     | ValueSome error -> Error error
-    | ValueNone when hasId && not (idIn (&fields, kind = 66uy || kind = 73uy)) -> Error(ChannelCodecError.OutOfRange "id")
-    | ValueNone when kind = 64uy && (fields.Version < 1UL || fields.Version > uint64 Int32.MaxValue) ->
+    | ValueNone when hasId && not (idIn (&fields, kind = ChannelKind.Unsubscribed || kind = ChannelKind.Error)) -> Error(ChannelCodecError.OutOfRange "id")
+    | ValueNone when kind = ChannelKind.Welcome && (fields.Version < 1UL || fields.Version > uint64 Int32.MaxValue) ->
         Error(ChannelCodecError.OutOfRange "version")
     | ValueNone ->
         let id = uint32 fields.Id
         let position = { Epoch = fields.Epoch; Offset = fields.Offset }
         match kind with
-        | 64uy -> Ok(ServerMessage.Welcome(int fields.Version, fields.Client))
-        | 65uy -> Ok(ServerMessage.Subscribed(id, fields.Channel, position, fields.Recovery))
-        | 66uy -> Ok(ServerMessage.Unsubscribed(id, fields.Channel))
-        | 67uy -> Ok(ServerMessage.Publication(fields.Channel, position, dataOf (bytes, fields.DataStart, fields.DataLength)))
-        | 68uy -> Ok(ServerMessage.Ack(id, fields.Channel, position))
-        | 69uy -> Ok(ServerMessage.Presence(id, fields.Channel, fields.Members))
-        | 70uy -> Ok(ServerMessage.Join(fields.Channel, fields.Member))
-        | 71uy -> Ok(ServerMessage.Leave(fields.Channel, fields.Member))
-        | 72uy ->
+        | ChannelKind.Welcome -> Ok(ServerMessage.Welcome(int fields.Version, fields.Client))
+        | ChannelKind.Subscribed -> Ok(ServerMessage.Subscribed(id, fields.Channel, position, fields.Recovery))
+        | ChannelKind.Unsubscribed -> Ok(ServerMessage.Unsubscribed(id, fields.Channel))
+        | ChannelKind.Publication -> Ok(ServerMessage.Publication(fields.Channel, position, dataOf (bytes, fields.DataStart, fields.DataLength)))
+        | ChannelKind.Ack -> Ok(ServerMessage.Ack(id, fields.Channel, position))
+        | ChannelKind.Presence -> Ok(ServerMessage.Presence(id, fields.Channel, fields.Members))
+        | ChannelKind.Join -> Ok(ServerMessage.Join(fields.Channel, fields.Member))
+        | ChannelKind.Leave -> Ok(ServerMessage.Leave(fields.Channel, fields.Member))
+        | ChannelKind.Response ->
             let data = if fields.Has DataField then dataOf (bytes, fields.DataStart, fields.DataLength) else nullData
             Ok(ServerMessage.Response(id, data))
         | _ -> Ok(ServerMessage.Error(id, fields.Code, fields.Message))
