@@ -418,11 +418,53 @@ let private fieldNames =
 
 let private fieldBytes = fieldNames |> Array.map Encoding.UTF8.GetBytes
 
-let private clientFields = [| TypeField; IdField; ChannelField; SinceField; PresenceField; KeyField; DataField; MethodField |]
+let private bits (fields: int list) = fields |> List.fold (fun mask field -> mask ||| (1 <<< field)) 0
+
+// The fields each direction knows, as a mask of field numbers.
+let private clientFields = bits [ TypeField; IdField; ChannelField; SinceField; PresenceField; KeyField; DataField; MethodField ]
 
 let private serverFields =
-    [| TypeField; IdField; ChannelField; DataField; VersionField; ClientField; EpochField; OffsetField; RecoveryField
-       MembersField; MemberField; CodeField; MessageField |]
+    bits
+        [ TypeField; IdField; ChannelField; DataField; VersionField; ClientField; EpochField; OffsetField; RecoveryField
+          MembersField; MemberField; CodeField; MessageField ]
+
+/// The one field a name could be, from its length and a letter or two (the names differ there).
+let private candidate (name: ReadOnlySpan<byte>) : int =
+    match name.Length with
+    | 2 -> IdField
+    | 3 -> KeyField
+    | 4 ->
+        match name[0] with
+        | 't'B -> TypeField
+        | 'd'B -> DataField
+        | _ -> CodeField
+    | 5 -> if name[0] = 's'B then SinceField else EpochField
+    | 6 ->
+        match name[0] with
+        | 'c'B -> ClientField
+        | 'o'B -> OffsetField
+        | _ -> if name[2] = 't'B then MethodField else MemberField
+    | 7 ->
+        match name[0] with
+        | 'c'B -> ChannelField
+        | 'v'B -> VersionField
+        | _ -> if name[2] = 'm'B then MembersField else MessageField
+    | 8 -> if name[0] = 'p'B then PresenceField else RecoveryField
+    | _ -> -1
+
+/// The number of the field whose name the reader is on, if it is among `known`; else -1.
+let private fieldOf (reader: byref<Utf8JsonReader>, known: int) : int =
+    let field =
+        if reader.ValueIsEscaped then
+            let mutable i = 0
+            while i < fieldBytes.Length && not (reader.ValueTextEquals(fieldBytes[i])) do
+                i <- i + 1
+            if i < fieldBytes.Length then i else -1
+        else
+            let name = reader.ValueSpan
+            let field = candidate name
+            if field >= 0 && name.SequenceEqual(ReadOnlySpan fieldBytes[field]) then field else -1
+    if field >= 0 && known &&& (1 <<< field) <> 0 then field else -1
 
 let private clientTypes = [| subscribeType; unsubscribeType; publishType; presenceType; requestType |]
 let private clientKinds =
@@ -465,7 +507,8 @@ type private Fields =
     val mutable Code: ChannelErrorCode
     val mutable Message: string
 
-    member f.Has(field: int) = f.Seen &&& (1 <<< field) <> 0
+// A function of the mask, not a member: a member called on an inref struct copies the whole struct.
+let inline private has (seen: int, field: int) = seen &&& (1 <<< field) <> 0
 
 type private Found = ChannelCodecError voption
 
@@ -686,19 +729,15 @@ let private readObject (bytes: ReadOnlyMemory<byte>, server: bool, fields: byref
     else
         let mutable found = ValueNone
         while found.IsNone && reader.Read() && reader.TokenType = JsonTokenType.PropertyName do
-            let mutable i = 0
-            while i < known.Length && not (reader.ValueTextEquals(fieldBytes[known[i]])) do
-                i <- i + 1
+            let field = fieldOf (&reader, known)
             reader.Read() |> ignore
-            if i = known.Length then
+            if field < 0 then
                 reader.Skip()
+            elif has (fields.Seen, field) then
+                found <- ValueSome(ChannelCodecError.DuplicateField fieldNames[field])
             else
-                let field = known[i]
-                if fields.Has field then
-                    found <- ValueSome(ChannelCodecError.DuplicateField fieldNames[field])
-                else
-                    fields.Seen <- fields.Seen ||| (1 <<< field)
-                    found <- readField (bytes, &reader, server, field, &fields)
+                fields.Seen <- fields.Seen ||| (1 <<< field)
+                found <- readField (bytes, &reader, server, field, &fields)
         if found.IsSome then
             found
         else
@@ -717,32 +756,30 @@ let private read (bytes: ReadOnlyMemory<byte>, server: bool, fields: byref<Field
         with :? JsonException ->
             ValueSome(ChannelCodecError.InvalidJson "message")
 
-let private missing (fields: inref<Fields>, required: int list) : Found =
-    let mutable rest = required
-    let mutable found = ValueNone
-    while found.IsNone && not rest.IsEmpty do
-        if not (fields.Has rest.Head) then found <- ValueSome(ChannelCodecError.MissingField fieldNames[rest.Head])
-        rest <- rest.Tail
-    found
+/// The first of the `required` fields (a mask) that is not among the `seen` ones.
+let private missing (seen: int, required: int) : Found =
+    let absent = required &&& ~~~seen
+    if absent = 0 then ValueNone
+    else ValueSome(ChannelCodecError.MissingField fieldNames[Numerics.BitOperations.TrailingZeroCount absent])
 
-// Literal lists are built once, not at each decode.
-let private needIdChannel = [ IdField; ChannelField ]
-let private needPublish = [ IdField; ChannelField; KeyField; DataField ]
-let private needRequest = [ IdField; MethodField ]
-let private needWelcome = [ VersionField; ClientField ]
-let private needSubscribed = [ IdField; ChannelField; EpochField; OffsetField; RecoveryField ]
-let private needChannel = [ ChannelField ]
-let private needPub = [ ChannelField; EpochField; OffsetField; DataField ]
-let private needAck = [ IdField; ChannelField; EpochField; OffsetField ]
-let private needPresence = [ IdField; ChannelField; MembersField ]
-let private needMember = [ ChannelField; MemberField ]
-let private needId = [ IdField ]
-let private needError = [ CodeField; MessageField ]
-let private needType = [ TypeField ]
+// The fields each message kind requires, as masks.
+let private needIdChannel = bits [ IdField; ChannelField ]
+let private needPublish = bits [ IdField; ChannelField; KeyField; DataField ]
+let private needRequest = bits [ IdField; MethodField ]
+let private needWelcome = bits [ VersionField; ClientField ]
+let private needSubscribed = bits [ IdField; ChannelField; EpochField; OffsetField; RecoveryField ]
+let private needChannel = bits [ ChannelField ]
+let private needPub = bits [ ChannelField; EpochField; OffsetField; DataField ]
+let private needAck = bits [ IdField; ChannelField; EpochField; OffsetField ]
+let private needPresence = bits [ IdField; ChannelField; MembersField ]
+let private needMember = bits [ ChannelField; MemberField ]
+let private needId = bits [ IdField ]
+let private needError = bits [ CodeField; MessageField ]
+let private needType = bits [ TypeField ]
 
 /// A request id: 1 to 2^32-1; or 0 to 2^32-1 where `zeroAllowed` (a message not answering a request).
-let private idIn (fields: inref<Fields>, zeroAllowed: bool) : bool =
-    fields.Id <= uint64 UInt32.MaxValue && (zeroAllowed || fields.Id >= 1UL)
+let private idIn (id: uint64, zeroAllowed: bool) : bool =
+    id <= uint64 UInt32.MaxValue && (zeroAllowed || id >= 1UL)
 
 let private clientMessage (bytes: ReadOnlyMemory<byte>, fields: inref<Fields>) : Result<ClientMessage, ChannelCodecError> =
     let id = uint32 fields.Id
@@ -753,9 +790,9 @@ let private clientMessage (bytes: ReadOnlyMemory<byte>, fields: inref<Fields>) :
         | ChannelKind.PresenceQuery -> needIdChannel
         | ChannelKind.Publish -> needPublish
         | _ -> needRequest
-    match missing (&fields, required) with
+    match missing (fields.Seen, required) with
     | ValueSome error -> Error error
-    | ValueNone when not (idIn (&fields, false)) -> Error(ChannelCodecError.OutOfRange "id")
+    | ValueNone when not (idIn (fields.Id, false)) -> Error(ChannelCodecError.OutOfRange "id")
     | ValueNone ->
         match fields.Kind with
         | ChannelKind.Subscribe -> Ok(ClientMessage.Subscribe(id, fields.Channel, fields.Since, fields.Presence))
@@ -763,7 +800,7 @@ let private clientMessage (bytes: ReadOnlyMemory<byte>, fields: inref<Fields>) :
         | ChannelKind.Publish -> Ok(ClientMessage.Publish(id, fields.Channel, fields.Key, dataOf (bytes, fields.DataStart, fields.DataLength)))
         | ChannelKind.PresenceQuery -> Ok(ClientMessage.PresenceQuery(id, fields.Channel))
         | _ ->
-            let data = if fields.Has DataField then dataOf (bytes, fields.DataStart, fields.DataLength) else nullData
+            let data = if has (fields.Seen, DataField) then dataOf (bytes, fields.DataStart, fields.DataLength) else nullData
             Ok(ClientMessage.Request(id, fields.Method, data))
 
 let private serverMessage (bytes: ReadOnlyMemory<byte>, fields: inref<Fields>) : Result<ServerMessage, ChannelCodecError> =
@@ -782,9 +819,9 @@ let private serverMessage (bytes: ReadOnlyMemory<byte>, fields: inref<Fields>) :
         | _ -> needError
     // Only replies carry an id; unsubscribed and error may have id 0 (or none: 0).
     let hasId = kind <> ChannelKind.Welcome && kind <> ChannelKind.Publication && kind <> ChannelKind.Join && kind <> ChannelKind.Leave
-    match missing (&fields, required) with
+    match missing (fields.Seen, required) with
     | ValueSome error -> Error error
-    | ValueNone when hasId && not (idIn (&fields, kind = ChannelKind.Unsubscribed || kind = ChannelKind.Error)) -> Error(ChannelCodecError.OutOfRange "id")
+    | ValueNone when hasId && not (idIn (fields.Id, kind = ChannelKind.Unsubscribed || kind = ChannelKind.Error)) -> Error(ChannelCodecError.OutOfRange "id")
     | ValueNone when kind = ChannelKind.Welcome && (fields.Version < 1UL || fields.Version > uint64 Int32.MaxValue) ->
         Error(ChannelCodecError.OutOfRange "version")
     | ValueNone ->
@@ -800,7 +837,7 @@ let private serverMessage (bytes: ReadOnlyMemory<byte>, fields: inref<Fields>) :
         | ChannelKind.Join -> Ok(ServerMessage.Join(fields.Channel, fields.Member))
         | ChannelKind.Leave -> Ok(ServerMessage.Leave(fields.Channel, fields.Member))
         | ChannelKind.Response ->
-            let data = if fields.Has DataField then dataOf (bytes, fields.DataStart, fields.DataLength) else nullData
+            let data = if has (fields.Seen, DataField) then dataOf (bytes, fields.DataStart, fields.DataLength) else nullData
             Ok(ServerMessage.Response(id, data))
         | _ -> Ok(ServerMessage.Error(id, fields.Code, fields.Message))
 
@@ -811,7 +848,7 @@ let decodeClient (bytes: ReadOnlyMemory<byte>) : Result<ClientMessage, ChannelCo
     match read (bytes, false, &fields) with
     | ValueSome error -> Error error
     | ValueNone ->
-        match missing (&fields, needType) with
+        match missing (fields.Seen, needType) with
         | ValueSome error -> Error error
         | ValueNone -> clientMessage (bytes, &fields)
 
@@ -822,7 +859,7 @@ let decodeServer (bytes: ReadOnlyMemory<byte>) : Result<ServerMessage, ChannelCo
     match read (bytes, true, &fields) with
     | ValueSome error -> Error error
     | ValueNone ->
-        match missing (&fields, needType) with
+        match missing (fields.Seen, needType) with
         | ValueSome error -> Error error
         | ValueNone -> serverMessage (bytes, &fields)
 

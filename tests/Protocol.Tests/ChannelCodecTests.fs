@@ -320,6 +320,8 @@ let jsonForm =
               Expect.equal (ok "reordered" (jsonClient line)) (ClientMessage.Publish(9u, "c", "k", data "[1]")) "publish"
               let pub = """{"offset":2,"data":"x","epoch":"e","type":"pub","channel":"c","presence":5}"""
               Expect.equal (ok "pub" (jsonServer pub)) (ServerMessage.Publication("c", position "e" 2UL, data "\"x\"")) "a client-only field in a server message is unknown there"
+              let nearMisses = """{"ib":"x","kez":1,"tipe":2,"datum":3,"methox":4,"channe1":5,"presents":6,"sinse":7,"members":8,"type":"unsubscribe","id":2,"channel":"c"}"""
+              Expect.equal (ok "near misses" (jsonClient nearMisses)) (ClientMessage.Unsubscribe(2u, "c")) "names one letter off a field's are unknown fields"
           }
 
           test "optional fields take their defaults: since absent or null, presence false, data null, id 0 where allowed" {
