@@ -45,7 +45,8 @@ type private Command =
     | ServerReads of subscriber: int
     | ClientReads of subscriber: int
     | DropLive of subscriber: int
-    | RepeatLive of subscriber: int
+    /// Repeat a live publication, the copy arriving after up to `later` other live publications.
+    | RepeatLive of subscriber: int * later: int
     | SwapLive of subscriber: int
     | Disconnect of subscriber: int
     | Reconnect of subscriber: int
@@ -77,45 +78,86 @@ type private Setup =
       PageSize: int option
       Subscribers: int }
 
-type private Model(setup: Setup) =
-    let keyLimits: PublishKeys.KeyLimits = { MaxKeys = 100_000; MaxAge = System.Int64.MaxValue }
+/// A channel's history as a host keeps it with the core's rules: the window, the entries it holds
+/// (publication id, bytes, time), and every publication ever made with the step it was removed at.
+type private History(retention: ChannelHistory.Retention) =
     let mutable epochs = 0
     let mutable window = ChannelHistory.empty "epoch-0"
-    // The entries the history holds, oldest first: (publication id, bytes, time).
     let held = Queue<int * int * int64>()
     let publications = ResizeArray<Publication>()
-    let keys = Dictionary<string, PublishKeys.Entry>()
-    let subscribers = Array.init setup.Subscribers (fun _ -> Subscriber())
-    let mutable now = 0L
-    let mutable step = 0
-    let mutable removals = 0
+    let mutable firstRemoval: int option = None
 
-    let trimHistory () =
+    let removed (id: int) (step: int) =
+        publications[id].RemovedAt <- Some step
+
+        if firstRemoval.IsNone then
+            firstRemoval <- Some step
+
+    member _.Window = window
+    member _.Publications = publications
+    /// The model step at which the history first lost something, if it did.
+    member _.FirstRemoval = firstRemoval
+
+    /// Trims at `now` until the core says Keep.
+    member _.Trim(now: int64, step: int) =
         let mutable go = true
 
         while go do
             let oldestBytes, oldestTime =
-                if held.Count = 0 then 0, 0L
+                if held.Count = 0 then
+                    0, 0L
                 else
                     let _, b, t = held.Peek()
                     b, t
 
-            match ChannelHistory.trim setup.Retention now window oldestBytes oldestTime with
+            match ChannelHistory.trim retention now window oldestBytes oldestTime with
             | struct (w, ChannelHistory.Trim _) ->
                 window <- w
                 let id, _, _ = held.Dequeue()
-                publications[id].RemovedAt <- Some step
-                removals <- removals + 1
+                removed id step
             | struct (_, ChannelHistory.Keep) -> go <- false
 
-    /// Appends a publication, fans it out live, and returns its position.
-    let publish (bytes: int) (key: string option) =
+    /// Appends a publication and trims: its id and position.
+    member h.Append(bytes: int, key: string option, now: int64, step: int) =
         let struct (w, position) = ChannelHistory.append window bytes
         window <- w
         let id = publications.Count
         publications.Add { Position = position; Key = key; RemovedAt = None }
         held.Enqueue(id, bytes, now)
-        trimHistory ()
+        h.Trim(now, step)
+        id, position
+
+    /// The history is lost: a new epoch begins (a loss even when nothing was held).
+    member _.Lose(step: int) =
+        for id, _, _ in held do
+            removed id step
+
+        held.Clear()
+
+        if firstRemoval.IsNone then
+            firstRemoval <- Some step
+
+        epochs <- epochs + 1
+        window <- ChannelHistory.empty $"epoch-{epochs}"
+
+    /// The held publications a recovery plan names, in order: (id, position).
+    member _.Read(plan: ChannelRecovery.RecoveryPlan) =
+        held
+        |> Seq.map (fun (id, _, _) -> id, publications[id].Position)
+        |> Seq.filter (fun (_, p) -> p.Offset >= plan.From && p.Offset <= plan.Through)
+        |> List.ofSeq
+
+type private Model(setup: Setup) =
+    let keyLimits: PublishKeys.KeyLimits = { MaxKeys = 100_000; MaxAge = System.Int64.MaxValue }
+    let history = History setup.Retention
+    let keys = Dictionary<string, PublishKeys.Entry>()
+    let subscribers = Array.init setup.Subscribers (fun _ -> Subscriber())
+    let mutable now = 0L
+    let mutable step = 0
+
+    /// Appends a publication, fans it out live, and returns its position.
+    let publish (bytes: int) (key: string option) =
+        let id, position = history.Append(bytes, key, now, step)
 
         for s in subscribers do
             if s.ServerSubscribed then
@@ -123,13 +165,10 @@ type private Model(setup: Setup) =
 
         position
 
-    let idAt (offset: uint64) =
-        held |> Seq.map (fun (id, _, _) -> id) |> Seq.find (fun id -> publications[id].Position.Offset = offset)
-
     let serve (s: Subscriber) (request: ToServer) =
         match request with
         | SubscribeRequest since ->
-            let plan = ChannelRecovery.plan window since
+            let plan = ChannelRecovery.plan history.Window since
 
             let plan =
                 match setup.PageSize with
@@ -137,10 +176,10 @@ type private Model(setup: Setup) =
                 | None -> plan
 
             if since.IsNone then
-                s.Start <- publications.Count
+                s.Start <- history.Publications.Count
 
-            for offset in plan.From .. plan.Through do
-                s.Inbox.AddLast(Pub(publications[idAt offset].Position, idAt offset, false)) |> ignore
+            for id, position in history.Read plan do
+                s.Inbox.AddLast(Pub(position, id, false)) |> ignore
 
             s.Inbox.AddLast(SubscribedReply(plan.Position, plan.Recovery)) |> ignore
             s.ServerSubscribed <- true
@@ -212,8 +251,7 @@ type private Model(setup: Setup) =
             s.Outbox.Enqueue(SubscribeRequest ValueNone)
 
     member _.Subscribers = subscribers
-    member _.Publications = publications
-    member _.Removals = removals
+    member _.History = history
 
     member _.Run(command: Command) =
         step <- step + 1
@@ -231,15 +269,8 @@ type private Model(setup: Setup) =
                 s.Outbox.Enqueue(PublishRequest key)
         | Wait ms ->
             now <- now + int64 ms
-            trimHistory ()
-        | LoseHistory ->
-            for id, _, _ in held do
-                publications[id].RemovedAt <- Some step
-
-            held.Clear()
-            removals <- removals + 1
-            epochs <- epochs + 1
-            window <- ChannelHistory.empty $"epoch-{epochs}"
+            history.Trim(now, step)
+        | LoseHistory -> history.Lose step
         | ServerReads i ->
             let s = at i
 
@@ -257,11 +288,22 @@ type private Model(setup: Setup) =
 
             if not (isNull node) then
                 (at i).Inbox.Remove node
-        | RepeatLive i ->
+        | RepeatLive(i, later) ->
             let node = firstLive (at i)
 
             if not (isNull node) then
-                (at i).Inbox.AddAfter(node, node.Value) |> ignore
+                let mutable after = node
+                let mutable moved = 0
+
+                while moved < later
+                      && not (isNull after.Next)
+                      && (match after.Next.Value with
+                          | Pub(_, _, true) -> true
+                          | _ -> false) do
+                    after <- after.Next
+                    moved <- moved + 1
+
+                (at i).Inbox.AddAfter(after, node.Value) |> ignore
         | SwapLive i ->
             let node = firstLive (at i)
 
@@ -324,7 +366,7 @@ let private commands (subscribers: int) =
           8, who |> Gen.map ServerReads
           10, who |> Gen.map ClientReads
           1, who |> Gen.map DropLive
-          1, who |> Gen.map RepeatLive
+          1, Gen.zip who (Gen.choose (0, 3)) |> Gen.map RepeatLive
           1, who |> Gen.map SwapLive
           1, who |> Gen.map Disconnect
           2, who |> Gen.map Reconnect ]
@@ -354,20 +396,18 @@ let private runs =
         return setup, steps
     }
 
-/// Checks one subscriber's app log against the channel: deliveries in the channel's order without
-/// repeats, from its start; every publication it missed was removed from the history before a loss
-/// report placed between the deliveries around it.
-let private checkSubscriber (model: Model) (index: int) (s: Subscriber) =
-    let name = $"subscriber {index}"
-    let publications = model.Publications
-    let delivered = s.Log |> Seq.choose (function Delivered id -> Some id | Lost _ -> None) |> List.ofSeq
+/// Checks an app log (deliveries and loss reports, in order) against the channel's publications:
+/// deliveries in the channel's order without repeats, from `start`; every publication missed was
+/// removed from the history before a loss report placed between the deliveries around it; a loss
+/// is reported only after the history lost something.
+let private checkLog (name: string) (start: int) (log: AppEvent seq) (history: History) =
+    let publications = history.Publications
+    let delivered = log |> Seq.choose (function Delivered id -> Some id | Lost _ -> None) |> List.ofSeq
 
     Expect.equal delivered (List.sort (List.distinct delivered)) $"{name}: no duplicate, in the channel's order"
-    Expect.isTrue (delivered |> List.forall (fun id -> id >= s.Start)) $"{name}: nothing before its start"
+    Expect.isTrue (delivered |> List.forall (fun id -> id >= start)) $"{name}: nothing before its start"
 
-    // Walk the log: every id skipped between two deliveries (or after the last) needs a loss report
-    // in that stretch of the log, made after the history stopped holding it.
-    let mutable next = s.Start
+    let mutable next = start
     let mutable lossesInStretch = []
 
     let checkSkipped upTo =
@@ -378,9 +418,15 @@ let private checkSubscriber (model: Model) (index: int) (s: Subscriber) =
                 if not (lossesInStretch |> List.exists (fun lostAt -> lostAt >= removedAt)) then
                     failtestf "%s: publication %d (%A) was lost without a loss report after its removal (losses at %A, removed at %d)" name id publications[id].Position lossesInStretch removedAt
 
-    for event in s.Log do
+    for event in log do
         match event with
-        | Lost at -> lossesInStretch <- at :: lossesInStretch
+        | Lost at ->
+            let afterARemoval = history.FirstRemoval |> Option.exists (fun removal -> removal <= at)
+
+            if not afterARemoval then
+                failtestf "%s: a loss reported at step %d, before the history lost anything (%A)" name at history.FirstRemoval
+
+            lossesInStretch <- at :: lossesInStretch
         | Delivered id ->
             checkSkipped id
             next <- id + 1
@@ -388,13 +434,145 @@ let private checkSubscriber (model: Model) (index: int) (s: Subscriber) =
 
     checkSkipped publications.Count
 
-    for event in s.Log do
-        match event with
-        | Lost _ -> Expect.isGreaterThan model.Removals 0 $"{name}: a loss is reported only when the history lost something"
-        | Delivered _ -> ()
-
+let private checkSubscriber (model: Model) (index: int) (s: Subscriber) =
+    let name = $"subscriber {index}"
+    checkLog name s.Start s.Log model.History
     Expect.isEmpty s.Pending $"{name}: every publish acknowledged"
     Expect.equal s.Delivery.Phase Active $"{name}: live"
+
+/// One step of a node that follows a channel through pub/sub and fills gaps from the store.
+type private NodeCommand =
+    | NodePublish of bytes: int
+    | NodeWait of milliseconds: int
+    | NodeLoseHistory
+    | NodeReceives
+    | NodeChecksQuietChannel
+    | NodeDrop
+    | NodeRepeat of later: int
+    | NodeSwap
+
+/// A node following one channel (the node side of the delivery rule): publications reach it through
+/// pub/sub (which may drop, repeat and reorder them); a gap, a new epoch, or a quiet check that finds
+/// the store ahead makes it read the store from its position (paged) until it is live again. What it
+/// forwards to its local subscribers is its log. A read is atomic here: a host reads asynchronously
+/// and holds back pub/sub arrivals meanwhile.
+type private NodeModel(retention: ChannelHistory.Retention, pageSize: int option) =
+    let history = History retention
+    let feed = LinkedList<ChannelPosition * int>()
+    let mutable state = active history.Window.Position
+    let log = ResizeArray<AppEvent>()
+    let mutable now = 0L
+    let mutable step = 0
+
+    let forward (verdict: PublicationVerdict) (id: int) =
+        match verdict with
+        | Deliver -> log.Add(Delivered id)
+        | DeliverAfterLoss ->
+            log.Add(Lost step)
+            log.Add(Delivered id)
+        | Duplicate
+        | Stale
+        | Gap _
+        | NewEpoch _ -> ()
+
+    let fill () =
+        let mutable reads = 0
+        let mutable live = false
+
+        while not live && reads < 1000 do
+            reads <- reads + 1
+            state <- resubscribe state
+            let plan = ChannelRecovery.plan history.Window (since state)
+
+            let plan =
+                match pageSize with
+                | Some size -> ChannelRecovery.page size plan
+                | None -> plan
+
+            for id, position in history.Read plan do
+                let struct (next, verdict) = onPublication state position
+                state <- next
+                forward verdict id
+
+            if state.Phase.IsAwaitingSubscribed then
+                let struct (next, verdict) = onSubscribed state plan.Position plan.Recovery
+                state <- next
+
+                match verdict with
+                | Subscribed
+                | Ignored -> live <- true
+                | SubscribedAfterLoss ->
+                    log.Add(Lost step)
+                    live <- true
+                | Incomplete _ -> ()
+
+    member _.History = history
+    member _.Log = log
+    member _.State = state
+
+    member _.Run(command: NodeCommand) =
+        step <- step + 1
+
+        match command with
+        | NodePublish bytes ->
+            let id, position = history.Append(bytes, None, now, step)
+            feed.AddLast((position, id)) |> ignore
+        | NodeWait ms ->
+            now <- now + int64 ms
+            history.Trim(now, step)
+        | NodeLoseHistory -> history.Lose step
+        | NodeReceives ->
+            if feed.Count > 0 then
+                let position, id = feed.First.Value
+                feed.RemoveFirst()
+                let struct (next, verdict) = onPublication state position
+                state <- next
+
+                match verdict with
+                | Gap _
+                | NewEpoch _ -> fill ()
+                | _ -> forward verdict id
+        | NodeChecksQuietChannel ->
+            if isBehind state history.Window.Position then
+                fill ()
+        | NodeDrop ->
+            if feed.Count > 0 then
+                feed.RemoveFirst()
+        | NodeRepeat later ->
+            if feed.Count > 0 then
+                let mutable after = feed.First
+                let mutable moved = 0
+
+                while moved < later && not (isNull after.Next) do
+                    after <- after.Next
+                    moved <- moved + 1
+
+                feed.AddAfter(after, feed.First.Value) |> ignore
+        | NodeSwap ->
+            if feed.Count > 1 then
+                let first = feed.First
+                let value = first.Value
+                first.Value <- first.Next.Value
+                first.Next.Value <- value
+
+    /// Pub/sub delivers what is in flight, then the node checks the quiet channel once.
+    member m.Settle() =
+        while feed.Count > 0 do
+            m.Run NodeReceives
+
+        m.Run NodeChecksQuietChannel
+
+let private nodeCommands =
+    Gen.frequency
+        [ 6, Gen.choose (1, 30) |> Gen.map NodePublish
+          2, Gen.choose (1, 40) |> Gen.map NodeWait
+          1, Gen.constant NodeLoseHistory
+          8, Gen.constant NodeReceives
+          1, Gen.constant NodeChecksQuietChannel
+          2, Gen.constant NodeDrop
+          1, Gen.choose (0, 3) |> Gen.map NodeRepeat
+          1, Gen.constant NodeSwap ]
+    |> Gen.listOf
 
 [<Tests>]
 let properties =
@@ -414,7 +592,7 @@ let properties =
 
               // Client publishes: each key took effect once, at the position its acknowledgement gave.
               let byKey =
-                  model.Publications
+                  model.History.Publications
                   |> Seq.choose (fun p -> p.Key |> Option.map (fun k -> k, p.Position))
                   |> List.ofSeq
 
@@ -451,4 +629,38 @@ let properties =
                       Expect.isFalse (s.Log |> Seq.exists (function Lost _ -> true | _ -> false)) "no loss reported"
 
                       let delivered = s.Log |> Seq.choose (function Delivered id -> Some id | _ -> None) |> List.ofSeq
-                      Expect.equal delivered [ s.Start .. model.Publications.Count - 1 ] "everything from its start, in order") ]
+                      Expect.equal delivered [ s.Start .. model.History.Publications.Count - 1 ] "everything from its start, in order") ]
+
+[<Tests>]
+let nodeProperties =
+    testList
+        "Channels: a node following a channel (model)"
+        [ property "a node forwards the channel's sequence once and in order, missing only what the history lost, and says so"
+          <| Prop.forAll (Arb.fromGen (Gen.zip setups nodeCommands)) (fun (setup, steps) ->
+              let node = NodeModel(setup.Retention, setup.PageSize)
+
+              for command in steps do
+                  node.Run command
+
+              node.Settle()
+              checkLog "node" 0 node.Log node.History
+              Expect.equal node.State.Phase Active "live"
+              Expect.isFalse (isBehind node.State node.History.Window.Position) "caught up with the store")
+
+          property "without trimming or history loss a node forwards everything, dropped deliveries included"
+          <| Prop.forAll
+              (Arb.fromGen (nodeCommands |> Gen.map (List.filter (function NodeLoseHistory -> false | _ -> true))))
+              (fun steps ->
+                  let unbounded: ChannelHistory.Retention =
+                      { MaxCount = 1_000_000
+                        MaxBytes = 1_000_000_000L
+                        MaxAge = 1_000_000_000L }
+                  let node = NodeModel(unbounded, Some 2)
+
+                  for command in steps do
+                      node.Run command
+
+                  node.Settle()
+                  let forwarded = node.Log |> Seq.choose (function Delivered id -> Some id | Lost _ -> None) |> List.ofSeq
+                  Expect.equal forwarded [ 0 .. node.History.Publications.Count - 1 ] "everything, in order, once"
+                  Expect.equal node.Log.Count forwarded.Length "no loss reported") ]
