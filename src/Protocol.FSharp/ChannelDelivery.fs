@@ -1,25 +1,29 @@
 /// The delivery rule of one subscription (docs/channels-protocol.md, "Retention and recovery
-/// rules"): which arriving publications reach the app, which are dropped as duplicates or stale,
-/// when a gap or a new epoch means asking the server again, and when the app must be told that
-/// publications were lost. The browser client mirrors it in JavaScript; a node uses it for the
-/// publications it receives from other nodes (pub/sub may drop, repeat or reorder them) with its
-/// store standing in for the server. One small struct per subscription, no allocation, never throws.
+/// rules"): which arriving publications reach the app, which are dropped (duplicates, stale, or
+/// ahead of a recovery in progress), when a gap or a new epoch means asking the server again, and
+/// when the app must be told that publications were lost. The browser client mirrors it in
+/// JavaScript; a node uses it for the publications it receives from other nodes (pub/sub may drop,
+/// repeat or reorder them) with its store standing in for the server. One small struct per
+/// subscription, no allocation, never throws.
 ///
 /// The conversation it follows, per channel on one connection:
 /// 1. The client sends `subscribe` (with `since` = `since state` when it has a position): `subscribe`.
-/// 2. Publications before the `subscribed` reply are the recovery (in order); `onPublication`.
+/// 2. Publications before the `subscribed` reply: `onPublication`. Those that continue the position
+///    are delivered; any other is dropped, and remembered: live publications from other nodes may
+///    overtake the recovery, and what they reveal is settled by the reply.
 /// 3. `subscribed`: `onSubscribed`. From then on publications are live: `onPublication`.
-/// 4. A Gap or NewEpoch on a live subscription: the client sends `unsubscribe` then `subscribe`
-///    with `since` at once; publications before the `unsubscribed` reply are stale (the old
-///    subscription's, they will be recovered); `onUnsubscribed` starts step 2 again. The
-///    `unsubscribed` reply is the boundary that tells the recovery's publications from stale ones.
+/// 4. A Gap or NewEpoch on a live subscription, or an Incomplete reply: the client sends
+///    `unsubscribe` then `subscribe` with `since` at once; publications before the `unsubscribed`
+///    reply are stale (the old subscription's, they will be recovered); `onUnsubscribed` starts
+///    step 2 again. The `unsubscribed` reply tells the recovery's publications from stale ones.
 /// 5. The connection is lost: on the new one, `resubscribe` and step 1 with `since`.
 module Realtime.Protocol.ChannelDelivery
 
 /// Where a subscription is in its conversation with the server.
 [<Struct>]
 type Phase =
-    /// A `subscribe` is in flight: publications before its `subscribed` reply are its recovery.
+    /// A `subscribe` is in flight: publications before its `subscribed` reply are its recovery (and
+    /// perhaps live ones that overtook it).
     | AwaitingSubscribed
     /// Subscribed: publications are live.
     | Active
@@ -28,7 +32,8 @@ type Phase =
     | AwaitingUnsubscribed
 
 /// One subscription's state: the position of the last publication delivered to the app (none
-/// before the first, for a subscription that started fresh) and the phase. Built only by this
+/// before the first, for a subscription that started fresh), the phase, and, while awaiting
+/// `subscribed`, the lowest and highest offsets dropped as ahead (of one epoch). Built only by this
 /// module's functions.
 [<Struct>]
 type Subscription =
@@ -37,10 +42,9 @@ type Subscription =
           offset: uint64
           hasPosition: bool
           phase: Phase
-          // Within one recovery (AwaitingSubscribed): whether a publication was delivered, and
-          // whether the app was told of a loss.
-          accepted: bool
-          lossReported: bool }
+          aheadEpoch: string
+          aheadLowest: uint64
+          aheadHighest: uint64 }
 
     /// The phase of the conversation.
     member s.Phase: Phase = s.phase
@@ -55,15 +59,16 @@ type Subscription =
 /// What to do with an arriving publication.
 [<Struct>]
 type PublicationVerdict =
-    /// Deliver it to the app: it is the next one (or the first of a fresh subscription).
+    /// Deliver it to the app: it is the next one.
     | Deliver
-    /// Tell the app that publications before this one were lost (the history no longer held them,
-    /// or it was lost with its epoch), then deliver it. Reported once per recovery.
-    | DeliverAfterLoss
     /// Drop it: the app already has it.
     | Duplicate
     /// Drop it: it was sent on the subscription being replaced, and the recovery will send it.
     | Stale
+    /// Drop it: a recovery is in progress and it does not continue the position (a later
+    /// publication that overtook the recovery, or the first one held after a loss). The
+    /// `subscribed` reply settles what it reveals.
+    | Ahead
     /// Drop it: publications between the position and this one are missing. Send `unsubscribe`
     /// then `subscribe` with `since` = `gapFrom` (a node reads its store after it instead).
     | Gap of gapFrom: ChannelPosition
@@ -78,9 +83,12 @@ type SubscribedVerdict =
     | Subscribed
     /// The subscription is live; tell the app that publications were lost (not-recovered).
     | SubscribedAfterLoss
-    /// The recovery stopped short of the reply's position (a paged reply): send `unsubscribe` then
-    /// `subscribe` with `since` = `incompleteFrom` for the rest.
+    /// More follows the position than was delivered (a paged reply, or publications dropped as
+    /// ahead): send `unsubscribe` then `subscribe` with `since` = `incompleteFrom`.
     | Incomplete of incompleteFrom: ChannelPosition
+    /// Tell the app that publications were lost (not-recovered), then ask for what the history
+    /// still holds as for Incomplete, from `lossFrom`: the position moved to just before it.
+    | IncompleteAfterLoss of lossFrom: ChannelPosition
     /// No `subscribe` was waiting for a reply: nothing changes.
     | Ignored
 
@@ -94,93 +102,91 @@ type UnsubscribedVerdict =
     /// again with `resubscribe`, or forget the subscription).
     | Ended
 
+let private at (epoch: string) (offset: uint64) : ChannelPosition = { Epoch = epoch; Offset = offset }
+
+let private awaiting (state: Subscription) (phase: Phase) =
+    { state with
+        phase = phase
+        aheadEpoch = null
+        aheadLowest = 0UL
+        aheadHighest = 0UL }
+
 /// A subscription whose `subscribe` was just sent with `since` (ValueNone: from now, Fresh).
 let subscribe (since: ChannelPosition voption) : Subscription =
-    match since with
-    | ValueSome p ->
-        { epoch = p.Epoch
-          offset = p.Offset
-          hasPosition = true
-          phase = AwaitingSubscribed
-          accepted = false
-          lossReported = false }
-    | ValueNone ->
+    let state =
         { epoch = null
           offset = 0UL
           hasPosition = false
           phase = AwaitingSubscribed
-          accepted = false
-          lossReported = false }
+          aheadEpoch = null
+          aheadLowest = 0UL
+          aheadHighest = 0UL }
+
+    match since with
+    | ValueSome p ->
+        { state with
+            epoch = p.Epoch
+            offset = p.Offset
+            hasPosition = true }
+    | ValueNone -> state
 
 /// A subscription already live at `position`: a node following a channel from its store's current
 /// position.
 let active (position: ChannelPosition) : Subscription =
-    { epoch = position.Epoch
-      offset = position.Offset
-      hasPosition = true
-      phase = Active
-      accepted = false
-      lossReported = false }
+    awaiting (subscribe (ValueSome position)) Active
 
 /// The same subscription, asking again with its position: after a reconnect the client sends
 /// `subscribe` with `since` on the new connection; a node reads its store after a Gap.
-let resubscribe (state: Subscription) : Subscription =
-    { state with
-        phase = AwaitingSubscribed
-        accepted = false
-        lossReported = false }
+let resubscribe (state: Subscription) : Subscription = awaiting state AwaitingSubscribed
 
 /// The `since` a `subscribe` for this subscription carries: its position, if it has one.
 let since (state: Subscription) : ChannelPosition voption = state.Position
 
-let private advance (state: Subscription) (position: ChannelPosition) =
-    { state with
-        epoch = position.Epoch
-        offset = position.Offset
-        hasPosition = true
-        accepted = true }
+let private current (state: Subscription) : ChannelPosition = at state.epoch state.offset
 
-let private askAgain (state: Subscription) = { state with phase = AwaitingUnsubscribed }
-
-let private current (state: Subscription) : ChannelPosition =
-    { Epoch = state.epoch; Offset = state.offset }
+let private remember (state: Subscription) (position: ChannelPosition) =
+    if isNull state.aheadEpoch || not (System.String.Equals(state.aheadEpoch, position.Epoch)) then
+        // The first, or one of another epoch than those remembered: the reply settles which counts.
+        { state with
+            aheadEpoch = position.Epoch
+            aheadLowest = position.Offset
+            aheadHighest = position.Offset }
+    else
+        { state with
+            aheadLowest = min state.aheadLowest position.Offset
+            aheadHighest = max state.aheadHighest position.Offset }
 
 /// Decides what to do with a publication at `position`:
 /// - awaiting `unsubscribed`: Stale;
-/// - no position yet (a fresh subscribe): Deliver, and the position starts there;
-/// - same epoch: offset = position + 1 Deliver, offset <= position Duplicate;
-/// - further ahead, or another epoch: while recovering and nothing delivered yet in this recovery,
-///   the history starts after a loss: DeliverAfterLoss; otherwise Gap (same epoch) or NewEpoch, and
-///   the subscription awaits `unsubscribed`.
+/// - same epoch as the position: offset = position + 1 Deliver, offset <= position Duplicate;
+/// - anything else while awaiting `subscribed` (no position yet, further ahead, another epoch):
+///   Ahead, remembered for the reply;
+/// - further ahead on a live subscription: Gap; another epoch: NewEpoch; then it awaits `unsubscribed`.
 /// O(1) (an epoch comparison), no allocation.
 let onPublication (state: Subscription) (position: ChannelPosition) : struct (Subscription * PublicationVerdict) =
+    let sameEpoch =
+        state.hasPosition && System.String.Equals(position.Epoch, state.epoch)
+
     match state.phase with
     | AwaitingUnsubscribed -> struct (state, Stale)
-    | _ when not state.hasPosition -> struct (advance state position, Deliver)
-    | phase ->
-        let sameEpoch = System.String.Equals(position.Epoch, state.epoch)
+    | _ when sameEpoch && position.Offset = state.offset + 1UL ->
+        struct ({ state with offset = position.Offset }, Deliver)
+    | _ when sameEpoch && position.Offset <= state.offset -> struct (state, Duplicate)
+    | AwaitingSubscribed -> struct (remember state position, Ahead)
+    | Active when sameEpoch -> struct (awaiting state AwaitingUnsubscribed, Gap(current state))
+    | Active -> struct (awaiting state AwaitingUnsubscribed, NewEpoch(current state))
 
-        if sameEpoch && position.Offset = state.offset + 1UL then
-            struct (advance state position, Deliver)
-        elif sameEpoch && position.Offset <= state.offset then
-            struct (state, Duplicate)
-        elif not state.accepted && phase.IsAwaitingSubscribed then
-            struct ({ advance state position with lossReported = true }, DeliverAfterLoss)
-        elif sameEpoch then
-            struct (askAgain state, Gap(current state))
-        else
-            struct (askAgain state, NewEpoch(current state))
-
-/// Decides what a `subscribed` reply at `position` with `recovery` means:
+/// Decides what a `subscribed` reply at `position` (epoch E, offset L) with `recovery` means:
 /// - not awaiting it: Ignored;
-/// - the app is at or past `position` (same epoch): live; SubscribedAfterLoss when the reply is
-///   NotRecovered and the loss was not reported yet;
-/// - no position yet (a fresh subscribe): live from `position`;
-/// - behind `position` after a Recovered reply, or after delivering some of a NotRecovered one:
-///   Incomplete (a paged reply), ask again from the position;
-/// - behind after a NotRecovered reply with nothing delivered (nothing is held), or after a Fresh
-///   reply to a subscribe that gave `since`: live from `position`, SubscribedAfterLoss.
-/// O(1), no allocation.
+/// - a fresh subscribe (no position yet): live from L;
+/// - at or past L in E: live; after not-recovered, SubscribedAfterLoss;
+/// - behind L in E after a Recovered reply: Incomplete (it was paged);
+/// - otherwise (behind after not-recovered, another epoch, or a Fresh reply to a `since`) the
+///   publications up to the first one held are lost: the position moves to just before the lowest
+///   publication of E dropped as ahead (what the history held) and the verdict is
+///   IncompleteAfterLoss, or, when none was, to L and SubscribedAfterLoss.
+/// Whenever the subscription would go live while publications of E past its position were dropped
+/// as ahead, it asks again instead: Incomplete (or IncompleteAfterLoss). O(1), no allocation.
 let onSubscribed
     (state: Subscription)
     (position: ChannelPosition)
@@ -189,17 +195,10 @@ let onSubscribed
     if not state.phase.IsAwaitingSubscribed then
         struct (state, Ignored)
     else
-        let atOrPast =
-            state.hasPosition
-            && System.String.Equals(position.Epoch, state.epoch)
-            && state.offset >= position.Offset
+        let e = position.Epoch
 
-        let liveAt (p: ChannelPosition) =
-            { state with
-                epoch = p.Epoch
-                offset = p.Offset
-                hasPosition = true
-                phase = Active }
+        let aheadInE =
+            not (isNull state.aheadEpoch) && System.String.Equals(state.aheadEpoch, e)
 
         let notRecovered =
             match recovery with
@@ -207,20 +206,46 @@ let onSubscribed
             | Recovery.Fresh
             | Recovery.Recovered -> false
 
-        if atOrPast then
-            let verdict =
-                if notRecovered && not state.lossReported then SubscribedAfterLoss else Subscribed
+        let sameEpoch = state.hasPosition && System.String.Equals(state.epoch, e)
 
-            struct ({ state with phase = Active }, verdict)
-        elif not state.hasPosition then
-            struct (liveAt position, Subscribed)
+        // Live at `offset` of E, unless publications past it were dropped as ahead.
+        let goLive (offset: uint64) (lost: bool) =
+            let moved =
+                { awaiting state Active with
+                    epoch = e
+                    offset = offset
+                    hasPosition = true }
+
+            if aheadInE && state.aheadHighest > offset then
+                let asking = { moved with phase = AwaitingUnsubscribed }
+
+                if lost then
+                    struct (asking, IncompleteAfterLoss(at e offset))
+                else
+                    struct (asking, Incomplete(at e offset))
+            elif lost then
+                struct (moved, SubscribedAfterLoss)
+            else
+                struct (moved, Subscribed)
+
+        if not state.hasPosition then
+            goLive position.Offset false
+        elif sameEpoch && state.offset >= position.Offset then
+            goLive state.offset notRecovered
+        elif sameEpoch && recovery.IsRecovered then
+            struct (awaiting state AwaitingUnsubscribed, Incomplete(current state))
+        elif aheadInE && state.aheadLowest <= position.Offset then
+            let from = if state.aheadLowest > 0UL then state.aheadLowest - 1UL else 0UL
+
+            let moved =
+                { awaiting state AwaitingUnsubscribed with
+                    epoch = e
+                    offset = from
+                    hasPosition = true }
+
+            struct (moved, IncompleteAfterLoss(at e from))
         else
-            match recovery with
-            | Recovery.Recovered -> struct (askAgain state, Incomplete(current state))
-            | Recovery.NotRecovered when state.accepted -> struct (askAgain state, Incomplete(current state))
-            | Recovery.NotRecovered
-            // A Fresh reply to a subscribe that gave `since` recovered nothing: the app is told.
-            | Recovery.Fresh -> struct (liveAt position, SubscribedAfterLoss)
+            goLive position.Offset true
 
 /// Decides what an `unsubscribed` reply means: awaiting it (a resubscribe), RecoveryFollows and the
 /// subscription awaits its `subscribed`; otherwise Ended, nothing changes.

@@ -87,12 +87,17 @@ let examples =
               let s, v = pub (liveAt 41UL) "new" 1UL
               Expect.equal v (NewEpoch(at "e" 41UL)) "recover from e/41"
               let s, _ = unsubscribed s
-              let s, v = pub s "new" 1UL
-              Expect.equal v DeliverAfterLoss "the new epoch's history starts after a loss"
-              let s, v = pub s "new" 2UL
-              Expect.equal v Deliver "then in order"
+              let s, v1 = pub s "new" 1UL
+              let s, v2 = pub s "new" 2UL
+              Expect.equal [ v1; v2 ] [ Ahead; Ahead ] "the new epoch's history does not continue the position"
               let s, v = subscribed s "new" 2UL Recovery.NotRecovered
-              Expect.equal v Subscribed "the loss was already reported, once"
+              Expect.equal v (IncompleteAfterLoss(at "new" 0UL)) "tell the app, then ask for the new epoch from its start"
+              let s, _ = unsubscribed s
+              let s, v1 = pub s "new" 1UL
+              let s, v2 = pub s "new" 2UL
+              Expect.equal [ v1; v2 ] [ Deliver; Deliver ] "now they continue it"
+              let s, v = subscribed s "new" 2UL Recovery.Recovered
+              Expect.equal v Subscribed "live, the loss told once"
               Expect.equal s.Position (ValueSome(at "new" 2UL)) "position in the new epoch"
           }
 
@@ -107,12 +112,20 @@ let examples =
               Expect.equal v Deliver "10 follows"
           }
 
-          test "a fresh subscribe delivers a publication sent before its reply and keeps its place" {
+          test "a fresh subscribe overtaken by a later publication asks for it after the reply" {
               let s, v = pub (subscribe ValueNone) "e" 10UL
-              Expect.equal v Deliver "the first one"
+              Expect.equal v Ahead "no position yet"
               let s, v = subscribed s "e" 9UL Recovery.Fresh
-              Expect.equal v Subscribed "live"
-              Expect.equal s.Position (ValueSome(at "e" 10UL)) "still at 10"
+              Expect.equal v (Incomplete(at "e" 9UL)) "10 is after now: ask for it"
+              Expect.equal s.Position (ValueSome(at "e" 9UL)) "from 9"
+          }
+
+          test "a fresh subscribe forgets publications before its reply's position" {
+              let s, v = pub (subscribe ValueNone) "e" 9UL
+              Expect.equal v Ahead "no position yet"
+              let s, v = subscribed s "e" 9UL Recovery.Fresh
+              Expect.equal v Subscribed "9 is before now"
+              Expect.equal s.Phase Active "live"
           }
 
           test "a reconnect recovers from the position: Recovered delivers what was missed, nothing lost" {
@@ -127,14 +140,20 @@ let examples =
               Expect.equal s.Phase Active "live"
           }
 
-          test "NotRecovered with what is held: the first publication reports the loss, the reply does not again" {
+          test "NotRecovered with what is held: the reply reports the loss and asks from the first held" {
               let s = resubscribe (liveAt 3UL)
-              let s, v = pub s "e" 7UL
-              Expect.equal v DeliverAfterLoss "4 ..= 6 were trimmed"
-              let s, v = pub s "e" 8UL
-              Expect.equal v Deliver "8"
+              let s, v1 = pub s "e" 7UL
+              let s, v2 = pub s "e" 8UL
+              Expect.equal [ v1; v2 ] [ Ahead; Ahead ] "4 ..= 6 were trimmed: 7 does not continue 3"
               let s, v = subscribed s "e" 8UL Recovery.NotRecovered
-              Expect.equal v Subscribed "reported once"
+              Expect.equal v (IncompleteAfterLoss(at "e" 6UL)) "4 ..= 6 lost; ask from 6"
+              Expect.equal s.Position (ValueSome(at "e" 6UL)) "the position moved past the loss"
+              let s, _ = unsubscribed s
+              let s, v1 = pub s "e" 7UL
+              let s, v2 = pub s "e" 8UL
+              let s, v = subscribed s "e" 8UL Recovery.Recovered
+              Expect.equal [ v1; v2 ] [ Deliver; Deliver ] "7 and 8"
+              Expect.equal v Subscribed "nothing more lost"
               Expect.equal s.Position (ValueSome(at "e" 8UL)) "at 8"
           }
 
@@ -162,13 +181,36 @@ let examples =
               Expect.equal v Subscribed "nothing lost"
           }
 
-          test "while recovering, a jump after the first delivered publication is a gap" {
+          test "a live publication that overtakes the recovery is dropped and asked for after the reply" {
               let s = resubscribe (liveAt 5UL)
-              let s, _ = pub s "e" 6UL
+              let s, v0 = pub s "e" 6UL
               let s, v = pub s "e" 9UL
-              Expect.equal v (Gap(at "e" 6UL)) "7 and 8 are missing"
-              let _, v = subscribed s "e" 9UL Recovery.Recovered
-              Expect.equal v Ignored "the reply of the subscribe being replaced"
+              Expect.equal v Ahead "9 came from another node before the recovery's 7"
+              let s, v1 = pub s "e" 7UL
+              let s, v2 = pub s "e" 8UL
+              Expect.equal [ v0; v1; v2 ] [ Deliver; Deliver; Deliver ] "the recovery continues"
+              let s, v = subscribed s "e" 8UL Recovery.Recovered
+              Expect.equal v (Incomplete(at "e" 8UL)) "9 is past the position: ask again"
+              Expect.equal s.Phase AwaitingUnsubscribed "unsubscribe, then subscribe since 8"
+          }
+
+          test "an overtaking publication the recovery reached asks for nothing more" {
+              let s = resubscribe (liveAt 5UL)
+              let s, v = pub s "e" 7UL
+              Expect.equal v Ahead "7 before 6"
+              let s, _ = pub s "e" 6UL
+              let s, _ = pub s "e" 7UL
+              let _, v = subscribed s "e" 7UL Recovery.Recovered
+              Expect.equal v Subscribed "live"
+          }
+
+          test "publications dropped as ahead in another epoch than the reply's are not asked for" {
+              let s = resubscribe (liveAt 5UL)
+              let s, v = pub s "older" 3UL
+              Expect.equal v Ahead "another epoch"
+              let s, _ = pub s "e" 6UL
+              let _, v = subscribed s "e" 6UL Recovery.Recovered
+              Expect.equal v Subscribed "live"
           }
 
           test "a paged reply is incomplete: ask again from the position" {
@@ -181,7 +223,7 @@ let examples =
               let s = resubscribe (liveAt 2UL)
               let s, _ = pub s "e" 6UL
               let _, v = subscribed s "e" 9UL Recovery.NotRecovered
-              Expect.equal v (Incomplete(at "e" 6UL)) "a paged NotRecovered too (its loss already reported)"
+              Expect.equal v (IncompleteAfterLoss(at "e" 5UL)) "a paged NotRecovered: 3 ..= 5 lost, ask from 5"
           }
 
           test "a Fresh reply to a subscribe that gave a position reports the loss" {
