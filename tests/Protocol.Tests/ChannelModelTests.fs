@@ -48,10 +48,10 @@ type private Command =
     /// Repeat a live publication, the copy arriving after up to `later` other live publications.
     | RepeatLive of subscriber: int * later: int
     | SwapLive of subscriber: int
-    /// A live publication overtakes the message before it when that is its subscription's
-    /// recovery or `subscribed` reply (a publication from another node arriving while a subscribe
-    /// reads the history).
-    | OvertakeLive of subscriber: int
+    /// A live publication overtakes up to `messages` messages before it that are its
+    /// subscription's recovery or `subscribed` reply (a publication from another node arriving
+    /// while a subscribe reads the history).
+    | OvertakeLive of subscriber: int * messages: int
     | Disconnect of subscriber: int
     | Reconnect of subscriber: int
 
@@ -329,18 +329,26 @@ type private Model(setup: Setup) =
                     node.Next.Value <- node.Value
                     node.Value <- next
                 | _ -> ()
-        | OvertakeLive i ->
-            let mutable node = (at i).Inbox.First
-            let mutable moved = false
+        | OvertakeLive(i, messages) ->
+            let overtakes (node: LinkedListNode<ToClient>) =
+                not (isNull node.Previous)
+                && (match node.Value, node.Previous.Value with
+                    | Pub(_, _, true), (Pub(_, _, false) | SubscribedReply _) -> true
+                    | _ -> false)
 
-            while not moved && not (isNull node) do
-                match node.Value, (if isNull node.Previous then None else Some node.Previous.Value) with
-                | Pub(_, _, true), Some(Pub(_, _, false) | SubscribedReply _) ->
-                    let previous = node.Previous.Value
-                    node.Previous.Value <- node.Value
-                    node.Value <- previous
-                    moved <- true
-                | _ -> node <- node.Next
+            let mutable node = (at i).Inbox.First
+
+            while not (isNull node) && not (overtakes node) do
+                node <- node.Next
+
+            let mutable moved = 0
+
+            while moved < messages && not (isNull node) && overtakes node do
+                let previous = node.Previous.Value
+                node.Previous.Value <- node.Value
+                node.Value <- previous
+                node <- node.Previous
+                moved <- moved + 1
         | Disconnect i ->
             let s = at i
             s.Connected <- false
@@ -429,7 +437,7 @@ let private commands (subscribers: int) =
           1, who |> Gen.map DropLive
           1, Gen.zip who (Gen.choose (0, 3)) |> Gen.map RepeatLive
           1, who |> Gen.map SwapLive
-          2, who |> Gen.map OvertakeLive
+          2, Gen.zip who (Gen.choose (1, 4)) |> Gen.map OvertakeLive
           1, who |> Gen.map Disconnect
           2, who |> Gen.map Reconnect ]
     |> Gen.listOf
