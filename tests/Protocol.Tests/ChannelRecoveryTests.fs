@@ -1,5 +1,6 @@
 module Realtime.Protocol.Tests.ChannelRecoveryTests
 
+open System
 open Expecto
 open FsCheck
 open FsCheck.FSharp
@@ -15,6 +16,29 @@ let private window first last =
 
 let private offsetsSent (plan: RecoveryPlan) =
     if plan.From > plan.Through then [] else [ plan.From .. plan.Through ]
+
+/// Bytes allocated by 1000 recovery plans (paged) after a warm-up.
+let private measurePlans () =
+    let w = window 3UL 900UL
+    let since = ValueSome(at "e" 10UL)
+
+    let planAll () =
+        let mutable total = 0UL
+        let mutable i = 0
+
+        while i < 1000 do
+            let p = page 100 (plan w since)
+            total <- total + p.Count
+            i <- i + 1
+
+        total
+
+    planAll () |> ignore
+    let before = GC.GetAllocatedBytesForCurrentThread()
+    let total = planAll ()
+    let allocated = GC.GetAllocatedBytesForCurrentThread() - before
+    Expect.equal total 100_000UL "100 per page"
+    allocated
 
 [<Tests>]
 let examples =
@@ -90,6 +114,10 @@ let examples =
               Expect.equal (offsetsSent (page 0 full)) [ 3UL ] "at least one per page"
               let fresh = plan (window 1UL 9UL) ValueNone
               Expect.equal (page 2 fresh) fresh "nothing to page"
+          }
+
+          test "planning allocates nothing" {
+              Expect.equal (measurePlans ()) 0L "bytes allocated by 1000 paged plans"
           } ]
 
 let private positions =

@@ -1,5 +1,6 @@
 module Realtime.Protocol.Tests.PublishKeysTests
 
+open System
 open System.Collections.Generic
 open Expecto
 open FsCheck
@@ -44,6 +45,38 @@ type private Channel(limits: KeyLimits) =
             position, true
 
     member _.Remembered = entries.Count
+
+/// Bytes allocated by 1000 key checks (found and not) and forget decisions, after a warm-up.
+let private measureChecks () =
+    let l = limits 10 1000L
+    let found = ValueSome { Position = at 7UL; Time = 0L }
+
+    let checkAll () =
+        let mutable repeats = 0
+        let mutable i = 0L
+
+        while i < 1000L do
+            match check l i found with
+            | Repeat _ -> repeats <- repeats + 1
+            | Publish -> ()
+
+            match check l i ValueNone with
+            | Publish -> ()
+            | Repeat _ -> repeats <- repeats - 1000
+
+            if shouldForget l i 5 0L then
+                repeats <- repeats - 1
+
+            i <- i + 1L
+
+        repeats
+
+    checkAll () |> ignore
+    let before = GC.GetAllocatedBytesForCurrentThread()
+    let repeats = checkAll ()
+    let allocated = GC.GetAllocatedBytesForCurrentThread() - before
+    Expect.equal repeats 1000 "every found entry within MaxAge is a repeat, none is forgotten"
+    allocated
 
 [<Tests>]
 let examples =
@@ -104,6 +137,10 @@ let examples =
               Expect.isFalse (isValidKey (String.replicate 33 "é")) "33 of them"
               Expect.isFalse (isValidKey "") "empty"
               Expect.isFalse (isValidKey null) "null"
+          }
+
+          test "checking keys allocates nothing" {
+              Expect.equal (measureChecks ()) 0L "bytes allocated by 1000 checks"
           } ]
 
 /// A publish: which key (from a small set, so keys repeat) after how long.
