@@ -45,6 +45,34 @@ let private measureDelivery () =
     Expect.equal s.Position (ValueSome(at "e" 2000UL)) "all delivered"
     allocated
 
+/// Bytes allocated by 1000 recoveries (resubscribe, one publication ahead, the reply asking again,
+/// unsubscribed, the publication, the reply), after a warm-up.
+let private measureRecoveries () =
+    let recoverAll (start: Subscription) =
+        let mutable s = start
+        let mutable i = 0
+
+        while i < 1000 do
+            let next = (match s.Position with ValueSome p -> p.Offset | ValueNone -> 0UL) + 1UL
+            s <- resubscribe s
+            let struct (a, _) = onPublication s { Epoch = "e"; Offset = next + 1UL }
+            let struct (b, _) = onSubscribed a { Epoch = "e"; Offset = next + 1UL } Recovery.NotRecovered
+            let struct (c, _) = onUnsubscribed b
+            let struct (d, _) = onPublication c { Epoch = "e"; Offset = next + 1UL }
+            let struct (e, _) = onSubscribed d { Epoch = "e"; Offset = next + 1UL } Recovery.Recovered
+            s <- e
+            i <- i + 1
+
+        s
+
+    let warm = recoverAll (active (at "e" 0UL))
+    let before = GC.GetAllocatedBytesForCurrentThread()
+    let s = recoverAll warm
+    let allocated = GC.GetAllocatedBytesForCurrentThread() - before
+    Expect.equal s.Position (ValueSome(at "e" 4000UL)) "each recovery lost one publication and delivered the next"
+    Expect.equal s.Phase Active "live"
+    allocated
+
 [<Tests>]
 let examples =
     testList
@@ -253,4 +281,8 @@ let examples =
 
           test "the delivery step allocates nothing" {
               Expect.equal (measureDelivery ()) 0L "bytes allocated by 1000 deliveries"
+          }
+
+          test "the recovery steps allocate nothing" {
+              Expect.equal (measureRecoveries ()) 0L "bytes allocated by 1000 recoveries"
           } ]
