@@ -175,7 +175,8 @@ export class ChannelsClient {
   /** Calls an app-defined method on the server; resolves with the response's data. */
   request(method, data = null) {
     if (typeof method !== 'string' || method.length === 0) return Promise.reject(new TypeError('a method name is a non-empty string'));
-    return this.#request({ kind: 'request', message: { type: 'request', method, data }, retry: false, what: `request "${method}"` });
+    return this.#request({ kind: 'request', message: { type: 'request', method, data }, retry: false, what: `request "${method}"` })
+      .then(answer => answer.data);
   }
 
   /** Closes the connection for good: no reconnect; what waits is rejected with "closed". */
