@@ -9,6 +9,7 @@ open System.IO
 open System.Text.Json
 open System.Text.RegularExpressions
 open System.Threading.Tasks
+open Microsoft.AspNetCore.Builder
 open Expecto
 open Realtime.Browser.Tests.Infrastructure
 open Realtime.Browser.Tests.ChannelsScriptedServer
@@ -329,6 +330,30 @@ let tests =
                 let! s2 = c2.WaitFor "subscribe"
                 Expect.equal (sinceOf s2) "e1:3" "and subscribed again from its position"
             })
+
+        testCaseTask "Realtime.Channels serves the client at /_realtime/channels.js and /_realtime/channels.d.ts: the repository's files byte for byte, with an ETag that answers 304; a second MapRealtimeChannelsClient maps nothing more" <| fun () ->
+            task {
+                use! server = startScripted ()
+                for (path, file, mediaType) in [ ChannelsClientEndpoint.ScriptPath, clientModulePath, "text/javascript"
+                                                 ChannelsClientEndpoint.DeclarationsPath, clientDeclarationsPath, "text/plain" ] do
+                    use! response = http.GetAsync(server.Url + path)
+                    Expect.equal (int response.StatusCode) 200 $"{path} is served"
+                    Expect.equal response.Content.Headers.ContentType.MediaType mediaType $"{path}'s type"
+                    let! served = response.Content.ReadAsByteArrayAsync()
+                    Expect.equal served (File.ReadAllBytes file) $"{path} is {file} as built (rebuild after changing it)"
+                    let etag = response.Headers.ETag
+                    Expect.isNotNull etag $"{path} has an ETag"
+                    use request = new Net.Http.HttpRequestMessage(Net.Http.HttpMethod.Get, server.Url + path)
+                    request.Headers.IfNoneMatch.Add etag
+                    use! again = http.SendAsync request
+                    Expect.equal (int again.StatusCode) 304 $"{path} unchanged: 304"
+                let builder = Microsoft.AspNetCore.Builder.WebApplication.CreateBuilder([||])
+                let app = builder.Build()
+                let first = app.MapRealtimeChannelsClient()
+                let second = app.MapRealtimeChannelsClient()
+                Expect.isTrue (obj.ReferenceEquals(first, second)) "mapped once per route builder"
+                do! app.DisposeAsync()
+            }
 
         testCase "the npm package: npm pack --dry-run packs package.json, README.md, src/channels.js and src/channels.d.ts at the .NET packages' version" <| fun () ->
             let folder = Path.Combine(repositoryRoot, "clients", "channels")

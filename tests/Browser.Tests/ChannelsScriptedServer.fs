@@ -1,7 +1,8 @@
 /// A channels server whose every answer the test writes: a raw ASP.NET Core WebSocket endpoint that
 /// negotiates realtime.channels.v1.json, greets each connection with a welcome, records what the
 /// client sends and sends the JSON lines the test chooses (positions, duplicates, gaps, epochs,
-/// acknowledgements, errors). It also serves the client module and an empty page.
+/// acknowledgements, errors). It also serves the client module (as Realtime.Channels does) and an
+/// empty page.
 module Realtime.Browser.Tests.ChannelsScriptedServer
 
 open System
@@ -172,7 +173,8 @@ let startScripted () : Task<ScriptedServer> =
         let server = ref Unchecked.defaultof<ScriptedServer>
         app.UseWebSockets() |> ignore
         app.Map("/channels", RequestDelegate(serve server connections refused)) |> ignore
-        app.MapGet("/_realtime/channels.js", Func<IResult>(fun () -> Results.File(clientModulePath, "text/javascript"))) |> ignore
+        // The client as Realtime.Channels serves it (the embedded copy of clients/channels/src).
+        app.MapRealtimeChannelsClient() |> ignore
         app.MapGet("/", Func<IResult>(fun () -> Results.Content(page "channels" "<p>channels</p>", "text/html"))) |> ignore
         do! app.StartAsync()
         let url = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>().Addresses |> Seq.head
