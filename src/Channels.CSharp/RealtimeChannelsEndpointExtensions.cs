@@ -15,6 +15,8 @@ public static class RealtimeChannelsEndpointExtensions
     /// subprotocol (<c>realtime.channels.v1.json</c> or <c>realtime.channels.v1.binary</c>; an upgrade
     /// offering neither is refused with 400) for subscribe with recovery, acknowledged publish,
     /// presence and requests (docs/channels-protocol.md). Needs <c>AddRealtime().AddRealtimeChannels()</c>.
+    /// Also serves the browser client at <see cref="ChannelsClientEndpoint.ScriptPath"/> (see
+    /// <see cref="ChannelsClientEndpoint.MapRealtimeChannelsClient"/>).
     /// </summary>
     /// <typeparam name="TData">The per-connection data type returned by <c>Attach</c>.</typeparam>
     /// <param name="endpoints">The application's routes.</param>
@@ -39,6 +41,7 @@ public static class RealtimeChannelsEndpointExtensions
         var app = new RealtimeChannelHandlers<TData>();
         configure(app);
         var endpoint = new ChannelsEndpoint<TData>(hub, app);
+        endpoints.MapRealtimeChannelsClient();
         return endpoints.MapRealtime(pattern, endpoint.Handlers(), options =>
         {
             options.Subprotocols = [ChannelSubprotocol.Json, ChannelSubprotocol.Binary];
