@@ -210,7 +210,9 @@ internal static class JsonChannelCodec
     {
         writer.WriteStartObject();
         writer.WriteString("client", member.Client);
-        WriteData(writer, member.Info);
+        // docs/channels-protocol.md: a member is {"client": ..., "info": ...}.
+        writer.WritePropertyName("info");
+        writer.WriteRawValue(member.Info.Json.Span, skipInputValidation: true);
         writer.WriteEndObject();
     }
 
