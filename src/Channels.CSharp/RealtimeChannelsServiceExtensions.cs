@@ -27,6 +27,7 @@ public static class RealtimeChannelsServiceExtensions
             provider.GetRequiredService<IOptions<RealtimeChannelsOptions>>().Value.Retention,
             provider.GetService<TimeProvider>()));
         services.TryAddSingleton<IChannelPresence, InMemoryChannelPresence>();
+        services.TryAddSingleton<ChannelHub>();
         return new RealtimeChannelsBuilder(services);
     }
 }
