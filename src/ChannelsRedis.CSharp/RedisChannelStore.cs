@@ -1,0 +1,87 @@
+using System.Security.Cryptography;
+using Realtime.Protocol;
+using StackExchange.Redis;
+
+namespace Realtime.Channels.Redis;
+
+/// <summary>
+/// Channel history in Redis, shared by every node: positions are assigned in Redis by one script per
+/// append (the channel's one serialization point), publications are kept in a Redis Stream (entry id
+/// <c>&lt;offset&gt;-0</c>) trimmed by the retention's count, bytes and age, and recent publish keys are
+/// remembered so that a retry on any node takes effect once. Any node can recover a client that was on
+/// any other, and a node restart loses nothing within retention.
+/// </summary>
+public sealed class RedisChannelStore : IChannelStore
+{
+    private readonly RedisChannelsConnection connection;
+    private readonly ChannelRetention retention;
+    private readonly RedisChannelsOptions options;
+
+    internal RedisChannelStore(RedisChannelsConnection connection, ChannelRetention retention, RedisChannelsOptions options)
+    {
+        this.connection = connection;
+        this.retention = retention;
+        this.options = options;
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<ChannelAppendResult> AppendAsync(string channel, ReadOnlyMemory<byte> data, string? key, CancellationToken cancellationToken = default)
+    {
+        var database = await connection.DatabaseAsync().ConfigureAwait(false);
+        var result = (RedisResult[])(await database.ScriptEvaluateAsync(
+            HistoryScripts.Append,
+            connection.Keys.History(channel),
+            [
+                NewEpoch(), data, key ?? "",
+                retention.MaxCount, retention.MaxBytes, Milliseconds(retention.MaxAge),
+                Milliseconds(options.KeyExpiry), Milliseconds(options.PublishKeyAge), options.MaxPublishKeys,
+            ]).WaitAsync(cancellationToken).ConfigureAwait(false))!;
+        return new ChannelAppendResult(new ChannelPosition((string)result[0]!, (ulong)result[1]), (long)result[2] == 1);
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<ChannelHistoryRead> ReadAsync(string channel, ChannelPosition since, int limit, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(limit, 1);
+        var read = await ReadScriptAsync(channel, since.Epoch ?? "", since.Offset, limit, cancellationToken).ConfigureAwait(false);
+        var publications = new ChannelPublication[(read.Length - 3) / 2];
+        for (var i = 0; i < publications.Length; i++)
+            publications[i] = new ChannelPublication((ulong)read[3 + 2 * i], (byte[])read[4 + 2 * i]!);
+        var epoch = (string)read[0]!;
+        var last = (ulong)read[1];
+        var first = (ulong)read[2];
+        // Offsets have no gaps, so whatever lies between the reader's position and the first offset still
+        // held was trimmed; another epoch means the whole history the reader knew is gone.
+        var recovered = since.Epoch == epoch && since.Offset <= last && since.Offset + 1 >= first;
+        return new ChannelHistoryRead(new ChannelPosition(epoch, last), publications, recovered);
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<ChannelPosition> GetPositionAsync(string channel, CancellationToken cancellationToken = default)
+    {
+        var read = await ReadScriptAsync(channel, "", 0, 0, cancellationToken).ConfigureAwait(false);
+        return new ChannelPosition((string)read[0]!, (ulong)read[1]);
+    }
+
+    private async ValueTask<RedisResult[]> ReadScriptAsync(string channel, string sinceEpoch, ulong sinceOffset, int limit, CancellationToken cancellationToken)
+    {
+        var database = await connection.DatabaseAsync().ConfigureAwait(false);
+        return (RedisResult[])(await database.ScriptEvaluateAsync(
+            HistoryScripts.Read,
+            connection.Keys.History(channel),
+            [
+                NewEpoch(), sinceEpoch, sinceOffset, limit,
+                retention.MaxCount, retention.MaxBytes, Milliseconds(retention.MaxAge), Milliseconds(options.KeyExpiry),
+            ]).WaitAsync(cancellationToken).ConfigureAwait(false))!;
+    }
+
+    private static long Milliseconds(TimeSpan span) => span <= TimeSpan.Zero ? 0 : (long)Math.Ceiling(span.TotalMilliseconds);
+
+    /// <summary>A candidate epoch: used only if the channel has none in Redis yet (the script keeps the first).</summary>
+    private static string NewEpoch()
+    {
+        Span<byte> bytes = stackalloc byte[9];
+        RandomNumberGenerator.Fill(bytes);
+        return Convert.ToBase64String(bytes).Replace('+', '-').Replace('/', '_');
+    }
+}
