@@ -106,6 +106,63 @@ let tests =
                     kill chat
             })
 
+        browserTest "samples/Chat on channels: across a restart of its server (killed), each page shows every message of its room exactly once and in order, a message typed during the outage included, says that history could not be recovered, and shows who is in the room" (fun () ->
+            task {
+                let port = freePort ()
+                let chatFolder = Path.Combine(repositoryRoot, "samples", "Chat")
+                let args = $"--urls http://127.0.0.1:{port}"
+                let chat, output = startSample "Chat" chatFolder args
+                let mutable current = chat
+                try
+                    do! listening port chat output
+                    let url = $"http://127.0.0.1:{port}/"
+                    let! alice = openPage (url + "?name=alice")
+                    use _ = alice
+                    let! bob = openPage (url + "?name=bob")
+                    use _ = bob
+                    let lines (p: BrowserPage) = p.Eval<string[]> "() => [...document.querySelectorAll('#received-area div')].map(d => d.textContent)"
+                    let members (p: BrowserPage) = p.Page.InnerTextAsync "#members"
+                    let send (p: BrowserPage) (text: string) =
+                        task {
+                            do! p.Page.FillAsync("#send-input", text)
+                            do! p.Page.PressAsync("#send-input", "Enter")
+                        }
+                    let shows (p: BrowserPage) (line: string) =
+                        waitUntilAsync $"the page shows \"{line}\"" 15000 (fun () -> task { let! l = lines p in return Array.contains line l })
+                    for p in [ alice; bob ] do
+                        do! waitUntilAsync "who is in the room" 10000 (fun () -> task { let! m = members p in return m = "In the room: alice, bob" })
+                    do! send bob "m1"
+                    do! send bob "m2"
+                    do! shows alice "bob: m2"
+
+                    kill chat
+                    for p in [ alice; bob ] do
+                        do! waitUntilAsync "the status shows closed and reconnecting" 10000 (fun () -> task { let! s = status p in return s = "The WebSocket is closed. Reconnecting..." })
+                    do! send bob "m3"
+                    let! waiting = bob.Page.InnerTextAsync "#error-message"
+                    Expect.equal waiting "The WebSocket is closed: the message will be sent when it is back." "the page says the message waits"
+
+                    let again, againOutput = startSample "Chat" chatFolder args
+                    current <- again
+                    do! listening port again againOutput
+                    do! shows alice "bob: m3"
+                    do! send bob "m4"
+                    for p in [ alice; bob ] do
+                        do! shows p "bob: m4"
+                        do! waitUntilAsync "who is in the room again" 15000 (fun () -> task { let! m = members p in return m = "In the room: alice, bob" })
+                    let! error = bob.Page.InnerTextAsync "#error-message"
+                    Expect.equal error "" "the error line is cleared once connected"
+                    for (who, p) in [ "alice", alice; "bob", bob ] do
+                        let! shown = lines p
+                        let messages = shown |> Array.filter (fun l -> l.StartsWith "bob: ")
+                        Expect.equal messages [| "bob: m1"; "bob: m2"; "bob: m3"; "bob: m4" |] $"{who}: every message once, in order"
+                        let lost = shown |> Array.findIndex (fun l -> l.StartsWith "Some messages of this room could not be recovered")
+                        Expect.isTrue (lost > Array.IndexOf(shown, "bob: m2") && lost < Array.IndexOf(shown, "bob: m3")) $"{who}: the loss of the memory history is shown where it happened"
+                finally
+                    kill current
+                    kill chat
+            })
+
         browserTest "samples/Chat --tls: pages loaded over HTTP/2 open their same-origin wss:// sockets on it (RFC 8441) and chat" (fun () ->
             task {
                 let port = freePort ()
