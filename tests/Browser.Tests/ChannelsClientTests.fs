@@ -162,6 +162,35 @@ let tests =
                 Expect.equal reasons[1] "could not connect" "a refused attempt says so"
             })
 
+        browserTest "a paged recovery (an answer that the recovered publications do not reach) asks again from where the client is; the app is told once, when the channel is live again" (fun () ->
+            task {
+                use! server = startScripted ()
+                let! p = openPage server.Url
+                use _ = p
+                do! setUp p server.SocketUrl "{ minReconnectDelay: 50, maxReconnectDelay: 100 }" "room" false
+                do! subscribe p
+                let! c1 = server.WaitForConnection 1
+                let! s1 = c1.WaitFor "subscribe"
+                do! c1.Send [ subscribed s1 "e1" 0 "fresh"; pub "room" "e1" 1; pub "room" "e1" 2 ]
+                do! waitForDelivered p 2
+                c1.Abort()
+                let! c2 = server.WaitForConnection(2, 10000)
+                let! s2 = c2.WaitFor "subscribe"
+                Expect.equal (sinceOf s2) "e1:2" "from the position"
+                do! c2.Send [ pub "room" "e1" 3; pub "room" "e1" 4; subscribed s2 "e1" 6 "recovered" ]
+                let! s3 = c2.WaitFor("subscribe", 1)
+                Expect.equal (sinceOf s3) "e1:4" "asks again from where it is"
+                do! c2.Send [ pub "room" "e1" 5; pub "room" "e1" 6; subscribed s3 "e1" 6 "recovered"; pub "room" "e1" 7 ]
+                do! waitForDelivered p 7
+                let! d = delivered p
+                Expect.equal d (expected [ for n in 1..7 -> "e1", n ]) "every publication once, in order"
+                let! k = kinds p
+                let relevant = k |> Array.filter (fun kind -> kind = "recovered" || kind = "subscribed" || kind = "not-recovered")
+                Expect.equal relevant [| "subscribed"; "recovered"; "subscribed" |] "one recovery, told once"
+                let! told = p.Eval<string> "() => { const e = window.events.find(e => e.kind === 'recovered'); return e.since.offset + ' -> ' + e.position.offset + ', ' + e.count; }"
+                Expect.equal told "2 -> 6, 4" "from where it started, with all it recovered"
+            })
+
         browserTest "a publish whose ack the connection lost is sent again after reconnecting with the same key, before publishes made while disconnected; each promise resolves once, with its ack" (fun () ->
             task {
                 use! server = startScripted ()

@@ -176,7 +176,7 @@ export class ChannelsClient {
   request(method, data = null) {
     if (typeof method !== 'string' || method.length === 0) return Promise.reject(new TypeError('a method name is a non-empty string'));
     return this.#request({ kind: 'request', message: { type: 'request', method, data }, retry: false, what: `request "${method}"` })
-      .then(answer => answer.data);
+      .then(answer => answer.data ?? null);
   }
 
   /** Closes the connection for good: no reconnect; what waits is rejected with "closed". */
@@ -415,7 +415,7 @@ export class Channel {
   #position = null;
   #state = 'unsubscribed';
   #subscribeId = 0;
-  #since = null;
+  #recovering = null;
   #buffer = [];
   #waiters = [];
   #fruitless = 0;
@@ -465,6 +465,7 @@ export class Channel {
     const was = this.#state;
     this.#wanted = false;
     this.#reset();
+    this.#forgetRecovery();
     this.#position = null;
     this.#rejectWaiters(new ChannelsError('unsubscribed', `unsubscribed from ${this.#name} before the server answered`));
     if (was === 'unsubscribed' || !this.#client.connected()) return Promise.resolve();
@@ -488,13 +489,18 @@ export class Channel {
   /** Who is in the channel: resolves with [{ client, info }]. */
   presence() {
     return this.#client.request({ kind: 'presence', message: { type: 'presence', channel: this.#name }, retry: true, what: `presence of "${this.#name}"` })
-      .then(answer => answer.members);
+      .then(answer => (answer.members ?? []).map(member => ({ client: member.client, info: member.info ?? null })));
   }
 
   #reset() {
     this.#state = 'unsubscribed';
     this.#subscribeId = 0;
     this.#buffer = [];
+  }
+
+  #forgetRecovery() {
+    this.#recovering = null;
+    this.#fruitless = 0;
   }
 
   #rejectWaiters(error) {
@@ -504,11 +510,13 @@ export class Channel {
   }
 
   #subscribeNow() {
-    this.#since = samePosition(this.#position);
+    // One recovery may take several subscribes (a gap among what came back, a paged answer, a
+    // reconnect): it is told to the app once, from where it started, when the channel is live again.
+    this.#recovering ??= { since: samePosition(this.#position), count: 0, lost: false };
     this.#buffer = [];
     this.#state = 'subscribing';
     const message = { type: 'subscribe', channel: this.#name };
-    if (this.#since !== null) message.since = this.#since;
+    if (this.#position !== null) message.since = samePosition(this.#position);
     if (this.#presence) message.presence = true;
     const op = {
       kind: 'subscribe', message, retry: false, what: `subscribe to "${this.#name}"`,
@@ -521,7 +529,7 @@ export class Channel {
 
   #subscribed(op, answer) {
     if (op.id !== this.#subscribeId || !this.#wanted) return;
-    const since = this.#since;
+    const recovering = this.#recovering;
     const answered = { epoch: answer.epoch, offset: answer.offset };
     // Recovered publications come before the answer and live ones after; a publication that
     // revealed a gap was held too. In offset order, those of the answered epoch only.
@@ -529,35 +537,63 @@ export class Channel {
     this.#buffer = [];
     this.#state = 'subscribed';
     this.#subscribeId = 0;
-    let recovery = answer.recovery;
-    if (recovery === 'fresh' || this.#position === null) {
+    if (answer.recovery === 'fresh' || this.#position === null) {
+      // A server that answers a subscribe with since as fresh recovered nothing: that is a loss too.
+      if (this.#position !== null && (this.#position.epoch !== answered.epoch || this.#position.offset < answered.offset)) this.#lost(answered);
       this.#position = answered;
-    } else if (recovery === 'not-recovered') {
-      this.#listeners.emit('not-recovered', { channel: this.#name, since, position: answered });
+    } else if (answer.recovery === 'not-recovered') {
       // What the history still holds follows: delivery resumes at its first publication.
       const start = held.length === 0 ? answered.offset : held[0].offset - 1;
-      if (this.#position.epoch !== answered.epoch || start > this.#position.offset) this.#position = { epoch: answered.epoch, offset: start };
+      if (this.#position.epoch !== answered.epoch || start > this.#position.offset) {
+        this.#lost(answered);
+        this.#position = { epoch: answered.epoch, offset: start };
+      }
     }
     let delivered = 0;
     for (let i = 0; i < held.length; i++) {
       if (this.#state !== 'subscribed') {
         // A gap among the held publications started another recovery: the rest waits for it.
         this.#buffer.push(...held.slice(i));
-        break;
+        return;
       }
       if (this.#apply(held[i])) delivered++;
     }
-    if (recovery === 'recovered') this.#listeners.emit('recovered', { channel: this.#name, since, position: this.position, count: delivered });
+    if (this.#state !== 'subscribed') return;
+    recovering.count += delivered;
+    const position = this.#position;
+    if (position.epoch === answered.epoch && position.offset < answered.offset) {
+      // Behind the answer: a paged recovery (the contract lets a server send the first part and
+      // answer), so ask again from here; an answer that keeps sending nothing is a loss.
+      if (delivered > 0 || ++this.#fruitless <= maxFruitlessRecoveries) {
+        this.#subscribeNow();
+        return;
+      }
+      this.#fruitless = 0;
+      this.#lost(answered);
+      this.#position = answered;
+    }
+    this.#recovering = null;
+    const recovery = answer.recovery === 'fresh' ? 'fresh' : recovering.lost ? 'not-recovered' : 'recovered';
+    if (recovery === 'recovered') this.#listeners.emit('recovered', { channel: this.#name, since: recovering.since, position: this.position, count: recovering.count });
     this.#listeners.emit('subscribed', { channel: this.#name, position: this.position, recovery });
     const waiters = this.#waiters;
     this.#waiters = [];
     for (const waiter of waiters) waiter.resolve({ position: this.position, recovery });
   }
 
+  // Tells the app, once per recovery, that publications after its position are lost.
+  #lost(position) {
+    const recovering = this.#recovering;
+    if (recovering?.lost) return;
+    if (recovering) recovering.lost = true;
+    this.#listeners.emit('not-recovered', { channel: this.#name, since: this.position, position: samePosition(position) });
+  }
+
   #refused(op, error) {
     if (op.id !== this.#subscribeId) return;
     this.#wanted = false;
     this.#reset();
+    this.#forgetRecovery();
     this.#rejectWaiters(error);
     this.#listeners.emit('error', error);
   }
@@ -578,7 +614,7 @@ export class Channel {
       // The server answered "recovered" and still did not send what follows the position: told as
       // a loss rather than asked for again without end.
       this.#fruitless = 0;
-      this.#listeners.emit('not-recovered', { channel: this.#name, since: this.position, position: { epoch: pub.epoch, offset: pub.offset } });
+      this.#lost({ epoch: pub.epoch, offset: pub.offset });
       this.#position = { epoch: pub.epoch, offset: pub.offset - 1 };
       return this.#apply(pub);
     }
@@ -596,11 +632,12 @@ export class Channel {
         return;
       case 'join':
       case 'leave':
-        this.#listeners.emit(message.type, { channel: this.#name, ...message.member });
+        this.#listeners.emit(message.type, { channel: this.#name, client: message.member?.client, info: message.member?.info ?? null });
         return;
       case 'unsubscribed':
         this.#wanted = false;
         this.#reset();
+        this.#forgetRecovery();
         this.#rejectWaiters(new ChannelsError('unsubscribed', `the server ended the subscription to ${this.#name}`));
         this.#listeners.emit('unsubscribed', { channel: this.#name, reason: 'the server ended the subscription' });
         return;
