@@ -61,6 +61,13 @@ public sealed class RedisChannelsOptions
     /// </summary>
     public TimeSpan SweepInterval { get; set; } = TimeSpan.FromSeconds(1);
 
+    /// <summary>
+    /// How often a node compares, for each channel with subscribers on it, the last offset in Redis with
+    /// the last publication it delivered, to fill what Redis pub/sub dropped on a channel that then stayed
+    /// quiet (a delivery missing for a whole interval is filled from history). Default 1 s.
+    /// </summary>
+    public TimeSpan GapCheckInterval { get; set; } = TimeSpan.FromSeconds(1);
+
     internal void Validate()
     {
         static void Check(bool ok, string message)
@@ -76,5 +83,6 @@ public sealed class RedisChannelsOptions
         Check(HeartbeatInterval >= TimeSpan.FromMilliseconds(10), $"HeartbeatInterval is {HeartbeatInterval}; it must be at least 10 ms.");
         Check(HeartbeatTimeout > HeartbeatInterval, $"HeartbeatTimeout is {HeartbeatTimeout}; it must be longer than HeartbeatInterval ({HeartbeatInterval}).");
         Check(SweepInterval >= TimeSpan.FromMilliseconds(10), $"SweepInterval is {SweepInterval}; it must be at least 10 ms.");
+        Check(GapCheckInterval >= TimeSpan.FromMilliseconds(10), $"GapCheckInterval is {GapCheckInterval}; it must be at least 10 ms.");
     }
 }
