@@ -9,7 +9,7 @@ namespace Microsoft.Extensions.DependencyInjection;
 public static class RealtimeChannelsServiceExtensions
 {
     /// <summary>
-    /// Adds channels to the Realtime server: the options, and the in-memory <see cref="IChannelStore"/>
+    /// Adds channels to the Realtime server: the options, <see cref="IRealtimeChannels"/> (publishing from the app's code), and the in-memory <see cref="IChannelStore"/>
     /// and <see cref="IChannelPresence"/> unless others are registered (a shared store replaces them).
     /// Raises <see cref="RealtimeOptions.MaxTopicLength"/> to <see cref="ChannelTopics.MaxTopicLength"/>
     /// if it is lower, so every channel name fits in its topic.
@@ -28,6 +28,7 @@ public static class RealtimeChannelsServiceExtensions
             provider.GetService<TimeProvider>()));
         services.TryAddSingleton<IChannelPresence, InMemoryChannelPresence>();
         services.TryAddSingleton<ChannelHub>();
+        services.TryAddSingleton<IRealtimeChannels>(provider => provider.GetRequiredService<ChannelHub>());
         return new RealtimeChannelsBuilder(services);
     }
 }

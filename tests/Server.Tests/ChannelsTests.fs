@@ -469,6 +469,30 @@ let tests =
             Expect.equal (subscribed.GetProperty("channel").GetString()) longest "256 bytes is allowed"
         })
 
+        testCaseTask "the app publishes from its own code through IRealtimeChannels, with positions, history and keys like a client" (fun () -> task {
+            let! server = startChannels ignore None ignore
+            use _ = server
+            let channels = server.App.Services.GetRequiredService<IRealtimeChannels>()
+            let! client, _ = connectJson (url server "ann")
+            use client = client
+            let! _ = subscribe client 1 "room:app" ""
+            let! first = channels.PublishAsync("room:app", {| text = "from a route" |}, "route-1")
+            let! again = channels.PublishAsync("room:app", {| text = "from a route" |}, "route-1")
+            Expect.equal again first "the same key publishes once"
+            let! second = channels.PublishJsonAsync("room:app", ReadOnlyMemory(Text.Encoding.UTF8.GetBytes "[1,2]"))
+            Expect.equal second.Offset (first.Offset + 1UL) "the next position"
+            let! pubs = takePubs client 2
+            Expect.equal (pubs |> List.map dataOf) [ """{"text":"from a route"}"""; "[1,2]" ] "both, once each, in order"
+            let! refused =
+                task {
+                    try
+                        let! _ = channels.PublishJsonAsync("room:app", ReadOnlyMemory(Text.Encoding.UTF8.GetBytes "{oops"))
+                        return false
+                    with :? ArgumentException -> return true
+                }
+            Expect.isTrue refused "data that is not JSON is refused"
+        })
+
         testCaseTask "the binary form: subscribe, publish, pub and ack in binary frames, with the same data a JSON subscriber gets" (fun () -> task {
             let! server = startChannels ignore None ignore
             use _ = server
