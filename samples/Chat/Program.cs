@@ -14,6 +14,7 @@
 // and HTTP/2: a browser then loads the page over HTTP/2 and opens its wss:// socket on that same
 // connection (RFC 8441). Every address, given as http:// or https://, is served over TLS.
 using Realtime;
+using Realtime.Channels;
 
 bool tls = args.Contains("--tls");
 args = args.Where(a => a != "--tls").ToArray();
@@ -47,15 +48,17 @@ app.UseStaticFiles();
 
 app.MapGet("/greet", () => "Hello World!");
 
-// An ordinary route that talks to the sockets: announce something in a room.
-app.MapPost("/rooms/{room}/announce", async (string room, HttpRequest request, IRealtimeServer realtime) =>
+// An ordinary route that talks to the sockets: announce something in a room, to the raw endpoint's
+// topic and to the pages' channel (with a position and history, like a page's message).
+app.MapPost("/rooms/{room}/announce", async (string room, HttpRequest request, IRealtimeServer realtime, IRealtimeChannels channels) =>
 {
     // Topic names are bounded (RealtimeOptions.MaxTopicLength, in UTF-8 bytes): check what clients send.
     if (room.Length > 40) return Results.BadRequest("a room is at most 40 characters");
     using var reader = new StreamReader(request.Body);
     var text = await reader.ReadToEndAsync();
     int delivered = realtime.Publish(RoomTopic(room), $"announcement: {text}");
-    return Results.Ok(new { delivered });
+    var position = await channels.PublishAsync(RoomTopic(room), new { name = "announcement", text });
+    return Results.Ok(new { delivered, offset = position.Offset });
 });
 
 // The page's endpoint: a connection may subscribe, publish and see presence in its own room only.

@@ -182,6 +182,11 @@ let tests =
                         do! waitUntilAsync "who is in the room again" 15000 (fun () -> task { let! m = members p in return m = "In the room: alice, bob" })
                     let! error = bob.Page.InnerTextAsync "#error-message"
                     Expect.equal error "" "the error line is cleared once connected"
+                    // A route of the app publishes into the room's channel too.
+                    use! announced = http.PostAsync(url + "rooms/lobby/announce", new Net.Http.StringContent("m5 from a route"))
+                    Expect.equal (int announced.StatusCode) 200 "the announce route answers"
+                    for p in [ alice; bob ] do
+                        do! shows p "announcement: m5 from a route"
                     for (who, p) in [ "alice", alice; "bob", bob ] do
                         let! shown = lines p
                         let messages = shown |> Array.filter (fun l -> l.StartsWith "bob: ")
