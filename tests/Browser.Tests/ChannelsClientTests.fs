@@ -191,7 +191,7 @@ let tests =
                 Expect.equal told "2 -> 6, 4" "from where it started, with all it recovered"
             })
 
-        browserTest "a publish whose ack the connection lost is sent again after reconnecting with the same key, before publishes made while disconnected; each promise resolves once, with its ack" (fun () ->
+        browserTest "a publish whose ack the connection lost is sent again after reconnecting with the same key, before publishes made while disconnected; each promise resolves once, with its ack; a request whose answer was lost rejects with connection-lost" (fun () ->
             task {
                 use! server = startScripted ()
                 let! p = openPage server.Url
@@ -203,9 +203,15 @@ let tests =
                 let! sent = c1.WaitFor "publish"
                 let key = sent.GetProperty("key").GetString()
                 Expect.isGreaterThanOrEqual key.Length 16 "a random key"
+                // A request in flight too: it may have run, so it is not sent again but rejected.
+                do! p.Run "() => { window.requestOutcome = 'pending'; window.client.request('charge', { amount: 1 }).then(() => window.requestOutcome = 'answered', e => window.requestOutcome = e.code + ': ' + e.message); }"
+                let! _ = c1.WaitFor "request"
                 server.Refuse <- true
                 c1.Abort()
                 do! waitForKind p "disconnected" 1
+                do! waitUntilAsync "the request is rejected" 10000 (fun () -> task { let! o = p.Eval<string> "() => window.requestOutcome" in return o <> "pending" })
+                let! requestOutcome = p.Eval<string> "() => window.requestOutcome"
+                Expect.equal requestOutcome "connection-lost: the connection closed before the answer to request \"charge\"" "a request whose answer was lost rejects"
                 do! publish p "second" """{ "text": "while away" }"""
                 let! waiting = outcome p "second"
                 Expect.equal waiting "pending" "waits for the connection"
@@ -224,6 +230,7 @@ let tests =
                 let! second = outcome p "second"
                 Expect.equal (first, second) ("ack e1:7", "ack e1:8") "each resolves with its ack's position"
                 Expect.equal (c2.OfType "publish").Length 2 "nothing else sent again"
+                Expect.isEmpty (c2.OfType "request") "the request is not sent again"
             })
 
         browserTest "offline queue: a publish that does not fit in maxQueueBytes rejects at once with queue-full, one older than maxQueueAge rejects with queue-expired, the rest is sent in order once connected" (fun () ->
