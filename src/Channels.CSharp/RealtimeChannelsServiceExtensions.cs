@@ -15,13 +15,15 @@ public static class RealtimeChannelsServiceExtensions
     /// if it is lower, so every channel name fits in its topic.
     /// </summary>
     /// <param name="builder">What <c>AddRealtime</c> returned.</param>
-    /// <param name="configure">Sets retention and limits.</param>
+    /// <param name="configure">Sets retention and limits. A value out of range fails the start with an
+    /// <see cref="OptionsValidationException"/> naming it.</param>
     public static IRealtimeChannelsBuilder AddRealtimeChannels(this IRealtimeBuilder builder, Action<RealtimeChannelsOptions>? configure = null)
     {
         ArgumentNullException.ThrowIfNull(builder);
         var services = builder.Services;
-        var options = services.AddOptions<RealtimeChannelsOptions>();
+        var options = services.AddOptions<RealtimeChannelsOptions>().ValidateOnStart();
         if (configure is not null) options.Configure(configure);
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<RealtimeChannelsOptions>, RealtimeChannelsOptionsValidation>());
         services.PostConfigure<RealtimeOptions>(o => o.MaxTopicLength = Math.Max(o.MaxTopicLength, ChannelTopics.MaxTopicLength));
         services.TryAddSingleton<IChannelStore>(provider => new InMemoryChannelStore(
             provider.GetRequiredService<IOptions<RealtimeChannelsOptions>>().Value.Retention,
