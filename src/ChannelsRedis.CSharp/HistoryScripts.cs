@@ -15,6 +15,12 @@ namespace Realtime.Channels.Redis;
 /// </remarks>
 internal static class HistoryScripts
 {
+    /// <summary>The position hash's field of the epoch.</summary>
+    public const string EpochField = "epoch";
+
+    /// <summary>The position hash's field of the latest offset.</summary>
+    public const string LastField = "last";
+
     private const string Common = """
         local function now_ms()
           local t = redis.call('TIME')

@@ -20,7 +20,7 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
     private const int ReadPage = 1_000;
 
     private readonly IRealtimeBackplane inner;
-    private readonly IChannelStore store;
+    private readonly RedisChannelStore store;
     private readonly TimeSpan interval;
     private readonly ILogger logger;
     private readonly ConcurrentDictionary<string, Watch> watches = new(StringComparer.Ordinal);
@@ -29,7 +29,7 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
     private Task loop = Task.CompletedTask;
     private long filled;
 
-    public PublicationGapFiller(IRealtimeBackplane inner, IChannelStore store, TimeSpan interval, ILogger logger)
+    public PublicationGapFiller(IRealtimeBackplane inner, RedisChannelStore store, TimeSpan interval, ILogger logger)
     {
         this.inner = inner;
         this.store = store;
@@ -116,8 +116,8 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
         using var timer = new PeriodicTimer(interval);
         while (await timer.WaitForNextTickAsync(stopping.Token).ConfigureAwait(false))
         {
-            foreach (var (channel, watch) in watches)
-                await CheckSafelyAsync(channel, watch).ConfigureAwait(false);
+            // All channels at once: the reads are pipelined on the one connection.
+            await Task.WhenAll(watches.Select(pair => CheckSafelyAsync(pair.Key, pair.Value))).ConfigureAwait(false);
         }
     }
 
@@ -141,7 +141,7 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
 
     private async Task CheckAsync(string channel, Watch watch)
     {
-        var position = await store.GetPositionAsync(channel, stopping.Token).ConfigureAwait(false);
+        if (await store.PeekPositionAsync(channel, stopping.Token).ConfigureAwait(false) is not { } position) return;
         ChannelPosition since;
         lock (watch)
         {

@@ -63,6 +63,18 @@ public sealed class RedisChannelStore : IChannelStore
         return new ChannelPosition((string)read[0]!, (ulong)read[1]);
     }
 
+    /// <summary>
+    /// The channel's position as Redis holds it, with one plain read (no script, no trim, no epoch set):
+    /// null when the channel has no history. For frequent checks.
+    /// </summary>
+    internal async Task<ChannelPosition?> PeekPositionAsync(string channel, CancellationToken cancellationToken)
+    {
+        var database = await connection.DatabaseAsync().ConfigureAwait(false);
+        var values = await database.HashGetAsync(connection.Keys.History(channel)[0], [HistoryScripts.EpochField, HistoryScripts.LastField]).WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (values[0].IsNull || values[1].IsNull) return null;
+        return new ChannelPosition((string)values[0]!, (ulong)values[1]);
+    }
+
     private async ValueTask<RedisResult[]> ReadScriptAsync(string channel, string sinceEpoch, ulong sinceOffset, int limit, CancellationToken cancellationToken)
     {
         var database = await connection.DatabaseAsync().ConfigureAwait(false);
