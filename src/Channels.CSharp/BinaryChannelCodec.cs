@@ -104,7 +104,7 @@ internal static class BinaryChannelCodec
         if (!TryLength(bytes.Span, ref at, out var length)) return false;
         data = bytes.Slice(at, length);
         at += length;
-        return JsonChannelCodec.IsJsonValue(data.Span);
+        return ChannelJson.isValue(data.Span);
     }
 
     /// <summary>Writes one server message in the binary form.</summary>

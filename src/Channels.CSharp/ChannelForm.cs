@@ -37,9 +37,14 @@ internal sealed class ChannelForm
 
     public string PresenceTopic(string channel) => _presenceTopic(channel);
 
-    public bool TryDecode(ReadOnlyMemory<byte> bytes, out ClientMessage message) =>
-        Kind == MessageKind.Text ? JsonChannelCodec.TryDecode(bytes, out message) : BinaryChannelCodec.TryDecode(bytes, out message);
+    public bool TryDecode(ReadOnlyMemory<byte> bytes, out ClientMessage message)
+    {
+        if (Kind == MessageKind.Binary) return BinaryChannelCodec.TryDecode(bytes, out message);
+        var decoded = ChannelJson.decodeClient(bytes);
+        message = decoded.IsOk ? decoded.ResultValue : null!;
+        return decoded.IsOk;
+    }
 
     public byte[] Encode(ServerMessage message) =>
-        Kind == MessageKind.Text ? JsonChannelCodec.Encode(message) : BinaryChannelCodec.Encode(message);
+        Kind == MessageKind.Text ? ChannelJson.encodeServer(message) : BinaryChannelCodec.Encode(message);
 }

@@ -64,18 +64,18 @@ internal sealed class ChannelHub : IChannelPresenceListener
         using var held = await LockAsync(channel).ConfigureAwait(false);
         var result = await Store.AppendAsync(channel, data, key).ConfigureAwait(false);
         if (!result.Duplicate)
-            FanOut(channel, ServerMessage.NewPublication(channel, result.Position, ChannelData.OfBytes(data)), ChannelForm.Json.Topic, ChannelForm.Binary.Topic);
+        {
+            Server.Publish(ChannelForm.Json.Topic(channel), ChannelJson.encodePublication(channel, result.Position, data.Span), MessageKind.Text);
+            Server.Publish(ChannelForm.Binary.Topic(channel), ChannelForm.Binary.Encode(ServerMessage.NewPublication(channel, result.Position, ChannelData.OfBytes(data))), MessageKind.Binary);
+        }
         return result;
     }
 
     /// <summary>Sends a join or leave event to the channel's presence watchers on every node.</summary>
-    public void PublishPresence(string channel, ServerMessage message) =>
-        FanOut(channel, message, ChannelForm.Json.PresenceTopic, ChannelForm.Binary.PresenceTopic);
-
-    private void FanOut(string channel, ServerMessage message, Func<string, string> jsonTopic, Func<string, string> binaryTopic)
+    public void PublishPresence(string channel, ServerMessage message)
     {
-        Server.Publish(jsonTopic(channel), ChannelForm.Json.Encode(message), MessageKind.Text);
-        Server.Publish(binaryTopic(channel), ChannelForm.Binary.Encode(message), MessageKind.Binary);
+        Server.Publish(ChannelForm.Json.PresenceTopic(channel), ChannelForm.Json.Encode(message), MessageKind.Text);
+        Server.Publish(ChannelForm.Binary.PresenceTopic(channel), ChannelForm.Binary.Encode(message), MessageKind.Binary);
     }
 
     /// <inheritdoc/>

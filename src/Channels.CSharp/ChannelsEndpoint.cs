@@ -190,7 +190,7 @@ internal sealed class ChannelsEndpoint<TData>
             SendError(connection, id, ChannelErrorCode.TooLarge, $"data is over {_options.MaxDataBytes} bytes");
             return;
         }
-        if (key.Length == 0 || JsonChannelCodec.Utf8Length(key) > 64)
+        if (!PublishKeys.isValidKey(key))
         {
             SendError(connection, id, ChannelErrorCode.BadMessage, "a key is 1 to 64 bytes");
             return;

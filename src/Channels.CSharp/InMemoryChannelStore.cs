@@ -1,11 +1,13 @@
 using System.Security.Cryptography;
+using Microsoft.FSharp.Core;
 using Realtime.Protocol;
 
 namespace Realtime.Channels;
 
 /// <summary>
 /// Channel history in this process: a ring of publications per channel, trimmed by
-/// <see cref="ChannelRetention"/>. Positions are assigned under one lock per channel. Each channel's
+/// <see cref="ChannelRetention"/> with the core's rules (<see cref="ChannelHistory"/>, <see cref="ChannelRecovery"/>,
+/// <see cref="PublishKeys"/>). Positions are assigned under one lock per channel. Each channel's
 /// epoch is chosen at random when this process first sees it, so clients of an earlier process are told
 /// their position is not recovered. Every member completes synchronously. For one node only: several
 /// nodes need a shared store (Realtime.Channels.Redis).
@@ -32,13 +34,20 @@ public sealed class InMemoryChannelStore : IChannelStore
         var log = LogOf(channel);
         lock (log)
         {
-            var now = _time.GetTimestamp();
-            log.Trim(_retention, now, _time);
-            if (key is not null && log.Keys.TryGetValue(key, out var first))
-                return ValueTask.FromResult(new ChannelAppendResult(new ChannelPosition(log.Epoch, first), true));
-            var offset = log.Append(data.ToArray(), key, now);
-            log.Trim(_retention, now, _time);
-            return ValueTask.FromResult(new ChannelAppendResult(new ChannelPosition(log.Epoch, offset), false));
+            var now = NowMilliseconds();
+            var retention = _retention.ToCore();
+            var keyLimits = new PublishKeys.KeyLimits(_retention.MaxKeys, retention.MaxAge);
+            log.ForgetKeys(keyLimits, now);
+            if (key is not null)
+            {
+                var found = log.Keys.TryGetValue(key, out var entry) ? FSharpValueOption<PublishKeys.Entry>.NewValueSome(entry) : FSharpValueOption<PublishKeys.Entry>.ValueNone;
+                var verdict = PublishKeys.check(keyLimits, now, found);
+                if (verdict.IsRepeat) return ValueTask.FromResult(new ChannelAppendResult(verdict.first, true));
+            }
+            var position = log.Append(data.ToArray(), now);
+            if (key is not null) log.RememberKey(key, new PublishKeys.Entry(position, now));
+            log.Trim(retention, now);
+            return ValueTask.FromResult(new ChannelAppendResult(position, false));
         }
     }
 
@@ -49,26 +58,12 @@ public sealed class InMemoryChannelStore : IChannelStore
         var log = LogOf(channel);
         lock (log)
         {
-            log.Trim(_retention, _time.GetTimestamp(), _time);
-            var position = new ChannelPosition(log.Epoch, log.LastOffset);
-            var sameEpoch = string.Equals(since.Epoch, log.Epoch, StringComparison.Ordinal);
-            var firstHeld = log.LastOffset - (ulong)log.Count + 1;
-            bool recovered;
-            ulong from;
-            if (sameEpoch && since.Offset <= log.LastOffset && since.Offset + 1 >= firstHeld)
-            {
-                recovered = true;
-                from = since.Offset + 1;
-            }
-            else
-            {
-                recovered = sameEpoch && since.Offset == log.LastOffset;
-                from = sameEpoch && since.Offset > log.LastOffset ? log.LastOffset + 1 : firstHeld;
-            }
-            var publications = new List<ChannelPublication>();
-            for (var offset = from; offset <= log.LastOffset && publications.Count < limit; offset++)
+            log.Trim(_retention.ToCore(), NowMilliseconds());
+            var plan = ChannelRecovery.page(limit, ChannelRecovery.plan(log.Window, FSharpValueOption<ChannelPosition>.NewValueSome(since)));
+            var publications = new List<ChannelPublication>((int)plan.Count);
+            for (var offset = plan.From; offset <= plan.Through; offset++)
                 publications.Add(new ChannelPublication(offset, log.DataAt(offset)));
-            return ValueTask.FromResult(new ChannelHistoryRead(position, publications, recovered));
+            return ValueTask.FromResult(new ChannelHistoryRead(plan.Position, publications, plan.Recovery.IsRecovered));
         }
     }
 
@@ -77,67 +72,75 @@ public sealed class InMemoryChannelStore : IChannelStore
     {
         var log = LogOf(channel);
         lock (log)
-            return ValueTask.FromResult(new ChannelPosition(log.Epoch, log.LastOffset));
+            return ValueTask.FromResult(log.Window.Position);
     }
+
+    private long NowMilliseconds() => (long)(_time.GetTimestamp() * (1000.0 / _time.TimestampFrequency));
 
     private ChannelLog LogOf(string channel) => _channels.GetOrAdd(channel, static _ => new ChannelLog(NewEpoch()));
 
     private static string NewEpoch() => Convert.ToBase64String(RandomNumberGenerator.GetBytes(6)).Replace('+', '-').Replace('/', '_');
 
-    /// <summary>One channel's publications: a ring, oldest at <c>_head</c>.</summary>
+    /// <summary>One channel's publications (a ring, oldest at <c>_head</c>, described by the core's window) and its remembered publish keys.</summary>
     private sealed class ChannelLog(string epoch)
     {
-        private Entry[] _ring = new Entry[8];
+        private (byte[] Data, long Time)[] _ring = new (byte[], long)[8];
         private int _head;
-        private long _bytes;
+        private readonly Queue<(string Key, long Time)> _keyOrder = new();
 
-        public string Epoch { get; } = epoch;
-        public ulong LastOffset { get; private set; }
-        public int Count { get; private set; }
-        public Dictionary<string, ulong> Keys { get; } = new(StringComparer.Ordinal);
+        public ChannelHistory.Window Window { get; private set; } = ChannelHistory.empty(epoch);
 
-        public ulong Append(byte[] data, string? key, long timestamp)
+        public Dictionary<string, PublishKeys.Entry> Keys { get; } = new(StringComparer.Ordinal);
+
+        private int Count => (int)Window.Count;
+
+        public ChannelPosition Append(byte[] data, long now)
         {
             if (Count == _ring.Length) Grow();
-            var offset = ++LastOffset;
-            _ring[(_head + Count) % _ring.Length] = new Entry(data, key, timestamp);
-            Count++;
-            _bytes += data.Length;
-            if (key is not null) Keys[key] = offset;
-            return offset;
+            _ring[(_head + Count) % _ring.Length] = (data, now);
+            var (window, position) = ChannelHistory.append(Window, data.Length);
+            Window = window;
+            return position;
         }
 
-        public ReadOnlyMemory<byte> DataAt(ulong offset)
-        {
-            var index = (int)(offset - (LastOffset - (ulong)Count + 1));
-            return _ring[(_head + index) % _ring.Length].Data;
-        }
+        public ReadOnlyMemory<byte> DataAt(ulong offset) =>
+            _ring[(_head + (int)(offset - Window.FirstOffset)) % _ring.Length].Data;
 
-        public void Trim(ChannelRetention retention, long now, TimeProvider time)
+        public void Trim(ChannelHistory.Retention retention, long now)
         {
             while (Count > 0)
             {
-                ref var oldest = ref _ring[_head];
-                var tooMany = Count > retention.MaxCount;
-                var tooBig = _bytes > retention.MaxBytes;
-                var tooOld = time.GetElapsedTime(oldest.Timestamp, now) > retention.MaxAge;
-                if (!tooMany && !tooBig && !tooOld) break;
-                _bytes -= oldest.Data.Length;
-                if (oldest.Key is not null) Keys.Remove(oldest.Key);
-                oldest = default;
+                var oldest = _ring[_head];
+                var (window, step) = ChannelHistory.trim(retention, now, Window, oldest.Data.Length, oldest.Time);
+                if (step.IsKeep) return;
+                Window = window;
+                _ring[_head] = default;
                 _head = (_head + 1) % _ring.Length;
-                Count--;
+            }
+        }
+
+        public void RememberKey(string key, PublishKeys.Entry entry)
+        {
+            Keys[key] = entry;
+            _keyOrder.Enqueue((key, entry.Time));
+        }
+
+        public void ForgetKeys(PublishKeys.KeyLimits limits, long now)
+        {
+            while (_keyOrder.TryPeek(out var oldest) && PublishKeys.shouldForget(limits, now, _keyOrder.Count, oldest.Time))
+            {
+                _keyOrder.Dequeue();
+                // A key published again (after it was forgotten by age) has a newer entry: keep that one.
+                if (Keys.TryGetValue(oldest.Key, out var entry) && entry.Time == oldest.Time) Keys.Remove(oldest.Key);
             }
         }
 
         private void Grow()
         {
-            var bigger = new Entry[_ring.Length * 2];
+            var bigger = new (byte[], long)[_ring.Length * 2];
             for (var i = 0; i < Count; i++) bigger[i] = _ring[(_head + i) % _ring.Length];
             _ring = bigger;
             _head = 0;
         }
-
-        private readonly record struct Entry(byte[] Data, string? Key, long Timestamp);
     }
 }
