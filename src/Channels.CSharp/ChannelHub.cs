@@ -20,7 +20,7 @@ namespace Realtime.Channels;
 /// subscribed; one that overtakes the history read is caught by the client's position check (a lower
 /// offset is a duplicate it drops, a higher one a gap it recovers).
 /// </remarks>
-internal sealed class ChannelHub : IChannelPresenceListener
+internal sealed class ChannelHub : IChannelPresenceListener, IRealtimeChannels
 {
     private readonly ConcurrentDictionary<string, SemaphoreSlim> _locks = new(StringComparer.Ordinal);
     private int _started;
@@ -59,13 +59,13 @@ internal sealed class ChannelHub : IChannelPresenceListener
     }
 
     /// <summary>Appends to the store and, unless the key was a duplicate, sends the publication to every subscriber, under the channel's lock.</summary>
-    public async ValueTask<ChannelAppendResult> PublishAsync(string channel, ReadOnlyMemory<byte> data, string? key)
+    public async ValueTask<ChannelAppendResult> AppendAndFanOutAsync(string channel, byte[] data, string? key)
     {
         using var held = await LockAsync(channel).ConfigureAwait(false);
         var result = await Store.AppendAsync(channel, data, key).ConfigureAwait(false);
         if (!result.Duplicate)
         {
-            Server.Publish(ChannelForm.Json.Topic(channel), ChannelJson.encodePublication(channel, result.Position, data.Span), MessageKind.Text);
+            Server.Publish(ChannelForm.Json.Topic(channel), ChannelJson.encodePublication(channel, result.Position, data), MessageKind.Text);
             Server.Publish(ChannelForm.Binary.Topic(channel), ChannelForm.Binary.Encode(ServerMessage.NewPublication(channel, result.Position, ChannelData.OfBytes(data))), MessageKind.Binary);
         }
         return result;
@@ -77,6 +77,27 @@ internal sealed class ChannelHub : IChannelPresenceListener
         Server.Publish(ChannelForm.Json.PresenceTopic(channel), ChannelForm.Json.Encode(message), MessageKind.Text);
         Server.Publish(ChannelForm.Binary.PresenceTopic(channel), ChannelForm.Binary.Encode(message), MessageKind.Binary);
     }
+
+    /// <inheritdoc/>
+    public async ValueTask<ChannelPosition> PublishJsonAsync(string channel, ReadOnlyMemory<byte> json, string? key = null)
+    {
+        ArgumentNullException.ThrowIfNull(channel);
+        if (!RealtimeChannelsOptions.WithinProtocolLimit(channel)) throw new ArgumentException("a channel name is 1 to 256 UTF-8 bytes", nameof(channel));
+        if (!ChannelJson.isValue(json.Span)) throw new ArgumentException("the data must be one JSON value", nameof(json));
+        if (key is not null && !PublishKeys.isValidKey(key)) throw new ArgumentException("a key is 1 to 64 UTF-8 bytes", nameof(key));
+        var result = await AppendAndFanOutAsync(channel, json.ToArray(), key).ConfigureAwait(false);
+        return result.Position;
+    }
+
+    /// <inheritdoc/>
+    public ValueTask<ChannelPosition> PublishAsync<T>(string channel, T data, string? key = null) =>
+        PublishJsonAsync(channel, System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(data, WebJson), key);
+
+    /// <inheritdoc/>
+    public ValueTask<IReadOnlyList<PresenceMember>> GetMembersAsync(string channel) => Presence.GetMembersAsync(channel);
+
+    /// <summary>How the app's values become JSON: web defaults (camelCase names).</summary>
+    public static readonly System.Text.Json.JsonSerializerOptions WebJson = new(System.Text.Json.JsonSerializerDefaults.Web);
 
     /// <inheritdoc/>
     public void MembersLeft(string channel, IReadOnlyList<PresenceMember> members)

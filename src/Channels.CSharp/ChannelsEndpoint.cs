@@ -14,7 +14,7 @@ internal sealed class ChannelsEndpoint<TData>
     /// <summary>How many publications one history read asks for while recovering.</summary>
     private const int RecoveryPage = 1_000;
 
-    private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
+    private static readonly JsonSerializerOptions Json = ChannelHub.WebJson;
 
     private readonly ChannelHub _hub;
     private readonly RealtimeChannelHandlers<TData> _app;
@@ -200,7 +200,7 @@ internal sealed class ChannelsEndpoint<TData>
             SendError(connection, id, ChannelErrorCode.Forbidden, "not allowed to publish to " + channel);
             return;
         }
-        var result = await _hub.PublishAsync(channel, data.Json, key).ConfigureAwait(false);
+        var result = await _hub.AppendAndFanOutAsync(channel, data.Json.ToArray(), key).ConfigureAwait(false);
         Send(connection, ServerMessage.NewAck(id, channel, result.Position));
     }
 

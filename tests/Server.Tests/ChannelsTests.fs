@@ -28,17 +28,32 @@ type ManualClock() =
 
 /// Starts a server with a channels endpoint at /channels: `options` sets retention and limits, `store`
 /// replaces the in-memory store when given, `handlers` sets the callbacks (Attach reads ?name=).
-let startChannels (options: RealtimeChannelsOptions -> unit) (store: IChannelStore option) (handlers: RealtimeChannelHandlers<User> -> unit) =
+let startChannelsWith (services: IServiceCollection -> unit) (options: RealtimeChannelsOptions -> unit) (handlers: RealtimeChannelHandlers<User> -> unit) =
     startWith
         (fun builder ->
             let realtime = { new IRealtimeBuilder with member _.Services = builder.Services }
             realtime.AddRealtimeChannels(Action<RealtimeChannelsOptions> options) |> ignore
-            store |> Option.iter (fun s -> builder.Services.AddSingleton<IChannelStore>(s) |> ignore))
+            services builder.Services)
         ignore
         (fun app ->
             app.MapRealtimeChannels<User>("/channels", fun c ->
                 c.Attach <- fun http -> Attachment.Accept { Name = string http.Request.Query["name"] }
                 handlers c) |> ignore)
+
+/// `startChannelsWith`, with `store` in place of the in-memory store when given.
+let startChannels (options: RealtimeChannelsOptions -> unit) (store: IChannelStore option) (handlers: RealtimeChannelHandlers<User> -> unit) =
+    startChannelsWith (fun services -> store |> Option.iter (fun s -> services.AddSingleton<IChannelStore>(s) |> ignore)) options handlers
+
+/// The in-memory presence, keeping the listener the channels server gives it, so a test can report
+/// members of a dead node as a shared presence would.
+type ReportingPresence() =
+    let inner = InMemoryChannelPresence()
+    member val Listener: IChannelPresenceListener = Unchecked.defaultof<_> with get, set
+    interface IChannelPresence with
+        member this.Start listener = this.Listener <- listener
+        member _.JoinAsync(channel, memberInfo, cancel) = (inner :> IChannelPresence).JoinAsync(channel, memberInfo, cancel)
+        member _.LeaveAsync(channel, client, cancel) = (inner :> IChannelPresence).LeaveAsync(channel, client, cancel)
+        member _.GetMembersAsync(channel, cancel) = (inner :> IChannelPresence).GetMembersAsync(channel, cancel)
 
 let private url (server: RunningServer) (name: string) = $"{server.WsUrl}/channels?name={name}"
 
@@ -375,6 +390,37 @@ let tests =
             Expect.equal (members.GetProperty("members").GetArrayLength()) 1 "only ann is left"
         })
 
+        testCaseTask "members a shared presence reports dead (their node crashed) leave: watchers on this node get leave events" (fun () -> task {
+            let presence = ReportingPresence()
+            let! server = startChannelsWith (fun services -> services.AddSingleton<IChannelPresence>(presence) |> ignore) ignore ignore
+            use _ = server
+            Expect.isNotNull (box presence.Listener) "the channels server started the presence with a listener"
+            let! watcher, _ = connectJson (url server "ann")
+            use watcher = watcher
+            let! _ = subscribe watcher 1 "room:dead" ""","presence":true"""
+            let! _ = watcher.Expect "join"
+            let gone = { Client = "n9-1"; Info = ChannelData.OfBytes(ReadOnlyMemory(Text.Encoding.UTF8.GetBytes "\"bob\"")) }
+            presence.Listener.MembersLeft("room:dead", [| gone |])
+            let! leave = watcher.Expect "leave"
+            Expect.equal (leave.GetProperty("member").GetProperty("client").GetString(), leave.GetProperty("member").GetProperty("info").GetString()) ("n9-1", "bob") "the dead member left"
+        })
+
+        testCaseTask "options out of range fail the start with a message naming them" (fun () -> task {
+            let! failure =
+                task {
+                    try
+                        let! server = startChannels (fun o -> o.MaxDataBytes <- 0; o.Retention.MaxCount <- -1) None ignore
+                        do! server.StopAsync()
+                        return None
+                    with e -> return Some e
+                }
+            match failure with
+            | Some(:? Microsoft.Extensions.Options.OptionsValidationException as e) ->
+                Expect.stringContains e.Message "RealtimeChannelsOptions.MaxDataBytes is 0" "names the option and value"
+                Expect.stringContains e.Message "Retention.MaxCount is -1" "every problem"
+            | other -> failtestf "expected OptionsValidationException, got %A" other
+        })
+
         testCaseTask "unsubscribe ends the publications; unsubscribing twice is error not-subscribed" (fun () -> task {
             let! server = startChannels ignore None ignore
             use _ = server
@@ -467,6 +513,30 @@ let tests =
             let! _ = client.Expect "unsubscribed"
             let! subscribed, _ = subscribe client 9 longest ""
             Expect.equal (subscribed.GetProperty("channel").GetString()) longest "256 bytes is allowed"
+        })
+
+        testCaseTask "the app publishes from its own code through IRealtimeChannels, with positions, history and keys like a client" (fun () -> task {
+            let! server = startChannels ignore None ignore
+            use _ = server
+            let channels = server.App.Services.GetRequiredService<IRealtimeChannels>()
+            let! client, _ = connectJson (url server "ann")
+            use client = client
+            let! _ = subscribe client 1 "room:app" ""
+            let! first = channels.PublishAsync("room:app", {| text = "from a route" |}, "route-1")
+            let! again = channels.PublishAsync("room:app", {| text = "from a route" |}, "route-1")
+            Expect.equal again first "the same key publishes once"
+            let! second = channels.PublishJsonAsync("room:app", ReadOnlyMemory(Text.Encoding.UTF8.GetBytes "[1,2]"))
+            Expect.equal second.Offset (first.Offset + 1UL) "the next position"
+            let! pubs = takePubs client 2
+            Expect.equal (pubs |> List.map dataOf) [ """{"text":"from a route"}"""; "[1,2]" ] "both, once each, in order"
+            let! refused =
+                task {
+                    try
+                        let! _ = channels.PublishJsonAsync("room:app", ReadOnlyMemory(Text.Encoding.UTF8.GetBytes "{oops"))
+                        return false
+                    with :? ArgumentException -> return true
+                }
+            Expect.isTrue refused "data that is not JSON is refused"
         })
 
         testCaseTask "the binary form: subscribe, publish, pub and ack in binary frames, with the same data a JSON subscriber gets" (fun () -> task {
