@@ -15,6 +15,12 @@ namespace Realtime.Channels.Redis;
 /// </remarks>
 internal static class HistoryScripts
 {
+    /// <summary>The position hash's field of the epoch.</summary>
+    public const string EpochField = "epoch";
+
+    /// <summary>The position hash's field of the latest offset.</summary>
+    public const string LastField = "last";
+
     private const string Common = """
         local function now_ms()
           local t = redis.call('TIME')
@@ -87,7 +93,8 @@ internal static class HistoryScripts
 
     /// <summary>
     /// Appends one publication. ARGV: candidate epoch, data, publish key ('' for none), max count, max
-    /// bytes, max age ms (0: none), key expiry ms, publish-key age ms, max publish keys. Returns
+    /// bytes, max age ms (0: none), key expiry ms, publish-key age ms, max publish keys (the retention's
+    /// MaxKeys). Returns
     /// {epoch, offset, 1 when the key was seen before (nothing appended) else 0}.
     /// </summary>
     public const string Append = Common + """
@@ -119,8 +126,8 @@ internal static class HistoryScripts
     /// Reads the channel's position and what it holds after a position. ARGV: candidate epoch, since
     /// epoch ('' for none), since offset, most entries to return (0: position only), max count, max
     /// bytes, max age ms (0: none), key expiry ms. Returns {epoch, last offset, first offset held (last + 1
-    /// when none), then offset and data of each entry after the position (all held ones when the
-    /// epoch differs), oldest first}.
+    /// when none), then offset and data of each entry after the position, oldest first: all held ones
+    /// when the position is of another epoch or past the last offset (ChannelRecovery.plan's rule)}.
     /// </summary>
     public const string Read = Common + """
         local now = now_ms()
@@ -134,7 +141,8 @@ internal static class HistoryScripts
         local from = first
         if ARGV[2] == epoch then
           local since = tonumber(ARGV[3])
-          if since >= last then from = last + 1 else from = math.max(first, since + 1) end
+          if since == last then from = last + 1
+          elseif since < last then from = math.max(first, since + 1) end
         end
         local result = {epoch, last, first}
         local most = tonumber(ARGV[4])

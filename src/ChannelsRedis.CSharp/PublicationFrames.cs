@@ -7,7 +7,8 @@ namespace Realtime.Channels.Redis;
 
 /// <summary>
 /// The <c>pub</c> message of docs/channels-protocol.md in its two forms, for the node-side gap filler:
-/// reading a frame's channel and position (any other message is not a publication), and writing one.
+/// reading a frame's channel and position without decoding the rest (any other message is not a
+/// publication), and writing one. The binary writer stays here until the core's ChannelBinary is merged.
 /// </summary>
 internal static class PublicationFrames
 {
@@ -28,9 +29,9 @@ internal static class PublicationFrames
         }
     }
 
-    /// <summary>The frame of a publication: JSON text or binary.</summary>
+    /// <summary>The frame of a publication: JSON text (the core's encoder) or binary.</summary>
     public static byte[] Write(string channel, ChannelPosition position, ReadOnlySpan<byte> data, bool binary) =>
-        binary ? WriteBinary(channel, position, data) : WriteJson(channel, position, data);
+        binary ? WriteBinary(channel, position, data) : ChannelJson.encodePublication(channel, position, data);
 
     private static bool TryReadJson(ReadOnlySpan<byte> frame, out string channel, out ChannelPosition position)
     {
@@ -94,23 +95,6 @@ internal static class PublicationFrames
         value = Encoding.UTF8.GetString(bytes[..(int)length]);
         bytes = bytes[(int)length..];
         return true;
-    }
-
-    private static byte[] WriteJson(string channel, ChannelPosition position, ReadOnlySpan<byte> data)
-    {
-        var buffer = new ArrayBufferWriter<byte>(data.Length + channel.Length + 64);
-        using (var writer = new Utf8JsonWriter(buffer, new JsonWriterOptions { SkipValidation = true }))
-        {
-            writer.WriteStartObject();
-            writer.WriteString("type", "pub");
-            writer.WriteString("channel", channel);
-            writer.WriteString("epoch", position.Epoch);
-            writer.WriteNumber("offset", position.Offset);
-            writer.WritePropertyName("data");
-            writer.WriteRawValue(data, skipInputValidation: true);
-            writer.WriteEndObject();
-        }
-        return buffer.WrittenSpan.ToArray();
     }
 
     private static byte[] WriteBinary(string channel, ChannelPosition position, ReadOnlySpan<byte> data)

@@ -20,7 +20,7 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
     private const int ReadPage = 1_000;
 
     private readonly IRealtimeBackplane inner;
-    private readonly IChannelStore store;
+    private readonly RedisChannelStore store;
     private readonly TimeSpan interval;
     private readonly ILogger logger;
     private readonly ConcurrentDictionary<string, Watch> watches = new(StringComparer.Ordinal);
@@ -29,7 +29,7 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
     private Task loop = Task.CompletedTask;
     private long filled;
 
-    public PublicationGapFiller(IRealtimeBackplane inner, IChannelStore store, TimeSpan interval, ILogger logger)
+    public PublicationGapFiller(IRealtimeBackplane inner, RedisChannelStore store, TimeSpan interval, ILogger logger)
     {
         this.inner = inner;
         this.store = store;
@@ -107,6 +107,7 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
         if (!PublicationFrames.TryReadPosition(payload, binary, out _, out var position)) return;
         lock (watch)
         {
+            watch.AdoptIfNew(position.Epoch);
             if (watch.Epoch == position.Epoch) watch.Delivered = Math.Max(watch.Delivered, position.Offset);
         }
     }
@@ -116,8 +117,8 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
         using var timer = new PeriodicTimer(interval);
         while (await timer.WaitForNextTickAsync(stopping.Token).ConfigureAwait(false))
         {
-            foreach (var (channel, watch) in watches)
-                await CheckSafelyAsync(channel, watch).ConfigureAwait(false);
+            // All channels at once: the reads are pipelined on the one connection.
+            await Task.WhenAll(watches.Select(pair => CheckSafelyAsync(pair.Key, pair.Value))).ConfigureAwait(false);
         }
     }
 
@@ -141,10 +142,18 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
 
     private async Task CheckAsync(string channel, Watch watch)
     {
-        var position = await store.GetPositionAsync(channel, stopping.Token).ConfigureAwait(false);
+        var peeked = await store.PeekPositionAsync(channel, stopping.Token).ConfigureAwait(false);
         ChannelPosition since;
+        ulong upTo;
         lock (watch)
         {
+            if (peeked is not { } position)
+            {
+                // No history yet: whatever this channel gets from now on is after this check.
+                if (watch.Epoch is null) watch.New = true;
+                return;
+            }
+            watch.AdoptIfNew(position.Epoch);
             if (watch.Epoch != position.Epoch)
             {
                 // The first check of a channel (or its history was lost): what its subscribers have
@@ -166,8 +175,9 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
                 return;
             }
             since = new ChannelPosition(watch.Epoch, watch.Delivered);
+            upTo = position.Offset;
         }
-        await FillAsync(channel, watch, since, position.Offset).ConfigureAwait(false);
+        await FillAsync(channel, watch, since, upTo).ConfigureAwait(false);
     }
 
     private async Task FillAsync(string channel, Watch watch, ChannelPosition since, ulong upTo)
@@ -221,5 +231,17 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
         public ulong Delivered;
         public ulong Behind;
         public int Checking;
+
+        /// <summary>True when a check found no history: the first epoch seen is followed from offset 0.</summary>
+        public bool New;
+
+        public void AdoptIfNew(string epoch)
+        {
+            if (Epoch is null && New)
+            {
+                Epoch = epoch;
+                New = false;
+            }
+        }
     }
 }

@@ -117,7 +117,7 @@ public sealed class RedisChannelPresence : IChannelPresence, IAsyncDisposable
             {
                 await BeatAsync().ConfigureAwait(false);
             }
-            catch (Exception e) when (e is RedisException or TimeoutException)
+            catch (Exception e) when (e is not OperationCanceledException)
             {
                 logger.LoopFailed(e, "presence heartbeat");
             }
@@ -155,7 +155,7 @@ public sealed class RedisChannelPresence : IChannelPresence, IAsyncDisposable
             {
                 await SweepAsync().ConfigureAwait(false);
             }
-            catch (Exception e) when (e is RedisException or TimeoutException)
+            catch (Exception e) when (e is not OperationCanceledException)
             {
                 logger.LoopFailed(e, "presence sweep");
             }

@@ -1,4 +1,5 @@
 using System.Security.Cryptography;
+using Microsoft.FSharp.Core;
 using Realtime.Protocol;
 using StackExchange.Redis;
 
@@ -7,8 +8,10 @@ namespace Realtime.Channels.Redis;
 /// <summary>
 /// Channel history in Redis, shared by every node: positions are assigned in Redis by one script per
 /// append (the channel's one serialization point), publications are kept in a Redis Stream (entry id
-/// <c>&lt;offset&gt;-0</c>) trimmed by the retention's count, bytes and age, and recent publish keys are
-/// remembered so that a retry on any node takes effect once. Any node can recover a client that was on
+/// <c>&lt;offset&gt;-0</c>) trimmed by the retention's count, bytes and age (the core's
+/// <see cref="ChannelHistory"/> rules, on Redis's clock), and the last <see cref="ChannelRetention.MaxKeys"/>
+/// publish keys within <see cref="ChannelRetention.MaxAge"/> are remembered so that a retry on any node
+/// takes effect once. Any node can recover a client that was on
 /// any other, and a node restart loses nothing within retention.
 /// </summary>
 public sealed class RedisChannelStore : IChannelStore
@@ -34,7 +37,7 @@ public sealed class RedisChannelStore : IChannelStore
             [
                 NewEpoch(), data, key ?? "",
                 retention.MaxCount, retention.MaxBytes, Milliseconds(retention.MaxAge),
-                Milliseconds(options.KeyExpiry), Milliseconds(options.PublishKeyAge), options.MaxPublishKeys,
+                Milliseconds(options.KeyExpiry), Milliseconds(retention.MaxAge), retention.MaxKeys,
             ]).WaitAsync(cancellationToken).ConfigureAwait(false))!;
         return new ChannelAppendResult(new ChannelPosition((string)result[0]!, (ulong)result[1]), (long)result[2] == 1);
     }
@@ -47,13 +50,11 @@ public sealed class RedisChannelStore : IChannelStore
         var publications = new ChannelPublication[(read.Length - 3) / 2];
         for (var i = 0; i < publications.Length; i++)
             publications[i] = new ChannelPublication((ulong)read[3 + 2 * i], (byte[])read[4 + 2 * i]!);
-        var epoch = (string)read[0]!;
-        var last = (ulong)read[1];
-        var first = (ulong)read[2];
-        // Offsets have no gaps, so whatever lies between the reader's position and the first offset still
-        // held was trimmed; another epoch means the whole history the reader knew is gone.
-        var recovered = since.Epoch == epoch && since.Offset <= last && since.Offset + 1 >= first;
-        return new ChannelHistoryRead(new ChannelPosition(epoch, last), publications, recovered);
+        // Offsets have no gaps, so what the script returns describes the history as the core's window:
+        // whatever lies between the reader's position and the first offset held was trimmed.
+        var window = ChannelHistory.restore((string)read[0]!, (ulong)read[2], (ulong)read[1], 0);
+        var plan = ChannelRecovery.plan(window, FSharpValueOption<ChannelPosition>.NewValueSome(since));
+        return new ChannelHistoryRead(window.Position, publications, plan.Recovery.IsRecovered);
     }
 
     /// <inheritdoc />
@@ -61,6 +62,18 @@ public sealed class RedisChannelStore : IChannelStore
     {
         var read = await ReadScriptAsync(channel, "", 0, 0, cancellationToken).ConfigureAwait(false);
         return new ChannelPosition((string)read[0]!, (ulong)read[1]);
+    }
+
+    /// <summary>
+    /// The channel's position as Redis holds it, with one plain read (no script, no trim, no epoch set):
+    /// null when the channel has no history. For frequent checks.
+    /// </summary>
+    internal async Task<ChannelPosition?> PeekPositionAsync(string channel, CancellationToken cancellationToken)
+    {
+        var database = await connection.DatabaseAsync().ConfigureAwait(false);
+        var values = await database.HashGetAsync(connection.Keys.History(channel)[0], [HistoryScripts.EpochField, HistoryScripts.LastField]).WaitAsync(cancellationToken).ConfigureAwait(false);
+        if (values[0].IsNull || values[1].IsNull) return null;
+        return new ChannelPosition((string)values[0]!, (ulong)values[1]);
     }
 
     private async ValueTask<RedisResult[]> ReadScriptAsync(string channel, string sinceEpoch, ulong sinceOffset, int limit, CancellationToken cancellationToken)

@@ -4,7 +4,7 @@ namespace Realtime.Channels.Redis;
 
 /// <summary>
 /// Settings of channel history and presence in Redis (<c>AddRealtimeChannels().AddRedis(...)</c>).
-/// Retention (count, bytes, age) and the node id come from <see cref="RealtimeChannelsOptions"/>.
+/// Retention (count, bytes, age, publish keys) and the node id come from <see cref="RealtimeChannelsOptions"/>.
 /// </summary>
 public sealed class RedisChannelsOptions
 {
@@ -35,15 +35,6 @@ public sealed class RedisChannelsOptions
     /// <c>not-recovered</c>. Keep it longer than <see cref="ChannelRetention.MaxAge"/>. Default 1 day.
     /// </summary>
     public TimeSpan KeyExpiry { get; set; } = TimeSpan.FromDays(1);
-
-    /// <summary>
-    /// How long a channel remembers a publish key, so that a retried publish takes effect once. Default
-    /// 10 minutes.
-    /// </summary>
-    public TimeSpan PublishKeyAge { get; set; } = TimeSpan.FromMinutes(10);
-
-    /// <summary>The most publish keys a channel remembers (the oldest are forgotten first). Default 10,000.</summary>
-    public int MaxPublishKeys { get; set; } = 10_000;
 
     /// <summary>
     /// How long a node's heartbeat lives in Redis. A node that stops renewing it (crashed, or cut off from
@@ -78,8 +69,6 @@ public sealed class RedisChannelsOptions
         Check(Configuration is not null || ConfigurationOptions is not null, "Configuration or ConfigurationOptions must be set.");
         Check(!string.IsNullOrEmpty(KeyPrefix) && KeyPrefix.IndexOfAny(['{', '}']) < 0, $"KeyPrefix is \"{KeyPrefix}\"; it must be non-empty and without braces.");
         Check(KeyExpiry >= TimeSpan.FromSeconds(1), $"KeyExpiry is {KeyExpiry}; it must be at least 1 s.");
-        Check(PublishKeyAge >= TimeSpan.FromMilliseconds(1), $"PublishKeyAge is {PublishKeyAge}; it must be at least 1 ms.");
-        Check(MaxPublishKeys >= 1, $"MaxPublishKeys is {MaxPublishKeys}; it must be at least 1.");
         Check(HeartbeatInterval >= TimeSpan.FromMilliseconds(10), $"HeartbeatInterval is {HeartbeatInterval}; it must be at least 10 ms.");
         Check(HeartbeatTimeout > HeartbeatInterval, $"HeartbeatTimeout is {HeartbeatTimeout}; it must be longer than HeartbeatInterval ({HeartbeatInterval}).");
         Check(SweepInterval >= TimeSpan.FromMilliseconds(10), $"SweepInterval is {SweepInterval}; it must be at least 10 ms.");

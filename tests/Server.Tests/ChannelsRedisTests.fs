@@ -145,6 +145,9 @@ let historyTests =
                 Expect.equal (texts page) [ for n in 11 .. 20 -> $"{{\"n\":{n}}}" ] "their data, byte for byte"
                 let! rest = b.Store.ReadAsync("feed", { position with Offset = 20UL }, 10)
                 Expect.equal (offsets rest) [ 21UL .. 25UL ] "the rest"
+                let! ahead = b.Store.ReadAsync("feed", { position with Offset = 99UL }, 10)
+                Expect.isFalse ahead.Recovered "a position this history never had is not recovered"
+                Expect.equal (offsets ahead) [ 1UL .. 10UL ] "and gets what is held, from the oldest"
                 let! upToDate = b.Store.ReadAsync("feed", position, 10)
                 Expect.isTrue upToDate.Recovered "a reader at the end missed nothing"
                 Expect.isEmpty upToDate.Publications "and gets nothing"
@@ -172,9 +175,9 @@ let historyTests =
                 (disposeAll nodes).Wait()
         })
 
-        testCaseTask "publish keys are forgotten past MaxPublishKeys (oldest first)" (fun () -> task {
-            let options = optionsFor (newPrefix ()) (fun o -> o.MaxPublishKeys <- 3)
-            let node = new StoreNode(options, ChannelRetention())
+        testCaseTask "publish keys are forgotten past the retention's MaxKeys (oldest first)" (fun () -> task {
+            let options = optionsFor (newPrefix ()) ignore
+            let node = new StoreNode(options, retention (fun r -> r.MaxKeys <- 3))
             try
                 for n in 1 .. 4 do
                     let! _ = node.Store.AppendAsync("room", json n, $"k{n}")
