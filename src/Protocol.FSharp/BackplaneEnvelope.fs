@@ -70,24 +70,6 @@ type EnvelopeError =
 
 let private compressFlag = 1uy
 
-let private varintSize (value: uint64) : int =
-    let mutable size = 1
-    let mutable rest = value >>> 7
-    while rest <> 0UL do
-        size <- size + 1
-        rest <- rest >>> 7
-    size
-
-let private writeVarint (value: uint64, destination: Span<byte>) : int =
-    let mutable rest = value
-    let mutable i = 0
-    while rest >= 0x80UL do
-        destination[i] <- byte (rest &&& 0x7FUL) ||| 0x80uy
-        rest <- rest >>> 7
-        i <- i + 1
-    destination[i] <- byte rest
-    i + 1
-
 let private utf8 (text: string) : byte[] =
     if isNull text then Array.empty else Encoding.UTF8.GetBytes text
 
@@ -99,24 +81,24 @@ let encodeParts (topic: string, kind: MessageKind, payload: ReadOnlySpan<byte>, 
     let sender = uint64 senderConnectionId
     let size =
         3
-        + varintSize sender
-        + varintSize (uint64 node.Length) + node.Length
-        + varintSize (uint64 topicBytes.Length) + topicBytes.Length
-        + varintSize (uint64 payload.Length) + payload.Length
+        + Varint.size sender
+        + Varint.size (uint64 node.Length) + node.Length
+        + Varint.size (uint64 topicBytes.Length) + topicBytes.Length
+        + Varint.size (uint64 payload.Length) + payload.Length
     let bytes = Array.zeroCreate<byte> size
     let span = Span bytes
     span[0] <- CurrentVersion
     span[1] <- byte kind
     span[2] <- if compress then compressFlag else 0uy
     let mutable at = 3
-    at <- at + writeVarint (sender, span.Slice at)
-    at <- at + writeVarint (uint64 node.Length, span.Slice at)
+    at <- at + Varint.write (sender, span.Slice at)
+    at <- at + Varint.write (uint64 node.Length, span.Slice at)
     node.CopyTo(span.Slice at)
     at <- at + node.Length
-    at <- at + writeVarint (uint64 topicBytes.Length, span.Slice at)
+    at <- at + Varint.write (uint64 topicBytes.Length, span.Slice at)
     topicBytes.CopyTo(span.Slice at)
     at <- at + topicBytes.Length
-    at <- at + writeVarint (uint64 payload.Length, span.Slice at)
+    at <- at + Varint.write (uint64 payload.Length, span.Slice at)
     payload.CopyTo(span.Slice at)
     bytes
 
@@ -126,26 +108,10 @@ let encode (envelope: Envelope) : byte[] =
 
 /// Reads a varint at `at`: the value and the offset after it, or an error.
 let private readVarint (bytes: ReadOnlySpan<byte>, at: int) : Result<struct (uint64 * int), EnvelopeError> =
-    let mutable value = 0UL
-    let mutable shift = 0
-    let mutable i = at
-    let mutable result = ValueNone
-    while result.IsNone do
-        if i >= bytes.Length then
-            result <- ValueSome(Error Truncated)
-        else
-            let b = bytes[i]
-            let bits = uint64 (b &&& 0x7Fuy)
-            // The tenth byte may carry only the 64th bit.
-            if shift = 63 && bits > 1UL then
-                result <- ValueSome(Error BadLength)
-            else
-                value <- value ||| (bits <<< shift)
-                i <- i + 1
-                if b &&& 0x80uy = 0uy then result <- ValueSome(Ok(struct (value, i)))
-                elif shift = 63 then result <- ValueSome(Error BadLength)
-                else shift <- shift + 7
-    result.Value
+    match Varint.read (bytes, at) with
+    | Varint.Read(value, next) -> Ok(struct (value, next))
+    | Varint.Truncated -> Error Truncated
+    | Varint.TooLong -> Error BadLength
 
 /// Reads a varint length at `at` and checks that many bytes follow: the start and the length, or an error.
 let private readLength (bytes: ReadOnlySpan<byte>, at: int) : Result<struct (int * int), EnvelopeError> =

@@ -35,16 +35,19 @@ type ChannelData =
     /// Data over these bytes (not copied).
     static member OfBytes(bytes: ReadOnlyMemory<byte>) : ChannelData = { Json = bytes }
 
+    /// True when `other` is ChannelData with the same bytes.
     override d.Equals(other: obj) =
         match other with
         | :? ChannelData as o -> d.Json.Span.SequenceEqual(o.Json.Span)
         | _ -> false
 
+    /// A hash of the bytes, consistent with Equals.
     override d.GetHashCode() =
         let mutable hash = HashCode()
         hash.AddBytes(d.Json.Span)
         hash.ToHashCode()
 
+    /// The JSON text (the bytes as UTF-8).
     override d.ToString() = Text.Encoding.UTF8.GetString(d.Json.Span)
 
 /// Where a channel's history is: which sequence (epoch) and how far into it (offset of the last
