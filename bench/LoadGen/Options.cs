@@ -41,7 +41,7 @@ public sealed class Options
     public string Label = "";
     public int Round = 1;
 
-    public string Path => Protocol == "signalr" ? "/hub" : Scenario == "echo" ? "/echo" : Scenario == "connections" ? "/echo" : "/fanout";
+    public string Path => Protocol == "signalr" ? "/hub" : Scenario == "echo" ? "/echo" : Scenario == "connections" ? "/echo" : Scenario == "channels" ? "/channels" : "/fanout";
 
     public static Options Parse(string[] args)
     {
@@ -80,8 +80,10 @@ public sealed class Options
         }
         if (o.Size < Payload.MinSize) throw new ArgumentException($"--size must be at least {Payload.MinSize}");
         if (o.Protocol is not ("raw" or "signalr")) throw new ArgumentException("--protocol is raw or signalr");
-        if ((o.Port2 > 0 || o.Sync) && (o.Scenario != "fanout" || o.Protocol != "raw" || o.Deflate))
-            throw new ArgumentException("--port2 and --sync are for the raw fanout scenario without --deflate");
+        if ((o.Port2 > 0 || o.Sync) && (o.Scenario is not ("fanout" or "channels") || o.Protocol != "raw" || o.Deflate))
+            throw new ArgumentException("--port2 and --sync are for the raw fanout and channels scenarios without --deflate");
+        if (o.Scenario == "channels" && (o.Protocol != "raw" || o.Deflate))
+            throw new ArgumentException("channels is the channels protocol's JSON form, without --deflate");
         return o;
     }
 }

@@ -1,13 +1,15 @@
 // The Realtime benchmark load generator. Every run connects only to 127.0.0.1, is bounded in
 // time (warmup + measured window, or a connect timeout), and prints one JSON line of results.
 //
-//   LoadGen --scenario echo|fanout|chat|connections --port P [--protocol raw|signalr] [--tls] [--deflate]
+//   LoadGen --scenario echo|fanout|chat|connections|channels --port P [--protocol raw|signalr] [--tls] [--deflate]
 //           [--connections C] [--inflight P] [--size S] [--subscribers N] [--window W]
 //           [--warmup s] [--duration s] [--concurrency K] [--settle s] [--pid PID] [--label NAME] [--round R]
 //           [--port2 P2 --pid2 PID2] [--sync] [--name SCENARIO]
 //     fanout with --port2: the publisher and half the subscribers on --port, the other half on --port2
 //     (two nodes sharing a backplane); --sync (implied by --port2) first probes until every subscriber
 //     gets messages; --name sets the scenario name in the result.
+//     channels: fanout through the channels protocol on /channels (positions, history, acks), offsets checked
+//     per subscriber; --port2 splits the subscribers over two nodes as for fanout.
 //   LoadGen freeport                       prints a free TCP port on 127.0.0.1
 //   LoadGen wait PORT SECONDS              exits 0 once 127.0.0.1:PORT accepts connections
 //   LoadGen report RESULTS.jsonl BENCHMARKS.md CHART.svg [KEY=VALUE...]   writes the tables and the chart
@@ -68,6 +70,7 @@ try
         ("echo", "signalr") => SignalRScenarios.EchoAsync(o, result),
         ("fanout" or "chat", "signalr") => SignalRScenarios.MeshAsync(o, result),
         ("connections", _) => RawScenarios.ConnectionsAsync(o, result),
+        ("channels", "raw") => ChannelScenarios.RunAsync(o, result),
         _ => throw new ArgumentException($"unknown scenario {o.Scenario}"),
     };
     // A hard bound on the whole run, whatever happens to the server.

@@ -108,6 +108,7 @@ public static class Report
         }
 
         TwoNodes(md, rows, best);
+        Channels(md, rows, best);
 
         string micro = $"{MicroStart}\n## Micro-benchmarks\n\nNot run yet: `bench/run-micro` writes this section.\n{MicroEnd}";
         if (File.Exists(markdownPath))
@@ -156,9 +157,51 @@ public static class Report
             md.AppendLine($"Two nodes deliver {(Num(two!, "value") / baseline).ToString("0.00", Inv)}× the single node's deliveries/s.").AppendLine();
     }
 
+    /// <summary>
+    /// The channels scenarios beside the raw fanout with as many subscribers: the same publisher →
+    /// subscribers load through /channels (every publication gets a position, is kept in history, and
+    /// its publish is acknowledged) against /fanout, on one node and on two nodes sharing Redis.
+    /// The ratio is what the delivery guarantees cost in deliveries/s.
+    /// </summary>
+    static void Channels(StringBuilder md, List<JsonObject> rows, Dictionary<(string, string), JsonObject> best)
+    {
+        if (!rows.Any(r => Str(r, "scenario") is "channels" or "channels-2nodes")) return;
+        md.AppendLine("## Channels: the price of positions and history").AppendLine();
+        md.AppendLine("Ours only (the channels protocol is Realtime's own, docs/channels-protocol.md): `samples/Echo`'s `/channels`");
+        md.AppendLine("endpoint (JSON form) with one publisher and as many subscribers on one channel as the raw fanout, the same");
+        md.AppendLine("flow-control window and message size. Every publication gets a position (epoch, offset), is appended to the");
+        md.AppendLine("channel's history (in memory on one node; a Redis Stream on two nodes, where Redis assigns the offsets) and");
+        md.AppendLine("its publish is acknowledged; every subscriber checks that the offsets it receives follow each other by exactly");
+        md.AppendLine("1 in one epoch and carry the publisher's messages in order (lost, reordered, duplicated counted). Raw fanout");
+        md.AppendLine("does none of that: the ratio channels ÷ raw is the price of the guarantees. Two nodes: the publisher on node A,");
+        md.AppendLine("the subscribers split over A and B; server cost covers both nodes, not Redis.").AppendLine();
+        md.AppendLine("| Setup | raw fanout, deliveries/s | channels, deliveries/s | channels ÷ raw | Channels checks | Channels details | Server cost per message (raw → channels) |");
+        md.AppendLine("|---|---:|---:|---:|---|---|---|");
+        foreach (var (name, raw, channels) in new[]
+        {
+            ("One node", ("fanout", "ours"), ("channels", "ours")),
+            ("One node, as the two-node runs start (probe first)", ("fanout-2nodes", "1node"), ("channels-2nodes", "1node")),
+            ("Two nodes (Redis)", ("fanout-2nodes", "2nodes"), ("channels-2nodes", "2nodes")),
+        })
+        {
+            best.TryGetValue(raw, out var r);
+            best.TryGetValue(channels, out var c);
+            if (c is null) continue;
+            static bool Ok(JsonObject? x) => x is not null && x["value"] is not null && Num(x, "value") > 0;
+            string rawCell = r is null ? "not run" : Ok(r) ? Num(r, "value").ToString("N0", Inv) : "failed";
+            string channelsCell = Ok(c) ? Num(c, "value").ToString("N0", Inv) : "failed";
+            string ratio = Ok(r) && Ok(c) ? (Num(c, "value") / Num(r!, "value")).ToString("0.00", Inv) + "×" : "";
+            string details = Details("channels", c) + (c["nodes"] is null ? "" : $"; {Num(c, "subscribersOnSecondNode")} of them on node B");
+            string cost = (r is null ? "" : Cost(r)) + " → " + Cost(c);
+            md.AppendLine($"| {name} | {rawCell} | {channelsCell} | {ratio} | {Esc(Checks(c))} | {Esc(details)} | {cost} |");
+        }
+        md.AppendLine();
+    }
+
     static bool Clean(JsonObject r) =>
         r["error"] is null && r["na"] is null && Num(r, "errors") == 0 && Num(r, "lost") == 0 && Num(r, "orderErrors") == 0 && Num(r, "badMessages") == 0
         && Num(r, "silentAtStart") == 0
+        && Num(r, "duplicates") == 0 && Num(r, "positionErrors") == 0 && Num(r, "epochChanges") == 0 && Num(r, "publishErrors") == 0
         && (Str(r, "scenario") != "connections" || (Num(r, "opened") == Num(r, "requested") && Num(r, "alive") == Num(r, "checked")));
 
     static string Checks(JsonObject r)
@@ -167,6 +210,10 @@ public static class Report
         void Add(string key, string what) { double n = Num(r, key); if (n > 0) problems.Add($"{n.ToString("N0", Inv)} {what}"); }
         Add("lost", "lost");
         Add("orderErrors", "out of order");
+        Add("duplicates", "duplicated");
+        Add("positionErrors", "offsets not matching the publisher's order");
+        Add("epochChanges", "epoch changes");
+        Add("publishErrors", "publishes refused");
         Add("badMessages", "bad messages");
         Add("selfDeliveries", "sent back to the sender");
         Add("errors", "connection errors");
@@ -179,6 +226,7 @@ public static class Report
             problems.Add($"only {Num(r, "alive")} of {Num(r, "checked")} sampled connections answered");
         if (r["error"] is not null) problems.Add(Str(r, "error"));
         if (r["firstError"] is not null && problems.Count > 0) problems.Add("first: " + Str(r, "firstError"));
+        if (r["firstPublishError"] is not null && Num(r, "publishErrors") > 0) problems.Add("first refusal: " + Str(r, "firstPublishError"));
         return problems.Count == 0 ? "ok" : "⚠ " + string.Join("; ", problems);
     }
 
@@ -189,6 +237,7 @@ public static class Report
         {
             "echo" => $"p50 {Ms(Num(r, "p50us"))} ms, p99 {Ms(Num(r, "p99us"))} ms; {Num(r, "connections")} conns × {Num(r, "inflight")} in flight, {Num(r, "size")} B",
             "fanout" => $"{Num(r, "subscribers")} subscribers, window {Num(r, "window")}, {Num(r, "size")} B",
+            "channels" => $"{Num(r, "subscribers")} subscribers, window {Num(r, "window")}, {Num(r, "size")} B; latency p50 {Ms(Num(r, "p50us"))} ms, p99 {Ms(Num(r, "p99us"))} ms; {Num(r, "acks"):N0} of {Num(r, "sent"):N0} publishes acknowledged in the run",
             "chat" => $"{Num(r, "clients")} clients, window {Num(r, "window")}, {Num(r, "size")} B",
             "connections" => $"{Num(r, "opened"):N0} opened, {Num(r, "alive")} of {Num(r, "checked")} sampled still answer; opened in {Num(r, "openSeconds")} s ({Num(r, "connectsPerSecond"):N0}/s); RSS {Num(r, "rssBeforeKiB") / 1024:0} → {Num(r, "rssAfterKiB") / 1024:0} MiB",
             _ => "",

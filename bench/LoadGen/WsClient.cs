@@ -47,7 +47,8 @@ public sealed class WsClient : IDisposable
         MaskKey = key; // nonzero, and no zero byte either, so every payload byte is really XORed
     }
 
-    public static async Task<WsClient> ConnectAsync(int port, string path, bool tls, bool deflate, int receiveBuffer, CancellationToken ct)
+    /// <summary>Connects and upgrades; with <paramref name="subprotocol"/>, offers it and requires the server to choose it.</summary>
+    public static async Task<WsClient> ConnectAsync(int port, string path, bool tls, bool deflate, int receiveBuffer, CancellationToken ct, string? subprotocol = null)
     {
         var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
         try
@@ -66,7 +67,7 @@ public sealed class WsClient : IDisposable
                 stream = ssl;
             }
             var client = new WsClient(socket, stream, receiveBuffer);
-            await client.HandshakeAsync(port, path, deflate, ct);
+            await client.HandshakeAsync(port, path, deflate, subprotocol, ct);
             return client;
         }
         catch
@@ -76,7 +77,7 @@ public sealed class WsClient : IDisposable
         }
     }
 
-    async Task HandshakeAsync(int port, string path, bool deflate, CancellationToken ct)
+    async Task HandshakeAsync(int port, string path, bool deflate, string? subprotocol, CancellationToken ct)
     {
         string key = Convert.ToBase64String(RandomNumberGenerator.GetBytes(16));
         var request = new StringBuilder()
@@ -86,6 +87,7 @@ public sealed class WsClient : IDisposable
             .Append("Sec-WebSocket-Key: ").Append(key).Append("\r\n")
             .Append("Sec-WebSocket-Version: 13\r\n");
         if (deflate) request.Append("Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover; server_no_context_takeover\r\n");
+        if (subprotocol is not null) request.Append("Sec-WebSocket-Protocol: ").Append(subprotocol).Append("\r\n");
         request.Append("\r\n");
         await Stream.WriteAsync(Encoding.ASCII.GetBytes(request.ToString()), ct);
 
@@ -111,6 +113,9 @@ public sealed class WsClient : IDisposable
             }
         }
         if (deflate && !DeflateNegotiated) throw new IOException("server did not accept permessage-deflate");
+        if (subprotocol is not null && !response.Split("\r\n").Any(line =>
+                line.StartsWith("Sec-WebSocket-Protocol:", StringComparison.OrdinalIgnoreCase) && line["Sec-WebSocket-Protocol:".Length..].Trim() == subprotocol))
+            throw new IOException($"server did not choose the subprotocol {subprotocol}");
     }
 
     /// <summary>Reads more bytes from the socket; false when the connection ended. Pooled: no allocation per read.</summary>

@@ -1,6 +1,8 @@
 // The fixed contract that outside conformance and throughput tools measure:
 //   /echo    every text or binary message goes back to its sender, same kind, same bytes.
 //   /fanout  every message goes to every other connection on /fanout (a topic publish that skips the sender).
+//   /channels  the channels protocol (docs/channels-protocol.md), every channel open to everyone; with --redis,
+//            histories, positions and presence are in that Redis, shared by every Echo node on it.
 // Run: dotnet run -c Release --project samples/Echo -- --urls http://127.0.0.1:PORT
 // With --tls, the same URLs are served over HTTPS (wss://) with a self-signed certificate made at start.
 // On Linux the listeners are Realtime's native epoll transport (UseRealtimeNativeTransport): WebSocket
@@ -63,7 +65,11 @@ var realtime = builder.Services.AddRealtime(options =>
     // Accept permessage-deflate offers; what arrives compressed goes back compressed.
     options.PerMessageDeflate = true;
 });
-if (builder.Configuration["redis"] is { Length: > 0 } redis) realtime.AddRedisBackplane(redis);
+string? redis = builder.Configuration["redis"] is { Length: > 0 } configured ? configured : null;
+if (redis is not null) realtime.AddRedisBackplane(redis);
+// After the backplane: AddRedis keeps it and puts its gap filler in front (docs/channels-redis.md).
+var channels = realtime.AddRealtimeChannels();
+if (redis is not null) channels.AddRedis(redis);
 
 var app = builder.Build();
 
@@ -79,6 +85,9 @@ app.MapRealtime("/fanout", new RealtimeHandlers<object?>
     Message = (ws, message) => ws.Publish(FanoutTopic, message.Data.Span, message.Kind, message.Compressed),
 });
 
-app.MapGet("/", () => "Realtime echo server: /echo and /fanout");
+// No authorization callbacks: every connection may subscribe, publish and see presence in every channel.
+app.MapRealtimeChannels<object?>("/channels", _ => { });
+
+app.MapGet("/", () => "Realtime echo server: /echo, /fanout and /channels");
 
 app.Run();

@@ -51,6 +51,36 @@ let private listening (port: int) (child: Process) (output: StringBuilder) =
             return true
         })
 
+/// Runs a program to its end (bounded by 10 s); its exit code and output.
+let private run (program: string) (arguments: string list) : int * string =
+    let info = ProcessStartInfo(program, UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true)
+    for argument in arguments do info.ArgumentList.Add argument
+    use child = Process.Start info
+    let output = child.StandardOutput.ReadToEndAsync()
+    let errors = child.StandardError.ReadToEndAsync()
+    if not (child.WaitForExit 10_000) then
+        (try child.Kill true with _ -> ())
+        failtestf "%s did not finish within 10 s" program
+    child.ExitCode, output.Result + errors.Result
+
+/// A private redis-server (no persistence) for the body; shut down (nosave) afterwards.
+let private withRedis (body: int -> Task) : Task =
+    task {
+        let port = freePort ()
+        let folder = Path.Combine(Path.GetTempPath(), $"realtime-browser-redis-{Environment.ProcessId}-{port}")
+        Directory.CreateDirectory folder |> ignore
+        let code, output =
+            run "redis-server" [ "--port"; string port; "--bind"; "127.0.0.1"; "--save"; ""; "--appendonly"; "no"; "--daemonize"; "yes"
+                                 "--pidfile"; Path.Combine(folder, "redis.pid"); "--logfile"; Path.Combine(folder, "redis.log"); "--dir"; folder ]
+        if code <> 0 then failtestf "redis-server did not start (%d): %s" code output
+        try
+            do! waitUntil "redis-server answers" 10000 (fun () -> (run "redis-cli" [ "-p"; string port; "ping" ] |> snd).Trim() = "PONG")
+            do! body port
+        finally
+            run "redis-cli" [ "-p"; string port; "shutdown"; "nosave" ] |> ignore
+            try Directory.Delete(folder, true) with _ -> ()
+    }
+
 let private status (p: BrowserPage) = p.Page.InnerTextAsync "#status"
 
 let private received (p: BrowserPage) = p.Page.InnerTextAsync "#received-area"
@@ -105,6 +135,123 @@ let tests =
                     kill current
                     kill chat
             })
+
+        browserTest "samples/Chat on channels: across a restart of its server (killed), each page shows every message of its room exactly once and in order, a message typed during the outage included, says that history could not be recovered, and shows who is in the room" (fun () ->
+            task {
+                let port = freePort ()
+                let chatFolder = Path.Combine(repositoryRoot, "samples", "Chat")
+                let args = $"--urls http://127.0.0.1:{port}"
+                let chat, output = startSample "Chat" chatFolder args
+                let mutable current = chat
+                try
+                    do! listening port chat output
+                    let url = $"http://127.0.0.1:{port}/"
+                    let! alice = openPage (url + "?name=alice")
+                    use _ = alice
+                    let! bob = openPage (url + "?name=bob")
+                    use _ = bob
+                    let lines (p: BrowserPage) = p.Eval<string[]> "() => [...document.querySelectorAll('#received-area div')].map(d => d.textContent)"
+                    let members (p: BrowserPage) = p.Page.InnerTextAsync "#members"
+                    let send (p: BrowserPage) (text: string) =
+                        task {
+                            do! p.Page.FillAsync("#send-input", text)
+                            do! p.Page.PressAsync("#send-input", "Enter")
+                        }
+                    let shows (p: BrowserPage) (line: string) =
+                        waitUntilAsync $"the page shows \"{line}\"" 15000 (fun () -> task { let! l = lines p in return Array.contains line l })
+                    for p in [ alice; bob ] do
+                        do! waitUntilAsync "who is in the room" 10000 (fun () -> task { let! m = members p in return m = "In the room: alice, bob" })
+                    do! send bob "m1"
+                    do! send bob "m2"
+                    do! shows alice "bob: m2"
+
+                    kill chat
+                    for p in [ alice; bob ] do
+                        do! waitUntilAsync "the status shows closed and reconnecting" 10000 (fun () -> task { let! s = status p in return s = "The WebSocket is closed. Reconnecting..." })
+                    do! send bob "m3"
+                    let! waiting = bob.Page.InnerTextAsync "#error-message"
+                    Expect.equal waiting "The WebSocket is closed: the message will be sent when it is back." "the page says the message waits"
+
+                    let again, againOutput = startSample "Chat" chatFolder args
+                    current <- again
+                    do! listening port again againOutput
+                    do! shows alice "bob: m3"
+                    do! send bob "m4"
+                    for p in [ alice; bob ] do
+                        do! shows p "bob: m4"
+                        do! waitUntilAsync "who is in the room again" 15000 (fun () -> task { let! m = members p in return m = "In the room: alice, bob" })
+                    let! error = bob.Page.InnerTextAsync "#error-message"
+                    Expect.equal error "" "the error line is cleared once connected"
+                    // A route of the app publishes into the room's channel too.
+                    use! announced = http.PostAsync(url + "rooms/lobby/announce", new Net.Http.StringContent("m5 from a route"))
+                    Expect.equal (int announced.StatusCode) 200 "the announce route answers"
+                    for p in [ alice; bob ] do
+                        do! shows p "announcement: m5 from a route"
+                    for (who, p) in [ "alice", alice; "bob", bob ] do
+                        let! shown = lines p
+                        let messages = shown |> Array.filter (fun l -> l.StartsWith "bob: ")
+                        Expect.equal messages [| "bob: m1"; "bob: m2"; "bob: m3"; "bob: m4" |] $"{who}: every message once, in order"
+                        let lost = shown |> Array.findIndex (fun l -> l.StartsWith "Some messages of this room could not be recovered")
+                        Expect.isTrue (lost > Array.IndexOf(shown, "bob: m2") && lost < Array.IndexOf(shown, "bob: m3")) $"{who}: the loss of the memory history is shown where it happened"
+                finally
+                    kill current
+                    kill chat
+            })
+
+        browserTest "samples/Chat on channels, two nodes sharing Redis: while alice's node is killed and restarted, bob on the other node sends; alice's page then shows every message exactly once and in order, with nothing reported lost" (fun () ->
+            withRedis (fun redisPort ->
+                task {
+                    let chatFolder = Path.Combine(repositoryRoot, "samples", "Chat")
+                    let portA, portB = freePort (), freePort ()
+                    let argsOf port = $"--urls http://127.0.0.1:{port} --redis 127.0.0.1:{redisPort}"
+                    let nodeA, outputA = startSample "Chat" chatFolder (argsOf portA)
+                    let nodeB, outputB = startSample "Chat" chatFolder (argsOf portB)
+                    let mutable currentA = nodeA
+                    try
+                        do! listening portA nodeA outputA
+                        do! listening portB nodeB outputB
+                        let! alice = openPage $"http://127.0.0.1:{portA}/?name=alice"
+                        use _ = alice
+                        let! bob = openPage $"http://127.0.0.1:{portB}/?name=bob"
+                        use _ = bob
+                        let lines (p: BrowserPage) = p.Eval<string[]> "() => [...document.querySelectorAll('#received-area div')].map(d => d.textContent)"
+                        let members (p: BrowserPage) = p.Page.InnerTextAsync "#members"
+                        let send (p: BrowserPage) (text: string) =
+                            task {
+                                do! p.Page.FillAsync("#send-input", text)
+                                do! p.Page.PressAsync("#send-input", "Enter")
+                            }
+                        let shows (p: BrowserPage) (line: string) =
+                            waitUntilAsync $"the page shows \"{line}\"" 20000 (fun () -> task { let! l = lines p in return Array.contains line l })
+                        for p in [ alice; bob ] do
+                            do! waitUntilAsync "the status shows open" 15000 (fun () -> task { let! s = status p in return s = "The WebSocket is open." })
+                            // Presence spans the nodes: each sees the other.
+                            do! waitUntilAsync "who is in the room, across nodes" 15000 (fun () -> task { let! m = members p in return m = "In the room: alice, bob" })
+                        do! send bob "m1"
+                        do! send bob "m2"
+                        do! shows alice "bob: m2"
+
+                        kill nodeA
+                        do! waitUntilAsync "alice's page sees its node go" 10000 (fun () -> task { let! s = status alice in return s = "The WebSocket is closed. Reconnecting..." })
+                        do! send bob "m3"
+                        do! send bob "m4"
+                        do! shows bob "bob: m4"
+
+                        let againA, againOutputA = startSample "Chat" chatFolder (argsOf portA)
+                        currentA <- againA
+                        do! listening portA againA againOutputA
+                        do! shows alice "bob: m4"
+                        do! send bob "m5"
+                        do! shows alice "bob: m5"
+                        let! shown = lines alice
+                        let messages = shown |> Array.filter (fun l -> l.StartsWith "bob: ")
+                        Expect.equal messages [| "bob: m1"; "bob: m2"; "bob: m3"; "bob: m4"; "bob: m5" |] "alice: every message once, in order"
+                        Expect.isFalse (shown |> Array.exists (fun l -> l.StartsWith "Some messages of this room could not be recovered")) "the history in Redis survived the node: nothing lost"
+                    finally
+                        kill currentA
+                        kill nodeA
+                        kill nodeB
+                }))
 
         browserTest "samples/Chat --tls: pages loaded over HTTP/2 open their same-origin wss:// sockets on it (RFC 8441) and chat" (fun () ->
             task {

@@ -31,6 +31,9 @@ let quickStartCode () = readmeCode "## Quick start"
 /// The C# code of the README's "Dev server and plugins" section: its first ```csharp block.
 let devServerCode () = readmeCode "## Dev server and plugins"
 
+/// The C# code of the README's "Channels" section: its first ```csharp block.
+let channelsCode () = readmeCode "## Channels"
+
 /// Runs a dotnet command to its end, bounded by `timeout`; fails the test with its output when it
 /// fails or runs over. MSBuild's variables of the test run (set when `dotnet test` runs the suite)
 /// are not passed on, so the child is an ordinary build.
@@ -327,6 +330,58 @@ let tests =
                 let! greeting = receiveText socket
                 Expect.equal greeting """{"type":"console-log","data":{"text":"hello from the dev server"}}""" "the plugin's greeting, to the socket that opened"
                 printfn "dev-server consumer test timings: %s" (String.Join(", ", timings))
+            finally
+                server |> Option.iter (fun consumer -> (consumer :> IDisposable).Dispose())
+                try Directory.Delete(root, true) with _ -> ()
+        })
+
+        testCaseTask "Realtime.Channels packs; a fresh dotnet new web app builds the README's channels server against it, and a client subscribes, gets a route's publication with its position, and calls a method" (fun () -> task {
+            let workspace = ConsumerWorkspace "realtime-channels-consumer"
+            let root, feed, packages, app, version = workspace.Root, workspace.Feed, workspace.Packages, workspace.App, workspace.Version
+            let timings, step = workspace.Timings, workspace.Step
+            let mutable server: Consumer option = None
+            try
+                do! workspace.PackAsync [ "src/Protocol.FSharp/Protocol.FSharp.fsproj"; "src/Server.CSharp/Server.CSharp.csproj"; "src/Channels.CSharp/Channels.CSharp.csproj" ]
+                let files = Directory.GetFiles feed |> Array.map Path.GetFileName
+                Expect.containsAll files [ $"Realtime.Channels.{version}.nupkg"; $"Realtime.Channels.{version}.snupkg" ] "the channels package and its symbol package"
+                let nugetEnvironment = writeNugetConfig root feed packages
+                let! elapsed = dotnet root nugetEnvironment (TimeSpan.FromMinutes 2.0) [ "new"; "web"; "-o"; app; "-n"; "ChannelsApp"; "--no-restore" ]
+                step "new web" elapsed
+                let! elapsed = dotnet app nugetEnvironment (TimeSpan.FromMinutes 3.0) [ "add"; "package"; "Realtime.Channels"; "--version"; version ]
+                step "add package" elapsed
+                File.WriteAllText(Path.Combine(app, "Program.cs"), channelsCode ())
+                let! elapsed = dotnet app nugetEnvironment (TimeSpan.FromMinutes 5.0) [ "build"; "-c"; "Debug"; "-v"; "q"; "-o"; Path.Combine(app, "out") ]
+                step "build" elapsed
+                let assets = File.ReadAllText(Path.Combine(app, "obj", "project.assets.json"))
+                Expect.stringContains assets $"Realtime.Server/{version}" "Realtime.Server came with it, as its dependency"
+
+                let started = Stopwatch.StartNew()
+                server <- Some(new Consumer(app, Path.Combine(app, "out", "ChannelsApp.dll")))
+                let! httpUrl = server.Value.Url
+                step "start" started.Elapsed
+                use client = new ClientWebSocket()
+                client.Options.AddSubProtocol "realtime.channels.v1.json"
+                use connecting = new CancellationTokenSource(TimeSpan.FromSeconds 10.0)
+                do! client.ConnectAsync(Uri(httpUrl.Replace("http://", "ws://") + "/channels?name=ann"), connecting.Token)
+                let! welcome = receiveText client
+                Expect.stringContains welcome "\"type\":\"welcome\"" "welcome first"
+                do! sendText client """{"type":"subscribe","id":1,"channel":"room:lobby"}"""
+                let! subscribed = receiveText client
+                Expect.stringContains subscribed "\"type\":\"subscribed\"" "subscribed"
+                use http = new HttpClient(Timeout = TimeSpan.FromSeconds 10.0)
+                use! answer = http.PostAsync(httpUrl + "/announce?text=hello", null)
+                let! offset = answer.Content.ReadAsStringAsync()
+                Expect.equal offset "1" "the route's publish got offset 1"
+                let! pub = receiveText client
+                Expect.stringContains pub "\"offset\":1" "the publication's position"
+                Expect.stringContains pub "\"data\":{\"text\":\"hello\"}" "the route's data"
+                do! sendText client """{"type":"request","id":2,"method":"whoami","data":null}"""
+                let! response = receiveText client
+                Expect.stringContains response "\"data\":{\"name\":\"ann\"}" "the method saw Attach's data"
+                do! sendText client """{"type":"subscribe","id":3,"channel":"lobby"}"""
+                let! refused = receiveText client
+                Expect.stringContains refused "\"code\":\"unknown-channel\"" "the README's name rule"
+                printfn "channels consumer test timings: %s" (String.Join(", ", timings))
             finally
                 server |> Option.iter (fun consumer -> (consumer :> IDisposable).Dispose())
                 try Directory.Delete(root, true) with _ -> ()

@@ -20,6 +20,8 @@ let private protocolAssembly = typeof<Realtime.Protocol.FrameHeader>.Assembly
 let private serverAssembly = typeof<Realtime.IRealtimeServer>.Assembly
 let private redisAssembly = typeof<Realtime.Redis.RedisBackplane>.Assembly
 let private devServerAssembly = typeof<Realtime.RealtimeDevServer>.Assembly
+let private channelsAssembly = typeof<Realtime.Channels.IChannelStore>.Assembly
+let private channelsRedisAssembly = typeof<Realtime.Channels.Redis.RedisChannelStore>.Assembly
 
 // ---------------------------------------------------------------------------------------------
 // The public surface as text: one line per type and per member, sorted.
@@ -354,6 +356,10 @@ let tests =
             checkSurface redisAssembly "src/Redis.CSharp/PublicAPI.txt")
         testCase "Realtime.DevServer's public surface matches src/DevServer.CSharp/PublicAPI.txt" (fun () ->
             checkSurface devServerAssembly "src/DevServer.CSharp/PublicAPI.txt")
+        testCase "Realtime.Channels's public surface matches src/Channels.CSharp/PublicAPI.txt" (fun () ->
+            checkSurface channelsAssembly "src/Channels.CSharp/PublicAPI.txt")
+        testCase "Realtime.Channels.Redis's public surface matches src/ChannelsRedis.CSharp/PublicAPI.txt" (fun () ->
+            checkSurface channelsRedisAssembly "src/ChannelsRedis.CSharp/PublicAPI.txt")
         testCase "the surface text is deterministic and names members with their signatures" (fun () ->
             let text = describe serverAssembly
             Expect.equal (describe serverAssembly) text "same text twice"
