@@ -367,6 +367,93 @@ let tests =
                 Expect.equal (sinceOf s2) "e1:3" "and subscribed again from its position"
             })
 
+        browserTest "a request not answered within requestTimeout rejects with timeout and a late answer is ignored; one waiting for a connection times out in the queue and is never sent" (fun () ->
+            task {
+                use! server = startScripted ()
+                server.Respond <-
+                    fun _ message ->
+                        let isRequest = message.GetProperty("type").GetString() = "request"
+                        match isRequest && message.GetProperty("method").GetString() = "fast" with
+                        | true -> [ $"""{{"type":"response","id":{message.GetProperty("id").GetUInt32()},"data":"fast answer"}}""" ]
+                        | _ -> []
+                let! p = openPage server.Url
+                use _ = p
+                do! setUp p server.SocketUrl "{ requestTimeout: 500, minReconnectDelay: 30000, maxReconnectDelay: 30000 }" "room" false
+                do! waitForKind p "connected" 1
+                let ask (name: string) (method: string) =
+                    p.Run(
+                        $$"""() => {
+                               window.asked ??= {};
+                               const started = performance.now();
+                               window.asked[{{jsonString name}}] = 'pending';
+                               window.client.request({{jsonString method}}).then(
+                                 data => window.asked[{{jsonString name}}] = 'answered ' + data,
+                                 error => window.asked[{{jsonString name}}] = 'rejected ' + error.code + ' after ' + Math.round(performance.now() - started) + ' ms: ' + error.message);
+                             }""")
+                let asked (name: string) = p.Eval<string>($"() => (window.asked ?? {{}})[{jsonString name}] ?? 'none'")
+                let settled (name: string) =
+                    waitUntilAsync $"request {name} settled" 10000 (fun () -> task { let! a = asked name in return a <> "pending" })
+                do! ask "slow" "slow"
+                let! c1 = server.WaitForConnection 1
+                let! slow = c1.WaitFor "request"
+                do! settled "slow"
+                let! outcome = asked "slow"
+                let m = Regex.Match(outcome, "^rejected timeout after (\\d+) ms: no answer to request \"slow\" within requestTimeout 500 ms; it was sent, so it may have run$")
+                Expect.isTrue m.Success $"rejected with timeout: {outcome}"
+                Expect.isGreaterThanOrEqual (int m.Groups[1].Value) 450 "not before the timeout"
+                do! c1.Send [ $"""{{"type":"response","id":{slow.GetProperty("id").GetUInt32()},"data":"late answer"}}""" ]
+                do! ask "fast" "fast"
+                do! settled "fast"
+                let! fast = asked "fast"
+                Expect.equal fast "answered fast answer" "the next request gets its own answer"
+                let! stillSlow = asked "slow"
+                Expect.equal stillSlow outcome "the late answer changed nothing"
+
+                do! p.Run "() => { Math.random = () => 0.999; }"
+                c1.Abort()
+                do! waitForKind p "disconnected" 1
+                do! ask "queued" "queued"
+                do! settled "queued"
+                let! queued = asked "queued"
+                Expect.stringStarts queued "rejected timeout after" "timed out while waiting for a connection"
+                Expect.isFalse (queued.Contains "it was sent") "and says it was never sent"
+                let! queuedBytes = p.Eval<int> "() => window.client.queuedBytes"
+                Expect.equal queuedBytes 0 "and left the queue"
+                do! p.Run "() => window.dispatchEvent(new Event('online'))"
+                let! c2 = server.WaitForConnection 2
+                do! waitForKind p "connected" 2
+                do! ask "fast again" "fast"
+                do! settled "fast again"
+                let methods = c2.OfType "request" |> List.map (fun r -> r.GetProperty("method").GetString())
+                Expect.equal methods [ "fast" ] "the timed-out request was never sent"
+            })
+
+        browserTest "the browser going offline closes the socket at once (disconnected, reason: the browser went offline) and coming back online reconnects at once and subscribes again from its position" (fun () ->
+            task {
+                use! server = startScripted ()
+                let! p = openPage server.Url
+                use _ = p
+                do! setUp p server.SocketUrl "{ minReconnectDelay: 30000, maxReconnectDelay: 30000 }" "room" false
+                do! subscribe p
+                let! c1 = server.WaitForConnection 1
+                let! s1 = c1.WaitFor "subscribe"
+                do! c1.Send [ subscribed s1 "e1" 3 "fresh" ]
+                do! waitUntilAsync "subscribed" 10000 (fun () -> task { let! k = kinds p in return Array.contains "subscribed" k })
+                do! p.Run "() => { Math.random = () => 0.999; }"
+                let clock = Stopwatch.StartNew()
+                do! p.Page.Context.SetOfflineAsync true
+                do! waitForKind p "disconnected" 1
+                Expect.isLessThan clock.Elapsed.TotalSeconds 5.0 "disconnected at once"
+                let! detail = p.Eval<string> "() => { const e = window.events.find(e => e.kind === 'disconnected'); return e.code + ' ' + e.reason + ' ' + window.client.state; }"
+                Expect.equal detail "1006 the browser went offline disconnected" "the state says why"
+                let online = Stopwatch.StartNew()
+                do! p.Page.Context.SetOfflineAsync false
+                let! c2 = server.WaitForConnection(2, 10000)
+                Expect.isLessThan online.Elapsed.TotalSeconds 10.0 "reconnected at once, not after the 30 s delay"
+                let! s2 = c2.WaitFor "subscribe"
+                Expect.equal (sinceOf s2) "e1:3" "subscribed again from its position"
+            })
+
         testCaseTask "Realtime.Channels serves the client at /_realtime/channels.js and /_realtime/channels.d.ts: the repository's files byte for byte, with an ETag that answers 304; a second MapRealtimeChannelsClient maps nothing more" <| fun () ->
             task {
                 use! server = startScripted ()

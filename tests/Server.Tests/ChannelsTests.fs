@@ -405,6 +405,47 @@ let tests =
             Expect.equal (members.GetProperty("members").GetArrayLength()) 1 "only ann is left"
         })
 
+        testCaseTask "a subscribe on a live subscription is a resubscription: what follows since is sent again before subscribed, no join or leave, one membership, publications still once" (fun () -> task {
+            let! server = startChannels ignore None ignore
+            use _ = server
+            let! ann, _ = connectJson (url server "ann")
+            use ann = ann
+            let! _ = subscribe ann 1 "room:again" ""","presence":true"""
+            let! _ = ann.Expect "join"
+            let! bob, bobId = connectJson (url server "bob")
+            use bob = bob
+            let! first, _ = subscribe bob 1 "room:again" ""","presence":true"""
+            let! _ = ann.Expect "join"
+            let! _ = bob.Expect "join"
+            for i in 1..3 do
+                let! _ = publish ann (1 + i) "room:again" $"k{i}" (string i)
+                ()
+            let! seen = takePubs bob 3
+            Expect.equal (offsets seen) [ 1UL; 2UL; 3UL ] "bob is live"
+            let since = $""","presence":true,"since":{{"epoch":{quote (epochOf first)},"offset":1}}"""
+            let! again, recovered = subscribe bob 2 "room:again" since
+            Expect.equal (offsets recovered) [ 2UL; 3UL ] "what follows since, sent again"
+            Expect.equal (again.GetProperty("recovery").GetString()) "recovered" "recovered"
+            Expect.equal (offsetOf again) 3UL "the current position"
+            // Bob's messages are handled in order: once this answer is here, the resubscription is done.
+            do! bob.Send """{"type":"presence","id":3,"channel":"room:again"}"""
+            let! members = bob.Expect "presence"
+            Expect.equal (members.GetProperty("members").GetArrayLength()) 2 "ann and bob, each once"
+            let! _ = publish ann 5 "room:again" "k4" "4"
+            let! live = bob.Expect "pub"
+            Expect.equal (offsetOf live) 4UL "live again after the answer"
+            let! _ = publish ann 6 "room:again" "k5" "5"
+            let! next = bob.Expect "pub"
+            Expect.equal (offsetOf next) 5UL "one live subscription: no publication twice"
+            do! bob.Send """{"type":"unsubscribe","id":7,"channel":"room:again"}"""
+            let! _ = bob.Expect "unsubscribed"
+            // Ann's next presence event is bob's leave on unsubscribe: the resubscription made no join or leave.
+            let! presenceEvent, before = ann.Until "leave"
+            for m in before do
+                Expect.equal (m.GetProperty("type").GetString()) "pub" $"only publications before bob's leave, got {m}"
+            Expect.equal (presenceEvent.GetProperty("member").GetProperty("client").GetString()) bobId "bob left once, on unsubscribe"
+        })
+
         testCaseTask "members a shared presence reports dead (their node crashed) leave: watchers on this node get leave events" (fun () -> task {
             let presence = ReportingPresence()
             let! server = startChannelsWith (fun services -> services.AddSingleton<IChannelPresence>(presence) |> ignore) ignore ignore

@@ -28,12 +28,13 @@ export type ConnectionState = 'connecting' | 'connected' | 'disconnected' | 'clo
 export type ChannelsErrorCode =
   | 'bad-message' | 'forbidden' | 'unknown-channel' | 'not-subscribed' | 'too-large'
   | 'rate-limited' | 'unknown-method' | 'internal'
-  | 'queue-full' | 'queue-expired' | 'connection-lost' | 'closed' | 'unsubscribed';
+  | 'queue-full' | 'queue-expired' | 'connection-lost' | 'timeout' | 'closed' | 'unsubscribed';
 
 /**
  * An error the server answered with, or one the client raised: "queue-full" (did not fit in the
  * offline queue), "queue-expired" (waited longer than maxQueueAge for a connection),
- * "connection-lost" (a request whose answer the connection lost), "closed", "unsubscribed".
+ * "connection-lost" (a request whose answer the connection lost), "timeout" (a request not answered
+ * within requestTimeout), "closed", "unsubscribed".
  */
 export declare class ChannelsError extends Error {
   constructor(code: ChannelsErrorCode | string, message: string);
@@ -52,6 +53,11 @@ export interface ChannelsClientOptions {
   maxQueueBytes?: number;
   /** How long in ms a publish or request may wait for a connection (default 60000). */
   maxQueueAge?: number;
+  /**
+   * How long in ms a request() may take from the call to its answer, waiting for a connection
+   * included (default 30000; 0 for no limit); past it the promise rejects with "timeout".
+   */
+  requestTimeout?: number;
 }
 
 /** The events of a client's connection. */
@@ -61,7 +67,7 @@ export interface DisconnectedEvent {
   state: 'disconnected';
   /** The WebSocket close code (1006 when the connection failed or dropped). */
   code: number;
-  /** Why, in words: the server's close reason, "could not connect", ... */
+  /** Why, in words: the server's close reason, "could not connect", "the browser went offline", ... */
   reason: string;
   /** Always true: the client reconnects until close() is called. */
   willRetry: boolean;
@@ -164,7 +170,10 @@ export declare class ChannelsClient {
   off<K extends keyof ClientEvents>(type: K, listener: (event: ClientEvents[K]) => void): void;
   /** The channel of this name (the same object for the same name). */
   channel<T = Json>(name: string, options?: ChannelOptions): Channel<T>;
-  /** Calls an app-defined method on the server; resolves with the response's data. */
+  /**
+   * Calls an app-defined method on the server; resolves with the response's data; rejects with
+   * "timeout" after requestTimeout ms without an answer (a late answer is ignored).
+   */
   request<R = Json>(method: string, data?: Json): Promise<R>;
   /** Closes the connection for good. */
   close(): void;

@@ -20,6 +20,7 @@ const defaults = Object.freeze({
   maxReconnectDelay: 15000,
   maxQueueBytes: 1 << 20,
   maxQueueAge: 60000,
+  requestTimeout: 30000,
 });
 
 // Request ids are integers 1 .. 2^32-1, unique among the requests in flight (the contract's rule).
@@ -28,7 +29,7 @@ const encoder = new TextEncoder();
 
 /**
  * An error the server answered with (its `code`: "forbidden", "bad-message", ...) or one the client
- * raised ("queue-full", "queue-expired", "connection-lost", "closed").
+ * raised ("queue-full", "queue-expired", "connection-lost", "timeout", "closed").
  */
 export class ChannelsError extends Error {
   constructor(code, message) {
@@ -119,6 +120,7 @@ export class ChannelsClient {
   #queuedBytes = 0;
   #channels = new Map();
   #onOnline = () => this.#reconnectNow();
+  #onOffline = () => this.#wentOffline();
   #internals;
 
   constructor(url, options = {}) {
@@ -128,13 +130,17 @@ export class ChannelsClient {
     if (!(o.minReconnectDelay > 0) || !(o.maxReconnectDelay >= o.minReconnectDelay))
       throw new RangeError('minReconnectDelay must be over 0 and at most maxReconnectDelay');
     if (!(o.maxQueueBytes >= 0) || !(o.maxQueueAge >= 0)) throw new RangeError('maxQueueBytes and maxQueueAge must be 0 or more');
+    if (!(o.requestTimeout >= 0)) throw new RangeError('requestTimeout must be 0 (none) or more');
     this.#internals = {
       connected: () => this.#state === 'connected',
       send: op => this.#send(op),
       request: op => this.#request(op),
       forget: channel => this.#channels.delete(channel.name),
     };
-    if (typeof addEventListener === 'function') addEventListener('online', this.#onOnline);
+    if (typeof addEventListener === 'function') {
+      addEventListener('online', this.#onOnline);
+      addEventListener('offline', this.#onOffline);
+    }
     // After the caller's synchronous code, so that listeners it adds right away see "connecting".
     queueMicrotask(() => this.#open());
   }
@@ -172,11 +178,14 @@ export class ChannelsClient {
     return channel;
   }
 
-  /** Calls an app-defined method on the server; resolves with the response's data. */
+  /**
+   * Calls an app-defined method on the server; resolves with the response's data. Rejects with
+   * "timeout" when no answer came within the requestTimeout option (30 s) of the call.
+   */
   request(method, data = null) {
     if (typeof method !== 'string' || method.length === 0) return Promise.reject(new TypeError('a method name is a non-empty string'));
-    return this.#request({ kind: 'request', message: { type: 'request', method, data }, retry: false, what: `request "${method}"` })
-      .then(answer => answer.data ?? null);
+    const op = { kind: 'request', message: { type: 'request', method, data }, retry: false, what: `request "${method}"` };
+    return this.#request(op, this.#options.requestTimeout).then(answer => answer.data ?? null);
   }
 
   /** Closes the connection for good: no reconnect; what waits is rejected with "closed". */
@@ -185,7 +194,10 @@ export class ChannelsClient {
     this.#closed = true;
     clearTimeout(this.#retryTimer);
     clearTimeout(this.#expiryTimer);
-    if (typeof removeEventListener === 'function') removeEventListener('online', this.#onOnline);
+    if (typeof removeEventListener === 'function') {
+      removeEventListener('online', this.#onOnline);
+      removeEventListener('offline', this.#onOffline);
+    }
     const socket = this.#socket;
     this.#socket = null;
     if (socket) socket.close(1000, 'closed by the app');
@@ -265,6 +277,15 @@ export class ChannelsClient {
     this.#setState('disconnected', { code, reason, willRetry: true, retryIn: delay });
   }
 
+  // The browser says the network is gone: a socket may take long to notice (no close frame comes),
+  // so it is closed now and the state says disconnected at once; "online" reconnects at once.
+  #wentOffline() {
+    const socket = this.#socket;
+    if (this.#closed || socket === null) return;
+    socket.close(1000, 'the browser went offline');
+    this.#lost(socket, 1006, 'the browser went offline');
+  }
+
   #reconnectNow() {
     if (this.#closed || this.#retryTimer === null) return;
     clearTimeout(this.#retryTimer);
@@ -322,12 +343,26 @@ export class ChannelsClient {
     else op.resolve(message);
   }
 
-  #request(op) {
+  #request(op, timeout = 0) {
     return new Promise((resolve, reject) => {
-      op.resolve = resolve;
-      op.reject = reject;
+      let timer = null;
+      op.resolve = answer => { clearTimeout(timer); resolve(answer); };
+      op.reject = error => { clearTimeout(timer); reject(error); };
+      if (timeout > 0) timer = setTimeout(() => this.#timedOut(op, timeout), timeout);
       this.#send(op);
     });
+  }
+
+  // Waiting or in flight, the request is given up: a late answer to its id is ignored.
+  #timedOut(op, timeout) {
+    if (op.id !== undefined && this.#inFlight.get(op.id) === op) this.#inFlight.delete(op.id);
+    const waiting = this.#queue.indexOf(op);
+    if (waiting >= 0) {
+      this.#queue.splice(waiting, 1);
+      this.#queuedBytes -= op.bytes;
+      this.#scheduleExpiry();
+    }
+    op.reject(new ChannelsError('timeout', `no answer to ${op.what} within requestTimeout ${timeout} ms${op.sent ? '; it was sent, so it may have run' : ''}`));
   }
 
   #send(op) {
@@ -354,6 +389,7 @@ export class ChannelsClient {
       return;
     }
     const id = this.#nextRequestId();
+    op.id = id;
     op.sent = true;
     this.#inFlight.set(id, op);
     const { type, ...rest } = op.message;
