@@ -119,6 +119,11 @@ let clusterTests =
                 Expect.equal sequence.Length total "every publish once in the channel"
                 for p in publishers do expectEachOnce sequence p.Name perPublisher
                 expectSequence sequence "room" (List.ofArray subscribers)
+                // Nothing was dropped, so the nodes saw every delivery and fill nothing, however long
+                // the channel stays quiet (here: four gap checks).
+                do! Task.Delay(ChannelsRedisNode.gapCheckInterval * 4.0)
+                for node in nodes do
+                    Expect.equal node.Filled 0L $"node {node.Name} noted every publication it delivered, and filled none"
             finally
                 disposeAll clients
                 disposeAll nodes
