@@ -33,7 +33,8 @@ let MaxKeyBytes = 64
 // wrote; given an empty destination it only counts, so one function gives both a message's size
 // and its bytes.
 
-let private nullJson = "null"B
+// What empty data is written as (shared with the binary form, as are the error codes and recoveries by number).
+let internal nullJson = "null"B
 
 let private put (literal: byte[], destination: Span<byte>, at: int) : int =
     if not destination.IsEmpty then literal.AsSpan().CopyTo(destination.Slice at)
@@ -109,23 +110,29 @@ let private putText (text: ReadOnlySpan<char>, destination: Span<byte>, at: int)
     if destination.IsEmpty then at + Encoding.UTF8.GetByteCount text
     else at + Encoding.UTF8.GetBytes(text, destination.Slice at)
 
-/// A JSON string, quotes included: runs without escapes go through the UTF-8 encoder in one piece
-/// (escapes are ASCII, so a run never splits a surrogate pair).
+// The characters a JSON string escapes: the quotation mark, the reverse solidus, U+0000 to U+001F.
+let private mustEscape = SearchValues.Create(("\"\\" + String(Array.init 0x20 char)).AsSpan())
+
+/// A JSON string, quotes included: runs without escapes (found vectorized) go through the UTF-8
+/// encoder in one piece (escapes are ASCII, so a run never splits a surrogate pair).
 let private putString (text: string, destination: Span<byte>, at: int) : int =
     let text = if isNull text then "" else text
     let mutable at = at
     if not destination.IsEmpty then destination[at] <- byte '"'
     at <- at + 1
-    let mutable run = 0
-    for i in 0 .. text.Length - 1 do
-        let c = text[i]
-        if escapeLength c > 0 then
-            at <- putText (text.AsSpan(run, i - run), destination, at)
-            at <- putEscape (c, destination, at)
-            run <- i + 1
-    at <- putText (text.AsSpan run, destination, at)
+    let mutable rest = text.AsSpan()
+    let mutable next = rest.IndexOfAny mustEscape
+    while next >= 0 do
+        at <- putText (rest.Slice(0, next), destination, at)
+        at <- putEscape (rest[next], destination, at)
+        rest <- rest.Slice(next + 1)
+        next <- rest.IndexOfAny mustEscape
+    at <- putText (rest, destination, at)
     if not destination.IsEmpty then destination[at] <- byte '"'
     at + 1
+
+/// At least the size of a JSON string of `text` (each UTF-16 unit takes at most six bytes: \u001f).
+let private stringBound (text: string) : int = if isNull text then 2 else 2 + 6 * text.Length
 
 let private ofType = "{\"type\":\""B
 let private idField = "\",\"id\":"B
@@ -320,7 +327,9 @@ let publicationSize (channel: string, position: ChannelPosition, data: ReadOnlyS
 /// Writes a `pub` message from its parts at the start of `destination` (at least `publicationSize`
 /// bytes long) without building a `ServerMessage`; returns the bytes written.
 let writePublication (channel: string, position: ChannelPosition, data: ReadOnlySpan<byte>, destination: Span<byte>) : int =
-    if destination.Length < publicationSize (channel, position, data) then 0
+    // Room for the largest encoding of these parts skips counting the exact size first.
+    let bound = 64 + stringBound channel + stringBound position.Epoch + 20 + max data.Length 4
+    if destination.Length < bound && destination.Length < publicationSize (channel, position, data) then 0
     else putPublication (channel, position, data, destination)
 
 /// A `pub` message from its parts, in a new array.
@@ -367,7 +376,7 @@ let writeClient (message: ClientMessage, writer: IBufferWriter<byte>) : unit =
 // member inside `members` inside the message); deeper values are refused as invalid JSON.
 let private readerOptions = JsonReaderOptions(MaxDepth = MaxDataDepth + 4)
 
-// Field numbers (bits of Fields.Seen) and the message kinds' numbers (the binary form's kind bytes).
+// Field numbers (bits of Fields.Seen).
 [<Literal>]
 let private TypeField = 0
 [<Literal>]
@@ -409,26 +418,71 @@ let private fieldNames =
 
 let private fieldBytes = fieldNames |> Array.map Encoding.UTF8.GetBytes
 
-let private clientFields = [| TypeField; IdField; ChannelField; SinceField; PresenceField; KeyField; DataField; MethodField |]
+let private bits (fields: int list) = fields |> List.fold (fun mask field -> mask ||| (1 <<< field)) 0
+
+// The fields each direction knows, as a mask of field numbers.
+let private clientFields = bits [ TypeField; IdField; ChannelField; SinceField; PresenceField; KeyField; DataField; MethodField ]
 
 let private serverFields =
-    [| TypeField; IdField; ChannelField; DataField; VersionField; ClientField; EpochField; OffsetField; RecoveryField
-       MembersField; MemberField; CodeField; MessageField |]
+    bits
+        [ TypeField; IdField; ChannelField; DataField; VersionField; ClientField; EpochField; OffsetField; RecoveryField
+          MembersField; MemberField; CodeField; MessageField ]
+
+/// The one field a name could be, from its length and a letter or two (the names differ there).
+let private candidate (name: ReadOnlySpan<byte>) : int =
+    match name.Length with
+    | 2 -> IdField
+    | 3 -> KeyField
+    | 4 ->
+        match name[0] with
+        | 't'B -> TypeField
+        | 'd'B -> DataField
+        | _ -> CodeField
+    | 5 -> if name[0] = 's'B then SinceField else EpochField
+    | 6 ->
+        match name[0] with
+        | 'c'B -> ClientField
+        | 'o'B -> OffsetField
+        | _ -> if name[2] = 't'B then MethodField else MemberField
+    | 7 ->
+        match name[0] with
+        | 'c'B -> ChannelField
+        | 'v'B -> VersionField
+        | _ -> if name[2] = 'm'B then MembersField else MessageField
+    | 8 -> if name[0] = 'p'B then PresenceField else RecoveryField
+    | _ -> -1
+
+/// The number of the field whose name the reader is on, if it is among `known`; else -1.
+let private fieldOf (reader: byref<Utf8JsonReader>, known: int) : int =
+    let field =
+        if reader.ValueIsEscaped then
+            let mutable i = 0
+            while i < fieldBytes.Length && not (reader.ValueTextEquals(fieldBytes[i])) do
+                i <- i + 1
+            if i < fieldBytes.Length then i else -1
+        else
+            let name = reader.ValueSpan
+            let field = candidate name
+            if field >= 0 && name.SequenceEqual(ReadOnlySpan fieldBytes[field]) then field else -1
+    if field >= 0 && known &&& (1 <<< field) <> 0 then field else -1
 
 let private clientTypes = [| subscribeType; unsubscribeType; publishType; presenceType; requestType |]
-let private clientKinds = [| 1uy; 2uy; 3uy; 4uy; 5uy |]
+let private clientKinds =
+    [| ChannelKind.Subscribe; ChannelKind.Unsubscribe; ChannelKind.Publish; ChannelKind.PresenceQuery; ChannelKind.Request |]
 
 let private serverTypes =
     [| welcomeType; subscribedType; unsubscribedType; pubType; ackType; presenceType; joinType; leaveType; responseType; errorType |]
 
-let private serverKinds = [| 64uy; 65uy; 66uy; 67uy; 68uy; 69uy; 70uy; 71uy; 72uy; 73uy |]
+let private serverKinds =
+    [| ChannelKind.Welcome; ChannelKind.Subscribed; ChannelKind.Unsubscribed; ChannelKind.Publication; ChannelKind.Ack
+       ChannelKind.Presence; ChannelKind.Join; ChannelKind.Leave; ChannelKind.Response; ChannelKind.Error |]
 
-let private errorCodes =
+let internal errorCodes =
     [| ChannelErrorCode.BadMessage; ChannelErrorCode.Forbidden; ChannelErrorCode.UnknownChannel
        ChannelErrorCode.NotSubscribed; ChannelErrorCode.TooLarge; ChannelErrorCode.RateLimited
        ChannelErrorCode.UnknownMethod; ChannelErrorCode.Internal |]
 
-let private errorCodeBytes = errorCodes |> Array.map (fun c -> Encoding.UTF8.GetBytes c.Code)
+let internal errorCodeBytes = errorCodes |> Array.map (fun c -> Encoding.UTF8.GetBytes c.Code)
 
 /// What one pass found: the fields read so far, by number (see Seen).
 [<Struct; NoEquality; NoComparison>]
@@ -453,7 +507,8 @@ type private Fields =
     val mutable Code: ChannelErrorCode
     val mutable Message: string
 
-    member f.Has(field: int) = f.Seen &&& (1 <<< field) <> 0
+// A function of the mask, not a member: a member called on an inref struct copies the whole struct.
+let inline private has (seen: int, field: int) = seen &&& (1 <<< field) <> 0
 
 type private Found = ChannelCodecError voption
 
@@ -619,7 +674,7 @@ let private readNamed (reader: byref<Utf8JsonReader>, field: string, names: byte
             ValueNone
 
 let private recoveryNames = [| freshName; recoveredName; notRecoveredName |]
-let private recoveries = [| Recovery.Fresh; Recovery.Recovered; Recovery.NotRecovered |]
+let internal recoveries = [| Recovery.Fresh; Recovery.Recovered; Recovery.NotRecovered |]
 
 /// Reads the value of field number `field` (the reader is on its first token).
 let private readField (bytes: ReadOnlyMemory<byte>, reader: byref<Utf8JsonReader>, server: bool, field: int, fields: byref<Fields>) : Found =
@@ -674,19 +729,15 @@ let private readObject (bytes: ReadOnlyMemory<byte>, server: bool, fields: byref
     else
         let mutable found = ValueNone
         while found.IsNone && reader.Read() && reader.TokenType = JsonTokenType.PropertyName do
-            let mutable i = 0
-            while i < known.Length && not (reader.ValueTextEquals(fieldBytes[known[i]])) do
-                i <- i + 1
+            let field = fieldOf (&reader, known)
             reader.Read() |> ignore
-            if i = known.Length then
+            if field < 0 then
                 reader.Skip()
+            elif has (fields.Seen, field) then
+                found <- ValueSome(ChannelCodecError.DuplicateField fieldNames[field])
             else
-                let field = known[i]
-                if fields.Has field then
-                    found <- ValueSome(ChannelCodecError.DuplicateField fieldNames[field])
-                else
-                    fields.Seen <- fields.Seen ||| (1 <<< field)
-                    found <- readField (bytes, &reader, server, field, &fields)
+                fields.Seen <- fields.Seen ||| (1 <<< field)
+                found <- readField (bytes, &reader, server, field, &fields)
         if found.IsSome then
             found
         else
@@ -705,90 +756,88 @@ let private read (bytes: ReadOnlyMemory<byte>, server: bool, fields: byref<Field
         with :? JsonException ->
             ValueSome(ChannelCodecError.InvalidJson "message")
 
-let private missing (fields: inref<Fields>, required: int list) : Found =
-    let mutable rest = required
-    let mutable found = ValueNone
-    while found.IsNone && not rest.IsEmpty do
-        if not (fields.Has rest.Head) then found <- ValueSome(ChannelCodecError.MissingField fieldNames[rest.Head])
-        rest <- rest.Tail
-    found
+/// The first of the `required` fields (a mask) that is not among the `seen` ones.
+let private missing (seen: int, required: int) : Found =
+    let absent = required &&& ~~~seen
+    if absent = 0 then ValueNone
+    else ValueSome(ChannelCodecError.MissingField fieldNames[Numerics.BitOperations.TrailingZeroCount absent])
 
-// Literal lists are built once, not at each decode.
-let private needIdChannel = [ IdField; ChannelField ]
-let private needPublish = [ IdField; ChannelField; KeyField; DataField ]
-let private needRequest = [ IdField; MethodField ]
-let private needWelcome = [ VersionField; ClientField ]
-let private needSubscribed = [ IdField; ChannelField; EpochField; OffsetField; RecoveryField ]
-let private needChannel = [ ChannelField ]
-let private needPub = [ ChannelField; EpochField; OffsetField; DataField ]
-let private needAck = [ IdField; ChannelField; EpochField; OffsetField ]
-let private needPresence = [ IdField; ChannelField; MembersField ]
-let private needMember = [ ChannelField; MemberField ]
-let private needId = [ IdField ]
-let private needError = [ CodeField; MessageField ]
-let private needType = [ TypeField ]
+// The fields each message kind requires, as masks.
+let private needIdChannel = bits [ IdField; ChannelField ]
+let private needPublish = bits [ IdField; ChannelField; KeyField; DataField ]
+let private needRequest = bits [ IdField; MethodField ]
+let private needWelcome = bits [ VersionField; ClientField ]
+let private needSubscribed = bits [ IdField; ChannelField; EpochField; OffsetField; RecoveryField ]
+let private needChannel = bits [ ChannelField ]
+let private needPub = bits [ ChannelField; EpochField; OffsetField; DataField ]
+let private needAck = bits [ IdField; ChannelField; EpochField; OffsetField ]
+let private needPresence = bits [ IdField; ChannelField; MembersField ]
+let private needMember = bits [ ChannelField; MemberField ]
+let private needId = bits [ IdField ]
+let private needError = bits [ CodeField; MessageField ]
+let private needType = bits [ TypeField ]
 
 /// A request id: 1 to 2^32-1; or 0 to 2^32-1 where `zeroAllowed` (a message not answering a request).
-let private idIn (fields: inref<Fields>, zeroAllowed: bool) : bool =
-    fields.Id <= uint64 UInt32.MaxValue && (zeroAllowed || fields.Id >= 1UL)
+let private idIn (id: uint64, zeroAllowed: bool) : bool =
+    id <= uint64 UInt32.MaxValue && (zeroAllowed || id >= 1UL)
 
 let private clientMessage (bytes: ReadOnlyMemory<byte>, fields: inref<Fields>) : Result<ClientMessage, ChannelCodecError> =
     let id = uint32 fields.Id
     let required =
         match fields.Kind with
-        | 1uy
-        | 2uy
-        | 4uy -> needIdChannel
-        | 3uy -> needPublish
+        | ChannelKind.Subscribe
+        | ChannelKind.Unsubscribe
+        | ChannelKind.PresenceQuery -> needIdChannel
+        | ChannelKind.Publish -> needPublish
         | _ -> needRequest
-    match missing (&fields, required) with
+    match missing (fields.Seen, required) with
     | ValueSome error -> Error error
-    | ValueNone when not (idIn (&fields, false)) -> Error(ChannelCodecError.OutOfRange "id")
+    | ValueNone when not (idIn (fields.Id, false)) -> Error(ChannelCodecError.OutOfRange "id")
     | ValueNone ->
         match fields.Kind with
-        | 1uy -> Ok(ClientMessage.Subscribe(id, fields.Channel, fields.Since, fields.Presence))
-        | 2uy -> Ok(ClientMessage.Unsubscribe(id, fields.Channel))
-        | 3uy -> Ok(ClientMessage.Publish(id, fields.Channel, fields.Key, dataOf (bytes, fields.DataStart, fields.DataLength)))
-        | 4uy -> Ok(ClientMessage.PresenceQuery(id, fields.Channel))
+        | ChannelKind.Subscribe -> Ok(ClientMessage.Subscribe(id, fields.Channel, fields.Since, fields.Presence))
+        | ChannelKind.Unsubscribe -> Ok(ClientMessage.Unsubscribe(id, fields.Channel))
+        | ChannelKind.Publish -> Ok(ClientMessage.Publish(id, fields.Channel, fields.Key, dataOf (bytes, fields.DataStart, fields.DataLength)))
+        | ChannelKind.PresenceQuery -> Ok(ClientMessage.PresenceQuery(id, fields.Channel))
         | _ ->
-            let data = if fields.Has DataField then dataOf (bytes, fields.DataStart, fields.DataLength) else nullData
+            let data = if has (fields.Seen, DataField) then dataOf (bytes, fields.DataStart, fields.DataLength) else nullData
             Ok(ClientMessage.Request(id, fields.Method, data))
 
 let private serverMessage (bytes: ReadOnlyMemory<byte>, fields: inref<Fields>) : Result<ServerMessage, ChannelCodecError> =
     let kind = fields.Kind
     let required =
         match kind with
-        | 64uy -> needWelcome
-        | 65uy -> needSubscribed
-        | 66uy -> needChannel
-        | 67uy -> needPub
-        | 68uy -> needAck
-        | 69uy -> needPresence
-        | 70uy
-        | 71uy -> needMember
-        | 72uy -> needId
+        | ChannelKind.Welcome -> needWelcome
+        | ChannelKind.Subscribed -> needSubscribed
+        | ChannelKind.Unsubscribed -> needChannel
+        | ChannelKind.Publication -> needPub
+        | ChannelKind.Ack -> needAck
+        | ChannelKind.Presence -> needPresence
+        | ChannelKind.Join
+        | ChannelKind.Leave -> needMember
+        | ChannelKind.Response -> needId
         | _ -> needError
     // Only replies carry an id; unsubscribed and error may have id 0 (or none: 0).
-    let hasId = kind <> 64uy && kind <> 67uy && kind <> 70uy && kind <> 71uy
-    match missing (&fields, required) with
+    let hasId = kind <> ChannelKind.Welcome && kind <> ChannelKind.Publication && kind <> ChannelKind.Join && kind <> ChannelKind.Leave
+    match missing (fields.Seen, required) with
     | ValueSome error -> Error error
-    | ValueNone when hasId && not (idIn (&fields, kind = 66uy || kind = 73uy)) -> Error(ChannelCodecError.OutOfRange "id")
-    | ValueNone when kind = 64uy && (fields.Version < 1UL || fields.Version > uint64 Int32.MaxValue) ->
+    | ValueNone when hasId && not (idIn (fields.Id, kind = ChannelKind.Unsubscribed || kind = ChannelKind.Error)) -> Error(ChannelCodecError.OutOfRange "id")
+    | ValueNone when kind = ChannelKind.Welcome && (fields.Version < 1UL || fields.Version > uint64 Int32.MaxValue) ->
         Error(ChannelCodecError.OutOfRange "version")
     | ValueNone ->
         let id = uint32 fields.Id
         let position = { Epoch = fields.Epoch; Offset = fields.Offset }
         match kind with
-        | 64uy -> Ok(ServerMessage.Welcome(int fields.Version, fields.Client))
-        | 65uy -> Ok(ServerMessage.Subscribed(id, fields.Channel, position, fields.Recovery))
-        | 66uy -> Ok(ServerMessage.Unsubscribed(id, fields.Channel))
-        | 67uy -> Ok(ServerMessage.Publication(fields.Channel, position, dataOf (bytes, fields.DataStart, fields.DataLength)))
-        | 68uy -> Ok(ServerMessage.Ack(id, fields.Channel, position))
-        | 69uy -> Ok(ServerMessage.Presence(id, fields.Channel, fields.Members))
-        | 70uy -> Ok(ServerMessage.Join(fields.Channel, fields.Member))
-        | 71uy -> Ok(ServerMessage.Leave(fields.Channel, fields.Member))
-        | 72uy ->
-            let data = if fields.Has DataField then dataOf (bytes, fields.DataStart, fields.DataLength) else nullData
+        | ChannelKind.Welcome -> Ok(ServerMessage.Welcome(int fields.Version, fields.Client))
+        | ChannelKind.Subscribed -> Ok(ServerMessage.Subscribed(id, fields.Channel, position, fields.Recovery))
+        | ChannelKind.Unsubscribed -> Ok(ServerMessage.Unsubscribed(id, fields.Channel))
+        | ChannelKind.Publication -> Ok(ServerMessage.Publication(fields.Channel, position, dataOf (bytes, fields.DataStart, fields.DataLength)))
+        | ChannelKind.Ack -> Ok(ServerMessage.Ack(id, fields.Channel, position))
+        | ChannelKind.Presence -> Ok(ServerMessage.Presence(id, fields.Channel, fields.Members))
+        | ChannelKind.Join -> Ok(ServerMessage.Join(fields.Channel, fields.Member))
+        | ChannelKind.Leave -> Ok(ServerMessage.Leave(fields.Channel, fields.Member))
+        | ChannelKind.Response ->
+            let data = if has (fields.Seen, DataField) then dataOf (bytes, fields.DataStart, fields.DataLength) else nullData
             Ok(ServerMessage.Response(id, data))
         | _ -> Ok(ServerMessage.Error(id, fields.Code, fields.Message))
 
@@ -799,7 +848,7 @@ let decodeClient (bytes: ReadOnlyMemory<byte>) : Result<ClientMessage, ChannelCo
     match read (bytes, false, &fields) with
     | ValueSome error -> Error error
     | ValueNone ->
-        match missing (&fields, needType) with
+        match missing (fields.Seen, needType) with
         | ValueSome error -> Error error
         | ValueNone -> clientMessage (bytes, &fields)
 
@@ -810,7 +859,7 @@ let decodeServer (bytes: ReadOnlyMemory<byte>) : Result<ServerMessage, ChannelCo
     match read (bytes, true, &fields) with
     | ValueSome error -> Error error
     | ValueNone ->
-        match missing (&fields, needType) with
+        match missing (fields.Seen, needType) with
         | ValueSome error -> Error error
         | ValueNone -> serverMessage (bytes, &fields)
 

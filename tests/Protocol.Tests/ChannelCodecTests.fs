@@ -320,6 +320,8 @@ let jsonForm =
               Expect.equal (ok "reordered" (jsonClient line)) (ClientMessage.Publish(9u, "c", "k", data "[1]")) "publish"
               let pub = """{"offset":2,"data":"x","epoch":"e","type":"pub","channel":"c","presence":5}"""
               Expect.equal (ok "pub" (jsonServer pub)) (ServerMessage.Publication("c", position "e" 2UL, data "\"x\"")) "a client-only field in a server message is unknown there"
+              let nearMisses = """{"ib":"x","kez":1,"tipe":2,"datum":3,"methox":4,"channe1":5,"presents":6,"sinse":7,"members":8,"type":"unsubscribe","id":2,"channel":"c"}"""
+              Expect.equal (ok "near misses" (jsonClient nearMisses)) (ClientMessage.Unsubscribe(2u, "c")) "names one letter off a field's are unknown fields"
           }
 
           test "optional fields take their defaults: since absent or null, presence false, data null, id 0 where allowed" {
@@ -467,6 +469,16 @@ let jsonForm =
               Expect.equal (writer.WrittenSpan.ToArray()) expected "written"
               Expect.equal (ChannelJson.clientSize client + ChannelJson.serverSize server) expected.Length "sizes")
 
+          property "a pub written from its parts, into an exact or a roomy span, is the message's encoding"
+          <| Prop.forAll (Arb.fromGen (Gen.zip3 genChannel genPosition genData)) (fun (channel, at, payload) ->
+              let expected = ChannelJson.encodeServer (ServerMessage.Publication(channel, at, payload))
+              Expect.equal (ChannelJson.encodePublication (channel, at, payload.Json.Span)) expected "array"
+              Expect.equal (ChannelJson.publicationSize (channel, at, payload.Json.Span)) expected.Length "size"
+              for room in [ expected.Length; 1 <<< 16 ] do
+                  let destination = Array.zeroCreate room
+                  Expect.equal (ChannelJson.writePublication (channel, at, payload.Json.Span, Span destination)) expected.Length $"written into {room}"
+                  Expect.equal destination[.. expected.Length - 1] expected $"bytes in {room}")
+
           property "arbitrary bytes never throw, and what decodes re-encodes to the same message"
           <| Prop.forAll
               (Arb.fromGen (Gen.oneof [ genBytes; genJsonish; mutated ChannelJson.encodeClient genClientMessage; mutated ChannelJson.encodeServer genServerMessage ]))
@@ -495,3 +507,208 @@ let jsonForm =
                   Expect.contains [ 0x20uy; 0x09uy; 0x0Auy; 0x0Duy ] extra "only whitespace may follow"
                   Expect.equal decoded message "same message"
               | Error e -> Expect.contains [ "trailing-bytes"; "invalid-utf8" ] e.Code "refused as trailing (or, for a stray byte over 0x7F, as invalid UTF-8)") ]
+
+// ---------------------------------------------------------------------------------------------
+
+let private binaryClient (bytes: byte[]) = ChannelBinary.decodeClient (ReadOnlyMemory bytes)
+let private binaryServer (bytes: byte[]) = ChannelBinary.decodeServer (ReadOnlyMemory bytes)
+
+/// A varint, written out by hand.
+let rec private varint (value: uint64) : byte list =
+    if value < 0x80UL then [ byte value ] else (byte (value &&& 0x7FUL) ||| 0x80uy) :: varint (value >>> 7)
+
+/// A length-prefixed string.
+let private lp (text: string) = Array.append (Array.ofList (varint (uint64 (Encoding.UTF8.GetByteCount text)))) (utf8 text)
+
+let private subscribeBytes (id: byte[]) (channel: byte[]) (flags: byte) (rest: byte[]) = Array.concat [ [| 1uy |]; id; channel; [| flags |]; rest ]
+
+[<Tests>]
+let binaryForm =
+    testList
+        "Channels protocol: binary form"
+        [ test "a pub is kind 67, channel, epoch, offset, data" {
+              let bytes = ChannelBinary.encodeServer (ServerMessage.Publication("room:lobby", position "k3J9" 300UL, data """{"text":"hi"}"""))
+              let expected = Array.concat [ [| 67uy |]; lp "room:lobby"; lp "k3J9"; [| 0xACuy; 0x02uy |]; lp """{"text":"hi"}""" ]
+              Expect.equal bytes expected "the contract's table, offset 300 as a two-byte varint"
+          }
+
+          test "a subscribe carries flags, and the position only when bit 0 is set" {
+              let withSince = ChannelBinary.encodeClient (ClientMessage.Subscribe(1u, "room:lobby", ValueSome(position "k3J9" 41UL), true))
+              Expect.equal withSince (subscribeBytes [| 1uy |] (lp "room:lobby") 3uy (Array.append (lp "k3J9") [| 41uy |])) "since and presence"
+              let plain = ChannelBinary.encodeClient (ClientMessage.Subscribe(128u, "c", ValueNone, false))
+              Expect.equal plain (subscribeBytes [| 0x80uy; 0x01uy |] (lp "c") 0uy [||]) "neither; id 128 as two bytes"
+          }
+
+          test "the other kinds follow the table" {
+              let cases: (ServerMessage * byte[]) list =
+                  [ ServerMessage.Welcome(1, "n1"), Array.concat [ [| 64uy; 1uy |]; lp "n1" ]
+                    ServerMessage.Subscribed(1u, "c", position "e" 5UL, Recovery.NotRecovered), Array.concat [ [| 65uy; 1uy |]; lp "c"; lp "e"; [| 5uy; 2uy |] ]
+                    ServerMessage.Unsubscribed(0u, "c"), Array.concat [ [| 66uy; 0uy |]; lp "c" ]
+                    ServerMessage.Ack(3u, "c", position "e" 6UL), Array.concat [ [| 68uy; 3uy |]; lp "c"; lp "e"; [| 6uy |] ]
+                    ServerMessage.Presence(4u, "c", [ memberOf "a" "1"; memberOf "b" "null" ]),
+                    Array.concat [ [| 69uy; 4uy |]; lp "c"; [| 2uy |]; lp "a"; lp "1"; lp "b"; lp "null" ]
+                    ServerMessage.Join("c", memberOf "a" "{}"), Array.concat [ [| 70uy |]; lp "c"; lp "a"; lp "{}" ]
+                    ServerMessage.Leave("c", memberOf "a" "{}"), Array.concat [ [| 71uy |]; lp "c"; lp "a"; lp "{}" ]
+                    ServerMessage.Response(5u, data "[]"), Array.concat [ [| 72uy; 5uy |]; lp "[]" ]
+                    ServerMessage.Error(3u, ChannelErrorCode.Forbidden, "no"), Array.concat [ [| 73uy; 3uy |]; lp "forbidden"; lp "no" ] ]
+              for message, expected in cases do
+                  Expect.equal (ChannelBinary.encodeServer message) expected $"{message}"
+                  Expect.equal (ok "back" (binaryServer expected)) message "decodes back"
+              let clientCases: (ClientMessage * byte[]) list =
+                  [ ClientMessage.Unsubscribe(2u, "c"), Array.concat [ [| 2uy; 2uy |]; lp "c" ]
+                    ClientMessage.Publish(3u, "c", "k", data "1"), Array.concat [ [| 3uy; 3uy |]; lp "c"; lp "k"; lp "1" ]
+                    ClientMessage.PresenceQuery(4u, "c"), Array.concat [ [| 4uy; 4uy |]; lp "c" ]
+                    ClientMessage.Request(5u, "whoami", data "null"), Array.concat [ [| 5uy; 5uy |]; lp "whoami"; lp "null" ] ]
+              for message, expected in clientCases do
+                  Expect.equal (ChannelBinary.encodeClient message) expected $"{message}"
+                  Expect.equal (ok "back" (binaryClient expected)) message "decodes back"
+          }
+
+          test "a pub written from its parts is the pub message's encoding" {
+              let at = position "k3J9" 46UL
+              let payload = utf8 "[1,2]"
+              let expected = ChannelBinary.encodeServer (ServerMessage.Publication("room", at, data "[1,2]"))
+              Expect.equal (ChannelBinary.encodePublication ("room", at, ReadOnlySpan payload)) expected "array"
+              let size = ChannelBinary.publicationSize ("room", at, ReadOnlySpan payload)
+              let destination = Array.zeroCreate size
+              Expect.equal (ChannelBinary.writePublication ("room", at, ReadOnlySpan payload, Span destination)) size "written"
+              Expect.equal destination expected "span"
+              Expect.equal (ChannelBinary.writePublication ("room", at, ReadOnlySpan payload, Span(Array.zeroCreate (size - 1)))) 0 "too short: nothing"
+          }
+
+          test "data is a slice of the input" {
+              let input = ChannelBinary.encodeClient (ClientMessage.Publish(1u, "c", "k", data """{"a": [1, "é"]}"""))
+              match ok "publish" (ChannelBinary.decodeClient (ReadOnlyMemory input)) with
+              | ClientMessage.Publish(_, _, _, decoded) ->
+                  Expect.equal (Encoding.UTF8.GetString decoded.Json.Span) """{"a": [1, "é"]}""" "same text"
+                  match MemoryMarshal.TryGetArray decoded.Json with
+                  | true, segment -> Expect.isTrue (Object.ReferenceEquals(segment.Array, input)) "a slice of the input"
+                  | _ -> failtest "not array-backed"
+              | other -> failtestf "got %A" other
+          }
+
+          test "kinds of the other direction and unknown kinds are refused; no bytes is truncated" {
+              Expect.equal (refused "empty" (binaryClient [||])) ChannelCodecError.Truncated "client"
+              Expect.equal (refused "empty" (binaryServer [||])) ChannelCodecError.Truncated "server"
+              for kind in [ 0uy; 6uy; 63uy; 64uy; 67uy; 255uy ] do
+                  Expect.equal (refused $"{kind}" (binaryClient (Array.append [| kind; 1uy |] (lp "c")))) ChannelCodecError.UnknownType $"client kind {kind}"
+              for kind in [ 0uy; 1uy; 3uy; 63uy; 74uy; 255uy ] do
+                  Expect.equal (refused $"{kind}" (binaryServer (Array.append [| kind; 1uy |] (lp "c")))) ChannelCodecError.UnknownType $"server kind {kind}"
+          }
+
+          test "fields outside their ranges are refused" {
+              let c = lp "c"
+              Expect.equal (refused "id 0" (binaryClient (Array.append [| 2uy; 0uy |] c))) (ChannelCodecError.OutOfRange "id") "id 0"
+              Expect.equal (refused "id 2^32" (binaryClient (Array.append [| 2uy; 0x80uy; 0x80uy; 0x80uy; 0x80uy; 0x10uy |] c))) (ChannelCodecError.OutOfRange "id") "id 2^32"
+              Expect.equal (ok "id 2^32-1" (binaryClient (Array.append [| 2uy; 0xFFuy; 0xFFuy; 0xFFuy; 0xFFuy; 0x0Fuy |] c))) (ClientMessage.Unsubscribe(UInt32.MaxValue, "c")) "2^32-1"
+              Expect.equal (refused "empty channel" (binaryClient [| 2uy; 1uy; 0uy |])) (ChannelCodecError.OutOfRange "channel") "empty channel"
+              let long = Array.concat [ [| 2uy; 1uy; 0x81uy; 0x02uy |]; Array.create 257 (byte 'a') ]
+              Expect.equal (refused "257" (binaryClient long)) (ChannelCodecError.OutOfRange "channel") "257-byte channel"
+              Expect.equal (refused "key" (binaryClient (Array.concat [ [| 3uy; 1uy |]; c; lp (String.replicate 65 "k"); lp "1" ]))) (ChannelCodecError.OutOfRange "key") "65-byte key"
+              Expect.equal (refused "key" (binaryClient (Array.concat [ [| 3uy; 1uy |]; c; lp ""; lp "1" ]))) (ChannelCodecError.OutOfRange "key") "empty key"
+              Expect.equal (refused "flags" (binaryClient (subscribeBytes [| 1uy |] c 4uy [||]))) (ChannelCodecError.BadFlags 4uy) "reserved flag bit"
+              Expect.equal (refused "recovery" (binaryServer (Array.concat [ [| 65uy; 1uy |]; c; lp "e"; [| 5uy; 3uy |] ]))) (ChannelCodecError.OutOfRange "recovery") "recovery 3"
+              Expect.equal (refused "code" (binaryServer (Array.concat [ [| 73uy; 1uy |]; lp "teapot"; lp "" ]))) (ChannelCodecError.OutOfRange "code") "unknown code"
+              Expect.equal (refused "version" (binaryServer (Array.append [| 64uy; 0uy |] (lp "n")))) (ChannelCodecError.OutOfRange "version") "version 0"
+              Expect.equal (refused "ack id 0" (binaryServer (Array.concat [ [| 68uy; 0uy |]; c; lp "e"; [| 1uy |] ]))) (ChannelCodecError.OutOfRange "id") "a reply's id is not 0"
+          }
+
+          test "strings must be UTF-8 and data one JSON value" {
+              Expect.equal (refused "utf8" (binaryClient [| 2uy; 1uy; 1uy; 0xFFuy |])) (ChannelCodecError.InvalidUtf8 "channel") "channel"
+              for text in [ ""; " 1"; "1 "; "nul"; "{"; "[1]]"; "'a'"; nested 65 ] do
+                  Expect.equal (refused text (binaryClient (Array.concat [ [| 3uy; 1uy |]; lp "c"; lp "k"; lp text ]))) (ChannelCodecError.InvalidJson "data") $"data {text}"
+              let badUtf8 = Array.concat [ [| 3uy; 1uy |]; lp "c"; lp "k"; [| 3uy; 0x22uy; 0xC3uy; 0x22uy |] ]
+              Expect.equal (refused "utf8 data" (binaryClient badUtf8)) (ChannelCodecError.InvalidUtf8 "data") "data"
+              Expect.equal (refused "info" (binaryServer (Array.concat [ [| 70uy |]; lp "c"; lp "a"; lp "{x}" ]))) (ChannelCodecError.InvalidJson "member.info") "info"
+              Expect.isOk (binaryClient (Array.concat [ [| 3uy; 1uy |]; lp "c"; lp "k"; lp (nested 64) ])) "data 64 deep"
+          }
+
+          test "varints past 64 bits, lengths and counts past the end are refused" {
+              Expect.equal (refused "varint" (binaryClient (Array.concat [ [| 2uy |]; Array.create 10 0xFFuy; [| 1uy |] ]))) ChannelCodecError.BadVarint "eleven bytes"
+              Expect.equal (refused "length" (binaryClient [| 2uy; 1uy; 0xFFuy; 0xFFuy; 0xFFuy; 0xFFuy; 0x0Fuy; 65uy |])) ChannelCodecError.Truncated "length 2^32-1"
+              let count = Array.concat [ [| 69uy; 1uy |]; lp "c"; [| 0xFFuy; 0xFFuy; 0xFFuy; 0xFFuy; 0xFFuy; 0xFFuy; 0xFFuy; 0xFFuy; 0xFFuy; 0x01uy |]; lp "a"; lp "1" ]
+              Expect.equal (refused "count" (binaryServer count)) ChannelCodecError.Truncated "2^64-1 members, one present"
+          }
+
+          property "every client message round-trips"
+          <| Prop.forAll arbClient (fun message ->
+              Expect.equal (ok "client" (binaryClient (ChannelBinary.encodeClient message))) message "round trip")
+
+          property "every server message round-trips"
+          <| Prop.forAll arbServer (fun message ->
+              Expect.equal (ok "server" (binaryServer (ChannelBinary.encodeServer message))) message "round trip")
+
+          property "the size functions and the buffer writer agree with the arrays"
+          <| Prop.forAll (Arb.fromGen (Gen.zip genClientMessage genServerMessage)) (fun (client, server) ->
+              let writer = ArrayBufferWriter<byte>(1)
+              ChannelBinary.writeClient (client, writer)
+              ChannelBinary.writeServer (server, writer)
+              let expected = Array.append (ChannelBinary.encodeClient client) (ChannelBinary.encodeServer server)
+              Expect.equal (writer.WrittenSpan.ToArray()) expected "written"
+              Expect.equal (ChannelBinary.clientSize client + ChannelBinary.serverSize server) expected.Length "sizes")
+
+          property "a pub written from its parts, into an exact or a roomy span, is the message's encoding"
+          <| Prop.forAll (Arb.fromGen (Gen.zip3 genChannel genPosition genData)) (fun (channel, at, payload) ->
+              let expected = ChannelBinary.encodeServer (ServerMessage.Publication(channel, at, payload))
+              Expect.equal (ChannelBinary.encodePublication (channel, at, payload.Json.Span)) expected "array"
+              Expect.equal (ChannelBinary.publicationSize (channel, at, payload.Json.Span)) expected.Length "size"
+              for room in [ expected.Length; 1 <<< 16 ] do
+                  let destination = Array.zeroCreate room
+                  Expect.equal (ChannelBinary.writePublication (channel, at, payload.Json.Span, Span destination)) expected.Length $"written into {room}"
+                  Expect.equal destination[.. expected.Length - 1] expected $"bytes in {room}")
+
+          property "arbitrary bytes never throw, and what decodes re-encodes to the same message"
+          <| Prop.forAll
+              (Arb.fromGen (Gen.oneof [ genBytes; mutated ChannelBinary.encodeClient genClientMessage; mutated ChannelBinary.encodeServer genServerMessage ]))
+              (fun bytes ->
+                  match binaryClient bytes with
+                  | Ok message -> Expect.equal (ok "again" (binaryClient (ChannelBinary.encodeClient message))) message "client"
+                  | Error e -> Expect.isNotEmpty e.Code "a code"
+                  match binaryServer bytes with
+                  | Ok message -> Expect.equal (ok "again" (binaryServer (ChannelBinary.encodeServer message))) message "server"
+                  | Error e -> Expect.isNotEmpty e.Code "a code")
+
+          property "every strict prefix of an encoding is truncated"
+          <| Prop.forAll (Arb.fromGen (Gen.zip genClientMessage genServerMessage)) (fun (client, server) ->
+              let clientBytes = ChannelBinary.encodeClient client
+              for cut in 0 .. clientBytes.Length - 1 do
+                  Expect.equal (refused $"client prefix {cut}" (ChannelBinary.decodeClient (ReadOnlyMemory(clientBytes, 0, cut)))) ChannelCodecError.Truncated "client"
+              let serverBytes = ChannelBinary.encodeServer server
+              for cut in 0 .. serverBytes.Length - 1 do
+                  Expect.equal (refused $"server prefix {cut}" (ChannelBinary.decodeServer (ReadOnlyMemory(serverBytes, 0, cut)))) ChannelCodecError.Truncated "server")
+
+          property "any byte after an encoding is refused as trailing"
+          <| Prop.forAll (Arb.fromGen (Gen.zip3 genClientMessage genServerMessage (ArbMap.defaults |> ArbMap.generate<byte>))) (fun (client, server, extra) ->
+              Expect.equal (refused "client" (binaryClient (Array.append (ChannelBinary.encodeClient client) [| extra |]))) ChannelCodecError.TrailingBytes "client"
+              Expect.equal (refused "server" (binaryServer (Array.append (ChannelBinary.encodeServer server) [| extra |]))) ChannelCodecError.TrailingBytes "server")
+
+          test "the contract's JSON lines read the same through the binary form" {
+              for line, message in contractClientLines do
+                  let fromJson = ok line (jsonClient line)
+                  Expect.equal (ok "binary" (binaryClient (ChannelBinary.encodeClient fromJson))) message line
+              for line, message in contractServerLines do
+                  let fromJson = ok line (jsonServer line)
+                  Expect.equal (ok "binary" (binaryServer (ChannelBinary.encodeServer fromJson))) message line
+          }
+
+          property "the forms agree: decode JSON, encode binary, decode binary gives the same message, and back"
+          <| Prop.forAll (Arb.fromGen (Gen.zip genClientMessage genServerMessage)) (fun (client, server) ->
+              let fromJson = ok "json" (ChannelJson.decodeClient (ReadOnlyMemory(ChannelJson.encodeClient client)))
+              let viaBinary = ok "binary" (binaryClient (ChannelBinary.encodeClient fromJson))
+              Expect.equal viaBinary fromJson "client, JSON to binary"
+              Expect.equal (ok "json again" (ChannelJson.decodeClient (ReadOnlyMemory(ChannelJson.encodeClient viaBinary)))) client "client, binary to JSON"
+              let fromJson = ok "json" (ChannelJson.decodeServer (ReadOnlyMemory(ChannelJson.encodeServer server)))
+              let viaBinary = ok "binary" (binaryServer (ChannelBinary.encodeServer fromJson))
+              Expect.equal viaBinary fromJson "server, JSON to binary"
+              Expect.equal (ok "json again" (ChannelJson.decodeServer (ReadOnlyMemory(ChannelJson.encodeServer viaBinary)))) server "server, binary to JSON")
+
+          property "whatever the JSON form accepts from arbitrary bytes, the binary form carries unchanged"
+          <| Prop.forAll
+              (Arb.fromGen (Gen.oneof [ genJsonish; mutated ChannelJson.encodeClient genClientMessage; mutated ChannelJson.encodeServer genServerMessage ]))
+              (fun bytes ->
+                  match ChannelJson.decodeClient (ReadOnlyMemory bytes) with
+                  | Ok message -> Expect.equal (ok "binary" (binaryClient (ChannelBinary.encodeClient message))) message "client"
+                  | Error _ -> ()
+                  match ChannelJson.decodeServer (ReadOnlyMemory bytes) with
+                  | Ok message -> Expect.equal (ok "binary" (binaryServer (ChannelBinary.encodeServer message))) message "server"
+                  | Error _ -> ()) ]
