@@ -20,7 +20,7 @@ public sealed class ChannelConnection<TData>
     /// <summary>The upgrade request's context (headers, user, address).</summary>
     public HttpContext HttpContext => Socket.HttpContext;
 
-    /// <summary>The connection itself (to close it, or send outside the protocol is not advised).</summary>
+    /// <summary>The connection itself, for example to close it (sending outside the protocol would confuse clients).</summary>
     public RealtimeSocket Socket { get; internal set; } = null!;
 
     internal ChannelForm Form { get; set; } = ChannelForm.Json;

@@ -39,12 +39,15 @@ internal sealed class ChannelForm
 
     public bool TryDecode(ReadOnlyMemory<byte> bytes, out ClientMessage message)
     {
-        if (Kind == MessageKind.Binary) return BinaryChannelCodec.TryDecode(bytes, out message);
-        var decoded = ChannelJson.decodeClient(bytes);
+        var decoded = Kind == MessageKind.Text ? ChannelJson.decodeClient(bytes) : ChannelBinary.decodeClient(bytes);
         message = decoded.IsOk ? decoded.ResultValue : null!;
         return decoded.IsOk;
     }
 
     public byte[] Encode(ServerMessage message) =>
-        Kind == MessageKind.Text ? ChannelJson.encodeServer(message) : BinaryChannelCodec.Encode(message);
+        Kind == MessageKind.Text ? ChannelJson.encodeServer(message) : ChannelBinary.encodeServer(message);
+
+    /// <summary>A publication's frame, encoded from its parts.</summary>
+    public byte[] EncodePublication(string channel, ChannelPosition position, ReadOnlySpan<byte> data) =>
+        Kind == MessageKind.Text ? ChannelJson.encodePublication(channel, position, data) : ChannelBinary.encodePublication(channel, position, data);
 }

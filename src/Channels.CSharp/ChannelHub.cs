@@ -65,8 +65,8 @@ internal sealed class ChannelHub : IChannelPresenceListener, IRealtimeChannels
         var result = await Store.AppendAsync(channel, data, key).ConfigureAwait(false);
         if (!result.Duplicate)
         {
-            Server.Publish(ChannelForm.Json.Topic(channel), ChannelJson.encodePublication(channel, result.Position, data), MessageKind.Text);
-            Server.Publish(ChannelForm.Binary.Topic(channel), ChannelForm.Binary.Encode(ServerMessage.NewPublication(channel, result.Position, ChannelData.OfBytes(data))), MessageKind.Binary);
+            Server.Publish(ChannelForm.Json.Topic(channel), ChannelForm.Json.EncodePublication(channel, result.Position, data), MessageKind.Text);
+            Server.Publish(ChannelForm.Binary.Topic(channel), ChannelForm.Binary.EncodePublication(channel, result.Position, data), MessageKind.Binary);
         }
         return result;
     }

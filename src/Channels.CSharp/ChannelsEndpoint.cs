@@ -156,7 +156,7 @@ internal sealed class ChannelsEndpoint<TData>
             var last = since.Offset;
             foreach (var publication in read.Publications)
             {
-                Send(connection, ServerMessage.NewPublication(channel, new ChannelPosition(read.Position.Epoch, publication.Offset), ChannelData.OfBytes(publication.Data)));
+                connection.Socket.Send(connection.Form.EncodePublication(channel, new ChannelPosition(read.Position.Epoch, publication.Offset), publication.Data.Span), connection.Form.Kind);
                 last = publication.Offset;
             }
             position = read.Position;

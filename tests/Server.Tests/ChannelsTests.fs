@@ -44,6 +44,20 @@ let startChannelsWith (services: IServiceCollection -> unit) (options: RealtimeC
 let startChannels (options: RealtimeChannelsOptions -> unit) (store: IChannelStore option) (handlers: RealtimeChannelHandlers<User> -> unit) =
     startChannelsWith (fun services -> store |> Option.iter (fun s -> services.AddSingleton<IChannelStore>(s) |> ignore)) options handlers
 
+/// The in-memory store whose history reads take `delay` first, as a remote store's would: it widens the
+/// window between a subscriber's live subscription and its history read, where a publication could be
+/// missed or sent twice.
+type SlowReadStore(inner: IChannelStore, delay: TimeSpan) =
+    interface IChannelStore with
+        member _.AppendAsync(channel, data, key, cancel) = inner.AppendAsync(channel, data, key, cancel)
+        member _.GetPositionAsync(channel, cancel) = inner.GetPositionAsync(channel, cancel)
+        member _.ReadAsync(channel, since, limit, cancel) =
+            ValueTask<ChannelHistoryRead>(
+                task {
+                    do! Task.Delay(delay, cancel)
+                    return! inner.ReadAsync(channel, since, limit, cancel)
+                })
+
 /// The in-memory presence, keeping the listener the channels server gives it, so a test can report
 /// members of a dead node as a shared presence would.
 type ReportingPresence() =
@@ -206,7 +220,8 @@ let tests =
         })
 
         testCaseTask "subscribing with a position while others publish misses nothing and duplicates nothing" (fun () -> task {
-            let! server = startChannels ignore None ignore
+            let store = SlowReadStore(InMemoryChannelStore(ChannelRetention()), TimeSpan.FromMilliseconds 40.0)
+            let! server = startChannels ignore (Some store) ignore
             use _ = server
             let channel = "room:race"
             let! writer, _ = connectJson (url server "w")
