@@ -49,7 +49,7 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
 
     public void Publish(string topic, MessageKind kind, ReadOnlySpan<byte> payload, bool compress, long senderConnectionId)
     {
-        // This node's own publications go out in both forms: reading the binary one is enough (and cheap).
+        // This node's own publications go out in both forms: reading one of them (the binary) is enough.
         if (kind == MessageKind.Binary) Observe(topic, kind, payload, remote: false);
         inner.Publish(topic, kind, payload, compress, senderConnectionId);
     }
@@ -105,8 +105,8 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
     private void Observe(string topic, MessageKind kind, ReadOnlySpan<byte> payload, bool remote)
     {
         if (!ChannelOf(topic, out var channel, out var binary) || !watches.TryGetValue(channel, out var watch)) return;
-        // Another node's publication arrives in each form this node has subscribers of: read the JSON
-        // form (which means scanning the data) only when no binary one comes.
+        // Another node's publication arrives in each form this node has subscribers of: read one of them,
+        // the JSON form only when no binary one comes.
         if (remote && !binary && Volatile.Read(ref watch.Binary)) return;
         if (!PublicationFrames.TryReadPosition(payload, binary, out _, out var position)) return;
         lock (watch)
