@@ -54,7 +54,7 @@ internal static class HistoryScripts
             if #batch == 0 then break end
             for _, entry in ipairs(batch) do
               local fields = entry[2]
-              local too_old = max_age > 0 and tonumber(fields[4]) < now - max_age
+              local too_old = tonumber(fields[4]) < now - max_age
               if count > max_count or bytes > max_bytes or too_old then
                 count = count - 1
                 bytes = bytes - #fields[2]
@@ -93,7 +93,7 @@ internal static class HistoryScripts
 
     /// <summary>
     /// Appends one publication. ARGV: candidate epoch, data, publish key ('' for none), max count, max
-    /// bytes, max age ms (0: none), key expiry ms, publish-key age ms, max publish keys (the retention's
+    /// bytes, max age ms, key expiry ms, publish-key age ms, max publish keys (the retention's
     /// MaxKeys). Returns
     /// {epoch, offset, 1 when the key was seen before (nothing appended) else 0}.
     /// </summary>
@@ -125,7 +125,7 @@ internal static class HistoryScripts
     /// <summary>
     /// Reads the channel's position and what it holds after a position. ARGV: candidate epoch, since
     /// epoch ('' for none), since offset, most entries to return (0: position only), max count, max
-    /// bytes, max age ms (0: none), key expiry ms. Returns {epoch, last offset, first offset held (last + 1
+    /// bytes, max age ms, key expiry ms. Returns {epoch, last offset, first offset held (last + 1
     /// when none), then offset and data of each entry after the position, oldest first: all held ones
     /// when the position is of another epoch or past the last offset (ChannelRecovery.plan's rule)}.
     /// </summary>

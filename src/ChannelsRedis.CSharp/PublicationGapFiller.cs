@@ -49,7 +49,8 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
 
     public void Publish(string topic, MessageKind kind, ReadOnlySpan<byte> payload, bool compress, long senderConnectionId)
     {
-        Observe(topic, kind, payload);
+        // This node's own publications go out in both forms: reading one of them (the binary) is enough.
+        if (kind == MessageKind.Binary) Observe(topic, kind, payload, remote: false);
         inner.Publish(topic, kind, payload, compress, senderConnectionId);
     }
 
@@ -85,7 +86,7 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
 
     public int DeliverLocally(string topic, MessageKind kind, ReadOnlySpan<byte> payload, bool compress)
     {
-        Observe(topic, kind, payload);
+        Observe(topic, kind, payload, remote: true);
         return receiver!.DeliverLocally(topic, kind, payload, compress);
     }
 
@@ -101,9 +102,12 @@ internal sealed class PublicationGapFiller : IRealtimeBackplane, IRealtimeBackpl
         }
     }
 
-    private void Observe(string topic, MessageKind kind, ReadOnlySpan<byte> payload)
+    private void Observe(string topic, MessageKind kind, ReadOnlySpan<byte> payload, bool remote)
     {
         if (!ChannelOf(topic, out var channel, out var binary) || !watches.TryGetValue(channel, out var watch)) return;
+        // Another node's publication arrives in each form this node has subscribers of: read one of them,
+        // the JSON form only when no binary one comes.
+        if (remote && !binary && Volatile.Read(ref watch.Binary)) return;
         if (!PublicationFrames.TryReadPosition(payload, binary, out _, out var position)) return;
         lock (watch)
         {

@@ -88,7 +88,8 @@ public sealed class RedisChannelStore : IChannelStore
             ]).WaitAsync(cancellationToken).ConfigureAwait(false))!;
     }
 
-    private static long Milliseconds(TimeSpan span) => span <= TimeSpan.Zero ? 0 : (long)Math.Ceiling(span.TotalMilliseconds);
+    /// <summary>A duration as the scripts take it: whole milliseconds, as the core's retention counts them.</summary>
+    private static long Milliseconds(TimeSpan span) => Math.Max(0, (long)span.TotalMilliseconds);
 
     /// <summary>A candidate epoch: used only if the channel has none in Redis yet (the script keeps the first).</summary>
     private static string NewEpoch()

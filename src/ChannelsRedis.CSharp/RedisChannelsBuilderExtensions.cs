@@ -42,7 +42,8 @@ public static class RedisChannelsBuilderExtensions
         ArgumentNullException.ThrowIfNull(builder);
         ArgumentNullException.ThrowIfNull(configure);
         var services = builder.Services;
-        services.AddOptions<RedisChannelsOptions>().Configure(configure);
+        services.AddOptions<RedisChannelsOptions>().Configure(configure).ValidateOnStart();
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<RedisChannelsOptions>, RedisChannelsOptionsValidation>());
         services.TryAddSingleton(provider => new RedisChannelsConnection(Options(provider)));
         services.TryAddSingleton(provider => new RedisChannelStore(
             provider.GetRequiredService<RedisChannelsConnection>(),

@@ -59,11 +59,13 @@ public sealed class RedisChannelsOptions
     /// </summary>
     public TimeSpan GapCheckInterval { get; set; } = TimeSpan.FromSeconds(1);
 
-    internal void Validate()
+    /// <summary>Every problem of these settings (empty when they are valid), one sentence each naming the option and its range.</summary>
+    internal List<string> Problems()
     {
-        static void Check(bool ok, string message)
+        var problems = new List<string>();
+        void Check(bool ok, string message)
         {
-            if (!ok) throw new InvalidOperationException("RedisChannelsOptions." + message);
+            if (!ok) problems.Add("RedisChannelsOptions." + message);
         }
 
         Check(Configuration is not null || ConfigurationOptions is not null, "Configuration or ConfigurationOptions must be set.");
@@ -73,5 +75,14 @@ public sealed class RedisChannelsOptions
         Check(HeartbeatTimeout > HeartbeatInterval, $"HeartbeatTimeout is {HeartbeatTimeout}; it must be longer than HeartbeatInterval ({HeartbeatInterval}).");
         Check(SweepInterval >= TimeSpan.FromMilliseconds(10), $"SweepInterval is {SweepInterval}; it must be at least 10 ms.");
         Check(GapCheckInterval >= TimeSpan.FromMilliseconds(10), $"GapCheckInterval is {GapCheckInterval}; it must be at least 10 ms.");
+        return problems;
+    }
+
+    /// <summary>Throws <see cref="Microsoft.Extensions.Options.OptionsValidationException"/> naming every problem.</summary>
+    internal void Validate()
+    {
+        var problems = Problems();
+        if (problems.Count > 0)
+            throw new Microsoft.Extensions.Options.OptionsValidationException(nameof(RedisChannelsOptions), typeof(RedisChannelsOptions), problems);
     }
 }

@@ -8,6 +8,7 @@ open System.Collections.Concurrent
 open System.Text
 open System.Threading.Tasks
 open Expecto
+open Microsoft.Extensions.DependencyInjection
 open Microsoft.Extensions.Logging.Abstractions
 open Realtime.Channels
 open Realtime.Channels.Redis
@@ -110,7 +111,7 @@ let historyTests =
                         let mine = ResizeArray()
                         for n in 1 .. perNode do
                             let! result = node.Store.AppendAsync("room", bytes $"\"{i}:{n}\"", null)
-                            mine.Add(result.Position, $"\"{i}:{n}\"")
+                            mine.Add((result.Position, $"\"{i}:{n}\""))
                         return List.ofSeq mine })
                     |> Task.WhenAll
                 let appended = results |> List.concat
@@ -431,5 +432,37 @@ let presenceTests =
                 Expect.equal (back |> List.map fst) [ "b-1" ] "b-1 is a member again"
             finally
                 (disposeAll [ a; b ]).Wait()
+        })
+    ]
+
+[<Tests>]
+let settingsTests =
+    testList "Channels on Redis: settings" [
+        testCaseTask "settings out of range fail the start with OptionsValidationException naming each" (fun () -> task {
+            let mutable failure: exn = null
+            try
+                let! server =
+                    startWith
+                        (fun builder ->
+                            let realtime = { new Realtime.IRealtimeBuilder with member _.Services = builder.Services }
+                            realtime
+                                .AddRealtimeChannels()
+                                .AddRedis((channelsRedis ()).Endpoint, fun o ->
+                                    o.KeyPrefix <- "has{brace}"
+                                    o.HeartbeatInterval <- seconds 2.0
+                                    o.HeartbeatTimeout <- seconds 1.0)
+                            |> ignore)
+                        ignore
+                        ignore
+                do! server.StopAsync()
+            with e -> failure <- e
+            let validation =
+                match failure with
+                | :? Microsoft.Extensions.Options.OptionsValidationException as v -> v
+                | :? AggregateException as a when (a.InnerException :? Microsoft.Extensions.Options.OptionsValidationException) ->
+                    a.InnerException :?> Microsoft.Extensions.Options.OptionsValidationException
+                | other -> failtestf "expected OptionsValidationException, got %A" other
+            Expect.stringContains validation.Message "RedisChannelsOptions.KeyPrefix is \"has{brace}\"" "names the prefix"
+            Expect.stringContains validation.Message "RedisChannelsOptions.HeartbeatTimeout is 00:00:01" "names the timeout"
         })
     ]
