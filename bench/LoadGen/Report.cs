@@ -76,7 +76,7 @@ public static class Report
         md.AppendLine($"- **Settings:** {Meta("settings")}");
         md.AppendLine("- **Server cost per message** is the server process's CPU time and context switches summed over its threads (from `/proc/PID/stat` and `/proc/PID/task/*/status`) over the measured window divided by the messages delivered (round trips for echo), with the cores the server used.");
         md.AppendLine("- **Client cores** is how many cores the load generator itself used on average: near the machine's core count it is the bottleneck, and the numbers say more about the client than the server.").AppendLine();
-        md.AppendLine("![Benchmarks](bench/results/chart.svg)").AppendLine();
+        md.AppendLine($"![Benchmarks]({(info.ContainsKey("chart") ? Meta("chart") : "bench/results/chart.svg")})").AppendLine();
 
         foreach (var (id, title, higher) in Scenarios)
         {
