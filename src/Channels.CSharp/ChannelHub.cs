@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using Realtime.Protocol;
@@ -22,7 +21,6 @@ namespace Realtime.Channels;
 /// </remarks>
 internal sealed class ChannelHub : IChannelPresenceListener, IRealtimeChannels
 {
-    private readonly ConcurrentDictionary<string, SemaphoreSlim> _locks = new(StringComparer.Ordinal);
     private int _started;
 
     public ChannelHub(IRealtimeServer server, IChannelStore store, IChannelPresence presence, IOptions<RealtimeChannelsOptions> options, ILogger<ChannelHub> logger)
@@ -32,7 +30,12 @@ internal sealed class ChannelHub : IChannelPresenceListener, IRealtimeChannels
         Presence = presence;
         Options = options.Value;
         Logger = logger;
+        // The in-memory store forgets only channels no connection of this node uses.
+        if (store is InMemoryChannelStore memory) memory.InUse = Locks.IsInUse;
     }
+
+    /// <summary>The lock of every channel in use on this node, and its subscriber count.</summary>
+    public ChannelLocks Locks { get; } = new();
 
     public IRealtimeServer Server { get; }
 
@@ -51,11 +54,13 @@ internal sealed class ChannelHub : IChannelPresenceListener, IRealtimeChannels
     }
 
     /// <summary>Holds the channel's lock until the returned value is disposed.</summary>
-    public async ValueTask<Releaser> LockAsync(string channel)
+    public ValueTask<ChannelLocks.Held> LockAsync(string channel) => Locks.LockAsync(channel);
+
+    /// <summary>Counts one subscriber of this node fewer on the channel, under its lock.</summary>
+    public async Task RemoveSubscriberAsync(string channel)
     {
-        var gate = _locks.GetOrAdd(channel, static _ => new SemaphoreSlim(1, 1));
-        await gate.WaitAsync().ConfigureAwait(false);
-        return new Releaser(gate);
+        using var held = await LockAsync(channel).ConfigureAwait(false);
+        held.RemoveSubscriber();
     }
 
     /// <summary>Appends to the store and, unless the key was a duplicate, sends the publication to every subscriber, under the channel's lock.</summary>
@@ -103,11 +108,5 @@ internal sealed class ChannelHub : IChannelPresenceListener, IRealtimeChannels
     public void MembersLeft(string channel, IReadOnlyList<PresenceMember> members)
     {
         foreach (var member in members) PublishPresence(channel, ServerMessage.NewLeave(channel, member));
-    }
-
-    /// <summary>Releases a channel's lock.</summary>
-    public readonly struct Releaser(SemaphoreSlim gate) : IDisposable
-    {
-        public void Dispose() => gate.Release();
     }
 }
