@@ -3,52 +3,90 @@ using System.Collections.Concurrent;
 namespace Realtime.Channels;
 
 /// <summary>
-/// One lock per channel in use on this node, and how many of this node's connections are subscribed to
-/// it. A channel's entry exists only while someone holds or awaits its lock or a connection is
-/// subscribed, so the entries are bounded by the node's subscriptions and requests in flight.
+/// The <see cref="ChannelSequencer"/> (lock and publish queue) of every channel in use on this node. A
+/// channel's entry exists only while it is used: while someone holds or awaits its lock, a publish of this
+/// node is queued or on its way, or a connection of this node is subscribed (each subscription holds a
+/// use). So the entries are bounded by the node's subscriptions and requests in flight.
 /// </summary>
 /// <remarks>
-/// The last holder of an entry nobody else uses removes it under the lock and marks it retired; a
-/// caller that found the entry just before and then acquired it sees the mark and retries on a fresh
-/// entry, so two callers never hold two different locks of one channel at once.
+/// The last user of an entry retires it (its use count goes from 0 to <see cref="Entry.Retired"/> in one
+/// compare-and-swap) and removes it; a caller that found the entry just before cannot take a use of a
+/// retired one and retries on a fresh entry, so two callers never hold two different locks of one
+/// channel at once, and no publish is queued on a sequencer that is gone.
 /// </remarks>
 internal sealed class ChannelLocks
 {
     private readonly ConcurrentDictionary<string, Entry> _entries = new(StringComparer.Ordinal);
+    private readonly Func<string, ChannelSequencer> _newSequencer;
+
+    /// <summary>Entries whose sequencers <paramref name="newSequencer"/> makes.</summary>
+    public ChannelLocks(Func<string, ChannelSequencer> newSequencer) => _newSequencer = newSequencer;
 
     /// <summary>How many channels have an entry (in use on this node).</summary>
     public int Count => _entries.Count;
 
-    /// <summary>Called between finding a channel's entry and awaiting its lock: lets tests run the release that retires it there.</summary>
+    /// <summary>Called between finding a channel's entry and taking a use of it: lets tests retire it there.</summary>
     internal Action? Found { get; set; }
 
-    /// <summary>Whether the channel is locked, awaited or subscribed on this node.</summary>
+    /// <summary>Whether the channel is locked, awaited, published to or subscribed on this node.</summary>
     public bool IsInUse(string channel) => _entries.ContainsKey(channel);
 
-    /// <summary>Holds the channel's lock until the returned value is disposed.</summary>
+    /// <summary>Holds the channel's lock (no batch of publishes on its way) until the returned value is disposed.</summary>
     public async ValueTask<Held> LockAsync(string channel)
+    {
+        var entry = Use(channel);
+        try
+        {
+            var turn = await entry.Sequencer.LockAsync().ConfigureAwait(false);
+            return new Held(this, channel, entry, turn);
+        }
+        catch
+        {
+            Release(channel, entry);
+            throw;
+        }
+    }
+
+    /// <summary>Queues a publish on the channel's sequencer (<see cref="ChannelSequencer.AppendAsync"/>); the entry stays until it ends.</summary>
+    public Task<ChannelAppendResult> AppendAsync(string channel, byte[] data, string? key, bool inlineContinuation)
+    {
+        var entry = Use(channel);
+        Task<ChannelAppendResult> appended;
+        try
+        {
+            appended = entry.Sequencer.AppendAsync(data, key, inlineContinuation);
+        }
+        catch
+        {
+            Release(channel, entry);
+            throw;
+        }
+        if (appended.IsCompleted) Release(channel, entry);
+        else
+            appended.ContinueWith(static (_, state) =>
+            {
+                var (locks, channel, entry) = ((ChannelLocks, string, Entry))state!;
+                locks.Release(channel, entry);
+            }, (this, channel, entry), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        return appended;
+    }
+
+    private Entry Use(string channel)
     {
         while (true)
         {
-            var entry = _entries.GetOrAdd(channel, static _ => new Entry());
+            var entry = _entries.GetOrAdd(channel, static (name, locks) => new Entry(locks._newSequencer(name)), this);
             Found?.Invoke();
-            Interlocked.Increment(ref entry.Users);
-            await entry.Gate.WaitAsync().ConfigureAwait(false);
-            if (!entry.Retired) return new Held(this, channel, entry);
-            Interlocked.Decrement(ref entry.Users);
-            entry.Gate.Release();
+            if (entry.TryUse()) return entry;
+            // Retired by its last user: make sure it is gone, then take a fresh one.
+            _entries.TryRemove(new KeyValuePair<string, Entry>(channel, entry));
         }
     }
 
     private void Release(string channel, Entry entry)
     {
-        // Under the lock: Users counts the holder and everyone who found this entry and awaits it.
-        if (Interlocked.Decrement(ref entry.Users) == 0 && entry.Subscribers == 0)
-        {
-            entry.Retired = true;
+        if (Interlocked.Decrement(ref entry.Users) == 0 && Interlocked.CompareExchange(ref entry.Users, Entry.Retired, 0) == 0)
             _entries.TryRemove(new KeyValuePair<string, Entry>(channel, entry));
-        }
-        entry.Gate.Release();
     }
 
     /// <summary>A channel's lock, held.</summary>
@@ -57,32 +95,50 @@ internal sealed class ChannelLocks
         private readonly ChannelLocks _owner;
         private readonly string _channel;
         private readonly Entry _entry;
+        private readonly ChannelSequencer.Turn _turn;
 
-        internal Held(ChannelLocks owner, string channel, Entry entry)
+        internal Held(ChannelLocks owner, string channel, Entry entry, ChannelSequencer.Turn turn)
         {
             _owner = owner;
             _channel = channel;
             _entry = entry;
+            _turn = turn;
         }
 
-        /// <summary>Counts one more connection of this node subscribed to the channel: its entry stays.</summary>
-        public void AddSubscriber() => _entry.Subscribers++;
+        /// <summary>Counts one more connection of this node subscribed to the channel: a use that keeps its entry.</summary>
+        public void AddSubscriber() => Interlocked.Increment(ref _entry.Users);
 
-        /// <summary>Counts one connection fewer; the entry goes with the last one when nobody else uses it.</summary>
-        public void RemoveSubscriber()
-        {
-            if (_entry.Subscribers > 0) _entry.Subscribers--;
-        }
+        /// <summary>Counts one fewer (the caller's own use keeps the entry until it releases the lock).</summary>
+        public void RemoveSubscriber() => Interlocked.Decrement(ref _entry.Users);
 
         /// <summary>Releases the lock.</summary>
-        public void Dispose() => _owner.Release(_channel, _entry);
+        public void Dispose()
+        {
+            _turn.Dispose();
+            _owner.Release(_channel, _entry);
+        }
     }
 
-    internal sealed class Entry
+    /// <summary>A channel's sequencer and its use count (negative once retired).</summary>
+    internal sealed class Entry(ChannelSequencer sequencer)
     {
-        public readonly SemaphoreSlim Gate = new(1, 1);
+        /// <summary>The use count of a retired entry: no use can be taken any more.</summary>
+        public const int Retired = int.MinValue;
+
+        public readonly ChannelSequencer Sequencer = sequencer;
         public int Users;
-        public int Subscribers;
-        public bool Retired;
+
+        /// <summary>Takes a use unless the entry is retired.</summary>
+        public bool TryUse()
+        {
+            var users = Volatile.Read(ref Users);
+            while (users >= 0)
+            {
+                var seen = Interlocked.CompareExchange(ref Users, users + 1, users);
+                if (seen == users) return true;
+                users = seen;
+            }
+            return false;
+        }
     }
 }

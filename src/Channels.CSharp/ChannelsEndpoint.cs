@@ -81,6 +81,8 @@ internal sealed class ChannelsEndpoint<TData>
         }
         try
         {
+            // Publishes overlap (up to MaxPublishesInFlight); anything else waits for the publishes before it.
+            await connection.Publishes.UntilAtMost(request is ClientMessage.Publish ? _options.MaxPublishesInFlight - 1 : 0).ConfigureAwait(false);
             switch (request)
             {
                 case ClientMessage.Subscribe m: await SubscribeAsync(connection, m.id, m.channel, m.since, m.presence).ConfigureAwait(false); break;
@@ -215,17 +217,38 @@ internal sealed class ChannelsEndpoint<TData>
             SendError(connection, id, ChannelErrorCode.Forbidden, "not allowed to publish to " + channel);
             return;
         }
-        ChannelAppendResult result;
-        try
+        // Not awaited: the connection reads its next publish while this one is on its way to the store.
+        // The ack is sent by the thread that completes the append, in the channel's position order.
+        var appended = _hub.AppendAndFanOutAsync(channel, data.Json.ToArray(), key, inlineContinuation: true);
+        if (appended.IsCompleted)
         {
-            result = await _hub.AppendAndFanOutAsync(channel, data.Json.ToArray(), key).ConfigureAwait(false);
+            Acknowledge(connection, id, channel, appended);
+            return;
         }
-        catch (ChannelCapacityException refused)
+        connection.Publishes.Started();
+        appended.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(() =>
+        {
+            Acknowledge(connection, id, channel, appended);
+            connection.Publishes.Ended();
+        });
+    }
+
+    /// <summary>Answers a publish whose append ended: <c>ack</c> with its position, or an internal error.</summary>
+    private void Acknowledge(ChannelConnection<TData> connection, uint id, string channel, Task<ChannelAppendResult> appended)
+    {
+        if (appended.IsCompletedSuccessfully)
+        {
+            Send(connection, ServerMessage.NewAck(id, channel, appended.Result.Position));
+            return;
+        }
+        var failure = appended.Exception?.GetBaseException() ?? new OperationCanceledException();
+        if (failure is ChannelCapacityException refused)
         {
             RefuseChannel(connection, id, refused);
             return;
         }
-        Send(connection, ServerMessage.NewAck(id, channel, result.Position));
+        _hub.Logger.HandlingFailed(failure, "Publish", connection.ClientId, channel);
+        SendError(connection, id, ChannelErrorCode.Internal, "the server failed");
     }
 
     private async Task PresenceAsync(ChannelConnection<TData> connection, uint id, string channel)

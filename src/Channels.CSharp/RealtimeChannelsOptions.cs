@@ -31,6 +31,16 @@ public sealed class RealtimeChannelsOptions
     /// </summary>
     public Func<string, bool> ChannelNameRule { get; set; } = DefaultChannelNameRule;
 
+    /// <summary>
+    /// The most publishes of one connection that are appended and not yet acknowledged at once. A
+    /// connection's publishes are not awaited one by one: while earlier ones are on their way to the store
+    /// (a round trip to Redis), the next are read and queued behind them, and acknowledged in order. Past
+    /// this many the connection is not read further until one is acknowledged, so a flooding client cannot
+    /// grow server memory. Other messages (subscribe, presence, requests) wait until the connection's
+    /// publishes before them are acknowledged. Default 64.
+    /// </summary>
+    public int MaxPublishesInFlight { get; set; } = 64;
+
     /// <summary>This node's name in client ids (<c>welcome</c>, presence). Default: random per start; must differ between nodes.</summary>
     public string NodeId { get; set; } = Convert.ToHexStringLower(Guid.NewGuid().ToByteArray().AsSpan(0, 4));
 
