@@ -28,6 +28,9 @@ public sealed class ChannelConnection<TData>
     /// <summary>The channels subscribed, each with whether join and leave events are sent for it.</summary>
     internal Dictionary<string, bool> Subscriptions { get; } = new(StringComparer.Ordinal);
 
+    /// <summary>The connection's publishes queued and not yet acknowledged.</summary>
+    internal PublishWindow Publishes { get; } = new();
+
     /// <summary>The channels whose presence holds this connection as a member.</summary>
     internal HashSet<string> Memberships { get; } = new(StringComparer.Ordinal);
 }

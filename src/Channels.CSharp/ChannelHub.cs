@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using Realtime.Protocol;
@@ -6,15 +5,16 @@ using Realtime.Protocol;
 namespace Realtime.Channels;
 
 /// <summary>
-/// The node's side of every channel: one lock per channel that orders its appends, their fan-out and
-/// subscribes with recovery; the fan-out of publications and presence events as frames encoded once per
-/// form; and the leave events of members a shared presence reports dead.
+/// The node's side of every channel: one <see cref="ChannelSequencer"/> per channel in use (kept by
+/// <see cref="ChannelLocks"/>, which drops it when the channel is no longer used) that orders its
+/// appends (batched), their fan-out and subscribes with recovery; the fan-out of publications and presence
+/// events as frames encoded once per form; and the leave events of members a shared presence reports dead.
 /// </summary>
 /// <remarks>
 /// Why a subscriber misses nothing between its history read and its live subscription: a subscribe
 /// takes the channel's lock, subscribes the connection to the channel's topic, reads the history after
-/// its position and sends it, then <c>subscribed</c>; a publish on this node takes the same lock around
-/// its append and its fan-out. So every publication of this node is either in the history read (appended
+/// its position and sends it, then <c>subscribed</c>; the publishes of this node are appended and fanned
+/// out in batches, and a batch holds the same lock from its append to the end of its fan-out. So every publication of this node is either in the history read (appended
 /// before the subscribe took the lock) or delivered live after the recovered ones (appended after), never
 /// both and never neither. Publications appended by other nodes arrive live as soon as the topic is
 /// subscribed; one that overtakes the history read is caught by the client's position check (a lower
@@ -22,7 +22,6 @@ namespace Realtime.Channels;
 /// </remarks>
 internal sealed class ChannelHub : IChannelPresenceListener, IRealtimeChannels
 {
-    private readonly ConcurrentDictionary<string, SemaphoreSlim> _locks = new(StringComparer.Ordinal);
     private int _started;
 
     public ChannelHub(IRealtimeServer server, IChannelStore store, IChannelPresence presence, IOptions<RealtimeChannelsOptions> options, ILogger<ChannelHub> logger)
@@ -32,7 +31,13 @@ internal sealed class ChannelHub : IChannelPresenceListener, IRealtimeChannels
         Presence = presence;
         Options = options.Value;
         Logger = logger;
+        Locks = new ChannelLocks(channel => new ChannelSequencer(this, channel));
+        // The in-memory store forgets only channels no connection of this node uses.
+        if (store is InMemoryChannelStore memory) memory.InUse = Locks.IsInUse;
     }
+
+    /// <summary>The sequencer (lock and publish queue) of every channel in use on this node.</summary>
+    public ChannelLocks Locks { get; }
 
     public IRealtimeServer Server { get; }
 
@@ -50,25 +55,32 @@ internal sealed class ChannelHub : IChannelPresenceListener, IRealtimeChannels
         if (Interlocked.Exchange(ref _started, 1) == 0) Presence.Start(this);
     }
 
-    /// <summary>Holds the channel's lock until the returned value is disposed.</summary>
-    public async ValueTask<Releaser> LockAsync(string channel)
-    {
-        var gate = _locks.GetOrAdd(channel, static _ => new SemaphoreSlim(1, 1));
-        await gate.WaitAsync().ConfigureAwait(false);
-        return new Releaser(gate);
-    }
+    /// <summary>Holds the channel's lock (no batch of publishes on its way) until the returned value is disposed.</summary>
+    public ValueTask<ChannelLocks.Held> LockAsync(string channel) => Locks.LockAsync(channel);
 
-    /// <summary>Appends to the store and, unless the key was a duplicate, sends the publication to every subscriber, under the channel's lock.</summary>
-    public async ValueTask<ChannelAppendResult> AppendAndFanOutAsync(string channel, byte[] data, string? key)
+    /// <summary>Counts one subscriber of this node fewer on the channel, under its lock.</summary>
+    public async Task RemoveSubscriberAsync(string channel)
     {
         using var held = await LockAsync(channel).ConfigureAwait(false);
-        var result = await Store.AppendAsync(channel, data, key).ConfigureAwait(false);
-        if (!result.Duplicate)
-        {
-            Server.Publish(ChannelForm.Json.Topic(channel), ChannelForm.Json.EncodePublication(channel, result.Position, data), MessageKind.Text);
-            Server.Publish(ChannelForm.Binary.Topic(channel), ChannelForm.Binary.EncodePublication(channel, result.Position, data), MessageKind.Binary);
-        }
-        return result;
+        held.RemoveSubscriber();
+    }
+
+    /// <summary>
+    /// Appends to the store and, unless the key was a duplicate, sends the publication to every subscriber;
+    /// queued behind the channel's earlier publishes of this node, so positions follow the order of the calls.
+    /// </summary>
+    /// <param name="channel">The channel.</param>
+    /// <param name="data">The publication's data.</param>
+    /// <param name="key">The publisher's deduplication key, or null.</param>
+    /// <param name="inlineContinuation">See <see cref="ChannelSequencer.AppendAsync"/>.</param>
+    public Task<ChannelAppendResult> AppendAndFanOutAsync(string channel, byte[] data, string? key, bool inlineContinuation = false) =>
+        Locks.AppendAsync(channel, data, key, inlineContinuation);
+
+    /// <summary>Sends a publication to the channel's subscribers on every node, in each form. Called in position order.</summary>
+    internal void FanOut(string channel, ChannelPosition position, ReadOnlySpan<byte> data)
+    {
+        Server.Publish(ChannelForm.Json.Topic(channel), ChannelForm.Json.EncodePublication(channel, position, data), MessageKind.Text);
+        Server.Publish(ChannelForm.Binary.Topic(channel), ChannelForm.Binary.EncodePublication(channel, position, data), MessageKind.Binary);
     }
 
     /// <summary>Sends a join or leave event to the channel's presence watchers on every node.</summary>
@@ -103,11 +115,5 @@ internal sealed class ChannelHub : IChannelPresenceListener, IRealtimeChannels
     public void MembersLeft(string channel, IReadOnlyList<PresenceMember> members)
     {
         foreach (var member in members) PublishPresence(channel, ServerMessage.NewLeave(channel, member));
-    }
-
-    /// <summary>Releases a channel's lock.</summary>
-    public readonly struct Releaser(SemaphoreSlim gate) : IDisposable
-    {
-        public void Dispose() => gate.Release();
     }
 }

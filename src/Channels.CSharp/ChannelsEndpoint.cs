@@ -81,6 +81,8 @@ internal sealed class ChannelsEndpoint<TData>
         }
         try
         {
+            // Publishes overlap (up to MaxPublishesInFlight); anything else waits for the publishes before it.
+            await connection.Publishes.UntilAtMost(request is ClientMessage.Publish ? _options.MaxPublishesInFlight - 1 : 0).ConfigureAwait(false);
             switch (request)
             {
                 case ClientMessage.Subscribe m: await SubscribeAsync(connection, m.id, m.channel, m.since, m.presence).ConfigureAwait(false); break;
@@ -122,17 +124,31 @@ internal sealed class ChannelsEndpoint<TData>
             return;
         }
         var socket = connection.Socket;
-        using (await _hub.LockAsync(channel).ConfigureAwait(false))
+        using (var held = await _hub.LockAsync(channel).ConfigureAwait(false))
         {
-            if (!socket.Subscribe(connection.Form.Topic(channel)) && !socket.IsSubscribed(connection.Form.Topic(channel)))
+            var topic = connection.Form.Topic(channel);
+            var wasSubscribed = socket.IsSubscribed(topic);
+            if (!socket.Subscribe(topic) && !wasSubscribed)
             {
                 SendError(connection, id, ChannelErrorCode.RateLimited, "this connection is in too many topics");
                 return;
             }
-            var (position, recovery) = since.IsSome
-                ? await RecoverAsync(connection, channel, since.Value).ConfigureAwait(false)
-                : (await _hub.Store.GetPositionAsync(channel).ConfigureAwait(false), Recovery.Fresh);
+            ChannelPosition position;
+            Recovery recovery;
+            try
+            {
+                (position, recovery) = since.IsSome
+                    ? await RecoverAsync(connection, channel, since.Value).ConfigureAwait(false)
+                    : (await _hub.Store.GetPositionAsync(channel).ConfigureAwait(false), Recovery.Fresh);
+            }
+            catch (ChannelCapacityException refused)
+            {
+                if (!wasSubscribed) socket.Unsubscribe(topic);
+                RefuseChannel(connection, id, refused);
+                return;
+            }
             Send(connection, ServerMessage.NewSubscribed(id, channel, position, recovery));
+            if (!resubscribe) held.AddSubscriber();
         }
         connection.Subscriptions[channel] = presence;
         if (presence) socket.Subscribe(connection.Form.PresenceTopic(channel));
@@ -178,6 +194,7 @@ internal sealed class ChannelsEndpoint<TData>
         }
         connection.Socket.Unsubscribe(connection.Form.Topic(channel));
         connection.Socket.Unsubscribe(connection.Form.PresenceTopic(channel));
+        await _hub.RemoveSubscriberAsync(channel).ConfigureAwait(false);
         Send(connection, ServerMessage.NewUnsubscribed(id, channel));
         if (connection.Memberships.Remove(channel)) await LeaveAsync(connection.ClientId, channel).ConfigureAwait(false);
     }
@@ -200,8 +217,38 @@ internal sealed class ChannelsEndpoint<TData>
             SendError(connection, id, ChannelErrorCode.Forbidden, "not allowed to publish to " + channel);
             return;
         }
-        var result = await _hub.AppendAndFanOutAsync(channel, data.Json.ToArray(), key).ConfigureAwait(false);
-        Send(connection, ServerMessage.NewAck(id, channel, result.Position));
+        // Not awaited: the connection reads its next publish while this one is on its way to the store.
+        // The ack is sent by the thread that completes the append, in the channel's position order.
+        var appended = _hub.AppendAndFanOutAsync(channel, data.Json.ToArray(), key, inlineContinuation: true);
+        if (appended.IsCompleted)
+        {
+            Acknowledge(connection, id, channel, appended);
+            return;
+        }
+        connection.Publishes.Started();
+        appended.ConfigureAwait(false).GetAwaiter().UnsafeOnCompleted(() =>
+        {
+            Acknowledge(connection, id, channel, appended);
+            connection.Publishes.Ended();
+        });
+    }
+
+    /// <summary>Answers a publish whose append ended: <c>ack</c> with its position, or an internal error.</summary>
+    private void Acknowledge(ChannelConnection<TData> connection, uint id, string channel, Task<ChannelAppendResult> appended)
+    {
+        if (appended.IsCompletedSuccessfully)
+        {
+            Send(connection, ServerMessage.NewAck(id, channel, appended.Result.Position));
+            return;
+        }
+        var failure = appended.Exception?.GetBaseException() ?? new OperationCanceledException();
+        if (failure is ChannelCapacityException refused)
+        {
+            RefuseChannel(connection, id, refused);
+            return;
+        }
+        _hub.Logger.HandlingFailed(failure, "Publish", connection.ClientId, channel);
+        SendError(connection, id, ChannelErrorCode.Internal, "the server failed");
     }
 
     private async Task PresenceAsync(ChannelConnection<TData> connection, uint id, string channel)
@@ -247,6 +294,7 @@ internal sealed class ChannelsEndpoint<TData>
     {
         var connection = socket.Data;
         foreach (var channel in connection.Memberships) _ = LeaveAsync(connection.ClientId, channel);
+        foreach (var channel in connection.Subscriptions.Keys) _ = RemoveSubscriberAsync(channel);
         connection.Memberships.Clear();
         connection.Subscriptions.Clear();
     }
@@ -262,6 +310,24 @@ internal sealed class ChannelsEndpoint<TData>
         {
             _hub.Logger.LeaveFailed(exception, clientId, channel);
         }
+    }
+
+    private async Task RemoveSubscriberAsync(string channel)
+    {
+        try
+        {
+            await _hub.RemoveSubscriberAsync(channel).ConfigureAwait(false);
+        }
+        catch (Exception exception)
+        {
+            _hub.Logger.HandlingFailed(exception, "close", "", channel);
+        }
+    }
+
+    private void RefuseChannel(ChannelConnection<TData> connection, uint id, ChannelCapacityException refused)
+    {
+        _hub.Logger.TooManyChannels(connection.ClientId, refused.Channel, refused.MaxChannels);
+        SendError(connection, id, ChannelErrorCode.TooManyChannels, $"this server holds {refused.MaxChannels} channels, its most; try again later");
     }
 
     private bool IsChannel(string channel) => RealtimeChannelsOptions.WithinProtocolLimit(channel) && _options.ChannelNameRule(channel);

@@ -29,6 +29,27 @@ public interface IChannelStore
     ValueTask<ChannelAppendResult> AppendAsync(string channel, ReadOnlyMemory<byte> data, string? key, CancellationToken cancellationToken = default);
 
     /// <summary>
+    /// Appends several publications to <paramref name="channel"/>, in the order given, at consecutive
+    /// positions as if each were appended by <see cref="AppendAsync"/> in turn (a key seen before, also
+    /// earlier in the same list, appends nothing). The channels server batches what one channel's
+    /// publishers send while a previous append is on its way, so that a remote store pays one round trip
+    /// per batch, not per publication. The default appends one at a time; a store whose serialization
+    /// point is remote appends the whole list in one step.
+    /// </summary>
+    /// <param name="channel">The channel's name.</param>
+    /// <param name="publications">What to append, oldest first (at least one).</param>
+    /// <param name="cancellationToken">Cancels the wait (the appends may still happen).</param>
+    /// <returns>One result per publication, in the same order.</returns>
+    async ValueTask<IReadOnlyList<ChannelAppendResult>> AppendManyAsync(string channel, IReadOnlyList<ChannelAppendRequest> publications, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(publications);
+        var results = new ChannelAppendResult[publications.Count];
+        for (var i = 0; i < results.Length; i++)
+            results[i] = await AppendAsync(channel, publications[i].Data, publications[i].Key, cancellationToken).ConfigureAwait(false);
+        return results;
+    }
+
+    /// <summary>
     /// Reads the publications that follow <paramref name="since"/>, oldest first, at most
     /// <paramref name="limit"/> of them. When <paramref name="since"/> names another epoch, or history
     /// was trimmed past it, the oldest publications still held are returned and

@@ -8,9 +8,11 @@ namespace Realtime.Channels.Redis;
 /// <remarks>
 /// Keys of one channel (all with the channel's hash tag, so that they live on one Redis Cluster slot):
 /// KEYS[1] the hash <c>epoch</c>, <c>last</c> (offset of the latest publication), <c>bytes</c> (data bytes
-/// held); KEYS[2] the stream, one entry per publication with id <c>&lt;offset&gt;-0</c> and fields
-/// <c>d</c> (data) and <c>t</c> (Redis time, ms); KEYS[3] the hash of recent publish keys (key to offset);
-/// KEYS[4] the sorted set of those keys by time. A channel without its hash (never used, or expired, or
+/// held), <c>kscore</c> (the score of the latest remembered publish key); KEYS[2] the stream, one entry
+/// per publication with id <c>&lt;offset&gt;-0</c> and fields <c>d</c> (data) and <c>t</c> (Redis time,
+/// ms); KEYS[3] the hash of recent publish keys (key to offset); KEYS[4] the sorted set of those keys by
+/// time (ms, raised by 1/1024 where needed so that the scores follow the order the keys came in, also
+/// within one millisecond). A channel without its hash (never used, or expired, or
 /// removed) starts a new history: a new epoch from the caller, offsets from 1, the other keys cleared.
 /// </remarks>
 internal static class HistoryScripts
@@ -49,8 +51,11 @@ internal static class HistoryScripts
           local start = '-'
           local removed = false
           local done = false
+          -- Usually an append trims one entry or none: read two, then more while all go.
+          local page = math.max(2, math.min(64, count - max_count + 1))
           while not done and count > 0 do
-            local batch = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', 64)
+            local batch = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', page)
+            page = math.min(64, page * 2)
             if #batch == 0 then break end
             for _, entry in ipairs(batch) do
               local fields = entry[2]
@@ -92,34 +97,56 @@ internal static class HistoryScripts
         """;
 
     /// <summary>
-    /// Appends one publication. ARGV: candidate epoch, data, publish key ('' for none), max count, max
-    /// bytes, max age ms, key expiry ms, publish-key age ms, max publish keys (the retention's
-    /// MaxKeys). Returns
-    /// {epoch, offset, 1 when the key was seen before (nothing appended) else 0}.
+    /// Appends publications, in the order given, as one step (one round trip for a batch). ARGV: candidate
+    /// epoch, max count, max bytes, max age ms, key expiry ms, publish-key age ms, max publish keys (the
+    /// retention's MaxKeys), then data and publish key ('' for none) of each publication. Each is handled
+    /// as if appended alone: a key seen before, also earlier in the batch, appends nothing; the keys are
+    /// forgotten by age and count before each check and after each remember. Trimmed once at the end
+    /// (what trimming after each would leave). Returns {epoch, then per publication its offset and 1 when
+    /// the key was seen before (nothing appended) else 0}.
     /// </summary>
     public const string Append = Common + """
         local now = now_ms()
         local epoch = epoch_of(ARGV[1])
-        local key = ARGV[3]
-        if key ~= '' then
-          forget_keys(now - tonumber(ARGV[8]), tonumber(ARGV[9]))
-          local seen = redis.call('HGET', KEYS[3], key)
+        local key_cutoff = now - tonumber(ARGV[6])
+        local max_keys = tonumber(ARGV[7])
+        local result = {epoch}
+        local added = 0
+        -- Keys are forgotten oldest first (ZPOPMIN): scores must keep the order keys were remembered in,
+        -- also within one millisecond (a batch runs in one), so each is above the last one given.
+        local last_score = tonumber(redis.call('HGET', KEYS[1], 'kscore') or '0')
+        local scored = false
+        for i = 8, #ARGV, 2 do
+          local data = ARGV[i]
+          local key = ARGV[i + 1]
+          local seen = false
+          if key ~= '' then
+            forget_keys(key_cutoff, max_keys)
+            seen = redis.call('HGET', KEYS[3], key)
+          end
           if seen then
-            keep_for(tonumber(ARGV[7]))
-            return {epoch, tonumber(seen), 1}
+            result[#result + 1] = tonumber(seen)
+            result[#result + 1] = 1
+          else
+            local offset = redis.call('HINCRBY', KEYS[1], 'last', 1)
+            redis.call('XADD', KEYS[2], offset .. '-0', 'd', data, 't', now)
+            added = added + #data
+            if key ~= '' then
+              redis.call('HSET', KEYS[3], key, offset)
+              last_score = math.max(now, last_score + 1 / 1024)
+              scored = true
+              redis.call('ZADD', KEYS[4], string.format('%.17g', last_score), key)
+              forget_keys(key_cutoff, max_keys)
+            end
+            result[#result + 1] = offset
+            result[#result + 1] = 0
           end
         end
-        local offset = redis.call('HINCRBY', KEYS[1], 'last', 1)
-        redis.call('XADD', KEYS[2], offset .. '-0', 'd', ARGV[2], 't', now)
-        redis.call('HINCRBY', KEYS[1], 'bytes', #ARGV[2])
-        trim(now, tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
-        if key ~= '' then
-          redis.call('HSET', KEYS[3], key, offset)
-          redis.call('ZADD', KEYS[4], now, key)
-          forget_keys(now - tonumber(ARGV[8]), tonumber(ARGV[9]))
-        end
-        keep_for(tonumber(ARGV[7]))
-        return {epoch, offset, 0}
+        if added > 0 then redis.call('HINCRBY', KEYS[1], 'bytes', added) end
+        if scored then redis.call('HSET', KEYS[1], 'kscore', string.format('%.17g', last_score)) end
+        trim(now, tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+        keep_for(tonumber(ARGV[5]))
+        return result
         """;
 
     /// <summary>

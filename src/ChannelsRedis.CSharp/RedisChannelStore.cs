@@ -6,8 +6,8 @@ using StackExchange.Redis;
 namespace Realtime.Channels.Redis;
 
 /// <summary>
-/// Channel history in Redis, shared by every node: positions are assigned in Redis by one script per
-/// append (the channel's one serialization point), publications are kept in a Redis Stream (entry id
+/// Channel history in Redis, shared by every node: positions are assigned in Redis by one script run per
+/// append or batch of appends (the channel's one serialization point), publications are kept in a Redis Stream (entry id
 /// <c>&lt;offset&gt;-0</c>) trimmed by the retention's count, bytes and age (the core's
 /// <see cref="ChannelHistory"/> rules, on Redis's clock), and the last <see cref="ChannelRetention.MaxKeys"/>
 /// publish keys within <see cref="ChannelRetention.MaxAge"/> are remembered so that a retry on any node
@@ -30,16 +30,40 @@ public sealed class RedisChannelStore : IChannelStore
     /// <inheritdoc />
     public async ValueTask<ChannelAppendResult> AppendAsync(string channel, ReadOnlyMemory<byte> data, string? key, CancellationToken cancellationToken = default)
     {
+        var results = await AppendManyAsync(channel, [new ChannelAppendRequest(data, key)], cancellationToken).ConfigureAwait(false);
+        return results[0];
+    }
+
+    /// <summary>
+    /// Appends the publications in one script run: one round trip, and one step of Redis (the channel's
+    /// serialization point) for the whole batch, so its offsets are consecutive in the order given.
+    /// </summary>
+    /// <inheritdoc />
+    public async ValueTask<IReadOnlyList<ChannelAppendResult>> AppendManyAsync(string channel, IReadOnlyList<ChannelAppendRequest> publications, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(publications);
+        ArgumentOutOfRangeException.ThrowIfZero(publications.Count);
         var database = await connection.DatabaseAsync().ConfigureAwait(false);
-        var result = (RedisResult[])(await database.ScriptEvaluateAsync(
-            HistoryScripts.Append,
-            connection.Keys.History(channel),
-            [
-                NewEpoch(), data, key ?? "",
-                retention.MaxCount, retention.MaxBytes, Milliseconds(retention.MaxAge),
-                Milliseconds(options.KeyExpiry), Milliseconds(retention.MaxAge), retention.MaxKeys,
-            ]).WaitAsync(cancellationToken).ConfigureAwait(false))!;
-        return new ChannelAppendResult(new ChannelPosition((string)result[0]!, (ulong)result[1]), (long)result[2] == 1);
+        var arguments = new RedisValue[7 + 2 * publications.Count];
+        arguments[0] = NewEpoch();
+        arguments[1] = retention.MaxCount;
+        arguments[2] = retention.MaxBytes;
+        arguments[3] = Milliseconds(retention.MaxAge);
+        arguments[4] = Milliseconds(options.KeyExpiry);
+        arguments[5] = Milliseconds(retention.MaxAge);
+        arguments[6] = retention.MaxKeys;
+        for (var i = 0; i < publications.Count; i++)
+        {
+            arguments[7 + 2 * i] = publications[i].Data;
+            arguments[8 + 2 * i] = publications[i].Key ?? "";
+        }
+        var result = (RedisResult[])(await database.ScriptEvaluateAsync(HistoryScripts.Append, connection.Keys.History(channel), arguments)
+            .WaitAsync(cancellationToken).ConfigureAwait(false))!;
+        var epoch = (string)result[0]!;
+        var appended = new ChannelAppendResult[publications.Count];
+        for (var i = 0; i < appended.Length; i++)
+            appended[i] = new ChannelAppendResult(new ChannelPosition(epoch, (ulong)result[1 + 2 * i]), (long)result[2 + 2 * i] == 1);
+        return appended;
     }
 
     /// <inheritdoc />

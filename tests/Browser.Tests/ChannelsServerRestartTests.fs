@@ -220,4 +220,30 @@ let tests =
 
         browserTest "across a restart that loses the memory history, pages are told (not-recovered) and still receive every message published after it exactly once and in order" (fun () ->
             restartScenario None false)
+
+        browserTest "a publication whose delivery the page never got is found by the next one's offset (gap) and recovered from the server's history, once and in order" (fun () ->
+            task {
+                let port = freePort ()
+                let! host = startChannelsHost port None (Gate())
+                try
+                    let! pageOnServer = openChannelsPage $"http://127.0.0.1:{port}/" "reader"
+                    use _ = pageOnServer
+                    let! _ = pagePublish pageOnServer "one"
+                    do! waitForTexts pageOnServer 1
+                    // Appended to the history without being sent to anyone: a delivery the page lost.
+                    let store = host.Services.GetRequiredService<IChannelStore>()
+                    let! hidden = store.AppendAsync("room:lobby", ReadOnlyMemory(Encoding.UTF8.GetBytes """{"text":"hidden"}"""), null)
+                    Expect.equal hidden.Position.Offset 2UL "the second publication"
+                    let! after = pagePublish pageOnServer "after"
+                    Expect.equal after 3.0 "the third publication"
+                    do! waitForTexts pageOnServer 3
+                    do! Task.Delay 300
+                    let! seen = texts pageOnServer
+                    Expect.equal seen [| "one"; "hidden"; "after" |] "every message once, in order, the lost one recovered"
+                    let! kinds = pageKinds pageOnServer
+                    Expect.contains kinds "gap" "the page saw the gap"
+                    Expect.isFalse (Array.contains "not-recovered" kinds) "nothing reported lost"
+                finally
+                    (stopHost host).Wait(TimeSpan.FromSeconds 15.0) |> ignore
+            })
     ]

@@ -129,6 +129,36 @@ let clusterTests =
                 disposeAll nodes
         })
 
+        testCaseTask "pipelined publishers on two nodes (none waits for its acks): one order everywhere, each publisher's offsets in the order it sent" (fun () -> task {
+            let! nodes = startNodes (newPrefix ()) [ "a"; "b" ]
+            let clients = ResizeArray<RecoveringClient>()
+            try
+                let! subscribers = [ for node in nodes do for i in 1 .. 2 -> connected $"s{node.Name}{i}" node ] |> Task.WhenAll
+                clients.AddRange subscribers
+                for s in subscribers do do! s.SubscribeAsync("room", false)
+                // Two publishers per node, each sending all its publishes at once.
+                let! publishers = [ for node in nodes do for i in 1 .. 2 -> connected $"p{node.Name}{i}" node ] |> Task.WhenAll
+                clients.AddRange publishers
+                let perPublisher = 150
+                let started = Diagnostics.Stopwatch.StartNew()
+                let sent = publishers |> Array.map (fun p -> [| for n in 1 .. perPublisher -> p.Publish("room", $"\"{p.Name}-{n}\"") |])
+                let! acked = sent |> Array.map Task.WhenAll |> Task.WhenAll
+                let ackTime = started.Elapsed
+                let total = perPublisher * publishers.Length
+                do! untilDelivered total "room" (List.ofArray subscribers)
+                printfn "Channels on Redis, two nodes, pipelined: %d publishes from 4 connections acknowledged in %.0f ms, all delivered to 4 subscribers after %.0f ms" total ackTime.TotalMilliseconds started.Elapsed.TotalMilliseconds
+                for p, offsets in Array.zip publishers acked do
+                    Expect.equal (List.ofArray offsets) (List.sort (List.ofArray offsets)) $"{p.Name}'s acks: offsets increase in the order it sent"
+                    Expect.equal (offsets |> Array.distinct).Length perPublisher $"{p.Name}: one offset per publish"
+                let! sequence = channelSequence nodes[0] "room"
+                Expect.equal sequence.Length total "every publish once in the channel"
+                for p in publishers do expectEachOnce sequence p.Name perPublisher
+                expectSequence sequence "room" (List.ofArray subscribers)
+            finally
+                disposeAll clients
+                disposeAll nodes
+        })
+
         testCaseTask "a subscriber moving from node to node with its position delivers exactly what it missed, in order" (fun () -> task {
             let! nodes = startNodes (newPrefix ()) [ "a"; "b"; "c" ]
             let a, b, c = nodes[0], nodes[1], nodes[2]

@@ -176,6 +176,40 @@ let historyTests =
                 (disposeAll nodes).Wait()
         })
 
+        testCaseTask "a batch of appends is one step that does what appending each in turn does: the in-memory store as the model" (fun () -> task {
+            let limits (r: ChannelRetention) =
+                r.MaxCount <- 7
+                r.MaxKeys <- 4
+            let options = optionsFor (newPrefix ()) ignore
+            let node = new StoreNode(options, retention limits)
+            let model = InMemoryChannelStore(retention limits) :> IChannelStore
+            let store = node.Store :> IChannelStore
+            try
+                // Keys repeated within a batch, across batches, and after MaxKeys newer ones made them forgotten.
+                let batches =
+                    [ [ "a", "k1"; "b", null; "c", "k1"; "d", "k2" ]
+                      [ "e", "k3"; "f", "k4"; "g", "k5"; "h", "k1"; "i", "k2" ]
+                      [ "j", null; "k", "k5"; "l", "k6"; "m", "k6"; "n", "k1" ]
+                      [ "o", "k9" ] ]
+                for batch in batches do
+                    let requests = [| for data, key in batch -> ChannelAppendRequest(bytes $"\"{data}\"", key) |]
+                    let! results = store.AppendManyAsync("room", requests)
+                    let expected = ResizeArray()
+                    for request in requests do
+                        let! r = model.AppendAsync("room", request.Data, request.Key)
+                        expected.Add r
+                    Expect.equal [ for r in results -> r.Position.Offset, r.Duplicate ] [ for r in expected -> r.Position.Offset, r.Duplicate ] $"the batch {batch} as appended one at a time"
+                    Expect.equal (results |> Seq.map (fun r -> r.Position.Epoch) |> Seq.distinct |> Seq.length) 1 "one epoch"
+                let! position = store.GetPositionAsync "room"
+                let! modelPosition = model.GetPositionAsync "room"
+                Expect.equal position.Offset modelPosition.Offset "the same last offset"
+                let! held = store.ReadAsync("room", { position with Offset = 0UL }, 100)
+                let! modelHeld = model.ReadAsync("room", { modelPosition with Offset = 0UL }, 100)
+                Expect.equal (offsets held, texts held) (offsets modelHeld, texts modelHeld) "the same history held after trimming by count"
+            finally
+                (node :> IAsyncDisposable).DisposeAsync().AsTask().Wait()
+        })
+
         testCaseTask "publish keys are forgotten past the retention's MaxKeys (oldest first)" (fun () -> task {
             let options = optionsFor (newPrefix ()) ignore
             let node = new StoreNode(options, retention (fun r -> r.MaxKeys <- 3))
