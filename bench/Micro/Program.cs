@@ -40,6 +40,9 @@ if (write is not null)
     section.AppendLine("The protocol core's hot paths and the host's send, publish and topic registry (`bench/Micro`, BenchmarkDotNet, a short in-process job: 3 warmups, 5 iterations,");
     section.AppendLine("so expect a few percent of noise). Per-frame rows divide one call over 1,000 frames by 1,000. `GB/s` is bytes");
     section.AppendLine("processed per second for the sized benchmarks; `Span.CopyTo` of the same size is the limit masking can reach.");
+    section.AppendLine("NativeReceive, NativeEcho and NativeSend run a native-transport connection over one end of a Unix socketpair (every write a real");
+    section.AppendLine("`send(2)`, the other end drained): 100 frames from the loop's buffer to a Message handler, the same to an echo handler whose");
+    section.AppendLine("replies go out corked in one `send(2)`, and 100 `Send` calls from outside the loop written by the thread-pool writer (per message).");
     section.AppendLine($"Run {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC with `bench/run-micro` on {Environment.ProcessorCount} cores.").AppendLine();
     foreach (var summary in summaries)
     {

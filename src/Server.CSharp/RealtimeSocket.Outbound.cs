@@ -180,7 +180,14 @@ public abstract partial class RealtimeSocket
     private WriterWorkItem? _writerWorkItem;
 
     // Only the thread that just claimed the writer role schedules, so the lazy creation does not race.
-    private void ScheduleWriter() => ThreadPool.UnsafeQueueUserWorkItem(_writerWorkItem ??= new WriterWorkItem(this), preferLocal: false);
+    // On the native transport's own loop thread (a handler of a neighbour on the same loop, a Drain)
+    // the loop writes it after this turn's events, with no hop to the thread pool.
+    private void ScheduleWriter()
+    {
+        var work = _writerWorkItem ??= new WriterWorkItem(this);
+        if (_native is { } native && native.Loop.IsCurrent) native.Loop.Defer(work);
+        else ThreadPool.UnsafeQueueUserWorkItem(work, preferLocal: false);
+    }
 
     /// <summary>Runs the writer on the thread pool without allocating per run (and without making the socket itself a work item).</summary>
     private sealed class WriterWorkItem(RealtimeSocket socket) : IThreadPoolWorkItem

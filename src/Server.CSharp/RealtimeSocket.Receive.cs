@@ -179,8 +179,13 @@ public abstract partial class RealtimeSocket
         }
     }
 
-    /// <summary>Feeds one read to the core and acts on every event it returns.</summary>
-    private async Task ProcessAsync(Memory<byte> buffer)
+    /// <summary>
+    /// Feeds one read to the core and acts on every event it returns. Whole uncompressed messages
+    /// whose handler completes at once (the echo's hot path) are delivered without an async step;
+    /// from the first event that needs more, <see cref="ProcessRestAsync"/> goes on. Replies sent
+    /// meanwhile stay corked and go out in one write at the end.
+    /// </summary>
+    private Task ProcessAsync(Memory<byte> buffer)
     {
         long now = _server.Now();
         Volatile.Write(ref _lastReadAt, now);
@@ -190,47 +195,128 @@ public abstract partial class RealtimeSocket
         {
             while (true)
             {
-                ConnectionEvent step;
-                int consumed;
-                bool deliver;
-                lock (_sync)
-                {
-                    var (core, used, found) = ConnectionModule.receive(_core, buffer.Span.Slice(position), now);
-                    _core = core;
-                    consumed = used;
-                    step = found;
-                    // After our close frame, the client's data is read only to reach its close frame.
-                    deliver = core.CanSend;
-                }
+                var step = NextEvent(buffer.Span, position, now, out int consumed, out bool deliver);
                 int sliceStart = position;
                 position += consumed;
-                switch (step.Tag)
-                {
-                    case ConnectionEvent.Tags.NeedMoreData:
-                        return;
-                    case ConnectionEvent.Tags.MessageData:
-                        await OnMessageDataAsync(buffer, sliceStart, step, deliver).ConfigureAwait(false);
-                        break;
-                    case ConnectionEvent.Tags.PingReceived:
-                        EnqueueControl(step.pong);
-                        if (deliver) await DispatchControlAsync(step.pingPayload, isPing: true).ConfigureAwait(false);
-                        break;
-                    case ConnectionEvent.Tags.PongReceived:
-                        if (deliver) await DispatchControlAsync(step.pongPayload, isPing: false).ConfigureAwait(false);
-                        break;
-                    case ConnectionEvent.Tags.CloseReceived:
-                        EnqueueControl(step.reply);
-                        return;
-                    case ConnectionEvent.Tags.ProtocolViolation:
-                        Failed(step.error, step.closeFrame);
-                        return;
-                }
+                if (step.Tag == ConnectionEvent.Tags.NeedMoreData) return UncorkAndFlushInline();
+                if (step.Tag != ConnectionEvent.Tags.MessageData || !TryDeliverWhole(buffer, sliceStart, step, deliver, out var pending))
+                    return ProcessRestAsync(buffer, position, now, step, sliceStart, deliver, default, handlerRunning: false);
+                if (!pending.IsCompletedSuccessfully)
+                    return ProcessRestAsync(buffer, position, now, default, 0, false, pending, handlerRunning: true);
+                ExitHandlers();
+            }
+        }
+        catch (Exception exception)
+        {
+            return FlushThenFailAsync(exception);
+        }
+    }
+
+    /// <summary>One receive step of the core from <paramref name="position"/>: the event, the bytes it consumed, and whether data may still be delivered.</summary>
+    private ConnectionEvent NextEvent(ReadOnlySpan<byte> buffer, int position, long now, out int consumed, out bool deliver)
+    {
+        lock (_sync)
+        {
+            var (core, used, found) = ConnectionModule.receive(_core, buffer.Slice(position), now);
+            _core = core;
+            consumed = used;
+            // After our close frame, the client's data is read only to reach its close frame.
+            deliver = core.CanSend;
+            return found;
+        }
+    }
+
+    /// <summary>
+    /// The hot path of <see cref="OnMessageDataAsync"/> and <see cref="DeliverAsync"/> together, for a
+    /// whole uncompressed message that arrived in this read when the handler gate is free: false (and
+    /// nothing done, the payload still masked) otherwise. On true the gate is held: the caller leaves
+    /// it once <paramref name="pending"/> (the handler's task) is done.
+    /// </summary>
+    private bool TryDeliverWhole(Memory<byte> buffer, int sliceStart, in ConnectionEvent data, bool deliver, out ValueTask pending)
+    {
+        pending = default;
+        if (data.compressed || !data.messageEnd || _messageInProgress || !deliver) return false;
+        if (Interlocked.CompareExchange(ref _handlerGate, 1, 0) != 0) return false;
+        var payload = buffer.Slice(sliceStart + data.payloadStart, data.length);
+        Masking.applyInPlace(data.maskKey, data.maskOffset, payload.Span);
+        TrackUnfinishedMessage(messageEnd: true, data.length);
+        _server.Metrics.MessageReceived();
+        try { pending = OnMessageAsync(new RealtimeMessage(data.kind, payload, compressed: false)); }
+        catch (Exception exception) { HandlerFailed(exception, "Message"); }
+        return true;
+    }
+
+    /// <summary>
+    /// The rest of a read, asynchronously: first the handler still running (<paramref name="handlerRunning"/>)
+    /// or the event <paramref name="step"/> the fast path left, then every further event.
+    /// </summary>
+    private async Task ProcessRestAsync(Memory<byte> buffer, int position, long now, ConnectionEvent step, int sliceStart, bool deliver, ValueTask handler, bool handlerRunning)
+    {
+        try
+        {
+            if (handlerRunning) await FinishHandlerAsync(handler).ConfigureAwait(false);
+            else if (await HandleEventAsync(buffer, sliceStart, step, deliver).ConfigureAwait(false)) return;
+            while (true)
+            {
+                step = NextEvent(buffer.Span, position, now, out int consumed, out deliver);
+                sliceStart = position;
+                position += consumed;
+                if (step.Tag == ConnectionEvent.Tags.NeedMoreData) return;
+                if (await HandleEventAsync(buffer, sliceStart, step, deliver).ConfigureAwait(false)) return;
             }
         }
         finally
         {
             await UncorkAndFlushInline().ConfigureAwait(false);
         }
+    }
+
+    /// <summary>Acts on one event of the core; true when nothing more of this read is to be processed.</summary>
+    private async ValueTask<bool> HandleEventAsync(Memory<byte> buffer, int sliceStart, ConnectionEvent step, bool deliver)
+    {
+        switch (step.Tag)
+        {
+            case ConnectionEvent.Tags.MessageData:
+                await OnMessageDataAsync(buffer, sliceStart, step, deliver).ConfigureAwait(false);
+                return false;
+            case ConnectionEvent.Tags.PingReceived:
+                EnqueueControl(step.pong);
+                if (deliver) await DispatchControlAsync(step.pingPayload, isPing: true).ConfigureAwait(false);
+                return false;
+            case ConnectionEvent.Tags.PongReceived:
+                if (deliver) await DispatchControlAsync(step.pongPayload, isPing: false).ConfigureAwait(false);
+                return false;
+            case ConnectionEvent.Tags.CloseReceived:
+                EnqueueControl(step.reply);
+                return true;
+            case ConnectionEvent.Tags.ProtocolViolation:
+                Failed(step.error, step.closeFrame);
+                return true;
+            default:
+                return true;
+        }
+    }
+
+    /// <summary>A Message handler went asynchronous: what it sent so far goes out while it works; the gate is left after.</summary>
+    private async ValueTask FinishHandlerAsync(ValueTask pending)
+    {
+        try
+        {
+            Uncork();
+            try { await pending.ConfigureAwait(false); }
+            catch (Exception exception) { HandlerFailed(exception, "Message"); }
+            finally { CorkIncrement(); }
+        }
+        finally
+        {
+            ExitHandlers();
+        }
+    }
+
+    private async Task FlushThenFailAsync(Exception exception)
+    {
+        await UncorkAndFlushInline().ConfigureAwait(false);
+        System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(exception);
     }
 
     private async ValueTask OnMessageDataAsync(Memory<byte> buffer, int sliceStart, ConnectionEvent data, bool deliver)

@@ -35,6 +35,8 @@ internal sealed unsafe class EventLoop : IDisposable
     private readonly ConcurrentQueue<(Action<object?> Work, object? State)> _posted = new();
     private readonly Dictionary<int, ILoopMember> _members = new();
     private readonly HashSet<ILoopMember> _ticking = new();
+    // Loop thread only: writers claimed by this loop's own handlers, run once this turn's events are dispatched.
+    private readonly Queue<IThreadPoolWorkItem> _deferred = new();
     private int _wakePending;
     private volatile bool _stopping;
     private byte[] _buffer = GC.AllocateUninitializedArray<byte>(ReceiveBufferSize, pinned: true);
@@ -85,6 +87,14 @@ internal sealed unsafe class EventLoop : IDisposable
         }
     }
 
+    /// <summary>
+    /// On the loop's thread: runs <paramref name="work"/> on this thread once the events of this turn
+    /// have been dispatched, as uWebSockets flushes its corked sockets after each loop iteration: a
+    /// writer claimed by a handler of this loop (a publish to a neighbour, a Drain) then writes without
+    /// a hop to another thread, and everything sent to one connection in the turn goes out together.
+    /// </summary>
+    public void Defer(IThreadPoolWorkItem work) => _deferred.Enqueue(work);
+
     /// <summary>On the loop's thread: watches <paramref name="fd"/> for <paramref name="events"/> on behalf of <paramref name="member"/>.</summary>
     public bool Add(int fd, uint events, ILoopMember member)
     {
@@ -114,7 +124,8 @@ internal sealed unsafe class EventLoop : IDisposable
         var events = stackalloc Libc.EpollEvent[MaxEvents];
         while (!_stopping)
         {
-            int count = Libc.EpollWait(_epoll, events, MaxEvents, _ticking.Count > 0 ? 1000 : -1);
+            int timeout = _deferred.Count > 0 ? 0 : _ticking.Count > 0 ? 1000 : -1;
+            int count = Libc.EpollWait(_epoll, events, MaxEvents, timeout);
             if (count < 0 && Libc.LastError != Libc.EIntr) break;
             for (int i = 0; i < count; i++)
             {
@@ -128,11 +139,15 @@ internal sealed unsafe class EventLoop : IDisposable
                 }
                 if (_members.TryGetValue(fd, out var member)) Dispatch(member, events[i].Events);
             }
+            RunDeferred();
             RunPosted();
+            RunDeferred();
             if (_ticking.Count > 0) TickMembers();
         }
         RunPosted();
+        RunDeferred();
         foreach (var member in _members.Values.ToArray()) Dispatch(member, 0, stopped: true);
+        RunDeferred();
         _members.Clear();
     }
 
@@ -147,6 +162,16 @@ internal sealed unsafe class EventLoop : IDisposable
         {
             // A member's failure must not end the loop its neighbours run on.
             System.Diagnostics.Debug.Fail(exception.ToString());
+        }
+    }
+
+    private void RunDeferred()
+    {
+        // Bounded like RunPosted: what the deferred work defers again runs after the next (non-blocking) wait.
+        for (int i = _deferred.Count; i > 0 && _deferred.TryDequeue(out var work); i--)
+        {
+            try { work.Execute(); }
+            catch (Exception exception) { System.Diagnostics.Debug.Fail(exception.ToString()); }
         }
     }
 

@@ -26,7 +26,11 @@ internal static unsafe partial class Libc
     public const int SockNonblock = 0x800;
     public const int SockCloexec = 0x80000;
 
+    public const int AfUnix = 1;
+    public const int SockStream = 1;
+
     public const int MsgPeek = 0x02;
+    public const int MsgDontWait = 0x40;
     public const int MsgNoSignal = 0x4000;
 
     public const int ShutWr = 1;
@@ -89,6 +93,9 @@ internal static unsafe partial class Libc
 
     [LibraryImport(Library, EntryPoint = "getrlimit", SetLastError = true)]
     public static partial int GetRLimit(int resource, ulong* limits);
+
+    [LibraryImport(Library, EntryPoint = "socketpair", SetLastError = true)]
+    public static partial int SocketPair(int domain, int type, int protocol, int* fds);
 
     [LibraryImport(Library, EntryPoint = "close", SetLastError = true)]
     public static partial int Close(int fd);

@@ -36,6 +36,9 @@ internal sealed partial class NativeConnection : ILoopMember
         _fd = fd;
     }
 
+    /// <summary>The event loop that holds the connection.</summary>
+    public EventLoop Loop => _loop;
+
     /// <summary>Registers the new descriptor with its loop (from the accepting loop's thread).</summary>
     public void Adopt()
     {
