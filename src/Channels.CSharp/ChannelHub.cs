@@ -6,9 +6,10 @@ using Realtime.Protocol;
 namespace Realtime.Channels;
 
 /// <summary>
-/// The node's side of every channel: one <see cref="ChannelSequencer"/> per channel that orders its
-/// appends (batched), their fan-out and subscribes with recovery; the fan-out of publications and presence
-/// events as frames encoded once per form; and the leave events of members a shared presence reports dead.
+/// The node's side of every channel: one lock per channel that orders its appends (in batches, by a
+/// <see cref="ChannelSequencer"/> while the channel has publishes queued), their fan-out and subscribes
+/// with recovery; the fan-out of publications and presence events as frames encoded once per form; and
+/// the leave events of members a shared presence reports dead.
 /// </summary>
 /// <remarks>
 /// Why a subscriber misses nothing between its history read and its live subscription: a subscribe
@@ -32,7 +33,12 @@ internal sealed class ChannelHub : IChannelPresenceListener, IRealtimeChannels
         Presence = presence;
         Options = options.Value;
         Logger = logger;
+        // The in-memory store forgets only channels no connection of this node uses.
+        if (store is InMemoryChannelStore memory) memory.InUse = Locks.IsInUse;
     }
+
+    /// <summary>The lock of every channel in use on this node, and its subscriber count.</summary>
+    public ChannelLocks Locks { get; } = new();
 
     public IRealtimeServer Server { get; }
 
@@ -50,8 +56,15 @@ internal sealed class ChannelHub : IChannelPresenceListener, IRealtimeChannels
         if (Interlocked.Exchange(ref _started, 1) == 0) Presence.Start(this);
     }
 
-    /// <summary>Holds the channel's lock (no batch of publishes on its way) until the returned value is disposed.</summary>
-    public ValueTask<Releaser> LockAsync(string channel) => SequencerOf(channel).LockAsync();
+    /// <summary>Holds the channel's lock until the returned value is disposed.</summary>
+    public ValueTask<ChannelLocks.Held> LockAsync(string channel) => Locks.LockAsync(channel);
+
+    /// <summary>Counts one subscriber of this node fewer on the channel, under its lock.</summary>
+    public async Task RemoveSubscriberAsync(string channel)
+    {
+        using var held = await LockAsync(channel).ConfigureAwait(false);
+        held.RemoveSubscriber();
+    }
 
     /// <summary>
     /// Appends to the store and, unless the key was a duplicate, sends the publication to every subscriber;
@@ -60,9 +73,24 @@ internal sealed class ChannelHub : IChannelPresenceListener, IRealtimeChannels
     /// <param name="channel">The channel.</param>
     /// <param name="data">The publication's data.</param>
     /// <param name="key">The publisher's deduplication key, or null.</param>
-    /// <param name="inlineContinuation">See <see cref="ChannelSequencer.AppendAsync"/>.</param>
-    public Task<ChannelAppendResult> AppendAndFanOutAsync(string channel, byte[] data, string? key, bool inlineContinuation = false) =>
-        SequencerOf(channel).AppendAsync(data, key, inlineContinuation);
+    /// <param name="inlineContinuation">See <see cref="ChannelSequencer.TryAppend"/>.</param>
+    public Task<ChannelAppendResult> AppendAndFanOutAsync(string channel, byte[] data, string? key, bool inlineContinuation = false)
+    {
+        while (true)
+        {
+            // A sequencer that emptied its queue retires and leaves the map; a caller that found it just
+            // before retries on a fresh one, so one channel never has two batches on their way from this node.
+            var sequencer = _sequencers.GetOrAdd(channel, static (name, hub) => new ChannelSequencer(hub, name), this);
+            if (sequencer.TryAppend(data, key, inlineContinuation) is { } appended) return appended;
+        }
+    }
+
+    /// <summary>Removes a sequencer that retired (its queue is empty); called by the sequencer itself.</summary>
+    internal void Retire(string channel, ChannelSequencer sequencer) =>
+        _sequencers.TryRemove(new KeyValuePair<string, ChannelSequencer>(channel, sequencer));
+
+    /// <summary>How many channels have publishes of this node queued or on their way (a sequencer each).</summary>
+    internal int SequencerCount => _sequencers.Count;
 
     /// <summary>Sends a publication to the channel's subscribers on every node, in each form. Called in position order.</summary>
     internal void FanOut(string channel, ChannelPosition position, ReadOnlySpan<byte> data)
@@ -70,9 +98,6 @@ internal sealed class ChannelHub : IChannelPresenceListener, IRealtimeChannels
         Server.Publish(ChannelForm.Json.Topic(channel), ChannelForm.Json.EncodePublication(channel, position, data), MessageKind.Text);
         Server.Publish(ChannelForm.Binary.Topic(channel), ChannelForm.Binary.EncodePublication(channel, position, data), MessageKind.Binary);
     }
-
-    private ChannelSequencer SequencerOf(string channel) =>
-        _sequencers.GetOrAdd(channel, static (name, hub) => new ChannelSequencer(hub, name), this);
 
     /// <summary>Sends a join or leave event to the channel's presence watchers on every node.</summary>
     public void PublishPresence(string channel, ServerMessage message)
@@ -106,11 +131,5 @@ internal sealed class ChannelHub : IChannelPresenceListener, IRealtimeChannels
     public void MembersLeft(string channel, IReadOnlyList<PresenceMember> members)
     {
         foreach (var member in members) PublishPresence(channel, ServerMessage.NewLeave(channel, member));
-    }
-
-    /// <summary>Releases a channel's lock.</summary>
-    public readonly struct Releaser(SemaphoreSlim gate) : IDisposable
-    {
-        public void Dispose() => gate.Release();
     }
 }

@@ -1,12 +1,14 @@
 namespace Realtime.Channels;
 
 /// <summary>
-/// One channel's order on this node. Publishes queue here in the order they are made; one batch at a
-/// time goes to the store (<see cref="IChannelStore.AppendManyAsync"/>: one round trip to a remote store
-/// for everything queued meanwhile) and is fanned out, in position order, before the next batch goes. A
-/// subscribe takes the channel alone (<see cref="LockAsync"/>) between two batches, so the guarantee of
-/// <see cref="ChannelHub"/>'s remarks holds: each publication of this node is in a subscriber's history
-/// read or delivered live after it, never both, never neither.
+/// One channel's order on this node while it has publishes queued. Publishes queue here in the order
+/// they are made; one batch at a time goes to the store (<see cref="IChannelStore.AppendManyAsync"/>: one
+/// round trip to a remote store for everything queued meanwhile) and is fanned out, in position order,
+/// before the next batch goes. Each batch holds the channel's lock (<see cref="ChannelHub.LockAsync"/>)
+/// from its append to the end of its fan-out, so a subscribe comes between two batches and the guarantee
+/// of <see cref="ChannelHub"/>'s remarks holds: each publication of this node is in a subscriber's
+/// history read or delivered live after it, never both, never neither. When its queue is empty the
+/// sequencer retires (leaves the hub's map), so channels without publishes in flight keep none.
 /// </summary>
 /// <remarks>
 /// Why batches and not one append at a time: with a store in Redis, Redis is the serialization point
@@ -25,10 +27,10 @@ internal sealed class ChannelSequencer
 
     private readonly ChannelHub _hub;
     private readonly string _channel;
-    private readonly SemaphoreSlim _turn = new(1, 1);
     private readonly object _sync = new();
     private readonly Queue<Pending> _waiting = new();
     private bool _draining;
+    private bool _retired;
 
     public ChannelSequencer(ChannelHub hub, string channel)
     {
@@ -36,28 +38,23 @@ internal sealed class ChannelSequencer
         _channel = channel;
     }
 
-    /// <summary>Takes the channel alone (no batch is on its way or being fanned out) until the result is disposed.</summary>
-    public async ValueTask<ChannelHub.Releaser> LockAsync()
-    {
-        await _turn.WaitAsync().ConfigureAwait(false);
-        return new ChannelHub.Releaser(_turn);
-    }
-
     /// <summary>
     /// Queues a publication; the task ends once it is in the store and (unless its key was a duplicate)
     /// fanned out. With a store that completes synchronously and nothing queued before, it ends before this returns.
+    /// Null when this sequencer has retired: the caller takes the channel's current one and tries again.
     /// </summary>
     /// <param name="data">The publication's data.</param>
     /// <param name="key">The publisher's deduplication key, or null.</param>
     /// <param name="inlineContinuation">Whether what awaits the task may run on the thread that completes it,
     /// in position order (for short continuations of the server's own, such as sending the ack); the app's
     /// code always continues elsewhere.</param>
-    public Task<ChannelAppendResult> AppendAsync(byte[] data, string? key, bool inlineContinuation)
+    public Task<ChannelAppendResult>? TryAppend(byte[] data, string? key, bool inlineContinuation)
     {
         var pending = new Pending(new ChannelAppendRequest(data, key), inlineContinuation);
         bool drain;
         lock (_sync)
         {
+            if (_retired) return null;
             _waiting.Enqueue(pending);
             drain = !_draining;
             _draining = true;
@@ -77,7 +74,7 @@ internal sealed class ChannelSequencer
             requests.Clear();
             IReadOnlyList<ChannelAppendResult>? results = null;
             Exception? failure = null;
-            await _turn.WaitAsync().ConfigureAwait(false);
+            var held = await _hub.LockAsync(_channel).ConfigureAwait(false);
             try
             {
                 lock (_sync)
@@ -92,6 +89,8 @@ internal sealed class ChannelSequencer
                     if (batch.Count == 0)
                     {
                         _draining = false;
+                        _retired = true;
+                        _hub.Retire(_channel, this);
                         return;
                     }
                 }
@@ -111,7 +110,7 @@ internal sealed class ChannelSequencer
             }
             finally
             {
-                _turn.Release();
+                held.Dispose();
             }
             for (var i = 0; i < batch.Count; i++)
             {

@@ -124,17 +124,31 @@ internal sealed class ChannelsEndpoint<TData>
             return;
         }
         var socket = connection.Socket;
-        using (await _hub.LockAsync(channel).ConfigureAwait(false))
+        using (var held = await _hub.LockAsync(channel).ConfigureAwait(false))
         {
-            if (!socket.Subscribe(connection.Form.Topic(channel)) && !socket.IsSubscribed(connection.Form.Topic(channel)))
+            var topic = connection.Form.Topic(channel);
+            var wasSubscribed = socket.IsSubscribed(topic);
+            if (!socket.Subscribe(topic) && !wasSubscribed)
             {
                 SendError(connection, id, ChannelErrorCode.RateLimited, "this connection is in too many topics");
                 return;
             }
-            var (position, recovery) = since.IsSome
-                ? await RecoverAsync(connection, channel, since.Value).ConfigureAwait(false)
-                : (await _hub.Store.GetPositionAsync(channel).ConfigureAwait(false), Recovery.Fresh);
+            ChannelPosition position;
+            Recovery recovery;
+            try
+            {
+                (position, recovery) = since.IsSome
+                    ? await RecoverAsync(connection, channel, since.Value).ConfigureAwait(false)
+                    : (await _hub.Store.GetPositionAsync(channel).ConfigureAwait(false), Recovery.Fresh);
+            }
+            catch (ChannelCapacityException refused)
+            {
+                if (!wasSubscribed) socket.Unsubscribe(topic);
+                RefuseChannel(connection, id, refused);
+                return;
+            }
             Send(connection, ServerMessage.NewSubscribed(id, channel, position, recovery));
+            if (!resubscribe) held.AddSubscriber();
         }
         connection.Subscriptions[channel] = presence;
         if (presence) socket.Subscribe(connection.Form.PresenceTopic(channel));
@@ -180,6 +194,7 @@ internal sealed class ChannelsEndpoint<TData>
         }
         connection.Socket.Unsubscribe(connection.Form.Topic(channel));
         connection.Socket.Unsubscribe(connection.Form.PresenceTopic(channel));
+        await _hub.RemoveSubscriberAsync(channel).ConfigureAwait(false);
         Send(connection, ServerMessage.NewUnsubscribed(id, channel));
         if (connection.Memberships.Remove(channel)) await LeaveAsync(connection.ClientId, channel).ConfigureAwait(false);
     }
@@ -218,7 +233,7 @@ internal sealed class ChannelsEndpoint<TData>
         });
     }
 
-    /// <summary>Answers a publish whose append ended: <c>ack</c> with its position, or an internal error.</summary>
+    /// <summary>Answers a publish whose append ended: <c>ack</c> with its position, <c>too-many-channels</c>, or an internal error.</summary>
     private void Acknowledge(ChannelConnection<TData> connection, uint id, string channel, Task<ChannelAppendResult> appended)
     {
         if (appended.IsCompletedSuccessfully)
@@ -226,7 +241,13 @@ internal sealed class ChannelsEndpoint<TData>
             Send(connection, ServerMessage.NewAck(id, channel, appended.Result.Position));
             return;
         }
-        _hub.Logger.HandlingFailed(appended.Exception?.GetBaseException() ?? new OperationCanceledException(), "Publish", connection.ClientId, channel);
+        var failure = appended.Exception?.GetBaseException() ?? new OperationCanceledException();
+        if (failure is ChannelCapacityException refused)
+        {
+            RefuseChannel(connection, id, refused);
+            return;
+        }
+        _hub.Logger.HandlingFailed(failure, "Publish", connection.ClientId, channel);
         SendError(connection, id, ChannelErrorCode.Internal, "the server failed");
     }
 
@@ -273,6 +294,7 @@ internal sealed class ChannelsEndpoint<TData>
     {
         var connection = socket.Data;
         foreach (var channel in connection.Memberships) _ = LeaveAsync(connection.ClientId, channel);
+        foreach (var channel in connection.Subscriptions.Keys) _ = RemoveSubscriberAsync(channel);
         connection.Memberships.Clear();
         connection.Subscriptions.Clear();
     }
@@ -288,6 +310,24 @@ internal sealed class ChannelsEndpoint<TData>
         {
             _hub.Logger.LeaveFailed(exception, clientId, channel);
         }
+    }
+
+    private async Task RemoveSubscriberAsync(string channel)
+    {
+        try
+        {
+            await _hub.RemoveSubscriberAsync(channel).ConfigureAwait(false);
+        }
+        catch (Exception exception)
+        {
+            _hub.Logger.HandlingFailed(exception, "close", "", channel);
+        }
+    }
+
+    private void RefuseChannel(ChannelConnection<TData> connection, uint id, ChannelCapacityException refused)
+    {
+        _hub.Logger.TooManyChannels(connection.ClientId, refused.Channel, refused.MaxChannels);
+        SendError(connection, id, ChannelErrorCode.TooManyChannels, $"this server holds {refused.MaxChannels} channels, its most; try again later");
     }
 
     private bool IsChannel(string channel) => RealtimeChannelsOptions.WithinProtocolLimit(channel) && _options.ChannelNameRule(channel);

@@ -16,6 +16,8 @@ public interface IRealtimeChannels
     /// <param name="channel">The channel's name (1 to 256 UTF-8 bytes).</param>
     /// <param name="json">The data: one JSON value's UTF-8 text (<see cref="ArgumentException"/> otherwise).</param>
     /// <param name="key">A deduplication key (1 to 64 bytes), or null.</param>
+    /// <exception cref="ChannelCapacityException">The in-memory store holds <see cref="RealtimeChannelsOptions.MaxChannels"/>
+    /// channels and this is a new one.</exception>
     ValueTask<ChannelPosition> PublishJsonAsync(string channel, ReadOnlyMemory<byte> json, string? key = null);
 
     /// <summary>Publishes <paramref name="data"/> serialized as JSON (web defaults: camelCase names); otherwise as <see cref="PublishJsonAsync"/>.</summary>

@@ -10,6 +10,9 @@ public sealed class InMemoryChannelPresence : IChannelPresence
 {
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Dictionary<string, PresenceMember>> _channels = new(StringComparer.Ordinal);
 
+    /// <summary>How many channels have members (an emptied channel is removed).</summary>
+    internal int ChannelCount => _channels.Count;
+
     /// <inheritdoc/>
     public void Start(IChannelPresenceListener listener) => ArgumentNullException.ThrowIfNull(listener);
 

@@ -12,27 +12,68 @@ namespace Realtime.Channels;
 /// their position is not recovered. Every member completes synchronously. For one node only: several
 /// nodes need a shared store (Realtime.Channels.Redis).
 /// </summary>
-public sealed class InMemoryChannelStore : IChannelStore
+/// <remarks>
+/// Bounded: at most <see cref="MaxChannels"/> channels are held; a channel that holds nothing live (its
+/// history and publish keys expired by age, no connection of this node subscribed) is forgotten by a sweep
+/// every second (at most 1,000 channels looked at per sweep) and before a new channel is refused. A
+/// client that comes back to a forgotten channel gets a new epoch, so it is told <c>not-recovered</c>
+/// even if nothing was published meanwhile: never a silent loss.
+/// </remarks>
+public sealed class InMemoryChannelStore : IChannelStore, IDisposable
 {
+    /// <summary>How many channels one sweep looks at, at most.</summary>
+    internal const int SweepBudget = 1_000;
+
+    /// <summary>How often the idle channels are swept.</summary>
+    internal static readonly TimeSpan SweepInterval = TimeSpan.FromSeconds(1);
+
     private readonly ChannelRetention _retention;
     private readonly TimeProvider _time;
     private readonly System.Collections.Concurrent.ConcurrentDictionary<string, ChannelLog> _channels = new(StringComparer.Ordinal);
+    private readonly ITimer _sweeper;
+    private readonly object _sweeping = new();
+    private IEnumerator<KeyValuePair<string, ChannelLog>>? _cursor;
+    private int _count;
 
-    /// <summary>A store that keeps what <paramref name="retention"/> allows.</summary>
+    /// <summary>A store that keeps what <paramref name="retention"/> allows, for at most 10,000 channels.</summary>
     /// <param name="retention">The bounds (read at every append and read, so later changes apply).</param>
     /// <param name="timeProvider">The clock for ages; the system clock when null.</param>
     public InMemoryChannelStore(ChannelRetention retention, TimeProvider? timeProvider = null)
+        : this(retention, RealtimeChannelsOptions.DefaultMaxChannels, timeProvider)
+    {
+    }
+
+    /// <summary>A store that keeps what <paramref name="retention"/> allows, for at most <paramref name="maxChannels"/> channels.</summary>
+    /// <param name="retention">The bounds (read at every append and read, so later changes apply).</param>
+    /// <param name="maxChannels">The most channels held at once (at least 1).</param>
+    /// <param name="timeProvider">The clock for ages and for the sweeps; the system clock when null.</param>
+    public InMemoryChannelStore(ChannelRetention retention, int maxChannels, TimeProvider? timeProvider = null)
     {
         ArgumentNullException.ThrowIfNull(retention);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxChannels, 1);
         _retention = retention;
+        MaxChannels = maxChannels;
         _time = timeProvider ?? TimeProvider.System;
+        _sweeper = _time.CreateTimer(static state => ((InMemoryChannelStore)state!).Sweep(SweepBudget), this, SweepInterval, SweepInterval);
     }
+
+    /// <summary>The most channels held at once; past it a new channel gets <see cref="ChannelCapacityException"/>.</summary>
+    public int MaxChannels { get; }
+
+    /// <summary>How many channels are held now.</summary>
+    public int ChannelCount => Volatile.Read(ref _count);
+
+    /// <summary>Called between finding a channel's log and locking it: lets tests run the sweep that forgets it there.</summary>
+    internal Action? Found { get; set; }
+
+    /// <summary>Whether a connection of this node uses the channel (the channels server sets it): such a channel is not forgotten.</summary>
+    internal Func<string, bool> InUse { get; set; } = static _ => false;
 
     /// <inheritdoc/>
     public ValueTask<ChannelAppendResult> AppendAsync(string channel, ReadOnlyMemory<byte> data, string? key, CancellationToken cancellationToken = default)
     {
-        var log = LogOf(channel);
-        lock (log)
+        var log = Enter(channel);
+        try
         {
             var now = NowMilliseconds();
             var retention = _retention.ToCore();
@@ -49,14 +90,18 @@ public sealed class InMemoryChannelStore : IChannelStore
             log.Trim(retention, now);
             return ValueTask.FromResult(new ChannelAppendResult(position, false));
         }
+        finally
+        {
+            Monitor.Exit(log);
+        }
     }
 
     /// <inheritdoc/>
     public ValueTask<ChannelHistoryRead> ReadAsync(string channel, ChannelPosition since, int limit, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(limit, 1);
-        var log = LogOf(channel);
-        lock (log)
+        var log = Enter(channel);
+        try
         {
             log.Trim(_retention.ToCore(), NowMilliseconds());
             var plan = ChannelRecovery.page(limit, ChannelRecovery.plan(log.Window, FSharpValueOption<ChannelPosition>.NewValueSome(since)));
@@ -65,19 +110,126 @@ public sealed class InMemoryChannelStore : IChannelStore
                 publications.Add(new ChannelPublication(offset, log.DataAt(offset)));
             return ValueTask.FromResult(new ChannelHistoryRead(plan.Position, publications, plan.Recovery.IsRecovered));
         }
+        finally
+        {
+            Monitor.Exit(log);
+        }
     }
 
     /// <inheritdoc/>
     public ValueTask<ChannelPosition> GetPositionAsync(string channel, CancellationToken cancellationToken = default)
     {
-        var log = LogOf(channel);
-        lock (log)
+        var log = Enter(channel);
+        try
+        {
             return ValueTask.FromResult(log.Window.Position);
+        }
+        finally
+        {
+            Monitor.Exit(log);
+        }
+    }
+
+    /// <summary>Stops the sweeps.</summary>
+    public void Dispose() => _sweeper.Dispose();
+
+    /// <summary>
+    /// Looks at up to <paramref name="budget"/> channels, going on from where the last sweep stopped,
+    /// and forgets those that hold nothing live. Returns how many it forgot; when another sweep runs,
+    /// 0 at once unless <paramref name="wait"/>, which waits for it first.
+    /// </summary>
+    internal int Sweep(int budget, bool wait = false)
+    {
+        if (wait) Monitor.Enter(_sweeping);
+        else if (!Monitor.TryEnter(_sweeping)) return 0;
+        try
+        {
+            var forgotten = 0;
+            var restarted = false;
+            for (var looked = 0; looked < budget; looked++)
+            {
+                _cursor ??= _channels.GetEnumerator();
+                if (!_cursor.MoveNext())
+                {
+                    _cursor.Dispose();
+                    _cursor = null;
+                    if (restarted) break;
+                    restarted = true;
+                    continue;
+                }
+                var (channel, log) = _cursor.Current;
+                if (TryForget(channel, log)) forgotten++;
+            }
+            return forgotten;
+        }
+        finally
+        {
+            Monitor.Exit(_sweeping);
+        }
+    }
+
+    private bool TryForget(string channel, ChannelLog log)
+    {
+        lock (log)
+        {
+            if (log.Retired) return false;
+            var now = NowMilliseconds();
+            var retention = _retention.ToCore();
+            log.ForgetKeys(new PublishKeys.KeyLimits(_retention.MaxKeys, retention.MaxAge), now);
+            log.Trim(retention, now);
+            if (!log.HoldsNothing || InUse(channel)) return false;
+            // Retired under its lock: a caller that found this log before it left the map retries on a new one.
+            log.Retired = true;
+            _channels.TryRemove(new KeyValuePair<string, ChannelLog>(channel, log));
+            Interlocked.Decrement(ref _count);
+            return true;
+        }
+    }
+
+    /// <summary>The channel's live log, locked (the caller exits the monitor).</summary>
+    private ChannelLog Enter(string channel)
+    {
+        while (true)
+        {
+            var log = LogOf(channel);
+            Found?.Invoke();
+            Monitor.Enter(log);
+            if (!log.Retired) return log;
+            Monitor.Exit(log);
+        }
     }
 
     private long NowMilliseconds() => (long)(_time.GetTimestamp() * (1000.0 / _time.TimestampFrequency));
 
-    private ChannelLog LogOf(string channel) => _channels.GetOrAdd(channel, static _ => new ChannelLog(NewEpoch()));
+    private ChannelLog LogOf(string channel)
+    {
+        if (_channels.TryGetValue(channel, out var log)) return log;
+        if (!TryReserve())
+        {
+            Sweep(SweepBudget, wait: true);
+            if (TryReserve()) return Add(channel);
+            // Another caller may have added it meanwhile: that one is held already.
+            if (_channels.TryGetValue(channel, out log)) return log;
+            throw new ChannelCapacityException(channel, MaxChannels);
+        }
+        return Add(channel);
+    }
+
+    /// <summary>Adds a new log for the channel, a place reserved (or returns the one another caller added first).</summary>
+    private ChannelLog Add(string channel)
+    {
+        var fresh = new ChannelLog(NewEpoch());
+        var held = _channels.GetOrAdd(channel, fresh);
+        if (!ReferenceEquals(held, fresh)) Interlocked.Decrement(ref _count);
+        return held;
+    }
+
+    private bool TryReserve()
+    {
+        if (Interlocked.Increment(ref _count) <= MaxChannels) return true;
+        Interlocked.Decrement(ref _count);
+        return false;
+    }
 
     private static string NewEpoch() => Convert.ToBase64String(RandomNumberGenerator.GetBytes(6)).Replace('+', '-').Replace('/', '_');
 
@@ -93,6 +245,12 @@ public sealed class InMemoryChannelStore : IChannelStore
         public Dictionary<string, PublishKeys.Entry> Keys { get; } = new(StringComparer.Ordinal);
 
         private int Count => (int)Window.Count;
+
+        /// <summary>Set under the lock when the log leaves the store's map; a retired log is never used again.</summary>
+        public bool Retired { get; set; }
+
+        /// <summary>No publication and no publish key held (after trimming at the current time).</summary>
+        public bool HoldsNothing => Count == 0 && Keys.Count == 0 && _keyOrder.Count == 0;
 
         public ChannelPosition Append(byte[] data, long now)
         {

@@ -2,7 +2,7 @@ using Microsoft.Extensions.Logging;
 
 namespace Realtime.Channels;
 
-/// <summary>The channels server's log messages, with stable event ids (200-229).</summary>
+/// <summary>The channels server's log messages, with stable event ids (200-229, 235-239).</summary>
 internal static partial class Log
 {
     [LoggerMessage(EventId = 200, Level = LogLevel.Debug, Message = "Channels: connection {ClientId} sent a message that is not one of the {Subprotocol} protocol")]
@@ -19,4 +19,7 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 204, Level = LogLevel.Debug, Message = "Channels: refused an upgrade to {Path} that offered neither channels subprotocol")]
     public static partial void NoSubprotocol(this ILogger logger, string path);
+
+    [LoggerMessage(EventId = 235, Level = LogLevel.Debug, Message = "Channels: refused {Channel} to {ClientId}: the store holds {MaxChannels} channels, its most")]
+    public static partial void TooManyChannels(this ILogger logger, string clientId, string channel, int maxChannels);
 }

@@ -11,6 +11,17 @@ public sealed class RealtimeChannelsOptions
     /// <summary>The most channels one connection is subscribed to at once; past it a subscribe gets <c>rate-limited</c>. Default 100.</summary>
     public int MaxChannelsPerConnection { get; set; } = 100;
 
+    /// <summary>The default of <see cref="MaxChannels"/>: 10,000.</summary>
+    public const int DefaultMaxChannels = 10_000;
+
+    /// <summary>
+    /// The most channels the in-memory store holds on this node (with their history, epoch and publish
+    /// keys); a subscribe or publish to a channel it does not hold yet gets <c>too-many-channels</c> until
+    /// idle channels (nothing retained, no subscriber on this node) are forgotten. A shared store
+    /// (Realtime.Channels.Redis) keeps its channels in Redis and ignores it. Default 10,000.
+    /// </summary>
+    public int MaxChannels { get; set; } = DefaultMaxChannels;
+
     /// <summary>The largest data of a publish or request, in UTF-8 bytes; larger gets <c>too-large</c>. Default 64 KiB.</summary>
     public int MaxDataBytes { get; set; } = 64 << 10;
 

@@ -37,6 +37,7 @@ internal sealed class RealtimeChannelsOptionsValidation : IValidateOptions<Realt
         }
         Check(o.MaxChannelsPerConnection >= 1, nameof(o.MaxChannelsPerConnection), o.MaxChannelsPerConnection, "1 or more");
         Check(o.MaxPublishesInFlight >= 1, nameof(o.MaxPublishesInFlight), o.MaxPublishesInFlight, "1 or more");
+        Check(o.MaxChannels >= 1, nameof(o.MaxChannels), o.MaxChannels, "1 or more");
         Check(o.MaxDataBytes >= 1, nameof(o.MaxDataBytes), o.MaxDataBytes, "1 to 2147483647 bytes");
         if (o.ChannelNameRule is null) problems.Add("RealtimeChannelsOptions.ChannelNameRule is null; it must be set.");
         if (string.IsNullOrEmpty(o.NodeId)) problems.Add("RealtimeChannelsOptions.NodeId is empty; it must name this node.");

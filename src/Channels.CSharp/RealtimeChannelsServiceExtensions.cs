@@ -25,9 +25,11 @@ public static class RealtimeChannelsServiceExtensions
         if (configure is not null) options.Configure(configure);
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<RealtimeChannelsOptions>, RealtimeChannelsOptionsValidation>());
         services.PostConfigure<RealtimeOptions>(o => o.MaxTopicLength = Math.Max(o.MaxTopicLength, ChannelTopics.MaxTopicLength));
-        services.TryAddSingleton<IChannelStore>(provider => new InMemoryChannelStore(
-            provider.GetRequiredService<IOptions<RealtimeChannelsOptions>>().Value.Retention,
-            provider.GetService<TimeProvider>()));
+        services.TryAddSingleton<IChannelStore>(provider =>
+        {
+            var channels = provider.GetRequiredService<IOptions<RealtimeChannelsOptions>>().Value;
+            return new InMemoryChannelStore(channels.Retention, channels.MaxChannels, provider.GetService<TimeProvider>());
+        });
         services.TryAddSingleton<IChannelPresence, InMemoryChannelPresence>();
         services.TryAddSingleton<ChannelHub>();
         services.TryAddSingleton<IRealtimeChannels>(provider => provider.GetRequiredService<ChannelHub>());

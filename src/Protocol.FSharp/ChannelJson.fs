@@ -480,7 +480,7 @@ let private serverKinds =
 let internal errorCodes =
     [| ChannelErrorCode.BadMessage; ChannelErrorCode.Forbidden; ChannelErrorCode.UnknownChannel
        ChannelErrorCode.NotSubscribed; ChannelErrorCode.TooLarge; ChannelErrorCode.RateLimited
-       ChannelErrorCode.UnknownMethod; ChannelErrorCode.Internal |]
+       ChannelErrorCode.UnknownMethod; ChannelErrorCode.Internal; ChannelErrorCode.TooManyChannels |]
 
 let internal errorCodeBytes = errorCodes |> Array.map (fun c -> Encoding.UTF8.GetBytes c.Code)
 

@@ -117,9 +117,12 @@ type ChannelErrorCode =
     | UnknownMethod
     /// The server failed.
     | Internal
+    /// The server holds as many channels as it may: a channel it does not hold yet is refused until
+    /// others are forgotten.
+    | TooManyChannels
 
     /// The code's wire name: "bad-message", "forbidden", "unknown-channel", "not-subscribed",
-    /// "too-large", "rate-limited", "unknown-method", "internal".
+    /// "too-large", "rate-limited", "unknown-method", "internal", "too-many-channels".
     member c.Code: string =
         match c with
         | BadMessage -> "bad-message"
@@ -130,6 +133,7 @@ type ChannelErrorCode =
         | RateLimited -> "rate-limited"
         | UnknownMethod -> "unknown-method"
         | Internal -> "internal"
+        | TooManyChannels -> "too-many-channels"
 
 /// What the server sends.
 [<RequireQualifiedAccess>]

@@ -141,7 +141,8 @@ let private genRecovery = Gen.elements [ Recovery.Fresh; Recovery.Recovered; Rec
 let private genErrorCode =
     Gen.elements
         [ ChannelErrorCode.BadMessage; ChannelErrorCode.Forbidden; ChannelErrorCode.UnknownChannel; ChannelErrorCode.NotSubscribed
-          ChannelErrorCode.TooLarge; ChannelErrorCode.RateLimited; ChannelErrorCode.UnknownMethod; ChannelErrorCode.Internal ]
+          ChannelErrorCode.TooLarge; ChannelErrorCode.RateLimited; ChannelErrorCode.UnknownMethod; ChannelErrorCode.Internal
+          ChannelErrorCode.TooManyChannels ]
 
 let private genClientMessage =
     Gen.oneof

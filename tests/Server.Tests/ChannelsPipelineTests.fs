@@ -9,6 +9,7 @@ open System.Text.Json
 open System.Threading
 open System.Threading.Tasks
 open Expecto
+open Microsoft.Extensions.DependencyInjection
 open Realtime.Channels
 open Realtime.Server.Tests.TestHost
 open Realtime.Server.Tests.Timing
@@ -103,6 +104,8 @@ let tests =
             Expect.equal (List.sum batches) count "each publication appended once"
             Expect.isLessThan batches.Length count $"fewer appends than publishes (batches: {batches})"
             Expect.isGreaterThan (List.max batches) 1 "at least one append carried several publications"
+            let hub = server.App.Services.GetRequiredService<ChannelHub>()
+            do! expectEventually (seconds 15.0) "the channel's sequencer retires once its queue is empty" (fun () -> hub.SequencerCount = 0)
         })
 
         testCaseTask "one connection has at most MaxPublishesInFlight publishes unacknowledged; past it the connection is not read further" (fun () -> task {

@@ -27,7 +27,7 @@ export type ConnectionState = 'connecting' | 'connected' | 'disconnected' | 'clo
 /** The error codes of the server and of the client. */
 export type ChannelsErrorCode =
   | 'bad-message' | 'forbidden' | 'unknown-channel' | 'not-subscribed' | 'too-large'
-  | 'rate-limited' | 'unknown-method' | 'internal'
+  | 'rate-limited' | 'unknown-method' | 'internal' | 'too-many-channels'
   | 'queue-full' | 'queue-expired' | 'connection-lost' | 'timeout' | 'closed' | 'unsubscribed';
 
 /**
