@@ -70,6 +70,17 @@ internal sealed class ChannelSequencer
         var requests = new List<ChannelAppendRequest>();
         while (true)
         {
+            lock (_sync)
+            {
+                // Only this loop dequeues: what is queued now is still queued once the lock is held.
+                if (_waiting.Count == 0)
+                {
+                    _draining = false;
+                    _retired = true;
+                    _hub.Retire(_channel, this);
+                    return;
+                }
+            }
             batch.Clear();
             requests.Clear();
             IReadOnlyList<ChannelAppendResult>? results = null;
@@ -85,13 +96,6 @@ internal sealed class ChannelSequencer
                     {
                         batch.Add(_waiting.Dequeue());
                         bytes += next.Request.Data.Length;
-                    }
-                    if (batch.Count == 0)
-                    {
-                        _draining = false;
-                        _retired = true;
-                        _hub.Retire(_channel, this);
-                        return;
                     }
                 }
                 foreach (var pending in batch) requests.Add(pending.Request);
