@@ -80,6 +80,16 @@ internal sealed class ChannelSequencer
         var requests = new List<ChannelAppendRequest>();
         while (true)
         {
+            lock (_sync)
+            {
+                // Only this loop dequeues, so what is queued now is still queued once the turn is taken:
+                // an empty queue ends the drain without taking the channel's turn once more.
+                if (_waiting.Count == 0)
+                {
+                    _draining = false;
+                    return;
+                }
+            }
             batch.Clear();
             requests.Clear();
             IReadOnlyList<ChannelAppendResult>? results = null;
@@ -95,11 +105,6 @@ internal sealed class ChannelSequencer
                     {
                         batch.Add(_waiting.Dequeue());
                         bytes += next.Request.Data.Length;
-                    }
-                    if (batch.Count == 0)
-                    {
-                        _draining = false;
-                        return;
                     }
                 }
                 foreach (var pending in batch) requests.Add(pending.Request);

@@ -233,7 +233,7 @@ internal sealed class ChannelsEndpoint<TData>
         });
     }
 
-    /// <summary>Answers a publish whose append ended: <c>ack</c> with its position, or an internal error.</summary>
+    /// <summary>Answers a publish whose append ended: <c>ack</c> with its position, <c>too-many-channels</c>, or an internal error.</summary>
     private void Acknowledge(ChannelConnection<TData> connection, uint id, string channel, Task<ChannelAppendResult> appended)
     {
         if (appended.IsCompletedSuccessfully)

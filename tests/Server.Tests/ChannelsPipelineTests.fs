@@ -9,6 +9,7 @@ open System.Text.Json
 open System.Threading
 open System.Threading.Tasks
 open Expecto
+open Microsoft.Extensions.DependencyInjection
 open Realtime.Channels
 open Realtime.Server.Tests.TestHost
 open Realtime.Server.Tests.Timing
@@ -103,6 +104,10 @@ let tests =
             Expect.equal (List.sum batches) count "each publication appended once"
             Expect.isLessThan batches.Length count $"fewer appends than publishes (batches: {batches})"
             Expect.isGreaterThan (List.max batches) 1 "at least one append carried several publications"
+            // The channel's entry (lock and sequencer) goes once nothing is queued and its subscriber has left.
+            reader.Dispose()
+            let hub = server.App.Services.GetRequiredService<ChannelHub>()
+            do! expectEventually (seconds 15.0) "the channel's entry goes once its queue is empty and its subscriber left" (fun () -> hub.Locks.Count = 0)
         })
 
         testCaseTask "one connection has at most MaxPublishesInFlight publishes unacknowledged; past it the connection is not read further" (fun () -> task {
