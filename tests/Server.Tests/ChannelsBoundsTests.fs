@@ -189,13 +189,18 @@ let tests =
             store.Found <- fun () -> if Random.Shared.Next 4 = 0 then Thread.Yield() |> ignore
             let channels = store :> IChannelStore
             use stop = new CancellationTokenSource(TimeSpan.FromSeconds 120.0)
+            // A thread of its own (the rounds below complete synchronously and would keep a pool thread
+            // from ever starting it), and the rounds begin only once it sweeps.
+            let sweeping = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
             let sweeper =
-                Task.Run(fun () ->
+                Task.Factory.StartNew((fun () ->
                     let mutable sweeps = 0
                     while not stop.IsCancellationRequested do
                         store.Sweep 1_000 |> ignore
                         sweeps <- sweeps + 1
-                    sweeps)
+                        sweeping.TrySetResult() |> ignore
+                    sweeps), TaskCreationOptions.LongRunning)
+            do! sweeping.Task.WaitAsync(TimeSpan.FromSeconds 30.0)
             let mutable lost = 0
             let rounds = 50_000
             for i in 1 .. rounds do

@@ -105,7 +105,7 @@ let tests =
             Expect.isLessThan batches.Length count $"fewer appends than publishes (batches: {batches})"
             Expect.isGreaterThan (List.max batches) 1 "at least one append carried several publications"
             // The channel's entry (lock and sequencer) goes once nothing is queued and its subscriber has left.
-            reader.Dispose()
+            do! reader.CloseAsync()
             let hub = server.App.Services.GetRequiredService<ChannelHub>()
             do! expectEventually (seconds 15.0) "the channel's entry goes once its queue is empty and its subscriber left" (fun () -> hub.Locks.Count = 0)
         })
