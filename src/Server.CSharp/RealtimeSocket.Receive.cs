@@ -1,5 +1,6 @@
 using System.Buffers;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Http;
 using Realtime.Protocol;
 
 namespace Realtime;
@@ -36,6 +37,27 @@ public abstract partial class RealtimeSocket
     /// </summary>
     internal async Task RunAsync()
     {
+        if (await OpenAsync().ConfigureAwait(false)) await RunOpenAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The native transport's run: Open within the request, then the request ends (its context,
+    /// features, services scope and the middleware frames awaiting it are released) while the loop
+    /// goes on reading the connection, which keeps only a <see cref="RequestSnapshot"/> of the request.
+    /// The rest of the run starts without the request's execution context (its activity, logging
+    /// scopes and async locals), so nothing of the request stays reachable from the connection.
+    /// </summary>
+    internal async Task OpenAndOutliveRequestAsync(Native.NativeConnection native)
+    {
+        if (!await OpenAsync().ConfigureAwait(false)) return;
+        native.OutliveRequest();
+        KeepSnapshotOfRequest(native.Services);
+        ThreadPool.UnsafeQueueUserWorkItem(static socket => _ = socket.RunOpenAsync(), this, preferLocal: true);
+    }
+
+    /// <summary>Registers the connection and runs Open; false (the connection finished) when it ended there.</summary>
+    private async Task<bool> OpenAsync()
+    {
         _server.Register(this);
         _server.Metrics.ConnectionOpened(_endpoint.Pattern);
         _server.Log.ConnectionOpened(Id, _endpoint.Pattern, RemoteAddress?.ToString());
@@ -43,21 +65,50 @@ public abstract partial class RealtimeSocket
         {
             await RunHandlerAsync(static socket => socket.OnOpen(), "Open").ConfigureAwait(false);
             await UncorkAndFlushInline().ConfigureAwait(false);
-            await ReceiveLoopAsync().ConfigureAwait(false);
-        }
-        catch (Exception exception) when (exception is IOException or OperationCanceledException or ObjectDisposedException
-                                              or ConnectionAbortedException or ConnectionResetException)
-        {
-            _server.Log.TransportEnded(Id, exception.Message);
+            return true;
         }
         catch (Exception exception)
         {
+            LogRunFailure(exception);
+        }
+        await FinishRunAsync().ConfigureAwait(false);
+        return false;
+    }
+
+    /// <summary>Reads the open connection until it ends, then finishes it; never throws.</summary>
+    private async Task RunOpenAsync()
+    {
+        try
+        {
+            await ReceiveLoopAsync().ConfigureAwait(false);
+        }
+        catch (Exception exception)
+        {
+            LogRunFailure(exception);
+        }
+        await FinishRunAsync().ConfigureAwait(false);
+    }
+
+    private void LogRunFailure(Exception exception)
+    {
+        if (exception is IOException or OperationCanceledException or ObjectDisposedException
+            or ConnectionAbortedException or ConnectionResetException)
+            _server.Log.TransportEnded(Id, exception.Message);
+        else
             _server.Log.UnexpectedFailure(exception, Id);
+    }
+
+    /// <summary>Finishes the connection, gives its slot back and, once it outlived its request, closes its descriptor.</summary>
+    private async Task FinishRunAsync()
+    {
+        try
+        {
+            await FinishAsync().ConfigureAwait(false);
         }
         finally
         {
-            await FinishAsync().ConfigureAwait(false);
             _server.ReleaseSlot(RemoteAddress);
+            if (_native is { OutlivesRequest: true } native) native.Close();
         }
     }
 
@@ -497,7 +548,11 @@ public abstract partial class RealtimeSocket
 
     private void AbortTransport()
     {
-        try { _context.Abort(); }
+        try
+        {
+            if (_native is { } native) native.Abort();
+            else ((HttpContext)_request).Abort();
+        }
         catch (Exception exception) { _server.Log.TransportEnded(Id, exception.Message); }
     }
 

@@ -26,7 +26,9 @@ internal sealed partial class NativeConnection : ILoopMember
     private Stage _stage;
     private uint _interest;
     private long _headDeadline;
+    // The request's connection context, until the connection outlives its request.
     private NativeConnectionContext? _context;
+    private volatile bool _outlivesRequest;
 
     public NativeConnection(NativeTransportFactory factory, NativeListener listener, EventLoop loop, int fd)
     {
@@ -35,6 +37,18 @@ internal sealed partial class NativeConnection : ILoopMember
         _loop = loop;
         _fd = fd;
     }
+
+    /// <summary>The application's root services.</summary>
+    public IServiceProvider Services => _factory.Handshakes.Services;
+
+    /// <summary>True once an open WebSocket took the connection over from its upgrade request.</summary>
+    public bool OutlivesRequest => _outlivesRequest;
+
+    /// <summary>
+    /// Called after Open by the connection's <see cref="RealtimeSocket"/>: the request may end now
+    /// without ending the connection, which the socket closes when it is done with it.
+    /// </summary>
+    public void OutliveRequest() => _outlivesRequest = true;
 
     /// <summary>Registers the new descriptor with its loop (from the accepting loop's thread).</summary>
     public void Adopt()
@@ -134,7 +148,11 @@ internal sealed partial class NativeConnection : ILoopMember
         _listener.HandOn(_fd);
     }
 
-    /// <summary>Runs the upgrade request through the application, as Kestrel would; the connection ends with it.</summary>
+    /// <summary>
+    /// Runs the upgrade request through the application, as Kestrel would; the connection ends with it,
+    /// unless an open WebSocket took it over (<see cref="OutliveRequest"/>): then the request's
+    /// connection context is let go too, and the socket closes the connection when it ends.
+    /// </summary>
     private async Task RunPipelineAsync(DirectConnectionFeatures features)
     {
         var handshakes = _factory.Handshakes;
@@ -149,7 +167,8 @@ internal sealed partial class NativeConnection : ILoopMember
         }
         finally
         {
-            Close();
+            if (_outlivesRequest) _context = null;
+            else Close();
         }
     }
 
@@ -177,7 +196,7 @@ internal sealed partial class NativeConnection : ILoopMember
         }
         unsent?.TrySetException(new IOException("the connection was closed"));
         EndReading(null);
-        _context?.Closed();
+        Volatile.Read(ref _context)?.Closed();
     }
 
     /// <summary>Drops the TCP connection (any thread): the loop then sees it end.</summary>
@@ -187,7 +206,7 @@ internal sealed partial class NativeConnection : ILoopMember
         {
             if (!_closed) Libc.Shutdown(_fd, Libc.ShutRdWr);
         }
-        _context?.Closed();
+        Volatile.Read(ref _context)?.Closed();
     }
 
     /// <summary>On the loop: registers the descriptor for what its stage and pending work need.</summary>
