@@ -44,15 +44,26 @@ public abstract partial class RealtimeSocket
     /// The native transport's run: Open within the request, then the request ends (its context,
     /// features, services scope and the middleware frames awaiting it are released) while the loop
     /// goes on reading the connection, which keeps only a <see cref="RequestSnapshot"/> of the request.
-    /// The rest of the run starts without the request's execution context (its activity, logging
-    /// scopes and async locals), so nothing of the request stays reachable from the connection.
+    /// Nothing waits for the connection's end meanwhile (no task, no async frame, no execution context
+    /// of the request): the loop calls <see cref="NativeReadingEnded"/> when reading is over.
     /// </summary>
     internal async Task OpenAndOutliveRequestAsync(Native.NativeConnection native)
     {
         if (!await OpenAsync().ConfigureAwait(false)) return;
         native.OutliveRequest();
         KeepSnapshotOfRequest(native.Services);
-        ThreadPool.UnsafeQueueUserWorkItem(static socket => _ = socket.RunOpenAsync(), this, preferLocal: true);
+        native.StartReading(this);
+    }
+
+    /// <summary>The native transport's reading ended (once, any thread): the connection finishes on the thread pool.</summary>
+    internal void NativeReadingEnded(Exception? failure) =>
+        ThreadPool.UnsafeQueueUserWorkItem(
+            static state => _ = state.socket.FinishNativeRunAsync(state.failure), (socket: this, failure), preferLocal: false);
+
+    private async Task FinishNativeRunAsync(Exception? failure)
+    {
+        if (failure is not null) LogRunFailure(failure);
+        await FinishRunAsync().ConfigureAwait(false);
     }
 
     /// <summary>Registers the connection and runs Open; false (the connection finished) when it ended there.</summary>
@@ -123,9 +134,7 @@ public abstract partial class RealtimeSocket
     }
 
     private Task ReceiveLoopAsync() =>
-        _native is { } native ? native.ReceiveAsync(this)
-        : _pipe is { } pipe ? ReceivePipeLoopAsync(pipe.Input)
-        : ReceiveStreamLoopAsync(_transport!);
+        _pipe is { } pipe ? ReceivePipeLoopAsync(pipe.Input) : ReceiveStreamLoopAsync(_transport!);
 
     /// <summary>
     /// The native transport's receive step, on its loop thread: feeds one read to the core and runs the
