@@ -45,8 +45,6 @@ public abstract partial class RealtimeSocket
         RemoteAddress = context.Connection.RemoteIpAddress;
         _compression = compression;
         _core = ConnectionModule.create(endpoint.ConnectionOptions(compression is not null), server.Now());
-        // A subscription ends under the lock the queue takes (see Subscription<T>).
-        TopicSubscriptions = new Subscriptions<RealtimeSocket>(this, _sync);
     }
 
     /// <summary>A number that identifies the connection within the server, for <see cref="IRealtimeServer.TryGetConnection"/>.</summary>
@@ -136,7 +134,14 @@ public abstract partial class RealtimeSocket
     public SendResult Send(RealtimeMessage message) => SendFrame(message.Kind, message.Data.Span, message.Compressed);
 
     /// <summary>The topics this connection is in, kept by the server's topic registry.</summary>
-    internal readonly Subscriptions<RealtimeSocket> TopicSubscriptions;
+    /// <remarks>Made on first use: most connections of many apps never subscribe.</remarks>
+    internal Subscriptions<RealtimeSocket> TopicSubscriptions =>
+        Volatile.Read(ref _topicSubscriptions)
+        // A subscription ends under the lock the queue takes (see Subscription<T>).
+        ?? Interlocked.CompareExchange(ref _topicSubscriptions, new Subscriptions<RealtimeSocket>(this, _sync), null)
+        ?? _topicSubscriptions!;
+
+    private Subscriptions<RealtimeSocket>? _topicSubscriptions;
 
     /// <summary>
     /// Subscribes the connection to a topic. False when it already was, when it is already in
