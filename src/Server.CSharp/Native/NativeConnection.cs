@@ -82,6 +82,9 @@ internal sealed partial class NativeConnection : ILoopMember
                 break;
             case Stage.Pipeline:
                 if ((events & (Libc.EpollOut | Libc.EpollErr | Libc.EpollHup)) != 0) FlushUnsent();
+                // The client ended or reset the connection while its upgrade request runs: the request
+                // is aborted (RequestAborted), as Kestrel aborts a request whose connection ends.
+                if ((events & (Libc.EpollRdHup | Libc.EpollErr | Libc.EpollHup)) != 0) _context?.Closed();
                 break;
             case Stage.Open:
                 if ((events & (Libc.EpollOut | Libc.EpollErr | Libc.EpollHup)) != 0) FlushUnsent();
