@@ -28,6 +28,8 @@ public static class Report
     ];
 
     const string MicroStart = "<!-- micro:start -->", MicroEnd = "<!-- micro:end -->";
+    // Written by hand (the heap census, the GC settings, the 1,000,000-connection projection): kept across runs.
+    const string IdleNotesStart = "<!-- idle-notes:start -->", IdleNotesEnd = "<!-- idle-notes:end -->";
 
     static CultureInfo Inv => CultureInfo.InvariantCulture;
 
@@ -104,22 +106,29 @@ public static class Report
                 md.AppendLine("else (no Kestrel, pipes or HTTP context), in a process with the same GC settings as the .NET servers. No");
                 md.AppendLine(".NET server whose connections are `System.Net.Sockets` sockets keeps less per connection than this.");
             }
+            if (id == "connections")
+                md.AppendLine().AppendLine(Kept(markdownPath, IdleNotesStart, IdleNotesEnd, "Not written yet: what a connection keeps, and the projection to 1,000,000 connections."));
             md.AppendLine();
         }
 
         TwoNodes(md, rows, best);
         Channels(md, rows, best);
 
-        string micro = $"{MicroStart}\n## Micro-benchmarks\n\nNot run yet: `bench/run-micro` writes this section.\n{MicroEnd}";
+        md.AppendLine(Kept(markdownPath, MicroStart, MicroEnd, "## Micro-benchmarks\n\nNot run yet: `bench/run-micro` writes this section."));
+        File.WriteAllText(markdownPath, md.ToString());
+        File.WriteAllText(svgPath, Chart(best));
+    }
+
+    /// <summary>The block between <paramref name="start"/> and <paramref name="end"/> in the existing file, markers included, or <paramref name="empty"/> within them.</summary>
+    static string Kept(string markdownPath, string start, string end, string empty)
+    {
         if (File.Exists(markdownPath))
         {
             string old = File.ReadAllText(markdownPath);
-            int a = old.IndexOf(MicroStart, StringComparison.Ordinal), b = old.IndexOf(MicroEnd, StringComparison.Ordinal);
-            if (a >= 0 && b > a) micro = old[a..(b + MicroEnd.Length)];
+            int a = old.IndexOf(start, StringComparison.Ordinal), b = old.IndexOf(end, StringComparison.Ordinal);
+            if (a >= 0 && b > a) return old[a..(b + end.Length)];
         }
-        md.AppendLine(micro);
-        File.WriteAllText(markdownPath, md.ToString());
-        File.WriteAllText(svgPath, Chart(best));
+        return $"{start}\n{empty}\n{end}";
     }
 
     /// <summary>

@@ -57,11 +57,14 @@ internal abstract class RealtimeEndpoint
 
     /// <summary>
     /// Answers one HTTP request on the endpoint's route: opens the connection and runs it until it
-    /// ends; never lets an exception reach Kestrel.
+    /// ends (on the native transport, until it is open); never lets an exception reach Kestrel.
     /// </summary>
     public async Task HandleAsync(HttpContext context)
     {
-        if (await OpenAsync(context).ConfigureAwait(false) is { } socket) await socket.RunAsync().ConfigureAwait(false);
+        if (await OpenAsync(context).ConfigureAwait(false) is not { } socket) return;
+        // On the native transport the connection outlives its request (see RealtimeSocket.OpenAndOutliveRequestAsync).
+        if (socket.Native is { } native) await socket.OpenAndOutliveRequestAsync(native).ConfigureAwait(false);
+        else await socket.RunAsync().ConfigureAwait(false);
     }
 
     /// <summary>

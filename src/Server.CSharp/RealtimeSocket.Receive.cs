@@ -1,5 +1,6 @@
 using System.Buffers;
 using Microsoft.AspNetCore.Connections;
+using Microsoft.AspNetCore.Http;
 using Realtime.Protocol;
 
 namespace Realtime;
@@ -36,6 +37,38 @@ public abstract partial class RealtimeSocket
     /// </summary>
     internal async Task RunAsync()
     {
+        if (await OpenAsync().ConfigureAwait(false)) await RunOpenAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// The native transport's run: Open within the request, then the request ends (its context,
+    /// features, services scope and the middleware frames awaiting it are released) while the loop
+    /// goes on reading the connection, which keeps only a <see cref="RequestSnapshot"/> of the request.
+    /// Nothing waits for the connection's end meanwhile (no task, no async frame, no execution context
+    /// of the request): the loop calls <see cref="NativeReadingEnded"/> when reading is over.
+    /// </summary>
+    internal async Task OpenAndOutliveRequestAsync(Native.NativeConnection native)
+    {
+        if (!await OpenAsync().ConfigureAwait(false)) return;
+        native.OutliveRequest();
+        KeepSnapshotOfRequest(native.Services);
+        native.StartReading(this);
+    }
+
+    /// <summary>The native transport's reading ended (once, any thread): the connection finishes on the thread pool.</summary>
+    internal void NativeReadingEnded(Exception? failure) =>
+        ThreadPool.UnsafeQueueUserWorkItem(
+            static state => _ = state.socket.FinishNativeRunAsync(state.failure), (socket: this, failure), preferLocal: false);
+
+    private async Task FinishNativeRunAsync(Exception? failure)
+    {
+        if (failure is not null) LogRunFailure(failure);
+        await FinishRunAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>Registers the connection and runs Open; false (the connection finished) when it ended there.</summary>
+    private async Task<bool> OpenAsync()
+    {
         _server.Register(this);
         _server.Metrics.ConnectionOpened(_endpoint.Pattern);
         _server.Log.ConnectionOpened(Id, _endpoint.Pattern, RemoteAddress?.ToString());
@@ -43,21 +76,50 @@ public abstract partial class RealtimeSocket
         {
             await RunHandlerAsync(static socket => socket.OnOpen(), "Open").ConfigureAwait(false);
             await UncorkAndFlushInline().ConfigureAwait(false);
-            await ReceiveLoopAsync().ConfigureAwait(false);
-        }
-        catch (Exception exception) when (exception is IOException or OperationCanceledException or ObjectDisposedException
-                                              or ConnectionAbortedException or ConnectionResetException)
-        {
-            _server.Log.TransportEnded(Id, exception.Message);
+            return true;
         }
         catch (Exception exception)
         {
+            LogRunFailure(exception);
+        }
+        await FinishRunAsync().ConfigureAwait(false);
+        return false;
+    }
+
+    /// <summary>Reads the open connection until it ends, then finishes it; never throws.</summary>
+    private async Task RunOpenAsync()
+    {
+        try
+        {
+            await ReceiveLoopAsync().ConfigureAwait(false);
+        }
+        catch (Exception exception)
+        {
+            LogRunFailure(exception);
+        }
+        await FinishRunAsync().ConfigureAwait(false);
+    }
+
+    private void LogRunFailure(Exception exception)
+    {
+        if (exception is IOException or OperationCanceledException or ObjectDisposedException
+            or ConnectionAbortedException or ConnectionResetException)
+            _server.Log.TransportEnded(Id, exception.Message);
+        else
             _server.Log.UnexpectedFailure(exception, Id);
+    }
+
+    /// <summary>Finishes the connection, gives its slot back and, once it outlived its request, closes its descriptor.</summary>
+    private async Task FinishRunAsync()
+    {
+        try
+        {
+            await FinishAsync().ConfigureAwait(false);
         }
         finally
         {
-            await FinishAsync().ConfigureAwait(false);
             _server.ReleaseSlot(RemoteAddress);
+            if (_native is { OutlivesRequest: true } native) native.Close();
         }
     }
 
@@ -72,9 +134,7 @@ public abstract partial class RealtimeSocket
     }
 
     private Task ReceiveLoopAsync() =>
-        _native is { } native ? native.ReceiveAsync(this)
-        : _pipe is { } pipe ? ReceivePipeLoopAsync(pipe.Input)
-        : ReceiveStreamLoopAsync(_transport!);
+        _pipe is { } pipe ? ReceivePipeLoopAsync(pipe.Input) : ReceiveStreamLoopAsync(_transport!);
 
     /// <summary>
     /// The native transport's receive step, on its loop thread: feeds one read to the core and runs the
@@ -583,7 +643,11 @@ public abstract partial class RealtimeSocket
 
     private void AbortTransport()
     {
-        try { _context.Abort(); }
+        try
+        {
+            if (_native is { } native) native.Abort();
+            else ((HttpContext)_request).Abort();
+        }
         catch (Exception exception) { _server.Log.TransportEnded(Id, exception.Message); }
     }
 

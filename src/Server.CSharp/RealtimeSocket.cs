@@ -14,13 +14,18 @@ public abstract partial class RealtimeSocket
 {
     private readonly RealtimeServer _server;
     private readonly RealtimeEndpoint _endpoint;
-    private readonly HttpContext _context;
+    // The upgrade request's HttpContext while the request runs; on the native transport, once the
+    // request has ended after Open, a RequestSnapshot, replaced by the context made from it when asked.
+    private object _request;
     // Exactly one of the two carries the connection's bytes: the stream Kestrel's HTTP upgrade
     // returns, or the connection's own pipes when it was accepted directly (see DirectConnections).
     private readonly Stream? _transport;
     private readonly System.IO.Pipelines.IDuplexPipe? _pipe;
     // Set when the native transport's loop reads the connection; _transport is then its send stream.
     private readonly Native.NativeConnection? _native;
+
+    /// <summary>The native transport's connection, when the loop reads this one.</summary>
+    internal Native.NativeConnection? Native => _native;
     private readonly object _sync = new();
 
     // The protocol core's state, both directions (sends are framed and judged there); guarded by _sync.
@@ -30,7 +35,7 @@ public abstract partial class RealtimeSocket
     {
         _server = server;
         _endpoint = endpoint;
-        _context = context;
+        _request = context;
         _transport = transport.Stream;
         _pipe = transport.Pipe;
         _native = transport.Native;
@@ -40,8 +45,6 @@ public abstract partial class RealtimeSocket
         RemoteAddress = context.Connection.RemoteIpAddress;
         _compression = compression;
         _core = ConnectionModule.create(endpoint.ConnectionOptions(compression is not null), server.Now());
-        // A subscription ends under the lock the queue takes (see Subscription<T>).
-        TopicSubscriptions = new Subscriptions<RealtimeSocket>(this, _sync);
     }
 
     /// <summary>A number that identifies the connection within the server, for <see cref="IRealtimeServer.TryGetConnection"/>.</summary>
@@ -59,8 +62,26 @@ public abstract partial class RealtimeSocket
     /// <summary>The client's IP address.</summary>
     public IPAddress? RemoteAddress { get; }
 
-    /// <summary>The HTTP context of the upgrade request (headers, user, services).</summary>
-    public HttpContext HttpContext => _context;
+    /// <summary>
+    /// The HTTP context of the upgrade request (headers, user, services). On the native transport the
+    /// request ends after <c>Open</c>: from then on this is a context made from what the connection kept
+    /// of it (user, path and query, addresses and connection id; no headers; the application's root
+    /// services in place of the request's scope).
+    /// </summary>
+    public HttpContext HttpContext
+    {
+        get
+        {
+            var request = Volatile.Read(ref _request);
+            if (request is HttpContext context) return context;
+            var made = ((RequestSnapshot)request).ToHttpContext(RemoteAddress);
+            return Interlocked.CompareExchange(ref _request, made, request) as HttpContext ?? made;
+        }
+    }
+
+    /// <summary>The native transport's request has ended: keep only its snapshot.</summary>
+    private void KeepSnapshotOfRequest(IServiceProvider services) =>
+        Volatile.Write(ref _request, RequestSnapshot.Of((HttpContext)_request, services));
 
     /// <summary>Bytes queued for this connection and not yet accepted by the transport.</summary>
     public long BufferedAmount
@@ -113,7 +134,14 @@ public abstract partial class RealtimeSocket
     public SendResult Send(RealtimeMessage message) => SendFrame(message.Kind, message.Data.Span, message.Compressed);
 
     /// <summary>The topics this connection is in, kept by the server's topic registry.</summary>
-    internal readonly Subscriptions<RealtimeSocket> TopicSubscriptions;
+    /// <remarks>Made on first use: most connections of many apps never subscribe.</remarks>
+    internal Subscriptions<RealtimeSocket> TopicSubscriptions =>
+        Volatile.Read(ref _topicSubscriptions)
+        // A subscription ends under the lock the queue takes (see Subscription<T>).
+        ?? Interlocked.CompareExchange(ref _topicSubscriptions, new Subscriptions<RealtimeSocket>(this, _sync), null)
+        ?? _topicSubscriptions!;
+
+    private Subscriptions<RealtimeSocket>? _topicSubscriptions;
 
     /// <summary>
     /// Subscribes the connection to a topic. False when it already was, when it is already in

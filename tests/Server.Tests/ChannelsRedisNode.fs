@@ -47,6 +47,8 @@ let mapRoutes (app: WebApplication) =
 let run (port: int) (redis: string) (prefix: string) (node: string) : int =
     let builder = WebApplication.CreateBuilder([||])
     builder.WebHost.UseUrls($"http://127.0.0.1:{port}") |> ignore
+    // A child process of the test run: REALTIME_TEST_TRANSPORT is inherited.
+    TestHost.useSuiteTransport builder.WebHost
     builder.Logging.ClearProviders().AddSimpleConsole().SetMinimumLevel(LogLevel.Warning) |> ignore
     builder.Services.AddRealtime() |> ignore
     configure redis prefix node ignore builder.Services

@@ -62,9 +62,9 @@ type private Transport =
 let private echoServer (transport: Transport) : Lazy<Task<TestHost.RunningServer>> =
     lazy (
         match transport with
-        | ThroughRoute -> TestHost.startIn false echoOptions echoRoutes
+        | ThroughRoute -> TestHost.startThroughRoute echoOptions echoRoutes
         | Direct -> TestHost.startIn true echoOptions echoRoutes
-        | Native -> TestHost.startWith (fun builder -> builder.WebHost.UseRealtimeNativeTransport() |> ignore) echoOptions echoRoutes)
+        | Native -> TestHost.startOn TestHost.OwnTransport (fun builder -> builder.WebHost.UseRealtimeNativeTransport() |> ignore) echoOptions echoRoutes)
 
 let private connectTo (server: Lazy<Task<TestHost.RunningServer>>) : Task<RawConnection> =
     task {

@@ -391,7 +391,7 @@ let private runAll (path: AcceptPath) (configuration: Configuration) : Task<Run 
     task {
         let recorder = Recorder()
         let! server =
-            startWith
+            startOn OwnTransport
                 (fun builder ->
                     configuration.Services builder
                     match path with

@@ -100,7 +100,7 @@ let private routes (requests: int ref) (app: WebApplication) =
     })) |> ignore
 
 let private startDirect (configureOptions: RealtimeOptions -> unit) (requests: int ref) =
-    startWith
+    startOn OwnTransport
         (fun builder ->
             builder.Services.AddScoped<ScopedMarker>() |> ignore
             builder.WebHost.UseRealtimeDirectConnections() |> ignore)
@@ -309,7 +309,7 @@ let directConnectionTests =
         testCaseTask "over TLS, placed after UseHttps: wss:// connections are accepted directly" (fun () -> task {
             let requests = ref 0
             let! server =
-                startWith
+                startOn OwnTransport
                     (fun builder ->
                         builder.WebHost.UseUrls() |> ignore
                         builder.WebHost.ConfigureKestrel(fun kestrel ->
@@ -397,7 +397,7 @@ let directPipelineTests =
     testList "Direct connections: the application's pipeline, Kestrel's limits" [
         testCaseTask "request services are the request's own scope, alive while the connection is and disposed when it ends" (fun () -> task {
             let! server =
-                startWith
+                startOn OwnTransport
                     (fun builder ->
                         builder.Services.AddScoped<DisposableMarker>() |> ignore
                         builder.WebHost.UseRealtimeDirectConnections() |> ignore)
@@ -459,7 +459,7 @@ let directPipelineTests =
 
         testCaseTask "an ASP.NET Core WebSocket endpoint chosen by routing for a request taken directly works on the connection's pipes" (fun () -> task {
             let! server =
-                startWith
+                startOn OwnTransport
                     (fun builder -> builder.WebHost.UseRealtimeDirectConnections() |> ignore)
                     ignore
                     (fun app ->

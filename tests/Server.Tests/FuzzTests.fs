@@ -303,7 +303,7 @@ let private fuzzOne (port: int) (seed: int) (index: int) (counters: FuzzCounters
 /// The fuzz run against a server whose listener takes connections through the route, or directly
 /// (UseRealtimeDirectConnections: the connection middleware parses the heads and the sockets read the pipes).
 let private fuzzCase (direct: bool) =
-        testCaseTask ((if direct then "on direct connections: " else "through the route: ") + "300 connections of random and mutated frames (12 at a time, at most 8 s) beside 4 echo clients: every echo arrives in order, no error is logged, connections and memory return to their baseline") (fun () -> task {
+        testCaseTask ((if direct then "on direct connections: " else suiteTransportName + ": ") + "300 connections of random and mutated frames (12 at a time, at most 8 s) beside 4 echo clients: every echo arrives in order, no error is logged, connections and memory return to their baseline") (fun () -> task {
             let seed = fuzzSeed
             printfn "fuzz seed %d (set REALTIME_FUZZ_SEED to reproduce another run)" seed
             let mutable logs = Unchecked.defaultof<CapturedLogs>

@@ -71,7 +71,7 @@ let handshakeLimitTests =
             Expect.equal roomy 101 "an endpoint may raise the limit"
         })
 
-        testCaseTask "a client that resets its connection in the middle of the request head is no error: nothing at Error level, through the route or directly" (fun () -> task {
+        testCaseTask ("a client that resets its connection in the middle of the request head is no error: nothing at Error level, " + suiteTransportName + " or directly") (fun () -> task {
             for direct in [ false; true ] do
                 let mutable logs = Unchecked.defaultof<CapturedLogs>
                 let! server =

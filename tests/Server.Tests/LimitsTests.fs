@@ -137,6 +137,7 @@ let private startFailure (defaults: RealtimeOptions -> unit) (map: WebApplicatio
     task {
         let builder = WebApplication.CreateBuilder([||])
         builder.WebHost.UseUrls("http://127.0.0.1:0") |> ignore
+        TestHost.useSuiteTransport builder.WebHost
         builder.Logging.ClearProviders() |> ignore
         builder.Services.AddRealtime(Action<RealtimeOptions> defaults) |> ignore
         // Kestrel reads the options while the app is built, so a bad default fails Build itself.

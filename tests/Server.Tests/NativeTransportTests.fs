@@ -25,7 +25,7 @@ open Realtime.Server.Tests.ClientWebSockets
 
 /// Starts a server on the native transport with two event loops.
 let private startNative (configureOptions: RealtimeOptions -> unit) (mapRoutes: WebApplication -> unit) =
-    startWith
+    startOn OwnTransport
         (fun builder -> builder.WebHost.UseRealtimeNativeTransport(fun native -> native.EventLoops <- 2) |> ignore)
         configureOptions
         mapRoutes
@@ -252,7 +252,7 @@ let nativeTransportTests =
                         ws.Send(text) |> ignore })
             let recorder = Recorder()
             let! server =
-                startWith
+                startOn OwnTransport
                     (fun builder -> builder.WebHost.UseRealtimeNativeTransport(fun native -> native.EventLoops <- 1) |> ignore)
                     ignore
                     (fun app ->
@@ -318,7 +318,7 @@ let nativeTransportTests =
             let certificate = TlsTests.certificate.Force()
             let port = freePort ()
             let! server =
-                startWith
+                startOn OwnTransport
                     (fun builder ->
                         builder.WebHost.UseRealtimeNativeTransport() |> ignore
                         builder.WebHost.UseUrls() |> ignore
@@ -367,7 +367,7 @@ let nativeTransportTests =
                     let! status = statusOf server.Port request
                     results.Add status
                 return List.ofSeq results }
-            use! managed = start ignore routes
+            use! managed = startThroughRoute ignore routes
             use! native = startNative ignore routes
             let! expected = outcomes managed
             let! actual = outcomes native

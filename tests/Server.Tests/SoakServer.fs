@@ -84,6 +84,8 @@ let run (port: int) : int =
     let builder = WebApplication.CreateBuilder([||])
     builder.WebHost.UseUrls($"http://127.0.0.1:{port}") |> ignore
     builder.WebHost.UseRealtimeDirectConnections() |> ignore
+    // A child process of the test run: REALTIME_TEST_TRANSPORT is inherited.
+    TestHost.useSuiteTransport builder.WebHost
     // Warnings and above, one plain line each: the soak counts the "fail:" and "crit:" prefixes.
     builder.Logging.ClearProviders().SetMinimumLevel(LogLevel.Warning) |> ignore
     builder.Logging.AddSimpleConsole(fun console -> console.ColorBehavior <- LoggerColorBehavior.Disabled; console.SingleLine <- true)

@@ -41,13 +41,48 @@ type RunningServer =
     interface IDisposable with
         member server.Dispose() = server.StopAsync().Wait()
 
+/// The transport the suite's hosts run on, chosen for the whole run by the environment variable
+/// REALTIME_TEST_TRANSPORT: unset or "kestrel" for Kestrel's socket transport, "native" for
+/// Realtime's native transport (UseRealtimeNativeTransport). CI runs the suite once with each.
+type SuiteTransport =
+    | KestrelSockets
+    | Native
+
+/// The transport of this run (REALTIME_TEST_TRANSPORT); any other value stops the run.
+let suiteTransport =
+    match Environment.GetEnvironmentVariable "REALTIME_TEST_TRANSPORT" with
+    | null | "" | "kestrel" -> KestrelSockets
+    | "native" -> Native
+    | other -> failwithf "REALTIME_TEST_TRANSPORT=%s: expected kestrel or native" other
+
+/// Puts a host on the suite's transport: the native transport when the run asks for it.
+let useSuiteTransport (host: IWebHostBuilder) =
+    match suiteTransport with
+    | KestrelSockets -> ()
+    | Native -> host.UseRealtimeNativeTransport() |> ignore
+
+/// How the suite's transport is named in test names: "through the route" or "on the native transport".
+let suiteTransportName =
+    match suiteTransport with
+    | KestrelSockets -> "through the route"
+    | Native -> "on the native transport"
+
+/// Which transport one test host runs on.
+type HostTransport =
+    /// The suite's transport (REALTIME_TEST_TRANSPORT): every host whose test is not about a transport.
+    | FollowSuite
+    /// Kestrel's socket transport whatever the run asks for: the test is about another path on purpose
+    /// (through the route, direct connections, TLS, managed sockets), or sets its transport itself.
+    | OwnTransport
+
 /// Starts a server with Realtime added (options set by `configureOptions`) and the app's routes
-/// mapped by `mapRoutes`; `configureBuilder` runs after the defaults (listening on
+/// mapped by `mapRoutes`, on `transport`; `configureBuilder` runs after the defaults (listening on
 /// http://127.0.0.1:0, warnings only) so it can change them, for example to serve HTTPS.
-let startWith (configureBuilder: WebApplicationBuilder -> unit) (configureOptions: RealtimeOptions -> unit) (mapRoutes: WebApplication -> unit) : Task<RunningServer> =
+let startOn (transport: HostTransport) (configureBuilder: WebApplicationBuilder -> unit) (configureOptions: RealtimeOptions -> unit) (mapRoutes: WebApplication -> unit) : Task<RunningServer> =
     task {
         let builder = WebApplication.CreateBuilder([||])
         builder.WebHost.UseUrls("http://127.0.0.1:0") |> ignore
+        if transport = FollowSuite then useSuiteTransport builder.WebHost
         builder.Logging.ClearProviders().SetMinimumLevel(LogLevel.Warning) |> ignore
         builder.Services.AddRealtime(Action<RealtimeOptions> configureOptions) |> ignore
         configureBuilder builder
@@ -63,15 +98,26 @@ let startWith (configureBuilder: WebApplicationBuilder -> unit) (configureOption
               Realtime = app.Services.GetRequiredService<IRealtimeServer>() }
     }
 
-/// Starts a server on 127.0.0.1:0 with Realtime added (options set by `configureOptions`)
-/// and the app's routes mapped by `mapRoutes`.
+/// `startOn` the suite's transport.
+let startWith (configureBuilder: WebApplicationBuilder -> unit) (configureOptions: RealtimeOptions -> unit) (mapRoutes: WebApplication -> unit) : Task<RunningServer> =
+    startOn FollowSuite configureBuilder configureOptions mapRoutes
+
+/// Starts a server on 127.0.0.1:0, on the suite's transport, with Realtime added (options set by
+/// `configureOptions`) and the app's routes mapped by `mapRoutes`.
 let start (configureOptions: RealtimeOptions -> unit) (mapRoutes: WebApplication -> unit) : Task<RunningServer> =
     startWith ignore configureOptions mapRoutes
 
-/// `start`, on a listener that accepts WebSocket connections directly (UseRealtimeDirectConnections)
-/// when `direct` is true.
+/// `start`, on a listener that accepts WebSocket connections directly (UseRealtimeDirectConnections,
+/// on Kestrel's socket transport whatever the run asks for) when `direct` is true; on the suite's
+/// transport otherwise.
 let startIn (direct: bool) (configureOptions: RealtimeOptions -> unit) (mapRoutes: WebApplication -> unit) : Task<RunningServer> =
-    startWith (fun builder -> if direct then builder.WebHost.UseRealtimeDirectConnections() |> ignore) configureOptions mapRoutes
+    if direct then startOn OwnTransport (fun builder -> builder.WebHost.UseRealtimeDirectConnections() |> ignore) configureOptions mapRoutes
+    else startWith ignore configureOptions mapRoutes
+
+/// `start` through Kestrel's HTTP layer on its socket transport whatever the run asks for (tests that
+/// compare the route with the other paths).
+let startThroughRoute (configureOptions: RealtimeOptions -> unit) (mapRoutes: WebApplication -> unit) : Task<RunningServer> =
+    startOn OwnTransport ignore configureOptions mapRoutes
 
 /// The repository's root folder (where Realtime.sln is).
 let repositoryRoot =

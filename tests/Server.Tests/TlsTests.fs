@@ -41,7 +41,7 @@ let thumbprint (certificate: X509Certificate) = certificate.GetCertHashString Ha
 
 /// Starts a server serving HTTPS only, on 127.0.0.1:0, with the certificate.
 let private startHttps (certificate: X509Certificate2) (configureOptions: RealtimeOptions -> unit) (mapRoutes: WebApplication -> unit) =
-    startWith
+    startOn OwnTransport
         (fun builder ->
             builder.WebHost.UseUrls("https://127.0.0.1:0") |> ignore
             builder.WebHost.ConfigureKestrel(fun kestrel -> kestrel.ConfigureHttpsDefaults(fun https -> https.ServerCertificate <- certificate))

@@ -11,24 +11,30 @@ namespace Realtime.Native;
 internal sealed partial class NativeConnection
 {
     private RealtimeSocket? _socket;
-    private TaskCompletionSource? _readEnd;
+    // 1 once the socket was told that reading ended (it is told once).
+    private int _readEnded;
     private volatile bool _stopRequested;
     // Loop thread only.
     private bool _reading;
     private bool _paused;
 
     /// <summary>
-    /// Starts reading for <paramref name="socket"/> on the loop; the task completes when reading ends
-    /// (end of stream, a transport error, or <see cref="StopReading"/>).
+    /// Starts reading for <paramref name="socket"/> on the loop; when reading ends (end of stream, a
+    /// transport error, or <see cref="StopReading"/>) the socket's <see cref="RealtimeSocket.NativeReadingEnded"/>
+    /// is called, once. No task and no continuation are kept per connection meanwhile.
     /// </summary>
-    public Task ReceiveAsync(RealtimeSocket socket)
+    public void StartReading(RealtimeSocket socket)
     {
-        _socket = socket;
-        var end = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        Volatile.Write(ref _readEnd, end);
-        if (_stopRequested) end.TrySetResult();
+        // A full fence each side (here and in StopReading): one of the two sees the other's write.
+        Interlocked.Exchange(ref _socket, socket);
+        if (_stopRequested) SignalReadEnd(null);
         _loop.Post(static state => ((NativeConnection)state!).BeginReading(), this);
-        return end.Task;
+    }
+
+    private void SignalReadEnd(Exception? failure)
+    {
+        if (Volatile.Read(ref _socket) is not { } socket || Interlocked.Exchange(ref _readEnded, 1) != 0) return;
+        socket.NativeReadingEnded(failure);
     }
 
     private void BeginReading()
@@ -47,7 +53,8 @@ internal sealed partial class NativeConnection
     public void StopReading()
     {
         _stopRequested = true;
-        Volatile.Read(ref _readEnd)?.TrySetResult();
+        Interlocked.MemoryBarrier();
+        SignalReadEnd(null);
         _loop.Post(static state =>
         {
             var connection = (NativeConnection)state!;
@@ -126,9 +133,6 @@ internal sealed partial class NativeConnection
     {
         _reading = false;
         UpdateInterest();
-        var end = Volatile.Read(ref _readEnd);
-        if (end is null) return;
-        if (failure is null) end.TrySetResult();
-        else end.TrySetException(failure);
+        SignalReadEnd(failure);
     }
 }

@@ -26,7 +26,9 @@ internal sealed partial class NativeConnection : ILoopMember
     private Stage _stage;
     private uint _interest;
     private long _headDeadline;
+    // The request's connection context, until the connection outlives its request.
     private NativeConnectionContext? _context;
+    private volatile bool _outlivesRequest;
 
     public NativeConnection(NativeTransportFactory factory, NativeListener listener, EventLoop loop, int fd)
     {
@@ -38,6 +40,18 @@ internal sealed partial class NativeConnection : ILoopMember
 
     /// <summary>The event loop that holds the connection.</summary>
     public EventLoop Loop => _loop;
+
+    /// <summary>The application's root services.</summary>
+    public IServiceProvider Services => _factory.Handshakes.Services;
+
+    /// <summary>True once an open WebSocket took the connection over from its upgrade request.</summary>
+    public bool OutlivesRequest => _outlivesRequest;
+
+    /// <summary>
+    /// Called after Open by the connection's <see cref="RealtimeSocket"/>: the request may end now
+    /// without ending the connection, which the socket closes when it is done with it.
+    /// </summary>
+    public void OutliveRequest() => _outlivesRequest = true;
 
     /// <summary>Registers the new descriptor with its loop (from the accepting loop's thread).</summary>
     public void Adopt()
@@ -71,6 +85,9 @@ internal sealed partial class NativeConnection : ILoopMember
                 break;
             case Stage.Pipeline:
                 if ((events & (Libc.EpollOut | Libc.EpollErr | Libc.EpollHup)) != 0) FlushUnsent();
+                // The client ended or reset the connection while its upgrade request runs: the request
+                // is aborted (RequestAborted), as Kestrel aborts a request whose connection ends.
+                if ((events & (Libc.EpollRdHup | Libc.EpollErr | Libc.EpollHup)) != 0) _context?.Closed();
                 break;
             case Stage.Open:
                 if ((events & (Libc.EpollOut | Libc.EpollErr | Libc.EpollHup)) != 0) FlushUnsent();
@@ -137,7 +154,11 @@ internal sealed partial class NativeConnection : ILoopMember
         _listener.HandOn(_fd);
     }
 
-    /// <summary>Runs the upgrade request through the application, as Kestrel would; the connection ends with it.</summary>
+    /// <summary>
+    /// Runs the upgrade request through the application, as Kestrel would; the connection ends with it,
+    /// unless an open WebSocket took it over (<see cref="OutliveRequest"/>): then the request's
+    /// connection context is let go too, and the socket closes the connection when it ends.
+    /// </summary>
     private async Task RunPipelineAsync(DirectConnectionFeatures features)
     {
         var handshakes = _factory.Handshakes;
@@ -152,7 +173,8 @@ internal sealed partial class NativeConnection : ILoopMember
         }
         finally
         {
-            Close();
+            if (_outlivesRequest) _context = null;
+            else Close();
         }
     }
 
@@ -180,7 +202,7 @@ internal sealed partial class NativeConnection : ILoopMember
         }
         unsent?.TrySetException(new IOException("the connection was closed"));
         EndReading(null);
-        _context?.Closed();
+        Volatile.Read(ref _context)?.Closed();
     }
 
     /// <summary>Drops the TCP connection (any thread): the loop then sees it end.</summary>
@@ -190,7 +212,7 @@ internal sealed partial class NativeConnection : ILoopMember
         {
             if (!_closed) Libc.Shutdown(_fd, Libc.ShutRdWr);
         }
-        _context?.Closed();
+        Volatile.Read(ref _context)?.Closed();
     }
 
     /// <summary>On the loop: registers the descriptor for what its stage and pending work need.</summary>

@@ -16,6 +16,7 @@ internal sealed class NativeConnectionContext : ConnectionContext
     private static long _lastId;
     private readonly NativeConnection _connection;
     private CancellationTokenSource? _closed;
+    private bool _ended;
     private IDictionary<object, object?>? _items;
 
     public NativeConnectionContext(NativeConnection connection, int fd)
@@ -52,6 +53,8 @@ internal sealed class NativeConnectionContext : ConnectionContext
         {
             if (Volatile.Read(ref _closed) is { } closed) return closed.Token;
             Interlocked.CompareExchange(ref _closed, new CancellationTokenSource(), null);
+            // Asked for after the connection ended: the token is cancelled already.
+            if (Volatile.Read(ref _ended)) Cancel(_closed!);
             return _closed!.Token;
         }
         set => throw new NotSupportedException();
@@ -62,7 +65,13 @@ internal sealed class NativeConnectionContext : ConnectionContext
     /// <summary>The connection ended: requests waiting on it are aborted.</summary>
     internal void Closed()
     {
-        try { Volatile.Read(ref _closed)?.Cancel(); }
+        Volatile.Write(ref _ended, true);
+        if (Volatile.Read(ref _closed) is { } closed) Cancel(closed);
+    }
+
+    private static void Cancel(CancellationTokenSource closed)
+    {
+        try { closed.Cancel(); }
         catch (AggregateException)
         {
             // A callback registered by the application threw; the connection is over either way.

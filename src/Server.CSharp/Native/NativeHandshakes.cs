@@ -32,6 +32,9 @@ internal sealed class NativeHandshakes(IServiceProvider services)
 
     public RealtimeServer? Server => Current()?.Server;
 
+    /// <summary>The application's root services.</summary>
+    public IServiceProvider Services => services;
+
     public DirectApplication? Application => Current()?.Application;
 
     /// <summary>How long a connection may take to send its first head; Kestrel's RequestHeadersTimeout or the Realtime HandshakeTimeout.</summary>
