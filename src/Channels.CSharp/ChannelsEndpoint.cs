@@ -14,6 +14,9 @@ internal sealed class ChannelsEndpoint<TData>
     /// <summary>How many publications one history read asks for while recovering.</summary>
     private const int RecoveryPage = 1_000;
 
+    /// <summary>RFC 6455 §7.4.1: 1008, the close the server makes for a full send buffer (as under CloseOnBackpressureLimit).</summary>
+    private const int SendBufferFull = 1008;
+
     private static readonly JsonSerializerOptions Json = ChannelHub.WebJson;
 
     private readonly ChannelHub _hub;
@@ -172,7 +175,8 @@ internal sealed class ChannelsEndpoint<TData>
             var last = since.Offset;
             foreach (var publication in read.Publications)
             {
-                connection.Socket.Send(connection.Form.EncodePublication(channel, new ChannelPosition(read.Position.Epoch, publication.Offset), publication.Data.Span), connection.Form.Kind);
+                if (!SendOrEnd(connection, connection.Form.EncodePublication(channel, new ChannelPosition(read.Position.Epoch, publication.Offset), publication.Data.Span)))
+                    return (new ChannelPosition(read.Position.Epoch, last), Recovery.NotRecovered);
                 last = publication.Offset;
             }
             position = read.Position;
@@ -341,7 +345,25 @@ internal sealed class ChannelsEndpoint<TData>
     }
 
     private static void Send(ChannelConnection<TData> connection, ServerMessage message) =>
-        connection.Socket.Send(connection.Form.Encode(message), connection.Form.Kind);
+        SendOrEnd(connection, connection.Form.Encode(message));
+
+    /// <summary>
+    /// Sends one message of the connection's form; when the socket drops it (its send buffer is full),
+    /// ends the connection with 1008 and returns false.
+    /// </summary>
+    /// <remarks>
+    /// A client of this protocol counts on every reply and every recovered publication: one dropped
+    /// silently would leave a request unanswered or a recovery cut short unseen. Ending the connection
+    /// makes the loss visible; the client comes back with its positions and recovers from where it got to,
+    /// so each attempt makes progress. (Live publications that a full buffer drops are found by their
+    /// positions instead: see the protocol's gap rule.)
+    /// </remarks>
+    private static bool SendOrEnd(ChannelConnection<TData> connection, ReadOnlySpan<byte> message)
+    {
+        if (connection.Socket.Send(message, connection.Form.Kind).IsQueued) return true;
+        connection.Socket.Close(SendBufferFull, "send buffer full");
+        return false;
+    }
 
     private static void SendError(ChannelConnection<TData> connection, uint id, ChannelErrorCode code, string text) =>
         Send(connection, ServerMessage.NewError(id, code, text));

@@ -218,6 +218,56 @@ let tests =
             Expect.equal lost 0 $"every append of {rounds} is in the channel's live log"
         })
 
+        testCaseTask "a recovery larger than the connection's send buffer ends the connection with 1008 instead of dropping silently; coming back with its position, the client gets everything once and in order" (fun () -> task {
+            // A 64 KiB send buffer against 300 KiB of history: the first recovery cannot fit.
+            let! server =
+                startWith
+                    (fun builder ->
+                        let realtime = { new IRealtimeBuilder with member _.Services = builder.Services }
+                        realtime.AddRealtimeChannels(fun _ -> ()) |> ignore)
+                    (fun o ->
+                        o.MaxBufferedAmount <- 64L * 1024L
+                        o.BackpressureLimit <- 16L * 1024L)
+                    (fun app ->
+                        app.MapRealtimeChannels<User>("/channels", fun c ->
+                            c.Attach <- fun http -> Attachment.Accept { Name = string http.Request.Query["name"] }) |> ignore)
+            use _ = server
+            let channels = server.App.Services.GetRequiredService<IRealtimeChannels>()
+            let total = 300
+            let filler = String('x', 1_000)
+            let mutable epoch = ""
+            for n in 1 .. total do
+                let! position = channels.PublishJsonAsync("room", ReadOnlyMemory(Text.Encoding.UTF8.GetBytes $"\"{n}:{filler}\""))
+                epoch <- position.Epoch
+            let delivered = Collections.Generic.List<uint64>()
+            let mutable ended = 0
+            let mutable caughtUp = false
+            let mutable attempts = 0
+            while not caughtUp && attempts < 50 do
+                attempts <- attempts + 1
+                let! client, _ = connectJson (url server $"r{attempts}")
+                use client = client
+                let last = if delivered.Count = 0 then 0UL else delivered[delivered.Count - 1]
+                do! client.Send $"""{{"type":"subscribe","id":1,"channel":"room","since":{{"epoch":{quote epoch},"offset":{last}}}}}"""
+                let mutable reading = true
+                while reading do
+                    match! client.NextOrEnd() with
+                    | Some message ->
+                        match message.GetProperty("type").GetString() with
+                        | "pub" -> delivered.Add(offsetOf message)
+                        | "subscribed" ->
+                            caughtUp <- offsetOf message = uint64 total && message.GetProperty("recovery").GetString() = "recovered"
+                            reading <- false
+                        | other -> failtest $"unexpected {other}: {message}"
+                    | None ->
+                        Expect.equal (client.Socket.CloseStatus |> Option.ofNullable |> Option.map int) (Some 1008) "a cut recovery ends the connection with 1008 (send buffer full)"
+                        ended <- ended + 1
+                        reading <- false
+            Expect.isTrue caughtUp $"the client caught up within {attempts} connections"
+            Expect.isGreaterThan ended 0 "at least one recovery was cut by the send buffer (else this test did not test it)"
+            Expect.sequenceEqual delivered [ for n in 1 .. total -> uint64 n ] "every publication once, in order, across the connections"
+        })
+
         test "MaxChannels below 1 fails the start, naming the option" {
             let problems = RealtimeChannelsOptionsValidation.Problems(RealtimeChannelsOptions(MaxChannels = 0))
             Expect.exists problems (fun p -> p.Contains "MaxChannels is 0") $"a problem names MaxChannels: {problems}"

@@ -53,6 +53,19 @@ type ChannelClient(socket: ClientWebSocket) =
             | :? Channels.ChannelClosedException -> return failtest "the connection ended before the message arrived"
         }
 
+    /// The next message, or None once the connection ended and every message before its end was read
+    /// (fails the test when neither happens in time).
+    member _.NextOrEnd() : Task<JsonElement option> =
+        task {
+            use cancel = new CancellationTokenSource(messageTimeout)
+            try
+                let! more = inbox.Reader.WaitToReadAsync(cancel.Token)
+                match more, inbox.Reader.TryRead() with
+                | true, (true, message) -> return Some message
+                | _ -> return None
+            with :? OperationCanceledException -> return failtest "no message and no end arrived in time"
+        }
+
     /// The next message, which must be of this type.
     member client.Expect(messageType: string) : Task<JsonElement> =
         task {
