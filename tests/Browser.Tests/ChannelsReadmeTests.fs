@@ -35,6 +35,7 @@ let tests =
             task {
                 let builder = WebApplication.CreateBuilder([||])
                 builder.WebHost.UseUrls("http://127.0.0.1:0") |> ignore
+                useSuiteTransport builder.WebHost
                 builder.Logging.ClearProviders() |> ignore
                 builder.Services.AddRealtime().AddRealtimeChannels(fun o -> o.ChannelNameRule <- fun name -> name.StartsWith "room:") |> ignore
                 let app = builder.Build()

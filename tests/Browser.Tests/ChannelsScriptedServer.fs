@@ -166,6 +166,7 @@ let startScripted () : Task<ScriptedServer> =
     task {
         let builder = WebApplication.CreateBuilder([||])
         builder.WebHost.UseUrls("http://127.0.0.1:0") |> ignore
+        useSuiteTransport builder.WebHost
         builder.Logging.ClearProviders() |> ignore
         let app = builder.Build()
         let connections = ConcurrentQueue<ScriptedConnection>()

@@ -34,6 +34,7 @@ let private startChannelsHost (port: int) (store: IChannelStore option) (gate: G
         let build () =
             let builder = WebApplication.CreateBuilder([||])
             builder.WebHost.UseUrls($"http://127.0.0.1:{port}") |> ignore
+            useSuiteTransport builder.WebHost
             builder.Logging.ClearProviders() |> ignore
             store |> Option.iter (fun s -> builder.Services.AddSingleton<IChannelStore>(s) |> ignore)
             builder.Services.AddRealtime().AddRealtimeChannels() |> ignore

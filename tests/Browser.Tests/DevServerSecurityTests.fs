@@ -21,6 +21,7 @@ let private startForeignSite (html: string) : Task<WebApplication * int> =
     task {
         let builder = WebApplication.CreateBuilder([||])
         builder.WebHost.UseUrls("http://127.0.0.1:0") |> ignore
+        useSuiteTransport builder.WebHost
         builder.Logging.ClearProviders() |> ignore
         let app = builder.Build()
         app.MapGet("/", Func<HttpContext, Task>(fun http -> http.Response.WriteAsync html)) |> ignore
