@@ -357,20 +357,26 @@ public abstract partial class RealtimeSocket
         }
     }
 
-    /// <summary>A Message handler went asynchronous: what it sent so far goes out while it works; the gate is left after.</summary>
+    /// <summary>A Message handler went asynchronous: <see cref="AwaitHandlerUncorkedAsync"/>, then the gate is left.</summary>
     private async ValueTask FinishHandlerAsync(ValueTask pending)
     {
         try
         {
-            Uncork();
-            try { await pending.ConfigureAwait(false); }
-            catch (Exception exception) { HandlerFailed(exception, "Message"); }
-            finally { CorkIncrement(); }
+            await AwaitHandlerUncorkedAsync(pending).ConfigureAwait(false);
         }
         finally
         {
             ExitHandlers();
         }
+    }
+
+    /// <summary>A Message handler went asynchronous: what it sent so far goes out while it works; its failure closes with 1011.</summary>
+    private async ValueTask AwaitHandlerUncorkedAsync(ValueTask pending)
+    {
+        Uncork();
+        try { await pending.ConfigureAwait(false); }
+        catch (Exception exception) { HandlerFailed(exception, "Message"); }
+        finally { CorkIncrement(); }
     }
 
     private async Task FlushThenFailAsync(Exception exception)
@@ -479,14 +485,7 @@ public abstract partial class RealtimeSocket
                 HandlerFailed(exception, "Message");
                 return;
             }
-            if (!pending.IsCompletedSuccessfully)
-            {
-                // The handler went asynchronous: let what it sent so far go out while it works.
-                Uncork();
-                try { await pending.ConfigureAwait(false); }
-                catch (Exception exception) { HandlerFailed(exception, "Message"); }
-                finally { CorkIncrement(); }
-            }
+            if (!pending.IsCompletedSuccessfully) await AwaitHandlerUncorkedAsync(pending).ConfigureAwait(false);
         }
         finally
         {
