@@ -13,11 +13,14 @@
 // With --tls it serves HTTPS (a self-signed certificate made at start) with Kestrel's defaults, HTTP/1.1
 // and HTTP/2: a browser then loads the page over HTTP/2 and opens its wss:// socket on that same
 // connection (RFC 8441). Every address, given as http:// or https://, is served over TLS.
+// With --native (Linux) the plain listeners are Realtime's native epoll transport (see samples/Echo and
+// the README's "Native transport"); TLS listeners stay on Kestrel's.
 using Realtime;
 using Realtime.Channels;
 
 bool tls = args.Contains("--tls");
-args = args.Where(a => a != "--tls").ToArray();
+bool native = args.Contains("--native");
+args = args.Where(a => a is not ("--tls" or "--native")).ToArray();
 
 var builder = WebApplication.CreateBuilder(args);
 string urls = builder.Configuration["urls"] is { Length: > 0 } given ? given
@@ -30,6 +33,7 @@ if (tls)
     urls = urls.Replace("http://", "https://", StringComparison.OrdinalIgnoreCase);
 }
 builder.WebHost.UseUrls(urls.Split(';', StringSplitOptions.RemoveEmptyEntries));
+if (native) builder.WebHost.UseRealtimeNativeTransport();
 var realtime = builder.Services.AddRealtime(options => options.IdleTimeout = TimeSpan.FromSeconds(60));
 builder.Services.Configure<RealtimeOptions>(builder.Configuration.GetSection("Realtime"));
 var channels = realtime.AddRealtimeChannels();

@@ -2,13 +2,17 @@
 // Run: dotnet run --project samples/DevServer -- ./site   (then open the printed URL; edit the files)
 //      Options: --urls http://127.0.0.1:PORT
 //               --allowed-hosts mybox.lan,192.168.1.20   (more Host names it answers to: a LAN or a container)
+//               --native   (Linux: the listeners are Realtime's native epoll transport, see the README)
 using System.Reflection;
 using Realtime;
 
+bool native = args.Contains("--native");
+args = args.Where(a => a != "--native").ToArray();
 string folder = args.FirstOrDefault(a => !a.StartsWith('-') && !IsOptionValue(a)) ?? "site";
 string root = ResolveFolder(folder);
 
 var builder = WebApplication.CreateBuilder(args.Where(a => a != folder).ToArray());
+if (native) builder.WebHost.UseRealtimeNativeTransport();
 if (string.IsNullOrEmpty(builder.Configuration["urls"]) && string.IsNullOrEmpty(builder.Configuration["ASPNETCORE_URLS"]))
     builder.WebHost.UseUrls("http://127.0.0.1:8000");
 builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);

@@ -15,6 +15,7 @@ open Expecto
 open Realtime
 open Realtime.Channels
 open Realtime.Browser.Tests.Infrastructure
+open Realtime.TestSupport.SuiteTransport
 
 /// The first ```html block after the README's "In the browser" line.
 let private browserBlock () =

@@ -23,6 +23,7 @@ open Microsoft.Extensions.DependencyInjection
 open Microsoft.Extensions.Logging
 open Expecto
 open Realtime.Browser.Tests.Infrastructure
+open Realtime.TestSupport.SuiteTransport
 
 /// The client module in the repository (what the npm package ships and the server embeds).
 let clientModulePath = Path.Combine(repositoryRoot, "clients", "channels", "src", "channels.js")

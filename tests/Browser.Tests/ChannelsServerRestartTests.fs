@@ -21,6 +21,7 @@ open Expecto
 open Realtime
 open Realtime.Channels
 open Realtime.Browser.Tests.Infrastructure
+open Realtime.TestSupport.SuiteTransport
 
 /// While false, the channels endpoint refuses pages (query who=page) with 503: a server still starting
 /// for them, so the test knows they reconnect after the .NET client's publishes.

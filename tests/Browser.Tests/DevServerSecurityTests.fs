@@ -14,6 +14,7 @@ open Microsoft.Extensions.Logging
 open Expecto
 open Realtime
 open Realtime.Browser.Tests.Infrastructure
+open Realtime.TestSupport.SuiteTransport
 
 /// Another site: a plain Kestrel app on 127.0.0.1 serving `html` at "/" (reached in the browser as
 /// http://attacker.test:PORT, which Chromium resolves to 127.0.0.1, or http://127.0.0.1:PORT).

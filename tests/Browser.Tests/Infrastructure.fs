@@ -19,23 +19,7 @@ open Microsoft.Extensions.Logging
 open Microsoft.Playwright
 open Expecto
 open Realtime
-
-// ---------------------------------------------------------------------------------------------
-// The suite's transport
-// ---------------------------------------------------------------------------------------------
-
-/// REALTIME_TEST_TRANSPORT, as in Server.Tests: unset or "kestrel" for Kestrel's socket transport,
-/// "native" for Realtime's native transport. CI runs this suite once with each.
-let nativeTransport =
-    match Environment.GetEnvironmentVariable "REALTIME_TEST_TRANSPORT" with
-    | null | "" | "kestrel" -> false
-    | "native" -> true
-    | other -> failwithf "REALTIME_TEST_TRANSPORT=%s: expected kestrel or native" other
-
-/// Puts an in-process test host on the suite's transport (the samples run as their own processes
-/// and keep theirs).
-let useSuiteTransport (host: IWebHostBuilder) =
-    if nativeTransport then host.UseRealtimeNativeTransport() |> ignore
+open Realtime.TestSupport.SuiteTransport
 
 // ---------------------------------------------------------------------------------------------
 // Bounded waits

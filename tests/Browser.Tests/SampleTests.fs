@@ -10,15 +10,17 @@ open System.Threading.Tasks
 open Microsoft.Playwright
 open Expecto
 open Realtime.Browser.Tests.Infrastructure
+open Realtime.TestSupport.SuiteTransport
 
 /// The build configuration of these tests (Debug or Release): the samples were built with it.
 let private configuration = DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent.Name
 
-/// Starts a built sample (`dotnet samples/NAME/bin/CONFIG/net10.0/NAME.dll args`) in `workingDirectory`.
+/// Starts a built sample (`dotnet samples/NAME/bin/CONFIG/net10.0/NAME.dll args`) in `workingDirectory`,
+/// on the run's transport (`--native` in the native run).
 let private startSample (name: string) (workingDirectory: string) (args: string) : Process * StringBuilder =
     let dll = Path.Combine(repositoryRoot, "samples", name, "bin", configuration, "net10.0", name + ".dll")
     if not (File.Exists dll) then failtestf "%s is not built (%s)" name dll
-    let info = ProcessStartInfo("dotnet", $"\"{dll}\" {args}")
+    let info = ProcessStartInfo("dotnet", $"\"{dll}\" {args} {sampleTransportArguments}")
     info.WorkingDirectory <- workingDirectory
     info.UseShellExecute <- false
     info.RedirectStandardOutput <- true
@@ -50,6 +52,11 @@ let private listening (port: int) (child: Process) (output: StringBuilder) =
             do! probe.ConnectAsync("127.0.0.1", port)
             return true
         })
+
+/// Checks that a sample listening on plain HTTP runs on the run's transport: in the native run its
+/// process has the native transport's event loops, otherwise none.
+let private expectRunTransport (child: Process) =
+    Expect.equal (runsNativeEventLoops child.Id) nativeTransport $"the sample runs the native transport's event loops exactly in the native run (native: {nativeTransport})"
 
 /// Runs a program to its end (bounded by 10 s); its exit code and output.
 let private run (program: string) (arguments: string list) : int * string =
@@ -103,6 +110,7 @@ let tests =
                 let mutable current = chat
                 try
                     do! listening port chat output
+                    expectRunTransport chat
                     let url = $"http://127.0.0.1:{port}/"
                     let! alice = openPage (url + "?name=alice")
                     use _ = alice
@@ -145,6 +153,7 @@ let tests =
                 let mutable current = chat
                 try
                     do! listening port chat output
+                    expectRunTransport chat
                     let url = $"http://127.0.0.1:{port}/"
                     let! alice = openPage (url + "?name=alice")
                     use _ = alice
@@ -302,6 +311,7 @@ let tests =
                 let sample, output = startSample "DevServer" repositoryRoot $"./site --urls http://127.0.0.1:{port}"
                 try
                     do! listening port sample output
+                    expectRunTransport sample
                     let! p = openPage $"http://127.0.0.1:{port}/"
                     use _ = p
                     do! waitUntilAsync "the greeting" 10000 (fun () -> task { let! t = p.Page.InnerTextAsync "#greeting" in return t = "Hello, browser!" })

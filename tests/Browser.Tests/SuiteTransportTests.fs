@@ -12,6 +12,7 @@ open Microsoft.AspNetCore.Builder
 open Microsoft.AspNetCore.Http
 open Realtime
 open Realtime.Browser.Tests.Infrastructure
+open Realtime.TestSupport.SuiteTransport
 
 [<Tests>]
 let tests =
@@ -38,7 +39,6 @@ let tests =
             do! client.CloseAsync(WebSocketCloseStatus.NormalClosure, "", cancel.Token)
             let seen = ids.ToArray()
             Expect.equal seen.Length 1 "one upgrade"
-            // The native transport names its connections "native-…"; Kestrel's do not.
-            Expect.equal (seen[0].StartsWith "native-") nativeTransport $"the connection ({seen[0]}) is on the run's transport"
+            Expect.equal (isNativeConnectionId seen[0]) nativeTransport $"the connection ({seen[0]}) is on the run's transport"
         })
     ]

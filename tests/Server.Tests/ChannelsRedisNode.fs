@@ -13,6 +13,7 @@ open Microsoft.Extensions.Logging
 open Realtime
 open Realtime.Channels
 open Realtime.Channels.Redis
+open Realtime.TestSupport.SuiteTransport
 
 /// Short heartbeat and gap-check times, so that the tests see a dead node and a quiet gap quickly.
 let heartbeatTimeout = TimeSpan.FromSeconds 2.0
@@ -48,7 +49,7 @@ let run (port: int) (redis: string) (prefix: string) (node: string) : int =
     let builder = WebApplication.CreateBuilder([||])
     builder.WebHost.UseUrls($"http://127.0.0.1:{port}") |> ignore
     // A child process of the test run: REALTIME_TEST_TRANSPORT is inherited.
-    TestHost.useSuiteTransport builder.WebHost
+    useSuiteTransport builder.WebHost
     builder.Logging.ClearProviders().AddSimpleConsole().SetMinimumLevel(LogLevel.Warning) |> ignore
     builder.Services.AddRealtime() |> ignore
     configure redis prefix node ignore builder.Services

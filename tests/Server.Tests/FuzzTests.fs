@@ -22,6 +22,7 @@ open Realtime.Server.Tests.TestHost
 open Realtime.Server.Tests.TestLogs
 open Realtime.Server.Tests.Timing
 open Realtime.Server.Tests.UpgradeAttempts
+open Realtime.TestSupport.SuiteTransport
 
 /// The fuzz seed: REALTIME_FUZZ_SEED when set (to reproduce a failure), else a fixed one.
 let private fuzzSeed =

@@ -17,6 +17,7 @@ open Realtime.Server.Tests.TestHost
 open Realtime.Server.Tests.TestLogs
 open Realtime.Server.Tests.Timing
 open Realtime.Server.Tests.UpgradeAttempts
+open Realtime.TestSupport.SuiteTransport
 
 /// Waits (bounded) until the server closes the TCP connection; returns whether it did and what it sent.
 let private waitForServerClose (stream: NetworkStream) (timeout: TimeSpan) : Task<bool * string> =

@@ -23,6 +23,7 @@ open Realtime
 open Realtime.Protocol
 open Realtime.Server.Tests.TestHost
 open Realtime.Server.Tests.TestLogs
+open Realtime.TestSupport.SuiteTransport
 
 let private seconds (s: float) = TimeSpan.FromSeconds s
 
@@ -137,7 +138,7 @@ let private startFailure (defaults: RealtimeOptions -> unit) (map: WebApplicatio
     task {
         let builder = WebApplication.CreateBuilder([||])
         builder.WebHost.UseUrls("http://127.0.0.1:0") |> ignore
-        TestHost.useSuiteTransport builder.WebHost
+        useSuiteTransport builder.WebHost
         builder.Logging.ClearProviders() |> ignore
         builder.Services.AddRealtime(Action<RealtimeOptions> defaults) |> ignore
         // Kestrel reads the options while the app is built, so a bad default fails Build itself.

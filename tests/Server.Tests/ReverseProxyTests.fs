@@ -18,17 +18,19 @@ open System.Threading
 open System.Threading.Tasks
 open Expecto
 open Realtime.Server.Tests.TestHost
+open Realtime.TestSupport.SuiteTransport
 
 /// The build configuration of these tests (Debug or Release): samples/Chat was built with it.
 let private configuration = DirectoryInfo(AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar)).Parent.Name
 
-/// Starts the built samples/Chat on 127.0.0.1:`port` with `arguments`, and waits (at most 30 s) until it listens.
+/// Starts the built samples/Chat on 127.0.0.1:`port` with `arguments`, on the run's transport (`--native`
+/// in the native run), and waits (at most 30 s) until it listens.
 let private startChat (port: int) (arguments: string) : Task<Diagnostics.Process * StringBuilder> =
     task {
         let folder = Path.Combine(repositoryRoot, "samples", "Chat")
         let dll = Path.Combine(folder, "bin", configuration, "net10.0", "Chat.dll")
         if not (File.Exists dll) then failtestf "samples/Chat is not built (%s)" dll
-        let chat, output = startDotnet $"exec \"{dll}\" --contentRoot \"{folder}\" --urls http://127.0.0.1:{port} {arguments}"
+        let chat, output = startDotnet $"exec \"{dll}\" --contentRoot \"{folder}\" --urls http://127.0.0.1:{port} {arguments} {sampleTransportArguments}"
         let deadline = DateTime.UtcNow.AddSeconds 30.0
         let mutable listening = false
         while not listening && DateTime.UtcNow < deadline && not chat.HasExited do
@@ -42,6 +44,10 @@ let private startChat (port: int) (arguments: string) : Task<Diagnostics.Process
             stopProcess chat
             chat.Dispose()
             failtestf "samples/Chat did not listen on %d within 30 s:\n%O" port output
+        if runsNativeEventLoops chat.Id <> nativeTransport then
+            stopProcess chat
+            chat.Dispose()
+            failtestf "samples/Chat should run the native transport's event loops exactly in the native run (native: %b)" nativeTransport
         return chat, output
     }
 

@@ -13,6 +13,7 @@ open Microsoft.Extensions.DependencyInjection
 open Microsoft.Extensions.Logging
 open Microsoft.Extensions.Logging.Console
 open Realtime
+open Realtime.TestSupport.SuiteTransport
 
 /// The largest message, summed over its fragments (bigger closes with 1009).
 let maxPayloadLength = 1 <<< 20
@@ -85,7 +86,7 @@ let run (port: int) : int =
     builder.WebHost.UseUrls($"http://127.0.0.1:{port}") |> ignore
     builder.WebHost.UseRealtimeDirectConnections() |> ignore
     // A child process of the test run: REALTIME_TEST_TRANSPORT is inherited.
-    TestHost.useSuiteTransport builder.WebHost
+    useSuiteTransport builder.WebHost
     // Warnings and above, one plain line each: the soak counts the "fail:" and "crit:" prefixes.
     builder.Logging.ClearProviders().SetMinimumLevel(LogLevel.Warning) |> ignore
     builder.Logging.AddSimpleConsole(fun console -> console.ColorBehavior <- LoggerColorBehavior.Disabled; console.SingleLine <- true)

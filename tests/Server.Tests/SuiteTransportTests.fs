@@ -11,6 +11,7 @@ open Microsoft.AspNetCore.Builder
 open Microsoft.AspNetCore.Http
 open Realtime
 open Realtime.Server.Tests.TestHost
+open Realtime.TestSupport.SuiteTransport
 
 /// Starts a host on `transport` whose /echo records the connection id of every upgrade; opens one
 /// WebSocket, checks the echo, and returns the ids recorded.
@@ -36,9 +37,6 @@ let private connectionIdsOn (transport: HostTransport) =
         return ids.ToArray()
     }
 
-// The native transport names its connections "native-…" (NativeConnectionContext); Kestrel's do not.
-let private isNative (id: string) = id.StartsWith "native-"
-
 [<Tests>]
 let suiteTransportTests =
     testList "Test hosts: the suite's transport (REALTIME_TEST_TRANSPORT)" [
@@ -46,13 +44,13 @@ let suiteTransportTests =
             let! ids = connectionIdsOn FollowSuite
             Expect.equal ids.Length 1 "one upgrade"
             match suiteTransport with
-            | Native -> Expect.isTrue (isNative ids[0]) $"the native transport took the upgrade (connection {ids[0]})"
-            | KestrelSockets -> Expect.isFalse (isNative ids[0]) $"Kestrel's socket transport took the upgrade (connection {ids[0]})"
+            | Native -> Expect.isTrue (isNativeConnectionId ids[0]) $"the native transport took the upgrade (connection {ids[0]})"
+            | KestrelSockets -> Expect.isFalse (isNativeConnectionId ids[0]) $"Kestrel's socket transport took the upgrade (connection {ids[0]})"
         })
 
         testCaseTask "a host that keeps its own transport stays on Kestrel's socket transport whatever the run asks for" (fun () -> task {
             let! ids = connectionIdsOn OwnTransport
             Expect.equal ids.Length 1 "one upgrade"
-            Expect.isFalse (isNative ids[0]) $"Kestrel's socket transport took the upgrade (connection {ids[0]})"
+            Expect.isFalse (isNativeConnectionId ids[0]) $"Kestrel's socket transport took the upgrade (connection {ids[0]})"
         })
     ]

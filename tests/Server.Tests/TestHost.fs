@@ -13,6 +13,7 @@ open Microsoft.AspNetCore.Hosting.Server.Features
 open Microsoft.Extensions.DependencyInjection
 open Microsoft.Extensions.Logging
 open Realtime
+open Realtime.TestSupport.SuiteTransport
 
 /// A running server: its base address and services. Disposing stops it.
 type RunningServer =
@@ -40,32 +41,6 @@ type RunningServer =
 
     interface IDisposable with
         member server.Dispose() = server.StopAsync().Wait()
-
-/// The transport the suite's hosts run on, chosen for the whole run by the environment variable
-/// REALTIME_TEST_TRANSPORT: unset or "kestrel" for Kestrel's socket transport, "native" for
-/// Realtime's native transport (UseRealtimeNativeTransport). CI runs the suite once with each.
-type SuiteTransport =
-    | KestrelSockets
-    | Native
-
-/// The transport of this run (REALTIME_TEST_TRANSPORT); any other value stops the run.
-let suiteTransport =
-    match Environment.GetEnvironmentVariable "REALTIME_TEST_TRANSPORT" with
-    | null | "" | "kestrel" -> KestrelSockets
-    | "native" -> Native
-    | other -> failwithf "REALTIME_TEST_TRANSPORT=%s: expected kestrel or native" other
-
-/// Puts a host on the suite's transport: the native transport when the run asks for it.
-let useSuiteTransport (host: IWebHostBuilder) =
-    match suiteTransport with
-    | KestrelSockets -> ()
-    | Native -> host.UseRealtimeNativeTransport() |> ignore
-
-/// How the suite's transport is named in test names: "through the route" or "on the native transport".
-let suiteTransportName =
-    match suiteTransport with
-    | KestrelSockets -> "through the route"
-    | Native -> "on the native transport"
 
 /// Which transport one test host runs on.
 type HostTransport =
