@@ -313,6 +313,56 @@ let nativeTransportTests =
             for client in clients do client.Dispose()
         })
 
+        testCaseTask "a localhost listener (bound by Kestrel at 127.0.0.1 and [::1]) is the native transport's at both addresses" (fun () -> task {
+            let recorder = Recorder()
+            let port = freePort ()
+            let! server =
+                startOn OwnTransport
+                    (fun builder ->
+                        builder.WebHost.UseRealtimeNativeTransport() |> ignore
+                        builder.WebHost.UseUrls($"http://localhost:{port}") |> ignore)
+                    ignore
+                    (fun app -> app.MapRealtime("/echo", recorder.Echo()) |> ignore)
+            use _ = server
+            for host in [ "127.0.0.1"; "[::1]" ] do
+                use! client = connect $"ws://{host}:{port}/echo"
+                do! sendText client $"via {host}"
+                let! answer = receiveText client
+                Expect.equal answer $"via {host}" "echoed"
+            let ids = recorder.ConnectionIds.ToArray()
+            Expect.equal ids.Length 2 "two upgrades"
+            Expect.isTrue (recorder.AllNative()) $"both taken natively: %A{ids}"
+        })
+
+        testCaseTask "a localhost TLS listener's connections all go to Kestrel at both addresses" (fun () -> task {
+            let recorder = Recorder()
+            let certificate = TlsTests.certificate.Force()
+            let port = freePort ()
+            let! server =
+                startOn OwnTransport
+                    (fun builder ->
+                        builder.WebHost.UseRealtimeNativeTransport() |> ignore
+                        builder.WebHost.UseUrls() |> ignore
+                        builder.WebHost.ConfigureKestrel(fun kestrel ->
+                            kestrel.ListenLocalhost(port, fun listen -> listen.UseHttps(certificate) |> ignore))
+                        |> ignore)
+                    ignore
+                    (fun app -> app.MapRealtime("/echo", recorder.Echo()) |> ignore)
+            use _ = server
+            for host in [ "127.0.0.1"; "[::1]" ] do
+                use secure = TlsTests.clientTrusting certificate
+                use cancel = new CancellationTokenSource(seconds 10.0)
+                do! secure.ConnectAsync(Uri $"wss://{host}:{port}/echo", cancel.Token)
+                do! sendText secure "over tls"
+                let! answer = receiveText secure
+                Expect.equal answer "over tls" $"wss:// echoes via {host}"
+            let! tcp, stream, head = RawClient.handshakeRaw port (RawClient.upgradeRequest "/echo" "")
+            use _ = tcp
+            use _ = stream
+            Expect.isFalse (head.StartsWith "HTTP/1.1 101") $"no plain upgrade on the TLS port: {head}"
+            Expect.isFalse (recorder.ConnectionIds.ToArray() |> Array.exists (fun id -> id.StartsWith "native-")) "no connection was taken natively"
+        })
+
         testCaseTask "a TLS listener's connections all go to Kestrel: wss:// works, a plain upgrade on its port does not" (fun () -> task {
             let recorder = Recorder()
             let certificate = TlsTests.certificate.Force()

@@ -14,12 +14,17 @@ namespace Realtime.Native;
 /// defaults) sees the rest of the pipeline when Kestrel builds it, just before it binds the listener,
 /// and adds nothing to it. A listener not seen, or seen with anything else in its pipeline, is handed
 /// to Kestrel connection by connection: when unsure, the safe path.
+/// A <c>localhost</c> address is one listener for the app but two for Kestrel, which binds copies of it
+/// at 127.0.0.1 and [::1] on its port; the marker, copied with the rest of the pipeline, still names
+/// the original, so those are recorded by port and found by their loopback address.
 /// </summary>
 internal sealed class PlainListeners
 {
     private const string KestrelHttpMiddleware = "HttpConnectionMiddleware`1";
+    private const string KestrelLocalhostListener = "LocalhostListenOptions";
 
     private readonly Dictionary<EndPoint, bool> _seen = new(ReferenceEqualityComparer.Instance);
+    private readonly Dictionary<int, bool> _localhostPorts = new();
     private readonly Lock _sync = new();
 
     /// <summary>
@@ -46,7 +51,13 @@ internal sealed class PlainListeners
     /// <summary>True when the listener bound at <paramref name="endpoint"/> (the same object Kestrel built it for) is plain HTTP/1.1.</summary>
     public bool IsPlain(EndPoint endpoint)
     {
-        lock (_sync) return _seen.TryGetValue(endpoint, out bool plain) && plain;
+        lock (_sync)
+        {
+            if (_seen.TryGetValue(endpoint, out bool plain)) return plain;
+            return endpoint is IPEndPoint { Port: > 0 } bound
+                && (bound.Address.Equals(IPAddress.Loopback) || bound.Address.Equals(IPAddress.IPv6Loopback))
+                && _localhostPorts.TryGetValue(bound.Port, out bool localhostPlain) && localhostPlain;
+        }
     }
 
     private void Record(ListenOptions listen, ConnectionDelegate next)
@@ -56,6 +67,8 @@ internal sealed class PlainListeners
         {
             // Seen twice (a listener cloned, or built again): plain only if plain every time.
             _seen[listen.EndPoint] = plain && _seen.GetValueOrDefault(listen.EndPoint, true);
+            if (listen.GetType().Name == KestrelLocalhostListener && listen.EndPoint is IPEndPoint { Port: > 0 } localhost)
+                _localhostPorts[localhost.Port] = plain && _localhostPorts.GetValueOrDefault(localhost.Port, true);
         }
     }
 
