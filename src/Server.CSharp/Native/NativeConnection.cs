@@ -136,7 +136,8 @@ internal sealed partial class NativeConnection : ILoopMember
                     _loop.Tick(this, false);
                     // The pipeline starts here, on the loop's thread, as handlers run (and as Bun answers an
                     // upgrade on its loop): it leaves the thread only at its first await that does not
-                    // complete at once, and its continuations then run on the thread pool (ConfigureAwait(false)).
+                    // complete at once, and goes on where that completes (ConfigureAwait(false): not the loop
+                    // unless the loop completed it).
                     // A hop to the thread pool for every handshake cost a wakeup and its spinning workers.
                     _ = RunPipelineAsync(features);
                     return;
