@@ -76,7 +76,7 @@ public static class Report
         md.AppendLine($"- **Versions:** .NET SDK {Meta("dotnet")}, Node {Meta("node")}, ws {Meta("ws")}, Bun {Meta("bun")}, SignalR client {Meta("signalr")}");
         md.AppendLine($"- **Command:** `{Meta("command")}`");
         md.AppendLine($"- **Settings:** {Meta("settings")}");
-        md.AppendLine("- **Server cost per message** is the server process's CPU time and context switches summed over its threads (from `/proc/PID/stat` and `/proc/PID/task/*/status`) over the measured window divided by the messages delivered (round trips for echo), with the cores the server used.");
+        md.AppendLine("- **Server cost per message** is the server process's CPU time and context switches summed over its threads (from `/proc/PID/stat` and `/proc/PID/task/*/status`) over the measured window divided by the messages delivered (round trips for echo), with the cores the server used; for idle connections, its CPU time over the open divided by the connections opened, and apart for the first 200 (the runtime's JIT and first use) and the rest.");
         md.AppendLine("- **Client cores** is how many cores the load generator itself used on average: near the machine's core count it is the bottleneck, and the numbers say more about the client than the server.").AppendLine();
         md.AppendLine($"![Benchmarks]({(info.ContainsKey("chart") ? Meta("chart") : "bench/results/chart.svg")})").AppendLine();
 
@@ -87,7 +87,7 @@ public static class Report
             var oursRow = best.GetValueOrDefault((id, "ours"));
             double ours = oursRow is not null && oursRow["na"] is null ? Num(oursRow, "value") : 0;
             string unit = rows.Where(r => Str(r, "scenario") == id).Select(r => Str(r, "metric")).FirstOrDefault(m => m != "") ?? "";
-            md.AppendLine($"| Server | {unit} | vs ours{(higher ? "" : " (lower is better)")} | Checks | Details | Server cost per message | Client cores, allocations |");
+            md.AppendLine($"| Server | {unit} | vs ours{(higher ? "" : " (lower is better)")} | Checks | Details | Server cost per {(id == "connections" ? "connection opened" : "message")} | Client cores, allocations |");
             md.AppendLine("|---|---:|---:|---|---|---|---:|");
             foreach (var (sid, name) in Servers)
             {
@@ -253,8 +253,15 @@ public static class Report
         };
     }
 
+    /// <summary>What opening one connection cost the server (CPU time, from /proc): overall, and the first ones (JIT, first use) apart from the rest.</summary>
+    static string OpenCost(JsonObject r) =>
+        $"{Num(r, "serverCpuUsPerConnection"):0} µs CPU per connection opened" +
+        (r["serverCpuUsPerFirstConnection"] is null ? "" :
+            $" (first {Num(r, "firstOpened"):0}: {Num(r, "serverCpuUsPerFirstConnection"):0} µs, in {Num(r, "firstOpenSeconds")} s; the rest: {Num(r, "serverCpuUsPerLaterConnection"):0} µs)");
+
     /// <summary>What one message cost the server over the measured window (CPU time, context switches), from /proc.</summary>
     static string Cost(JsonObject r) =>
+        r["serverCpuUsPerConnection"] is not null ? OpenCost(r) :
         r["serverCpuUsPerOp"] is null ? "" :
         $"{Num(r, "serverCpuUsPerOp").ToString("0.00", Inv)} µs CPU, {Num(r, "serverSwitchesPerOp").ToString("0.00", Inv)} context switches ({Num(r, "serverCores").ToString("0.00", Inv)} cores)";
 
