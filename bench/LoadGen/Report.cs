@@ -252,7 +252,7 @@ public static class Report
             "fanout" => $"{Num(r, "subscribers")} subscribers, window {Num(r, "window")}, {Num(r, "size")} B",
             "channels" => $"{Num(r, "subscribers")} subscribers, window {Num(r, "window")}, {Num(r, "size")} B; latency p50 {Ms(Num(r, "p50us"))} ms, p99 {Ms(Num(r, "p99us"))} ms; {Num(r, "acks"):N0} of {Num(r, "sent"):N0} publishes acknowledged in the run",
             "chat" => $"{Num(r, "clients")} clients, window {Num(r, "window")}, {Num(r, "size")} B",
-            "connections" => $"{Num(r, "opened"):N0} opened, {Num(r, "alive")} of {Num(r, "checked")} sampled still answer; opened in {Num(r, "openSeconds")} s ({Num(r, "connectsPerSecond"):N0}/s); RSS {Num(r, "rssBeforeKiB") / 1024:0} → {Num(r, "rssAfterKiB") / 1024:0} MiB",
+            "connections" => $"{Num(r, "opened"):N0} opened, {Num(r, "alive")} of {Num(r, "checked")} sampled still answer; opened in {Num(r, "openSeconds")} s ({Num(r, "connectsPerSecond"):N0}/s); RSS {Num(r, "rssBeforeKiB") / 1024:0} → {Num(r, "rssAfterKiB") / 1024:0} MiB from cold; marginal (after one warm-up connection, RSS {Num(r, "rssWarmKiB") / 1024:0} MiB): {Num(r, "marginalBytesPerConnection"):N0} B/connection",
             _ => "",
         };
     }
