@@ -266,7 +266,12 @@ public static class RawScenarios
     public static async Task ConnectionsAsync(Options o, Result result)
     {
         bool signalR = o.Protocol == "signalr";
+        byte[] handshake = Encoding.UTF8.GetBytes("{\"protocol\":\"json\",\"version\":1}\u001e");
         long before = ReadRssKiB(o.Pid);
+        // The marginal cost leaves out what the first connection costs once (JIT, first use of the
+        // server's pools, timers and logging): one connection is opened, answers an echo, is closed,
+        // and RSS is read again before the N are opened.
+        long warm = await WarmUpAsync(o, signalR, handshake);
         var clients = new WsClient?[o.Connections];
         long failed = 0;
         string? firstError = null;
@@ -278,30 +283,17 @@ public static class RawScenarios
         var watch = Stopwatch.StartNew();
         double firstSeconds = 0;
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(Math.Max(60, o.Connections / 100.0)));
-        byte[] handshake = Encoding.UTF8.GetBytes("{\"protocol\":\"json\",\"version\":1}\u001e");
         try
         {
             await Parallel.ForAsync(0, o.Connections, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, o.Concurrency), CancellationToken = timeout.Token }, async (i, token) =>
             {
                 try
                 {
-                    var client = await WsClient.ConnectAsync(o.Port, o.Path, o.Tls, o.Deflate, 1024, token);
-                    clients[i] = client;
+                    clients[i] = await OpenIdleAsync(o, signalR, handshake, token);
                     if (Interlocked.Increment(ref opened) == FirstOpened)
                     {
                         usageAtFirst = ServerUsage.Read(o.Pid);
                         firstSeconds = watch.Elapsed.TotalSeconds;
-                    }
-                    if (signalR)
-                    {
-                        // SignalR's own handshake over the WebSocket: the server answers "{}\x1e".
-                        var frame = new byte[handshake.Length + 8];
-                        int n = Frames.Write(frame, 0x1, handshake, client.MaskKey, compressed: false);
-                        await client.Stream.WriteAsync(frame.AsMemory(0, n), token);
-                        Message m;
-                        while (!client.TryNext(out m))
-                            if (!await client.FillAsync(token)) throw new IOException("closed during the SignalR handshake");
-                        if (m.Span.IndexOf("{}"u8) < 0) throw new IOException("unexpected SignalR handshake answer");
                     }
                 }
                 catch (Exception e) when (e is not OperationCanceledException)
@@ -324,7 +316,9 @@ public static class RawScenarios
         int alive = await CheckAliveAsync(o, clients, signalR);
         foreach (var c in clients) c?.Dispose();
         double perConnection = open > 0 && before > 0 && after > 0 ? (after - before) * 1024.0 / open : 0;
+        double marginal = open > 0 && warm > 0 && after > 0 ? (after - warm) * 1024.0 / open : 0;
         result.Set("metric", "bytes/connection").Set("value", Math.Round(perConnection))
+            .Set("marginalBytesPerConnection", Math.Round(marginal)).Set("rssWarmKiB", warm)
             .Set("requested", o.Connections).Set("opened", open).Set("failed", failed)
             .Set("checked", Math.Min(100, open)).Set("alive", alive)
             .Set("openSeconds", Math.Round(openSeconds, 2)).Set("connectsPerSecond", Math.Round(open / Math.Max(openSeconds, 0.001)))
@@ -341,6 +335,54 @@ public static class RawScenarios
                     .Set("serverCpuUsPerFirstConnection", Math.Round((usageAtFirst.CpuSeconds - usageAtStart.CpuSeconds) * 1e6 / FirstOpened))
                     .Set("serverCpuUsPerLaterConnection", Math.Round((usageAtOpen.CpuSeconds - usageAtFirst.CpuSeconds) * 1e6 / (open - FirstOpened)));
             }
+        }
+    }
+
+    /// <summary>One idle connection, with SignalR's own handshake done when the server speaks it.</summary>
+    static async Task<WsClient> OpenIdleAsync(Options o, bool signalR, byte[] handshake, CancellationToken token)
+    {
+        var client = await WsClient.ConnectAsync(o.Port, o.Path, o.Tls, o.Deflate, 1024, token);
+        if (signalR)
+        {
+            try
+            {
+                // SignalR's own handshake over the WebSocket: the server answers "{}\x1e".
+                var frame = new byte[handshake.Length + 8];
+                int n = Frames.Write(frame, 0x1, handshake, client.MaskKey, compressed: false);
+                await client.Stream.WriteAsync(frame.AsMemory(0, n), token);
+                Message m;
+                while (!client.TryNext(out m))
+                    if (!await client.FillAsync(token)) throw new IOException("closed during the SignalR handshake");
+                if (m.Span.IndexOf("{}"u8) < 0) throw new IOException("unexpected SignalR handshake answer");
+            }
+            catch
+            {
+                client.Dispose();
+                throw;
+            }
+        }
+        return client;
+    }
+
+    /// <summary>
+    /// Opens one connection, checks that it answers an echo, closes it and returns the server's RSS
+    /// read 2 s later (0 when the warm-up failed: the marginal figure is then not reported).
+    /// </summary>
+    static async Task<long> WarmUpAsync(Options o, bool signalR, byte[] handshake)
+    {
+        try
+        {
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+            var client = await OpenIdleAsync(o, signalR, handshake, timeout.Token);
+            int answered = await CheckAliveAsync(o, [client], signalR);
+            client.Dispose();
+            if (answered != 1) return 0;
+            await Task.Delay(TimeSpan.FromSeconds(2));
+            return ReadRssKiB(o.Pid);
+        }
+        catch (Exception e) when (e is IOException or OperationCanceledException or System.Net.Sockets.SocketException)
+        {
+            return 0;
         }
     }
 

@@ -64,4 +64,7 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 21, Level = LogLevel.Debug, Message = "Connection {Id} sent no payload of its unfinished message for longer than the idle timeout, but other frames; closing with 1008")]
     public static partial void MessageTimeout(this ILogger logger, long id);
+
+    [LoggerMessage(EventId = 80, Level = LogLevel.Information, Message = "Memory reclaimed after {Accepted} connections were accepted: a {PauseMs:0.0} ms compacting collection, GC committed {BeforeKiB} KiB → {AfterKiB} KiB")]
+    public static partial void MemoryReclaimedAfterBurst(this ILogger logger, long accepted, double pauseMs, long beforeKiB, long afterKiB);
 }

@@ -61,6 +61,12 @@ internal sealed unsafe class EventLoop : IDisposable
 
     public int Index { get; }
 
+    // Written by the loop's thread only; read by BurstMemoryReclaimer to tell a quiet transport.
+    private long _busyTurns;
+
+    /// <summary>How many turns of the loop had events (readiness or posted work); from any thread.</summary>
+    public long BusyTurns => Volatile.Read(ref _busyTurns);
+
     /// <summary>True on this loop's own thread.</summary>
     public bool IsCurrent => Thread.CurrentThread == _thread;
 
@@ -129,6 +135,7 @@ internal sealed unsafe class EventLoop : IDisposable
             int timeout = _deferred.Count > 0 ? 0 : _ticking.Count > 0 ? 1000 : -1;
             int count = Libc.EpollWait(_epoll, events, MaxEvents, timeout);
             if (count < 0 && Libc.LastError != Libc.EIntr) break;
+            if (count > 0) Volatile.Write(ref _busyTurns, _busyTurns + 1);
             for (int i = 0; i < count; i++)
             {
                 int fd = (int)events[i].Data;

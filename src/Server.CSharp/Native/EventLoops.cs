@@ -18,6 +18,20 @@ internal sealed class EventLoops : IDisposable
     public EventLoop First => _loops[0];
 
     /// <summary>The loop the next connection goes to.</summary>
+    /// <summary>How many connections were given to a loop (accepted) so far.</summary>
+    public long Assigned => (uint)(Volatile.Read(ref _next) + 1);
+
+    /// <summary>The sum of the loops' <see cref="EventLoop.BusyTurns"/>: it stays put while the transport is quiet.</summary>
+    public long BusyTurns
+    {
+        get
+        {
+            long sum = 0;
+            foreach (var loop in _loops) sum += loop.BusyTurns;
+            return sum;
+        }
+    }
+
     public EventLoop Next() => _loops[(int)((uint)Interlocked.Increment(ref _next) % (uint)_loops.Length)];
 
     public void Dispose()

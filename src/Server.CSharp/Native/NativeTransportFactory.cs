@@ -29,7 +29,16 @@ internal sealed class NativeTransportFactory : IConnectionListenerFactory, IConn
         _sockets = sockets.Value;
         _plain = plain;
         int count = options.Value.EventLoops > 0 ? options.Value.EventLoops : Environment.ProcessorCount;
-        _loops = new Lazy<EventLoops>(() => new EventLoops(count));
+        int burst = options.Value.ReclaimAfterAccepting;
+        var quietPeriod = options.Value.ReclaimQuietPeriod > TimeSpan.Zero ? options.Value.ReclaimQuietPeriod : TimeSpan.FromSeconds(1);
+        _loops = new Lazy<EventLoops>(() =>
+        {
+            var loops = new EventLoops(count);
+            if (burst > 0)
+                Reclaimer = new BurstMemoryReclaimer(() => loops.Assigned, () => loops.BusyTurns, burst, quietPeriod,
+                    loggers.CreateLogger("Realtime.NativeTransport"));
+            return loops;
+        });
         _handOff = new SocketConnectionContextFactory(
             new SocketConnectionFactoryOptions
             {
@@ -47,6 +56,9 @@ internal sealed class NativeTransportFactory : IConnectionListenerFactory, IConn
     public NativeHandshakes Handshakes { get; }
 
     public EventLoops Loops => _loops.Value;
+
+    /// <summary>What gives back the memory an accept burst left committed (null when turned off or before the loops start).</summary>
+    public BurstMemoryReclaimer? Reclaimer { get; private set; }
 
     public bool NoDelay => _sockets.NoDelay;
 
@@ -89,6 +101,7 @@ internal sealed class NativeTransportFactory : IConnectionListenerFactory, IConn
 
     public void Dispose()
     {
+        Reclaimer?.Dispose();
         if (_loops.IsValueCreated) _loops.Value.Dispose();
         _handOff.Dispose();
     }
