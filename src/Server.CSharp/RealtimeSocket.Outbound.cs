@@ -45,7 +45,6 @@ public abstract partial class RealtimeSocket
     private int _handlerGate;
     private int _drainPending;
     private bool _closeDispatched;
-    private readonly object _gateWait = new();
     private TaskCompletionSource? _gateFreed;
 
     /// <summary>Sends a data frame; for a publish, <paramref name="subscription"/> is the topic subscription it goes through (see <see cref="EnqueueData"/>).</summary>
@@ -559,7 +558,7 @@ public abstract partial class RealtimeSocket
         while (true)
         {
             Task freed;
-            lock (_gateWait)
+            lock (_sync)
             {
                 // Tried under the lock, so a Drain leaving the gate after this either lets this
                 // succeed or finds the waiter below and wakes it.
@@ -574,7 +573,7 @@ public abstract partial class RealtimeSocket
     private void WakeGateWaiter()
     {
         TaskCompletionSource? freed;
-        lock (_gateWait)
+        lock (_sync)
         {
             freed = _gateFreed;
             _gateFreed = null;

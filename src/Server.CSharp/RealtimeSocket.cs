@@ -24,6 +24,9 @@ public abstract partial class RealtimeSocket
     // Set when the native transport's loop reads the connection; _transport is then its send stream.
     private readonly Native.NativeConnection? _native;
 
+    /// <summary>The registry of open connections this one is in: its endpoint's.</summary>
+    internal System.Collections.Concurrent.ConcurrentDictionary<long, RealtimeSocket> Registry => _endpoint.Connections;
+
     /// <summary>The native transport's connection, when the loop reads this one.</summary>
     internal Native.NativeConnection? Native => _native;
     private readonly object _sync = new();
@@ -42,9 +45,9 @@ public abstract partial class RealtimeSocket
         if (_pipe is null && _native is null) _receiving = new CancellationTokenSource();
         Id = server.NextConnectionId();
         Protocol = subprotocol;
-        RemoteAddress = context.Connection.RemoteIpAddress;
+        _remoteAddress = new CompactAddress(context.Connection.RemoteIpAddress);
         _compression = compression;
-        _core = ConnectionModule.create(endpoint.ConnectionOptions(compression is not null), server.Now());
+        _core = endpoint.NewConnection(compression is not null, server.Now());
     }
 
     /// <summary>A number that identifies the connection within the server, for <see cref="IRealtimeServer.TryGetConnection"/>.</summary>
@@ -60,7 +63,9 @@ public abstract partial class RealtimeSocket
     public bool Compression => _compression is not null;
 
     /// <summary>The client's IP address.</summary>
-    public IPAddress? RemoteAddress { get; }
+    public IPAddress? RemoteAddress => _remoteAddress.ToIPAddress();
+
+    private readonly CompactAddress _remoteAddress;
 
     /// <summary>
     /// The HTTP context of the upgrade request (headers, user, services). On the native transport the
@@ -74,14 +79,14 @@ public abstract partial class RealtimeSocket
         {
             var request = Volatile.Read(ref _request);
             if (request is HttpContext context) return context;
-            var made = ((RequestSnapshot)request).ToHttpContext(RemoteAddress);
+            var made = ((RequestSnapshot)request).ToHttpContext(RemoteAddress, _native!.Services);
             return Interlocked.CompareExchange(ref _request, made, request) as HttpContext ?? made;
         }
     }
 
     /// <summary>The native transport's request has ended: keep only its snapshot.</summary>
-    private void KeepSnapshotOfRequest(IServiceProvider services) =>
-        Volatile.Write(ref _request, RequestSnapshot.Of((HttpContext)_request, services));
+    private void KeepSnapshotOfRequest() =>
+        Volatile.Write(ref _request, RequestSnapshot.Of((HttpContext)_request));
 
     /// <summary>Bytes queued for this connection and not yet accepted by the transport.</summary>
     public long BufferedAmount
