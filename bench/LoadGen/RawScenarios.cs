@@ -275,7 +275,13 @@ public static class RawScenarios
         var clients = new WsClient?[o.Connections];
         long failed = 0;
         string? firstError = null;
+        // Server CPU for the open, split at the first FirstOpened connections (the server's JIT and first use) and the rest.
+        const int FirstOpened = 200;
+        int opened = 0;
+        ServerUsage? usageAtFirst = null;
+        var usageAtStart = ServerUsage.Read(o.Pid);
         var watch = Stopwatch.StartNew();
+        double firstSeconds = 0;
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(Math.Max(60, o.Connections / 100.0)));
         try
         {
@@ -284,6 +290,11 @@ public static class RawScenarios
                 try
                 {
                     clients[i] = await OpenIdleAsync(o, signalR, handshake, token);
+                    if (Interlocked.Increment(ref opened) == FirstOpened)
+                    {
+                        usageAtFirst = ServerUsage.Read(o.Pid);
+                        firstSeconds = watch.Elapsed.TotalSeconds;
+                    }
                 }
                 catch (Exception e) when (e is not OperationCanceledException)
                 {
@@ -297,9 +308,11 @@ public static class RawScenarios
             firstError ??= "timed out opening connections";
         }
         double openSeconds = watch.Elapsed.TotalSeconds;
+        var usageAtOpen = ServerUsage.Read(o.Pid);
         int open = clients.Count(c => c is not null);
         await Task.Delay(TimeSpan.FromSeconds(o.Settle));
         long after = ReadRssKiB(o.Pid);
+        var usageAfterSettle = ServerUsage.Read(o.Pid);
         int alive = await CheckAliveAsync(o, clients, signalR);
         foreach (var c in clients) c?.Dispose();
         double perConnection = open > 0 && before > 0 && after > 0 ? (after - before) * 1024.0 / open : 0;
@@ -310,6 +323,19 @@ public static class RawScenarios
             .Set("checked", Math.Min(100, open)).Set("alive", alive)
             .Set("openSeconds", Math.Round(openSeconds, 2)).Set("connectsPerSecond", Math.Round(open / Math.Max(openSeconds, 0.001)))
             .Set("rssBeforeKiB", before).Set("rssAfterKiB", after).Set("settleSeconds", o.Settle).Set("firstError", firstError);
+        if (usageAtStart is not null && usageAtOpen is not null && open > 0)
+        {
+            result.Set("serverCpuUsPerConnection", Math.Round((usageAtOpen.CpuSeconds - usageAtStart.CpuSeconds) * 1e6 / open));
+            // With the settle: what the open left the server to finish (the runtime's background recompilation of hot code).
+            if (usageAfterSettle is not null)
+                result.Set("serverCpuUsPerConnectionWithSettle", Math.Round((usageAfterSettle.CpuSeconds - usageAtStart.CpuSeconds) * 1e6 / open));
+            if (usageAtFirst is not null && open > FirstOpened)
+            {
+                result.Set("firstOpened", FirstOpened).Set("firstOpenSeconds", Math.Round(firstSeconds, 3))
+                    .Set("serverCpuUsPerFirstConnection", Math.Round((usageAtFirst.CpuSeconds - usageAtStart.CpuSeconds) * 1e6 / FirstOpened))
+                    .Set("serverCpuUsPerLaterConnection", Math.Round((usageAtOpen.CpuSeconds - usageAtFirst.CpuSeconds) * 1e6 / (open - FirstOpened)));
+            }
+        }
     }
 
     /// <summary>One idle connection, with SignalR's own handshake done when the server speaks it.</summary>

@@ -253,8 +253,15 @@ public static class Report
         };
     }
 
+    /// <summary>What opening one connection cost the server (CPU time, from /proc): overall, and the first ones (JIT, first use) apart from the rest.</summary>
+    static string OpenCost(JsonObject r) =>
+        $"{Num(r, "serverCpuUsPerConnection"):0} µs CPU per connection opened" +
+        (r["serverCpuUsPerFirstConnection"] is null ? "" :
+            $" (first {Num(r, "firstOpened"):0}: {Num(r, "serverCpuUsPerFirstConnection"):0} µs, in {Num(r, "firstOpenSeconds")} s; the rest: {Num(r, "serverCpuUsPerLaterConnection"):0} µs)");
+
     /// <summary>What one message cost the server over the measured window (CPU time, context switches), from /proc.</summary>
     static string Cost(JsonObject r) =>
+        r["serverCpuUsPerConnection"] is not null ? OpenCost(r) :
         r["serverCpuUsPerOp"] is null ? "" :
         $"{Num(r, "serverCpuUsPerOp").ToString("0.00", Inv)} µs CPU, {Num(r, "serverSwitchesPerOp").ToString("0.00", Inv)} context switches ({Num(r, "serverCores").ToString("0.00", Inv)} cores)";
 

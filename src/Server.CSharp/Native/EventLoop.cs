@@ -54,7 +54,9 @@ internal sealed unsafe class EventLoop : IDisposable
         }
         Index = index;
         _thread = new Thread(Run) { IsBackground = true, Name = $"Realtime epoll {index}" };
-        _thread.Start();
+        // Without the starting thread's execution context: upgrade pipelines start on this thread and
+        // must not inherit async-local state (an Activity, a logging scope) from whoever made the loop.
+        _thread.UnsafeStart();
     }
 
     public int Index { get; }

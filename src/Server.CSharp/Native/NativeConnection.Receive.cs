@@ -28,7 +28,9 @@ internal sealed partial class NativeConnection
         // A full fence each side (here and in StopReading): one of the two sees the other's write.
         Interlocked.Exchange(ref _socket, socket);
         if (_stopRequested) SignalReadEnd(null);
-        _loop.Post(static state => ((NativeConnection)state!).BeginReading(), this);
+        // Usually on the loop already: the upgrade pipeline starts there and Open mostly completes at once.
+        if (_loop.IsCurrent) BeginReading();
+        else _loop.Post(static state => ((NativeConnection)state!).BeginReading(), this);
     }
 
     private void SignalReadEnd(Exception? failure)

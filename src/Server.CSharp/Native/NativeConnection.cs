@@ -7,7 +7,7 @@ namespace Realtime.Native;
 /// One accepted TCP connection held by an event loop: a file descriptor and what the connection is
 /// in the middle of, nothing more. It starts by peeking at its first request head
 /// (<see cref="NativeHandshakes"/>): anything that is not a Realtime upgrade is handed on to Kestrel
-/// unread; an upgrade runs the application's pipeline on the thread pool and, after a 101 from a
+/// unread; an upgrade runs the application's pipeline, starting on the loop's thread, and, after a 101 from a
 /// Realtime endpoint, its <see cref="RealtimeSocket"/> reads through the loop
 /// (<c>NativeConnection.Receive.cs</c>) and writes straight to the socket (<c>NativeConnection.Send.cs</c>).
 /// Every change to the descriptor's epoll registration, and its close, happen on the loop's thread;
@@ -134,7 +134,11 @@ internal sealed partial class NativeConnection : ILoopMember
                     _context = context;
                     _stage = Stage.Pipeline;
                     _loop.Tick(this, false);
-                    ThreadPool.UnsafeQueueUserWorkItem(static state => _ = state.connection.RunPipelineAsync(state.features), (connection: this, features), preferLocal: false);
+                    // The pipeline starts here, on the loop's thread, as handlers run (and as Bun answers an
+                    // upgrade on its loop): it leaves the thread only at its first await that does not
+                    // complete at once, and its continuations then run on the thread pool (ConfigureAwait(false)).
+                    // A hop to the thread pool for every handshake cost a wakeup and its spinning workers.
+                    _ = RunPipelineAsync(features);
                     return;
                 }
                 HandOn();
