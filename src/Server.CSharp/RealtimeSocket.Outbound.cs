@@ -338,10 +338,17 @@ public abstract partial class RealtimeSocket
         shared.Clear();
     }
 
+    /// <summary>
+    /// Writes to the transport that is not a pipe: the native connection's own send (no stream object
+    /// per connection for it), or the upgrade's stream.
+    /// </summary>
+    private ValueTask WriteStreamAsync(ReadOnlyMemory<byte> bytes) =>
+        _native is { } native ? native.SendAsync(bytes) : _transport!.WriteAsync(bytes);
+
     /// <summary>Hands one batch of frames to the transport; completes when the transport has taken it.</summary>
     private ValueTask WriteToTransportAsync(ReadOnlyMemory<byte> bytes)
     {
-        if (_pipe is null) return _transport!.WriteAsync(bytes);
+        if (_pipe is null) return WriteStreamAsync(bytes);
         var output = _pipe.Output;
         output.Write(bytes.Span);
         return FlushPipeAsync(output);
@@ -379,10 +386,10 @@ public abstract partial class RealtimeSocket
             return FlushPipeAsync(pipe.Output);
         }
         // One shared frame alone (a subscriber that keeps up): the stream takes it as it is.
-        if (length == 0 && shared.Count == 1) return _transport!.WriteAsync(shared[0].Frame.Bytes);
+        if (length == 0 && shared.Count == 1) return WriteStreamAsync(shared[0].Frame.Bytes);
         byte[] scratch = ArrayPool<byte>.Shared.Rent(total);
         Gather(scratch, chunk, length, shared);
-        var write = _transport!.WriteAsync(scratch.AsMemory(0, total));
+        var write = WriteStreamAsync(scratch.AsMemory(0, total));
         if (write.IsCompletedSuccessfully)
         {
             ArrayPool<byte>.Shared.Return(scratch);
@@ -453,7 +460,7 @@ public abstract partial class RealtimeSocket
             {
                 if (socket._pipe is null && _gathered == 0 && bytes.Length >= WriteSlice)
                 {
-                    await socket._transport!.WriteAsync(bytes[..WriteSlice]).ConfigureAwait(false);
+                    await socket.WriteStreamAsync(bytes[..WriteSlice]).ConfigureAwait(false);
                     bytes = bytes[WriteSlice..];
                     continue;
                 }
@@ -473,7 +480,7 @@ public abstract partial class RealtimeSocket
             _gathered = 0;
             return socket._pipe is { } pipe
                 ? FlushPipeAsync(pipe.Output)
-                : socket._transport!.WriteAsync(_scratch.AsMemory(0, gathered));
+                : socket.WriteStreamAsync(_scratch.AsMemory(0, gathered));
         }
 
         public void Dispose()

@@ -21,7 +21,7 @@ public abstract partial class RealtimeSocket
     // returns, or the connection's own pipes when it was accepted directly (see DirectConnections).
     private readonly Stream? _transport;
     private readonly System.IO.Pipelines.IDuplexPipe? _pipe;
-    // Set when the native transport's loop reads the connection; _transport is then its send stream.
+    // Set when the native transport's loop reads the connection (and writes go to its SendAsync).
     private readonly Native.NativeConnection? _native;
 
     /// <summary>The registry of open connections this one is in: its endpoint's.</summary>
@@ -86,7 +86,7 @@ public abstract partial class RealtimeSocket
 
     /// <summary>The native transport's request has ended: keep only its snapshot.</summary>
     private void KeepSnapshotOfRequest() =>
-        Volatile.Write(ref _request, RequestSnapshot.Of((HttpContext)_request));
+        Volatile.Write(ref _request, RequestSnapshot.Of((HttpContext)_request, _endpoint.Pattern));
 
     /// <summary>Bytes queued for this connection and not yet accepted by the transport.</summary>
     public long BufferedAmount

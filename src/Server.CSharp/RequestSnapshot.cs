@@ -24,13 +24,14 @@ internal sealed class RequestSnapshot
     private readonly int _remotePort;
     private readonly string _connectionId;
 
-    private RequestSnapshot(HttpContext context)
+    private RequestSnapshot(HttpContext context, string routePattern)
     {
         // Read through the feature so that an app that never touched User gets no principal made for it.
         _user = context.Features.Get<IHttpAuthenticationFeature>()?.User;
         var request = context.Request;
         _pathBase = request.PathBase;
-        _path = request.Path;
+        // The path of most connections is their endpoint's pattern: keep that one string, not a copy each.
+        _path = string.Equals(request.Path.Value, routePattern, StringComparison.Ordinal) ? new PathString(routePattern) : request.Path;
         _query = request.QueryString;
         var connection = context.Connection;
         _localAddress = new CompactAddress(connection.LocalIpAddress);
@@ -39,8 +40,8 @@ internal sealed class RequestSnapshot
         _connectionId = connection.Id;
     }
 
-    /// <summary>The snapshot of <paramref name="context"/>.</summary>
-    public static RequestSnapshot Of(HttpContext context) => new(context);
+    /// <summary>The snapshot of <paramref name="context"/>, a request to the endpoint at <paramref name="routePattern"/>.</summary>
+    public static RequestSnapshot Of(HttpContext context, string routePattern) => new(context, routePattern);
 
     /// <summary>
     /// A context made from the snapshot for <see cref="RealtimeSocket.HttpContext"/>: GET on the
