@@ -30,6 +30,8 @@ public static class Report
     const string MicroStart = "<!-- micro:start -->", MicroEnd = "<!-- micro:end -->";
     // Written by hand (the heap census, the GC settings, the 1,000,000-connection projection): kept across runs.
     const string IdleNotesStart = "<!-- idle-notes:start -->", IdleNotesEnd = "<!-- idle-notes:end -->";
+    // Written by hand under the echo table (what a profile of the echo found): kept across runs, nothing when absent.
+    const string EchoNotesStart = "<!-- echo-notes:start -->", EchoNotesEnd = "<!-- echo-notes:end -->";
 
     static CultureInfo Inv => CultureInfo.InvariantCulture;
 
@@ -106,6 +108,8 @@ public static class Report
                 md.AppendLine("else (no Kestrel, pipes or HTTP context), in a process with the same GC settings as the .NET servers. No");
                 md.AppendLine(".NET server whose connections are `System.Net.Sockets` sockets keeps less per connection than this.");
             }
+            if (id == "echo")
+                md.AppendLine().AppendLine(Kept(markdownPath, EchoNotesStart, EchoNotesEnd, ""));
             if (id == "connections")
                 md.AppendLine().AppendLine(Kept(markdownPath, IdleNotesStart, IdleNotesEnd, "Not written yet: what a connection keeps, and the projection to 1,000,000 connections."));
             md.AppendLine();

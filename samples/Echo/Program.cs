@@ -26,6 +26,11 @@ bool inline = args.Contains("--inline");
 // --inline is a setting of Kestrel's socket transport, so it implies --managed too.
 bool native = !args.Contains("--managed") && direct && !inline;
 args = args.Where(a => a is not ("--tls" or "--route" or "--inline" or "--managed")).ToArray();
+// On the native transport (plain listeners) handlers run on the event loops and the thread pool is
+// nearly idle: after each rare work item (a timer's tick) its workers would spin, calling sched_yield
+// on the loops' cores, before they sleep (see BENCHMARKS-pinned.md, "Echo profile"). Set before the
+// thread pool first runs; TLS listeners stay on Kestrel's thread-pool path, where the spin pays off.
+if (native && !tls) AppContext.SetData("System.Threading.ThreadPool.UnfairSemaphoreSpinLimit", 0);
 
 var builder = WebApplication.CreateBuilder(args);
 string[] urls = (builder.Configuration["urls"] ?? "http://127.0.0.1:5000").Split(';', StringSplitOptions.RemoveEmptyEntries);

@@ -123,8 +123,8 @@ type internal Lifecycle =
         else { life with Failed = true; CloseSent = true; SentCode = error.CloseCode; SentReason = error.Message }
 
 /// The per-frame part of a connection: the decoder and the message being received. It holds
-/// no references, so the receive loop updates a copy of it in place (the fields are mutable for
-/// that local copy only; a `Connection` never changes once made).
+/// no references, so the receive loop updates a copy of it in place (or, in `receiveInPlace`, the
+/// host's connection itself).
 [<Struct; NoComparison>]
 type internal Receiver =
     {
@@ -162,22 +162,24 @@ type internal Stop =
 /// data frame's header and judges it against the bytes the connection has queued, which
 /// `flushed` reduces as the transport writes them. The send half is updated in place, through a
 /// byref to the caller's connection (the host's, under its lock): a send is the hot path, and a
-/// copy of the whole connection per send would cost more than the decision itself. A copy of the
-/// connection held elsewhere is never changed by it.
+/// copy of the whole connection per send would cost more than the decision itself; the host's
+/// receive step does the same with `receiveInPlace`. A copy of the connection held elsewhere is
+/// never changed by either.
 [<Struct>]
 type Connection =
     private
         {
-            // Per-frame state: the decoder and the message being received.
-            Receiver: Receiver
-            Control: byte[]
-            LastActivity: int64
-            PingSentAt: int64
+            // Per-frame state: the decoder and the message being received; changed in place by
+            // `receiveInPlace` only (see there).
+            mutable Receiver: Receiver
+            mutable Control: byte[]
+            mutable LastActivity: int64
+            mutable PingSentAt: int64
             // The outgoing bytes queued and not yet written, and the backpressure episode; changed
             // in place by `send`, `settle` and `flushed` (see above).
             mutable Sending: Backpressure.State
             // Settings and the closing handshake (rarely changes).
-            Life: Lifecycle
+            mutable Life: Lifecycle
         }
 
     /// False once a close frame was sent (RFC 6455 §5.5.1: no data frames after a close), the
@@ -554,6 +556,30 @@ module Connection =
                 struct (next, stop.Position, event)
             else
                 struct (next, stop.Position, event)
+
+    /// `receive` for the host's hot path: the caller's connection (the host's, under its lock) is
+    /// updated in place through a byref, as `send` does, and `consumed` says how many bytes were
+    /// consumed. Same events, same bytes consumed and the same next connection as `receive`, without
+    /// copying the whole connection in, out and back into the host's field (a struct with references,
+    /// so every copy into the heap also pays the runtime's write barriers) at every event.
+    let receiveInPlace (connection: byref<Connection>, input: ReadOnlySpan<byte>, now: int64, consumed: outref<int>) : ConnectionEvent =
+        if connection.Life.IsClosed then
+            // RFC 6455 §5.5.1: after the close frame nothing more is processed.
+            consumed <- input.Length
+            NeedMoreData
+        else
+            let mutable event = NeedMoreData
+            let mutable stop = Unchecked.defaultof<Stop>
+            scan (&connection.Receiver, &connection.Control, &connection.Life, &event, input, &stop)
+            if not input.IsEmpty then
+                connection.LastActivity <- now
+                connection.PingSentAt <- -1L
+            consumed <- stop.Position
+            if stop.Data then
+                let receiver = &connection.Receiver
+                MessageData(receiver.Kind, stop.Start, stop.Length, stop.MaskKey, stop.Offset, stop.MessageEnd, receiver.Compressed)
+            else
+                event
 
     /// Fails the connection for a message the shell found bad with what only the shell knows: a
     /// compressed message whose DEFLATE data is corrupt (1007), or one that does not fit the

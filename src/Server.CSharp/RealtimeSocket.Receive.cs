@@ -279,11 +279,9 @@ public abstract partial class RealtimeSocket
     {
         lock (_sync)
         {
-            var (core, used, found) = ConnectionModule.receive(_core, buffer.Slice(position), now);
-            _core = core;
-            consumed = used;
+            var found = ConnectionModule.receiveInPlace(ref _core, buffer.Slice(position), now, out consumed);
             // After our close frame, the client's data is read only to reach its close frame.
-            deliver = core.CanSend;
+            deliver = _core.CanSend;
             return found;
         }
     }

@@ -721,6 +721,65 @@ let tests =
                     | Violation(error, frame) -> closeCodeOf frame = ValueSome error.CloseCode
                     | _ -> true))
         ]
+
+        testList "receiveInPlace: receive, updating the caller's connection" [
+            property "same event, bytes consumed and next connection at every step, on valid and broken streams however split"
+            <| Prop.forAll
+                (Arb.fromGen (gen {
+                    let! prefix, _, cuts = streamGen
+                    let! tail = soupGen
+                    let! broken = Gen.elements [ false; true ]
+                    return (if broken then Array.append prefix tail else prefix), cuts }))
+                (fun (bytes, cuts) ->
+                    let mutable reference = Connection.create (limited 70000L, 0L)
+                    let mutable inPlace = reference
+                    let mutable same = true
+                    let mutable steps = 0
+                    let mutable now = 0L
+                    for chunk in splitAt cuts bytes do
+                        now <- now + 1L
+                        let mutable position = 0
+                        let mutable going = true
+                        while going && same do
+                            steps <- steps + 1
+                            if steps > 4 * bytes.Length + 64 then failwith "no progress"
+                            let struct (next, consumed, event) = Connection.receive (reference, ReadOnlySpan(chunk, position, chunk.Length - position), now)
+                            let mutable consumedInPlace = -1
+                            let eventInPlace = Connection.receiveInPlace (&inPlace, ReadOnlySpan(chunk, position, chunk.Length - position), now, &consumedInPlace)
+                            same <- eventInPlace = event && consumedInPlace = consumed && inPlace = next
+                            reference <- next
+                            position <- position + consumed
+                            going <- (match event with NeedMoreData -> false | _ -> true)
+                    same)
+            testCase "receiving data frames in place allocates nothing" <| fun () ->
+                let frames =
+                    Array.concat [
+                        for i in 0..99 do
+                            text (String.replicate (i % 40) "a")
+                            binary (Array.create (i % 130) 7uy)
+                            fragment false Opcode.Text (utf8 "hé")
+                            fragment true Opcode.Continuation (utf8 "llo") ]
+                let receiveAll (start: Connection) =
+                    let mutable connection = start
+                    let mutable position = 0
+                    let mutable events = 0
+                    let mutable going = true
+                    while going do
+                        let mutable consumed = 0
+                        let event = Connection.receiveInPlace (&connection, ReadOnlySpan(frames, position, frames.Length - position), 1L, &consumed)
+                        position <- position + consumed
+                        match event with
+                        | MessageData _ -> events <- events + 1
+                        | _ -> going <- false
+                    events
+                let start = Connection.create (Connection.defaultOptions, 0L)
+                receiveAll start |> ignore
+                let before = GC.GetAllocatedBytesForCurrentThread()
+                let events = receiveAll start
+                let allocated = GC.GetAllocatedBytesForCurrentThread() - before
+                Expect.equal events 400 "one event per frame"
+                Expect.equal allocated 0L "bytes allocated"
+        ]
     ]
 
 [<Tests>]
