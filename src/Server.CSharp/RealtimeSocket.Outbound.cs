@@ -59,7 +59,7 @@ public abstract partial class RealtimeSocket
     internal SendResult SendPrepared(ref PreparedMessage message, Subscription<RealtimeSocket>? subscription = null)
     {
         if (!WantsCompression(message.Compress, message.Payload.Length)) return EnqueueShared(message.Plain(), subscription);
-        if (_compression!.ServerNoContextTakeover) return EnqueueShared(message.CompressedFor(_compression.ServerMaxWindowBits), subscription);
+        if (Negotiated.Parameters.ServerNoContextTakeover) return EnqueueShared(message.CompressedFor(Negotiated.Parameters.ServerMaxWindowBits), subscription);
         return SendCompressed(message.Kind, message.Payload, subscription);
     }
 

@@ -46,7 +46,7 @@ public abstract partial class RealtimeSocket
         Id = server.NextConnectionId();
         Protocol = subprotocol;
         _remoteAddress = new CompactAddress(context.Connection.RemoteIpAddress);
-        _compression = compression;
+        if (compression is not null) _compressionState = new CompressionState(compression);
         _core = endpoint.NewConnection(compression is not null, server.Now());
     }
 
@@ -60,7 +60,7 @@ public abstract partial class RealtimeSocket
     public string? Protocol { get; }
 
     /// <summary>True when permessage-deflate was negotiated with this client.</summary>
-    public bool Compression => _compression is not null;
+    public bool Compression => _compressionState is not null;
 
     /// <summary>The client's IP address.</summary>
     public IPAddress? RemoteAddress => _remoteAddress.ToIPAddress();
