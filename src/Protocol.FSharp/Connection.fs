@@ -233,8 +233,21 @@ module Connection =
     let defaultOptions: ConnectionOptions =
         { MaxMessageSize = 16L * 1024L * 1024L; PerMessageDeflate = false; IdleTimeout = 120_000L; CloseTimeout = 5_000L }
 
-    /// A connection just after the opening handshake, at time `now`.
-    let create (options: ConnectionOptions, now: int64) : Connection =
+    let private initialLife (options: ConnectionOptions) : Lifecycle =
+        { Options = options
+          CloseSent = false
+          CloseSentAt = 0L
+          CloseReceived = false
+          Failed = false
+          TimedOut = false
+          ReceivedCode = CloseCode.AbnormalClosure
+          ReceivedReason = ""
+          SentCode = 0us
+          SentReason = ""
+          TransportEnded = false
+          WritesStopped = false }
+
+    let private opened (life: Lifecycle, now: int64) : Connection =
         { Receiver =
             { Decoder = FrameDecoder.initial
               InMessage = false
@@ -247,19 +260,22 @@ module Connection =
           LastActivity = now
           PingSentAt = -1L
           Sending = Backpressure.initial
-          Life =
-            { Options = options
-              CloseSent = false
-              CloseSentAt = 0L
-              CloseReceived = false
-              Failed = false
-              TimedOut = false
-              ReceivedCode = CloseCode.AbnormalClosure
-              ReceivedReason = ""
-              SentCode = 0us
-              SentReason = ""
-              TransportEnded = false
-              WritesStopped = false } }
+          Life = life }
+
+    /// A connection just after the opening handshake, at time `now`.
+    let create (options: ConnectionOptions, now: int64) : Connection = opened (initialLife options, now)
+
+    /// A connection just after the opening handshake, at time `now`, with the settings of `template`
+    /// (a connection made by `create`). It shares the template's lifecycle part, an immutable value
+    /// that only a close, a failure or the transport's end replaces, so a host that keeps one template
+    /// per setting makes no allocation per connection here. A template that has closed since is not
+    /// shared: the result starts open all the same.
+    let createLike (template: Connection, now: int64) : Connection =
+        let life = template.Life
+        let untouched =
+            not (life.CloseSent || life.CloseReceived || life.Failed || life.TimedOut || life.TransportEnded || life.WritesStopped)
+            && life.SentCode = 0us && life.ReceivedCode = CloseCode.AbnormalClosure
+        opened ((if untouched then life else initialLife life.Options), now)
 
     /// Writes the header of a whole data message of `payloadLength` bytes into `destination`
     /// (at least `Frame.MaxHeaderSize` bytes) and returns its length: FIN set, unmasked (RFC 6455

@@ -35,6 +35,8 @@ internal abstract class RealtimeEndpoint
             (long)options.CloseTimeout.TotalMilliseconds);
         _compressedConnection = new ConnectionOptions(
             _plainConnection.MaxMessageSize, true, _plainConnection.IdleTimeout, _plainConnection.CloseTimeout);
+        _plainTemplate = ConnectionModule.create(_plainConnection, 0);
+        _compressedTemplate = ConnectionModule.create(_compressedConnection, 0);
     }
 
     private readonly ConnectionOptions _compressedConnection;
@@ -54,6 +56,15 @@ internal abstract class RealtimeEndpoint
     /// <summary>The core's settings for a connection, with or without negotiated compression.</summary>
     public ConnectionOptions ConnectionOptions(bool compression) =>
         compression ? _compressedConnection : _plainConnection;
+
+    // One new connection per setting, made once: every connection starts from one of them and shares
+    // its lifecycle part (see Connection.createLike).
+    private readonly Connection _plainTemplate;
+    private readonly Connection _compressedTemplate;
+
+    /// <summary>The core's state of a connection opened at <paramref name="now"/>, with or without negotiated compression.</summary>
+    public Connection NewConnection(bool compression, long now) =>
+        ConnectionModule.createLike(compression ? _compressedTemplate : _plainTemplate, now);
 
     /// <summary>
     /// Answers one HTTP request on the endpoint's route: opens the connection and runs it until it

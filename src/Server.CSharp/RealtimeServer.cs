@@ -14,7 +14,6 @@ namespace Realtime;
 internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiver, IDisposable
 {
     private readonly TimeProvider _time;
-    private readonly ConcurrentDictionary<long, RealtimeSocket> _connections = new();
     private readonly ConcurrentDictionary<string, RealtimeEndpoint> _endpoints = new(StringComparer.Ordinal);
     private readonly TopicRegistry<RealtimeSocket> _topics;
     private long _lastId;
@@ -99,7 +98,8 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         try
         {
             long now = Now();
-            foreach (var connection in _connections.Values) connection.Tick(now);
+            foreach (var endpoint in _endpoints.Values)
+                foreach (var pair in endpoint.Connections) pair.Value.Tick(now);
         }
         finally
         {
@@ -145,18 +145,15 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         }
     }
 
-    internal void Register(RealtimeSocket connection)
-    {
-        _connections[connection.Id] = connection;
-        if (_endpoints.TryGetValue(connection.Endpoint, out var endpoint)) endpoint.Connections[connection.Id] = connection;
-    }
+    // One registry per endpoint and none for the server: the server's view (by id, all of them) is
+    // derived from its few endpoints', so a connection costs one dictionary node, not two.
+    internal void Register(RealtimeSocket connection) => connection.Registry[connection.Id] = connection;
 
     internal void Unregister(RealtimeSocket connection)
     {
         // Leave the topics first, refusing a late Subscribe from then on.
         _topics.RemoveAll(connection.TopicSubscriptions);
-        _connections.TryRemove(connection.Id, out _);
-        if (_endpoints.TryGetValue(connection.Endpoint, out var endpoint)) endpoint.Connections.TryRemove(connection.Id, out _);
+        connection.Registry.TryRemove(connection.Id, out _);
     }
 
     /// <summary>
@@ -167,7 +164,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     {
         ThrowIfInvalidTopic(topic);
         // A connection that has left must not come back into the table through a late call.
-        if (!_connections.ContainsKey(connection.Id)) return false;
+        if (!connection.Registry.ContainsKey(connection.Id)) return false;
         var outcome = _topics.Subscribe(connection.TopicSubscriptions, topic, new Topics.TopicLimits(Defaults.MaxTopicLength, maxTopics));
         if (outcome == SubscribeOutcome.TopicLimitReached) Log.TopicLimitReached(connection.Id, connection.Endpoint, maxTopics);
         return outcome == SubscribeOutcome.Subscribed;
@@ -284,14 +281,30 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         return PublishFrame(topic, kind, data, null, compress);
     }
 
-    public int ConnectionCount => _connections.Count;
+    public int ConnectionCount
+    {
+        get
+        {
+            int count = 0;
+            foreach (var endpoint in _endpoints.Values) count += endpoint.Connections.Count;
+            return count;
+        }
+    }
 
-    public IReadOnlyList<RealtimeSocket> Connections => _connections.Values.ToArray();
+    public IReadOnlyList<RealtimeSocket> Connections => _endpoints.Values.SelectMany(endpoint => endpoint.Connections.Values).ToArray();
+
+    private bool NoConnections => _endpoints.Values.All(endpoint => endpoint.Connections.IsEmpty);
 
     public IReadOnlyList<RealtimeSocket> ConnectionsOf(string pattern) =>
         _endpoints.TryGetValue(pattern, out var endpoint) ? endpoint.Connections.Values.ToArray() : [];
 
-    public bool TryGetConnection(long id, out RealtimeSocket connection) => _connections.TryGetValue(id, out connection!);
+    public bool TryGetConnection(long id, out RealtimeSocket connection)
+    {
+        foreach (var endpoint in _endpoints.Values)
+            if (endpoint.Connections.TryGetValue(id, out connection!)) return true;
+        connection = null!;
+        return false;
+    }
 
     public int Broadcast(string pattern, string text, RealtimeSocket? except = null)
     {
@@ -330,17 +343,18 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     internal async Task ShutdownAsync(TimeSpan timeout)
     {
         _shuttingDown = true;
-        var open = _connections.Values.ToArray();
-        if (open.Length == 0) return;
-        Log.ShutdownStarted(open.Length);
+        var open = Connections;
+        if (open.Count == 0) return;
+        Log.ShutdownStarted(open.Count);
         foreach (var connection in open) connection.CloseLocally(CloseCode.GoingAway, "server shutdown");
         long started = _time.GetTimestamp();
-        while (!_connections.IsEmpty && _time.GetElapsedTime(started) < timeout)
+        while (!NoConnections && _time.GetElapsedTime(started) < timeout)
             await Task.Delay(10).ConfigureAwait(false);
-        if (!_connections.IsEmpty)
+        if (!NoConnections)
         {
-            Log.ShutdownTimedOut(_connections.Count);
-            foreach (var connection in _connections.Values) connection.Terminate();
+            var left = Connections;
+            Log.ShutdownTimedOut(left.Count);
+            foreach (var connection in left) connection.Terminate();
         }
     }
 

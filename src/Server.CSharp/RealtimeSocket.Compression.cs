@@ -15,27 +15,37 @@ namespace Realtime;
 // the client resets its context after each message and a connection's own inflater when it does not.
 public abstract partial class RealtimeSocket
 {
-    private readonly PerMessageDeflate.Parameters? _compression;
-    private MessageDeflater? _deflater;
-    private MessageInflater? _inflater;
+    // Null without permessage-deflate (most connections): they keep none of the fields below.
+    private readonly CompressionState? _compressionState;
+
+    /// <summary>The compression state, where the code runs only for a connection that negotiated permessage-deflate.</summary>
+    private CompressionState Negotiated => _compressionState!;
+
+    /// <summary>What a connection with permessage-deflate keeps for it: the parameters, its compressors and their budget counts.</summary>
+    private sealed class CompressionState(PerMessageDeflate.Parameters parameters)
+    {
+        public readonly PerMessageDeflate.Parameters Parameters = parameters;
+        public MessageDeflater? Deflater;
+        public MessageInflater? Inflater;
+        public bool InflaterCounted;
+        public bool DeflaterCounted;
+        // Inflated bytes of the message being received, counted against the budget.
+        public long InflatedCounted;
+    }
 
     /// <summary>True when a message of this length goes out compressed: negotiated, and asked for or over the threshold.</summary>
     private bool WantsCompression(bool compress, int length) =>
-        _compression is not null && (compress || (_endpoint.Options.CompressionThreshold is { } threshold && length >= threshold));
+        _compressionState is not null && (compress || (_endpoint.Options.CompressionThreshold is { } threshold && length >= threshold));
 
     // What zlib holds per stream with a 15-bit window and memLevel 8 (zlib's zconf.h: deflate
     // needs (1 << (windowBits + 2)) + (1 << (memLevel + 9)) bytes, inflate 1 << windowBits plus about
     // 7 KiB of state), counted against the server's budget while a connection holds one.
     internal const int DeflaterStateBytes = 260 * 1024;
     internal const int InflaterStateBytes = 40 * 1024;
-    private bool _inflaterCounted;
-    private bool _deflaterCounted;
-    // Inflated bytes of the message being received, counted against the budget.
-    private long _inflatedCounted;
 
     private SendResult SendCompressed(MessageKind kind, ReadOnlySpan<byte> payload, Subscription<RealtimeSocket>? subscription)
     {
-        var parameters = _compression!;
+        var parameters = Negotiated.Parameters;
         if (parameters.ServerNoContextTakeover)
         {
             int length = CompressorPool.SharedDeflater(parameters.ServerMaxWindowBits).Compress(payload, out byte[] compressed);
@@ -65,15 +75,15 @@ public abstract partial class RealtimeSocket
             var before = _core.SendState;
             var (verdict, _) = ConnectionModule.send(ref _core, _endpoint.Limits, kind, bound, true, header);
             if (!Backpressure.isQueued(verdict)) return SendUncompressed(kind, payload, subscription);
-            if (_deflater is null)
+            if (Negotiated.Deflater is null)
             {
                 if (!_server.Budget.TryReserve(DeflaterStateBytes, ceiling)) return NotCompressed(before, kind, payload, subscription);
-                _deflaterCounted = true;
-                _deflater = new MessageDeflater(_compression!.ServerMaxWindowBits, contextTakeover: true);
+                Negotiated.DeflaterCounted = true;
+                Negotiated.Deflater = new MessageDeflater(Negotiated.Parameters.ServerMaxWindowBits, contextTakeover: true);
             }
             int reserved = bound + Frame.MaxHeaderSize;
             if (!_server.Budget.TryReserve(reserved, ceiling)) return NotCompressed(before, kind, payload, subscription);
-            int length = _deflater.Compress(payload, out byte[] compressed);
+            int length = Negotiated.Deflater.Compress(payload, out byte[] compressed);
             try
             {
                 var (total, headerLength) = ConnectionModule.settle(ref _core, kind, bound, length, header);
@@ -108,30 +118,30 @@ public abstract partial class RealtimeSocket
     private ReadOnlyMemory<byte>? InflateChunk(ReadOnlySpan<byte> chunk, bool messageEnd)
     {
         int limit = _endpoint.Options.EffectiveMaxPayloadLength;
-        if (_inflater is null)
+        if (Negotiated.Inflater is null)
         {
             if (!_server.Budget.TryReserve(InflaterStateBytes))
             {
                 FailMessage(ProtocolError.NewMessageTooBig(limit));
                 return null;
             }
-            _inflaterCounted = true;
-            _inflater = _compression!.ClientNoContextTakeover ? CompressorPool.RentInflater() : new MessageInflater();
+            Negotiated.InflaterCounted = true;
+            Negotiated.Inflater = Negotiated.Parameters.ClientNoContextTakeover ? CompressorPool.RentInflater() : new MessageInflater();
         }
         // The inflated bytes count against the server's budget as they grow: the message may grow
         // only as far as the budget has room, and past that it is too big, as past MaxPayloadLength.
         // The inflater stops one byte past `room`, so a message inflating past the limit costs no
         // more than the limit: that byte goes to the core, which refuses the message (1009); when
         // the budget set `room` below the limit, only the host knows why it stopped.
-        int before = _inflater.Output.Length;
+        int before = Negotiated.Inflater.Output.Length;
         int room = (int)Math.Min(limit, before + _server.Budget.Available);
-        var status = _inflater.Inflate(chunk, messageEnd, room);
-        int grown = _inflater.Output.Length - before;
+        var status = Negotiated.Inflater.Inflate(chunk, messageEnd, room);
+        int grown = Negotiated.Inflater.Output.Length - before;
         bool overBudget;
         if (status == InflateStatus.TooBig) overBudget = room < limit;
         else if (_server.Budget.TryReserve(grown))
         {
-            _inflatedCounted += grown;
+            Negotiated.InflatedCounted += grown;
             overBudget = false;
         }
         else overBudget = true;
@@ -150,7 +160,7 @@ public abstract partial class RealtimeSocket
         InflatedVerdict verdict;
         lock (_sync)
         {
-            (_core, verdict) = ConnectionModule.inflated(_core, _inflater.Output.Span[before..], messageEnd);
+            (_core, verdict) = ConnectionModule.inflated(_core, Negotiated.Inflater.Output.Span[before..], messageEnd);
         }
         if (!verdict.IsInflatedAccepted)
         {
@@ -160,31 +170,31 @@ public abstract partial class RealtimeSocket
         }
         // Not `messageEnd ? Output : null`: that null would become an empty message (byte[] converts to memory).
         if (!messageEnd) return null;
-        return _inflater.Output;
+        return Negotiated.Inflater.Output;
     }
 
     /// <summary>After a compressed message was handled: a pooled inflater goes back, an own one keeps its window.</summary>
     private void ReleaseInflater()
     {
-        if (_inflater is null) return;
-        _server.Budget.Release(_inflatedCounted);
-        _inflatedCounted = 0;
-        if (_compression!.ClientNoContextTakeover)
+        if (_compressionState is not { Inflater: { } inflater } state) return;
+        _server.Budget.Release(state.InflatedCounted);
+        state.InflatedCounted = 0;
+        if (state.Parameters.ClientNoContextTakeover)
         {
-            CompressorPool.ReturnInflater(_inflater);
-            _inflater = null;
+            CompressorPool.ReturnInflater(inflater);
+            state.Inflater = null;
             ReleaseInflaterState();
         }
         else
         {
-            _inflater.Release(reset: false);
+            inflater.Release(reset: false);
         }
     }
 
     private void ReleaseInflaterState()
     {
-        if (_inflaterCounted) _server.Budget.Release(InflaterStateBytes);
-        _inflaterCounted = false;
+        if (Negotiated.InflaterCounted) _server.Budget.Release(InflaterStateBytes);
+        Negotiated.InflaterCounted = false;
     }
 
     /// <summary>
@@ -213,21 +223,22 @@ public abstract partial class RealtimeSocket
     /// <summary>Frees the connection's compression state once it has ended.</summary>
     private void DisposeCompression()
     {
-        if (_inflater is not null)
+        if (_compressionState is not { } state) return;
+        if (state.Inflater is { } inflater)
         {
-            _server.Budget.Release(_inflatedCounted);
-            _inflatedCounted = 0;
-            if (_compression!.ClientNoContextTakeover) CompressorPool.ReturnInflater(_inflater);
-            else _inflater.Dispose();
-            _inflater = null;
+            _server.Budget.Release(state.InflatedCounted);
+            state.InflatedCounted = 0;
+            if (state.Parameters.ClientNoContextTakeover) CompressorPool.ReturnInflater(inflater);
+            else inflater.Dispose();
+            state.Inflater = null;
             ReleaseInflaterState();
         }
         lock (_sync)
         {
-            _deflater?.Dispose();
-            _deflater = null;
-            if (_deflaterCounted) _server.Budget.Release(DeflaterStateBytes);
-            _deflaterCounted = false;
+            state.Deflater?.Dispose();
+            state.Deflater = null;
+            if (state.DeflaterCounted) _server.Budget.Release(DeflaterStateBytes);
+            state.DeflaterCounted = false;
         }
     }
 }

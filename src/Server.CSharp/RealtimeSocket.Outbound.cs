@@ -45,7 +45,6 @@ public abstract partial class RealtimeSocket
     private int _handlerGate;
     private int _drainPending;
     private bool _closeDispatched;
-    private readonly object _gateWait = new();
     private TaskCompletionSource? _gateFreed;
 
     /// <summary>Sends a data frame; for a publish, <paramref name="subscription"/> is the topic subscription it goes through (see <see cref="EnqueueData"/>).</summary>
@@ -60,7 +59,7 @@ public abstract partial class RealtimeSocket
     internal SendResult SendPrepared(ref PreparedMessage message, Subscription<RealtimeSocket>? subscription = null)
     {
         if (!WantsCompression(message.Compress, message.Payload.Length)) return EnqueueShared(message.Plain(), subscription);
-        if (_compression!.ServerNoContextTakeover) return EnqueueShared(message.CompressedFor(_compression.ServerMaxWindowBits), subscription);
+        if (Negotiated.Parameters.ServerNoContextTakeover) return EnqueueShared(message.CompressedFor(Negotiated.Parameters.ServerMaxWindowBits), subscription);
         return SendCompressed(message.Kind, message.Payload, subscription);
     }
 
@@ -339,10 +338,17 @@ public abstract partial class RealtimeSocket
         shared.Clear();
     }
 
+    /// <summary>
+    /// Writes to the transport that is not a pipe: the native connection's own send (no stream object
+    /// per connection for it), or the upgrade's stream.
+    /// </summary>
+    private ValueTask WriteStreamAsync(ReadOnlyMemory<byte> bytes) =>
+        _native is { } native ? native.SendAsync(bytes) : _transport!.WriteAsync(bytes);
+
     /// <summary>Hands one batch of frames to the transport; completes when the transport has taken it.</summary>
     private ValueTask WriteToTransportAsync(ReadOnlyMemory<byte> bytes)
     {
-        if (_pipe is null) return _transport!.WriteAsync(bytes);
+        if (_pipe is null) return WriteStreamAsync(bytes);
         var output = _pipe.Output;
         output.Write(bytes.Span);
         return FlushPipeAsync(output);
@@ -380,10 +386,10 @@ public abstract partial class RealtimeSocket
             return FlushPipeAsync(pipe.Output);
         }
         // One shared frame alone (a subscriber that keeps up): the stream takes it as it is.
-        if (length == 0 && shared.Count == 1) return _transport!.WriteAsync(shared[0].Frame.Bytes);
+        if (length == 0 && shared.Count == 1) return WriteStreamAsync(shared[0].Frame.Bytes);
         byte[] scratch = ArrayPool<byte>.Shared.Rent(total);
         Gather(scratch, chunk, length, shared);
-        var write = _transport!.WriteAsync(scratch.AsMemory(0, total));
+        var write = WriteStreamAsync(scratch.AsMemory(0, total));
         if (write.IsCompletedSuccessfully)
         {
             ArrayPool<byte>.Shared.Return(scratch);
@@ -454,7 +460,7 @@ public abstract partial class RealtimeSocket
             {
                 if (socket._pipe is null && _gathered == 0 && bytes.Length >= WriteSlice)
                 {
-                    await socket._transport!.WriteAsync(bytes[..WriteSlice]).ConfigureAwait(false);
+                    await socket.WriteStreamAsync(bytes[..WriteSlice]).ConfigureAwait(false);
                     bytes = bytes[WriteSlice..];
                     continue;
                 }
@@ -474,7 +480,7 @@ public abstract partial class RealtimeSocket
             _gathered = 0;
             return socket._pipe is { } pipe
                 ? FlushPipeAsync(pipe.Output)
-                : socket._transport!.WriteAsync(_scratch.AsMemory(0, gathered));
+                : socket.WriteStreamAsync(_scratch.AsMemory(0, gathered));
         }
 
         public void Dispose()
@@ -559,7 +565,7 @@ public abstract partial class RealtimeSocket
         while (true)
         {
             Task freed;
-            lock (_gateWait)
+            lock (_sync)
             {
                 // Tried under the lock, so a Drain leaving the gate after this either lets this
                 // succeed or finds the waiter below and wakes it.
@@ -574,7 +580,7 @@ public abstract partial class RealtimeSocket
     private void WakeGateWaiter()
     {
         TaskCompletionSource? freed;
-        lock (_gateWait)
+        lock (_sync)
         {
             freed = _gateFreed;
             _gateFreed = null;

@@ -51,7 +51,7 @@ public abstract partial class RealtimeSocket
     {
         if (!await OpenAsync().ConfigureAwait(false)) return;
         native.OutliveRequest();
-        KeepSnapshotOfRequest(native.Services);
+        KeepSnapshotOfRequest();
         native.StartReading(this);
     }
 
@@ -71,7 +71,9 @@ public abstract partial class RealtimeSocket
     {
         _server.Register(this);
         _server.Metrics.ConnectionOpened(_endpoint.Pattern);
-        _server.Log.ConnectionOpened(Id, _endpoint.Pattern, RemoteAddress?.ToString());
+        // Guarded: the address's string would otherwise be made for every upgrade, logged or not.
+        if (_server.Log.IsEnabled(Microsoft.Extensions.Logging.LogLevel.Debug))
+            _server.Log.ConnectionOpened(Id, _endpoint.Pattern, RemoteAddress?.ToString());
         try
         {
             await RunHandlerAsync(static socket => socket.OnOpen(), "Open").ConfigureAwait(false);

@@ -21,8 +21,11 @@ public abstract partial class RealtimeSocket
     // returns, or the connection's own pipes when it was accepted directly (see DirectConnections).
     private readonly Stream? _transport;
     private readonly System.IO.Pipelines.IDuplexPipe? _pipe;
-    // Set when the native transport's loop reads the connection; _transport is then its send stream.
+    // Set when the native transport's loop reads the connection (and writes go to its SendAsync).
     private readonly Native.NativeConnection? _native;
+
+    /// <summary>The registry of open connections this one is in: its endpoint's.</summary>
+    internal System.Collections.Concurrent.ConcurrentDictionary<long, RealtimeSocket> Registry => _endpoint.Connections;
 
     /// <summary>The native transport's connection, when the loop reads this one.</summary>
     internal Native.NativeConnection? Native => _native;
@@ -42,9 +45,9 @@ public abstract partial class RealtimeSocket
         if (_pipe is null && _native is null) _receiving = new CancellationTokenSource();
         Id = server.NextConnectionId();
         Protocol = subprotocol;
-        RemoteAddress = context.Connection.RemoteIpAddress;
-        _compression = compression;
-        _core = ConnectionModule.create(endpoint.ConnectionOptions(compression is not null), server.Now());
+        _remoteAddress = new CompactAddress(context.Connection.RemoteIpAddress);
+        if (compression is not null) _compressionState = new CompressionState(compression);
+        _core = endpoint.NewConnection(compression is not null, server.Now());
     }
 
     /// <summary>A number that identifies the connection within the server, for <see cref="IRealtimeServer.TryGetConnection"/>.</summary>
@@ -57,10 +60,12 @@ public abstract partial class RealtimeSocket
     public string? Protocol { get; }
 
     /// <summary>True when permessage-deflate was negotiated with this client.</summary>
-    public bool Compression => _compression is not null;
+    public bool Compression => _compressionState is not null;
 
     /// <summary>The client's IP address.</summary>
-    public IPAddress? RemoteAddress { get; }
+    public IPAddress? RemoteAddress => _remoteAddress.ToIPAddress();
+
+    private readonly CompactAddress _remoteAddress;
 
     /// <summary>
     /// The HTTP context of the upgrade request (headers, user, services). On the native transport the
@@ -74,14 +79,14 @@ public abstract partial class RealtimeSocket
         {
             var request = Volatile.Read(ref _request);
             if (request is HttpContext context) return context;
-            var made = ((RequestSnapshot)request).ToHttpContext(RemoteAddress);
+            var made = ((RequestSnapshot)request).ToHttpContext(RemoteAddress, _native!.Services);
             return Interlocked.CompareExchange(ref _request, made, request) as HttpContext ?? made;
         }
     }
 
     /// <summary>The native transport's request has ended: keep only its snapshot.</summary>
-    private void KeepSnapshotOfRequest(IServiceProvider services) =>
-        Volatile.Write(ref _request, RequestSnapshot.Of((HttpContext)_request, services));
+    private void KeepSnapshotOfRequest() =>
+        Volatile.Write(ref _request, RequestSnapshot.Of((HttpContext)_request, _endpoint.Pattern));
 
     /// <summary>Bytes queued for this connection and not yet accepted by the transport.</summary>
     public long BufferedAmount

@@ -6,7 +6,7 @@ namespace Realtime;
 /// What carries a connection's bytes: the stream returned by Kestrel's HTTP upgrade, or, for a
 /// connection accepted directly by <see cref="Direct.DirectConnectionMiddleware"/>, the connection's
 /// own transport pipes (no HTTP layer between them and the socket), or, for a connection held by the
-/// native transport's event loop, its descriptor (read by the loop, written through <see cref="Stream"/>).
+/// native transport's event loop, its descriptor (read by the loop, written through <see cref="Native.NativeConnection.SendAsync"/>).
 /// </summary>
 internal readonly struct RealtimeTransport
 {
@@ -27,5 +27,5 @@ internal readonly struct RealtimeTransport
 
     public static RealtimeTransport FromPipe(IDuplexPipe pipe) => new(null, pipe);
 
-    public static RealtimeTransport FromNative(Native.NativeConnection native) => new(native.SendStream, null, native);
+    public static RealtimeTransport FromNative(Native.NativeConnection native) => new(null, null, native);
 }

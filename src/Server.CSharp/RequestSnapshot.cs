@@ -19,39 +19,36 @@ internal sealed class RequestSnapshot
     private readonly PathString _pathBase;
     private readonly PathString _path;
     private readonly QueryString _query;
-    private readonly IPAddress? _localAddress;
+    private readonly CompactAddress _localAddress;
     private readonly int _localPort;
     private readonly int _remotePort;
     private readonly string _connectionId;
-    private readonly IServiceProvider? _services;
 
-    private RequestSnapshot(HttpContext context, IServiceProvider? services)
+    private RequestSnapshot(HttpContext context, string routePattern)
     {
         // Read through the feature so that an app that never touched User gets no principal made for it.
         _user = context.Features.Get<IHttpAuthenticationFeature>()?.User;
         var request = context.Request;
         _pathBase = request.PathBase;
-        _path = request.Path;
+        // The path of most connections is their endpoint's pattern: keep that one string, not a copy each.
+        _path = string.Equals(request.Path.Value, routePattern, StringComparison.Ordinal) ? new PathString(routePattern) : request.Path;
         _query = request.QueryString;
         var connection = context.Connection;
-        _localAddress = connection.LocalIpAddress;
+        _localAddress = new CompactAddress(connection.LocalIpAddress);
         _localPort = connection.LocalPort;
         _remotePort = connection.RemotePort;
         _connectionId = connection.Id;
-        _services = services;
     }
 
-    /// <summary>
-    /// The snapshot of <paramref name="context"/>; <paramref name="services"/> (the application's
-    /// root services) stand in for its request services, whose scope ends with the request.
-    /// </summary>
-    public static RequestSnapshot Of(HttpContext context, IServiceProvider? services) => new(context, services);
+    /// <summary>The snapshot of <paramref name="context"/>, a request to the endpoint at <paramref name="routePattern"/>.</summary>
+    public static RequestSnapshot Of(HttpContext context, string routePattern) => new(context, routePattern);
 
     /// <summary>
     /// A context made from the snapshot for <see cref="RealtimeSocket.HttpContext"/>: GET on the
-    /// request's path and query, its user and addresses, no headers, root services.
+    /// request's path and query, its user and addresses, no headers, and <paramref name="services"/>
+    /// (the application's root services) for its request services, whose scope ended with the request.
     /// </summary>
-    public HttpContext ToHttpContext(IPAddress? remoteAddress)
+    public HttpContext ToHttpContext(IPAddress? remoteAddress, IServiceProvider services)
     {
         var context = new DefaultHttpContext();
         var request = context.Request;
@@ -65,10 +62,10 @@ internal sealed class RequestSnapshot
         connection.Id = _connectionId;
         connection.RemoteIpAddress = remoteAddress;
         connection.RemotePort = _remotePort;
-        connection.LocalIpAddress = _localAddress;
+        connection.LocalIpAddress = _localAddress.ToIPAddress();
         connection.LocalPort = _localPort;
         if (_user is not null) context.User = _user;
-        context.RequestServices = _services!;
+        context.RequestServices = services;
         return context;
     }
 }

@@ -573,6 +573,25 @@ let tests =
         ]
 
         testList "Connections are immutable values" [
+            testCase "createLike is create at the new time; closing one leaves the template and its siblings open" <| fun () ->
+                let template = Connection.create (keepAlive, 0L)
+                let first = Connection.createLike (template, 500L)
+                let second = Connection.createLike (template, 700L)
+                Expect.equal first (Connection.create (keepAlive, 500L)) "as made by create at 500"
+                Expect.equal (Connection.nextDeadline second) 1700L "the idle deadline counts from its own start"
+                let struct (closing, request) = closeWith first 1000us "done"
+                Expect.equal request (SendCloseFrame(hex "88 06 03 e8 64 6f 6e 65")) "the first closes"
+                Expect.isFalse closing.CanSend "the first takes no more data"
+                Expect.isTrue second.CanSend "its sibling is still open"
+                Expect.isTrue template.CanSend "the template is still open"
+                Expect.equal (Connection.closeStatus second) (struct (1006us, "")) "the sibling has no close status"
+            testCase "createLike from a template that has closed starts open all the same" <| fun () ->
+                let struct (closed, _) = closeWith (Connection.create (keepAlive, 0L)) 4000us "gone"
+                let ended = Connection.transportEnded closed
+                let fresh = Connection.createLike (ended, 300L)
+                Expect.equal fresh (Connection.create (keepAlive, 300L)) "as made by create"
+                Expect.isTrue fresh.CanSend "open"
+                Expect.isFalse fresh.IsClosing "not closing"
             testCase "an earlier value is not changed by later calls (a ping split across calls)" <| fun () ->
                 let bytes = ping (utf8 "Hello")
                 let first = Driver()

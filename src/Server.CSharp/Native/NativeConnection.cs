@@ -197,7 +197,7 @@ internal sealed partial class NativeConnection : ILoopMember
         _loop.Tick(this, false);
         _loop.Remove(_fd);
         TaskCompletionSource? unsent;
-        lock (_sendLock)
+        lock (SendLock)
         {
             _closed = true;
             Libc.Close(_fd);
@@ -213,7 +213,7 @@ internal sealed partial class NativeConnection : ILoopMember
     /// <summary>Drops the TCP connection (any thread): the loop then sees it end.</summary>
     public void Abort()
     {
-        lock (_sendLock)
+        lock (SendLock)
         {
             if (!_closed) Libc.Shutdown(_fd, Libc.ShutRdWr);
         }
