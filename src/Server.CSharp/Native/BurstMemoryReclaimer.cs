@@ -13,8 +13,8 @@ namespace Realtime.Native;
 /// any loop, it asks the GC once for a compacting collection that decommits free space
 /// (<see cref="GCCollectionMode.Aggressive"/>) and glibc to trim its arenas (<c>malloc_trim</c>), and
 /// not again within <see cref="MinimumInterval"/>.
-/// It never runs while connections are read or accepted: the pause (measured and logged) then
-/// costs no message its latency.
+/// It starts only after an interval in which nothing was read or accepted, so it does not interrupt
+/// flowing traffic; a message that arrives during the pause (measured and logged) waits for it.
 /// </summary>
 internal sealed partial class BurstMemoryReclaimer : IDisposable
 {
