@@ -136,8 +136,9 @@ public sealed class RealtimeOptions
 
     /// <summary>
     /// How long host shutdown waits for connections to finish their closing handshake after sending
-    /// them 1001. Zero to <see cref="int.MaxValue"/> milliseconds. Server-wide: set it in
-    /// <c>AddRealtime</c>, not per endpoint. Default 5 s.
+    /// them 1001; those left are then dropped, and shutdown waits for the Close handlers still running
+    /// (at most this long again). Zero to <see cref="int.MaxValue"/> milliseconds. Server-wide: set it
+    /// in <c>AddRealtime</c>, not per endpoint. Default 5 s.
     /// </summary>
     public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(5);
 

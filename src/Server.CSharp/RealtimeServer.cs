@@ -23,6 +23,9 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
     private int _ticking;
     private readonly object _timerLock = new();
     private volatile bool _shuttingDown;
+    // Connections registered whose run has not finished yet (their Close handler included): a
+    // connection leaves the registry just before its Close handler runs.
+    private int _unfinishedRuns;
     private int _admitted;
     private readonly ConcurrentDictionary<System.Net.IPAddress, int> _admittedPerAddress = new();
     private long _sharedPublishCompressions;
@@ -147,7 +150,14 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
 
     // One registry per endpoint and none for the server: the server's view (by id, all of them) is
     // derived from its few endpoints', so a connection costs one dictionary node, not two.
-    internal void Register(RealtimeSocket connection) => connection.Registry[connection.Id] = connection;
+    internal void Register(RealtimeSocket connection)
+    {
+        Interlocked.Increment(ref _unfinishedRuns);
+        connection.Registry[connection.Id] = connection;
+    }
+
+    /// <summary>A registered connection's run is over: its Close handler has returned.</summary>
+    internal void RunFinished() => Interlocked.Decrement(ref _unfinishedRuns);
 
     internal void Unregister(RealtimeSocket connection)
     {
@@ -339,7 +349,10 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         return queued;
     }
 
-    /// <summary>Graceful shutdown: every connection gets 1001, then the server waits (bounded) for them to finish.</summary>
+    /// <summary>
+    /// Graceful shutdown: every connection gets 1001, then the server waits (bounded by the timeout) for
+    /// them to finish, drops those left, and waits (bounded by the timeout again) for every Close handler.
+    /// </summary>
     internal async Task ShutdownAsync(TimeSpan timeout)
     {
         _shuttingDown = true;
@@ -356,6 +369,12 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
             Log.ShutdownTimedOut(left.Count);
             foreach (var connection in left) connection.Terminate();
         }
+        // A connection leaves the registry before its Close handler runs, and one dropped above still
+        // has to notice it: the host goes on stopping (and may end the native transport's loops) only
+        // once every Close handler has returned, or after the timeout once more.
+        started = _time.GetTimestamp();
+        while (Volatile.Read(ref _unfinishedRuns) > 0 && _time.GetElapsedTime(started) < timeout)
+            await Task.Delay(10).ConfigureAwait(false);
     }
 
     public void Dispose()

@@ -122,6 +122,7 @@ public abstract partial class RealtimeSocket
         {
             _server.ReleaseSlot(RemoteAddress);
             if (_native is { OutlivesRequest: true } native) native.Close();
+            _server.RunFinished();
         }
     }
 

@@ -47,6 +47,42 @@ let shutdownTests =
                 if not stopped then (server :> IDisposable).Dispose()
         })
 
+        testCaseTask "the stop returns only after every Close handler has returned: a slow one, of a connection answering the close and of one dropped at the timeout" (fun () -> task {
+            let closes = ConcurrentQueue<int>()
+            let routes (app: WebApplication) =
+                app.MapRealtime(
+                    "/live",
+                    RealtimeHandlers<obj>(Close = (fun _ code _ ->
+                        // Cleanup that takes a while (a database write, say) must still run before the host stops.
+                        Thread.Sleep 400
+                        closes.Enqueue code)))
+                |> ignore
+            let configure (options: RealtimeOptions) =
+                options.ShutdownTimeout <- seconds 1.0
+                options.CloseTimeout <- seconds 30.0
+            let! server = start configure routes
+            let mutable stopped = false
+            try
+                use! answering = connect (server.WsUrl + "/live")
+                use! silent = RawClient.connect server.Port "/live"
+                do! expectEventually (seconds 10.0) "both registered" (fun () -> server.Realtime.ConnectionCount = 2)
+                let answered =
+                    task {
+                        let! code, _ = receiveClose answering
+                        do! answering.CloseOutputAsync(WebSocketCloseStatus.NormalClosure, "", CancellationToken.None)
+                        return code
+                    }
+                do! server.StopAsync()
+                stopped <- true
+                Expect.equal (closes.ToArray()) [| 1001; 1001 |] "both Close handlers had returned when the stop did"
+                let! code = answered.WaitAsync(seconds 10.0)
+                Expect.equal code 1001 "the answering client got 1001"
+                let! silentCode = silent.ReceiveClose(seconds 5.0)
+                Expect.equal silentCode (Some 1001us) "the silent client was sent 1001"
+            finally
+                if not stopped then (server :> IDisposable).Dispose()
+        })
+
         testCaseTask "a client that never answers the close is dropped when the shutdown timeout ends" (fun () -> task {
             let closes = ConcurrentQueue<int>()
             let routes (app: WebApplication) =
