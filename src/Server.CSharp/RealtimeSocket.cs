@@ -28,7 +28,9 @@ public abstract partial class RealtimeSocket
 
     /// <summary>The native transport's connection, when the loop reads this one.</summary>
     internal Native.NativeConnection? Native => _native;
-    private readonly object _sync = new();
+    // On the native transport the connection's NativeConnection doubles as this lock (its own send
+    // lock is itself, held only around a syscall, never while waiting): one object less per connection.
+    private readonly object _sync;
 
     // The protocol core's state, both directions (sends are framed and judged there); guarded by _sync.
     private Connection _core;
@@ -39,6 +41,7 @@ public abstract partial class RealtimeSocket
         _endpoint = endpoint;
         _request = context;
         _native = transport.Native;
+        _sync = (object?)_native ?? new object();
         if (_native is null)
             _cold = new ColdState
             {
