@@ -360,9 +360,7 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         if (open.Count == 0) return;
         Log.ShutdownStarted(open.Count);
         foreach (var connection in open) connection.CloseLocally(CloseCode.GoingAway, "server shutdown");
-        long started = _time.GetTimestamp();
-        while (!NoConnections && _time.GetElapsedTime(started) < timeout)
-            await Task.Delay(10).ConfigureAwait(false);
+        await WaitUntilAsync(() => NoConnections, timeout).ConfigureAwait(false);
         if (!NoConnections)
         {
             var left = Connections;
@@ -372,8 +370,14 @@ internal sealed class RealtimeServer : IRealtimeServer, IRealtimeBackplaneReceiv
         // A connection leaves the registry before its Close handler runs, and one dropped above still
         // has to notice it: the host goes on stopping (and may end the native transport's loops) only
         // once every Close handler has returned, or after the timeout once more.
-        started = _time.GetTimestamp();
-        while (Volatile.Read(ref _unfinishedRuns) > 0 && _time.GetElapsedTime(started) < timeout)
+        await WaitUntilAsync(() => Volatile.Read(ref _unfinishedRuns) == 0, timeout).ConfigureAwait(false);
+    }
+
+    /// <summary>Polls <paramref name="done"/> every 10 ms until it holds or <paramref name="timeout"/> has passed.</summary>
+    private async Task WaitUntilAsync(Func<bool> done, TimeSpan timeout)
+    {
+        long started = _time.GetTimestamp();
+        while (!done() && _time.GetElapsedTime(started) < timeout)
             await Task.Delay(10).ConfigureAwait(false);
     }
 

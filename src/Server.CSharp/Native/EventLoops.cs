@@ -17,7 +17,6 @@ internal sealed class EventLoops : IDisposable
     /// <summary>The loop that accepts on the listeners.</summary>
     public EventLoop First => _loops[0];
 
-    /// <summary>The loop the next connection goes to.</summary>
     /// <summary>How many connections were given to a loop (accepted) so far.</summary>
     public long Assigned => (uint)(Volatile.Read(ref _next) + 1);
 
@@ -32,6 +31,7 @@ internal sealed class EventLoops : IDisposable
         }
     }
 
+    /// <summary>The loop the next connection goes to.</summary>
     public EventLoop Next() => _loops[(int)((uint)Interlocked.Increment(ref _next) % (uint)_loops.Length)];
 
     public void Dispose()
