@@ -62,6 +62,38 @@ let private statusOf (port: int) (request: string) : Task<string> =
         return head.Split("\r\n")[0]
     }
 
+/// Starts a native-transport server whose only listener is the TLS one `listen` makes on Kestrel, with
+/// `recorder`'s echo at /echo.
+let private startTlsListener (recorder: Recorder) (listen: Microsoft.AspNetCore.Server.Kestrel.Core.KestrelServerOptions -> unit) =
+    startOn OwnTransport
+        (fun builder ->
+            builder.WebHost.UseRealtimeNativeTransport() |> ignore
+            builder.WebHost.UseUrls() |> ignore
+            builder.WebHost.ConfigureKestrel(listen) |> ignore)
+        ignore
+        (fun app -> app.MapRealtime("/echo", recorder.Echo()) |> ignore)
+
+/// A wss:// client trusting `certificate` connects to `url` and gets its message echoed.
+let private expectTlsEcho (certificate: Security.Cryptography.X509Certificates.X509Certificate2) (url: string) =
+    task {
+        use secure = TlsTests.clientTrusting certificate
+        use cancel = new CancellationTokenSource(seconds 10.0)
+        do! secure.ConnectAsync(Uri url, cancel.Token)
+        do! sendText secure "over tls"
+        let! answer = receiveText secure
+        Expect.equal answer "over tls" $"wss:// echoes at {url}"
+    }
+
+/// A plain upgrade on the TLS port gets no 101, and no connection was taken natively.
+let private expectAllOnKestrel (recorder: Recorder) (port: int) =
+    task {
+        let! tcp, stream, head = RawClient.handshakeRaw port (RawClient.upgradeRequest "/echo" "")
+        use _ = tcp
+        use _ = stream
+        Expect.isFalse (head.StartsWith "HTTP/1.1 101") $"no plain upgrade on the TLS port: {head}"
+        Expect.isFalse (recorder.ConnectionIds.ToArray() |> Array.exists (fun id -> id.StartsWith "native-")) "no connection was taken natively"
+    }
+
 [<Tests>]
 let nativeTransportTests =
     testList "Native transport" [
@@ -338,57 +370,21 @@ let nativeTransportTests =
             let recorder = Recorder()
             let certificate = TlsTests.certificate.Force()
             let port = freePort ()
-            let! server =
-                startOn OwnTransport
-                    (fun builder ->
-                        builder.WebHost.UseRealtimeNativeTransport() |> ignore
-                        builder.WebHost.UseUrls() |> ignore
-                        builder.WebHost.ConfigureKestrel(fun kestrel ->
-                            kestrel.ListenLocalhost(port, fun listen -> listen.UseHttps(certificate) |> ignore))
-                        |> ignore)
-                    ignore
-                    (fun app -> app.MapRealtime("/echo", recorder.Echo()) |> ignore)
+            let! server = startTlsListener recorder (fun kestrel -> kestrel.ListenLocalhost(port, fun listen -> listen.UseHttps(certificate) |> ignore))
             use _ = server
             for host in [ "127.0.0.1"; "[::1]" ] do
-                use secure = TlsTests.clientTrusting certificate
-                use cancel = new CancellationTokenSource(seconds 10.0)
-                do! secure.ConnectAsync(Uri $"wss://{host}:{port}/echo", cancel.Token)
-                do! sendText secure "over tls"
-                let! answer = receiveText secure
-                Expect.equal answer "over tls" $"wss:// echoes via {host}"
-            let! tcp, stream, head = RawClient.handshakeRaw port (RawClient.upgradeRequest "/echo" "")
-            use _ = tcp
-            use _ = stream
-            Expect.isFalse (head.StartsWith "HTTP/1.1 101") $"no plain upgrade on the TLS port: {head}"
-            Expect.isFalse (recorder.ConnectionIds.ToArray() |> Array.exists (fun id -> id.StartsWith "native-")) "no connection was taken natively"
+                do! expectTlsEcho certificate $"wss://{host}:{port}/echo"
+            do! expectAllOnKestrel recorder port
         })
 
         testCaseTask "a TLS listener's connections all go to Kestrel: wss:// works, a plain upgrade on its port does not" (fun () -> task {
             let recorder = Recorder()
             let certificate = TlsTests.certificate.Force()
             let port = freePort ()
-            let! server =
-                startOn OwnTransport
-                    (fun builder ->
-                        builder.WebHost.UseRealtimeNativeTransport() |> ignore
-                        builder.WebHost.UseUrls() |> ignore
-                        builder.WebHost.ConfigureKestrel(fun kestrel ->
-                            kestrel.Listen(Net.IPAddress.Loopback, port, fun listen -> listen.UseHttps(certificate) |> ignore))
-                        |> ignore)
-                    ignore
-                    (fun app -> app.MapRealtime("/echo", recorder.Echo()) |> ignore)
+            let! server = startTlsListener recorder (fun kestrel -> kestrel.Listen(Net.IPAddress.Loopback, port, fun listen -> listen.UseHttps(certificate) |> ignore))
             use _ = server
-            use secure = TlsTests.clientTrusting certificate
-            use cancel = new CancellationTokenSource(seconds 10.0)
-            do! secure.ConnectAsync(Uri $"wss://127.0.0.1:{port}/echo", cancel.Token)
-            do! sendText secure "over tls"
-            let! answer = receiveText secure
-            Expect.equal answer "over tls" "wss:// echoes"
-            let! tcp, stream, head = RawClient.handshakeRaw port (RawClient.upgradeRequest "/echo" "")
-            use _ = tcp
-            use _ = stream
-            Expect.isFalse (head.StartsWith "HTTP/1.1 101") $"no plain upgrade on the TLS port: {head}"
-            Expect.isFalse (recorder.ConnectionIds.ToArray() |> Array.exists (fun id -> id.StartsWith "native-")) "no connection was taken natively"
+            do! expectTlsEcho certificate $"wss://127.0.0.1:{port}/echo"
+            do! expectAllOnKestrel recorder port
         })
 
         testCaseTask "the app's pipeline decides as on Kestrel's path: the same statuses, and every request seen by its middleware" (fun () -> task {
