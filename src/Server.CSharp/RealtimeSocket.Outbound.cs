@@ -34,6 +34,8 @@ public abstract partial class RealtimeSocket
     private bool _closeTaken;
     private bool _inWrite;
     private bool _closeHandedOver;
+    private TaskCompletionSource? _writerIdle;
+    private TaskCompletionSource? _controlTaken;
 
     // Handlers of one connection never overlap: the receive loop and a writer that reports Drain
     // take turns through this gate (0 free, 1 taken). A Drain that finds the gate taken is left
@@ -43,6 +45,7 @@ public abstract partial class RealtimeSocket
     private int _handlerGate;
     private int _drainPending;
     private bool _closeDispatched;
+    private TaskCompletionSource? _gateFreed;
 
     /// <summary>Sends a data frame; for a publish, <paramref name="subscription"/> is the topic subscription it goes through (see <see cref="EnqueueData"/>).</summary>
     internal SendResult SendFrame(MessageKind kind, ReadOnlySpan<byte> payload, bool compress, Subscription<RealtimeSocket>? subscription = null) =>
@@ -235,13 +238,14 @@ public abstract partial class RealtimeSocket
             {
                 stopReceiving = _stopReceivingWhenFlushed;
                 // Either way no control frame is left pending below: a receive loop held back by them may go on.
-                controlTaken = TakeControlTaken();
+                controlTaken = _controlTaken;
+                _controlTaken = null;
                 if (!HasPending || !_core.CanWrite)
                 {
                     if (stopReceiving && _core.CanWrite) _closeHandedOver = true;
                     _writing = false;
                     ReleaseIdleBuffers();
-                    _cold?.WriterIdle?.TrySetResult();
+                    _writerIdle?.TrySetResult();
                     chunk = null;
                     length = 0;
                     controlBytes = 0;
@@ -298,8 +302,9 @@ public abstract partial class RealtimeSocket
                     _core = ConnectionModule.writingStopped(_core);
                     _writing = false;
                     ReleaseIdleBuffers();
-                    _cold?.WriterIdle?.TrySetResult();
-                    controlTaken = TakeControlTaken();
+                    _writerIdle?.TrySetResult();
+                    controlTaken = _controlTaken;
+                    _controlTaken = null;
                 }
                 controlTaken?.TrySetResult();
                 AbortTransport();
@@ -338,13 +343,13 @@ public abstract partial class RealtimeSocket
     /// per connection for it), or the upgrade's stream.
     /// </summary>
     private ValueTask WriteStreamAsync(ReadOnlyMemory<byte> bytes) =>
-        _native is { } native ? native.SendAsync(bytes) : TransportStream!.WriteAsync(bytes);
+        _native is { } native ? native.SendAsync(bytes) : _transport!.WriteAsync(bytes);
 
     /// <summary>Hands one batch of frames to the transport; completes when the transport has taken it.</summary>
     private ValueTask WriteToTransportAsync(ReadOnlyMemory<byte> bytes)
     {
-        if (TransportPipe is not { } pipe) return WriteStreamAsync(bytes);
-        var output = pipe.Output;
+        if (_pipe is null) return WriteStreamAsync(bytes);
+        var output = _pipe.Output;
         output.Write(bytes.Span);
         return FlushPipeAsync(output);
     }
@@ -374,7 +379,7 @@ public abstract partial class RealtimeSocket
     private ValueTask WriteWithSharedAsync(byte[]? chunk, int length, List<SharedEntry> shared, int total)
     {
         if (total > WriteSlice) return WriteSlicedAsync(chunk, length, shared);
-        if (TransportPipe is { } pipe)
+        if (_pipe is { } pipe)
         {
             Gather(pipe.Output.GetSpan(total), chunk, length, shared);
             pipe.Output.Advance(total);
@@ -453,14 +458,14 @@ public abstract partial class RealtimeSocket
         {
             while (!bytes.IsEmpty)
             {
-                if (socket.TransportPipe is null && _gathered == 0 && bytes.Length >= WriteSlice)
+                if (socket._pipe is null && _gathered == 0 && bytes.Length >= WriteSlice)
                 {
                     await socket.WriteStreamAsync(bytes[..WriteSlice]).ConfigureAwait(false);
                     bytes = bytes[WriteSlice..];
                     continue;
                 }
                 int take = Math.Min(bytes.Length, WriteSlice - _gathered);
-                if (socket.TransportPipe is { } pipe) pipe.Output.Write(bytes.Span[..take]);
+                if (socket._pipe is { } pipe) pipe.Output.Write(bytes.Span[..take]);
                 else bytes.Span[..take].CopyTo((_scratch ??= ArrayPool<byte>.Shared.Rent(WriteSlice)).AsSpan(_gathered));
                 _gathered += take;
                 bytes = bytes[take..];
@@ -473,7 +478,7 @@ public abstract partial class RealtimeSocket
             if (_gathered == 0) return ValueTask.CompletedTask;
             int gathered = _gathered;
             _gathered = 0;
-            return socket.TransportPipe is { } pipe
+            return socket._pipe is { } pipe
                 ? FlushPipeAsync(pipe.Output)
                 : socket.WriteStreamAsync(_scratch.AsMemory(0, gathered));
         }
@@ -497,9 +502,8 @@ public abstract partial class RealtimeSocket
     private Task? ControlBacklog()
     {
         if (_pendingControlBytes <= Math.Min(_endpoint.Options.BackpressureLimit, MaxControlBacklog) || !_core.CanWrite) return null;
-        var cold = Cold;
-        cold.ControlTaken ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        return cold.ControlTaken.Task;
+        _controlTaken ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        return _controlTaken.Task;
     }
 
     /// <summary>Under the lock, with no writer running: gives the buffers back to the pool.</summary>
@@ -535,9 +539,8 @@ public abstract partial class RealtimeSocket
         {
             if (_writing)
             {
-                var cold = Cold;
-                cold.WriterIdle ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-                wait = cold.WriterIdle.Task;
+                _writerIdle ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                wait = _writerIdle.Task;
             }
             else if (TryBecomeWriter()) wait = WriteLoopAsync();
             else return;
@@ -567,7 +570,7 @@ public abstract partial class RealtimeSocket
                 // Tried under the lock, so a Drain leaving the gate after this either lets this
                 // succeed or finds the waiter below and wakes it.
                 if (Interlocked.CompareExchange(ref _handlerGate, 1, 0) == 0) return;
-                freed = (Cold.GateFreed ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
+                freed = (_gateFreed ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
             }
             await freed.ConfigureAwait(false);
         }
@@ -579,8 +582,8 @@ public abstract partial class RealtimeSocket
         TaskCompletionSource? freed;
         lock (_sync)
         {
-            freed = _cold?.GateFreed;
-            if (freed is not null) _cold!.GateFreed = null;
+            freed = _gateFreed;
+            _gateFreed = null;
         }
         freed?.TrySetResult();
     }

@@ -18,11 +18,18 @@ namespace Realtime;
 // and written together when the batch ends.
 public abstract partial class RealtimeSocket
 {
+    private byte[]? _message;
+    private int _messageLength;
     private bool _messageInProgress;
     // The server's clock (ms) at the last read, and at the last read that brought payload bytes of
     // an unfinished message (0 when none): set by the receive loop, read by Tick.
     private long _lastReadAt;
     private long _messageProgressAt;
+
+    // Ends a stream's receive loop without aborting the transport (after the idle-timeout close
+    // frame). It never gets a timer or wait handle, so it needs no Dispose. A pipe's loop has none:
+    // it is stopped with CancelPendingRead, so its reads register nothing.
+    private readonly CancellationTokenSource? _receiving;
 
     /// <summary>
     /// Runs the connection from open to close, then gives back the connection slot the endpoint
@@ -130,7 +137,7 @@ public abstract partial class RealtimeSocket
     }
 
     private Task ReceiveLoopAsync() =>
-        TransportPipe is { } pipe ? ReceivePipeLoopAsync(pipe.Input) : ReceiveStreamLoopAsync(TransportStream!);
+        _pipe is { } pipe ? ReceivePipeLoopAsync(pipe.Input) : ReceiveStreamLoopAsync(_transport!);
 
     /// <summary>
     /// The native transport's receive step, on its loop thread: feeds one read to the core and runs the
@@ -169,15 +176,15 @@ public abstract partial class RealtimeSocket
             if (controlBacklog is not null)
             {
                 // Pongs the client has not taken yet: read no further until a writer has them.
-                await controlBacklog.WaitAsync(_cold!.Receiving!.Token).ConfigureAwait(false);
+                await controlBacklog.WaitAsync(_receiving!.Token).ConfigureAwait(false);
                 continue;
             }
             // Wait for data without holding a buffer: idle connections cost no receive memory.
-            await transport.ReadAsync(Memory<byte>.Empty, _cold!.Receiving!.Token).ConfigureAwait(false);
+            await transport.ReadAsync(Memory<byte>.Empty, _receiving!.Token).ConfigureAwait(false);
             byte[] buffer = ArrayPool<byte>.Shared.Rent(bufferSize);
             try
             {
-                int read = await transport.ReadAsync(buffer.AsMemory(0, bufferSize), _cold!.Receiving!.Token).ConfigureAwait(false);
+                int read = await transport.ReadAsync(buffer.AsMemory(0, bufferSize), _receiving!.Token).ConfigureAwait(false);
                 if (read == 0) return;
                 _server.Metrics.BytesReceived(read);
                 await ProcessAsync(buffer.AsMemory(0, read)).ConfigureAwait(false);
@@ -412,7 +419,7 @@ public abstract partial class RealtimeSocket
         if (!AppendToMessage(payload))
         {
             // The server's budget has no room for the rest: the message is too big for now (1009).
-            FailMessage(ProtocolError.NewMessageTooBig((_cold?.MessageLength ?? 0) + _server.Budget.Available));
+            FailMessage(ProtocolError.NewMessageTooBig(_messageLength + _server.Budget.Available));
             ResetMessage();
             return;
         }
@@ -421,7 +428,7 @@ public abstract partial class RealtimeSocket
         {
             try
             {
-                await DeliverAsync(data.kind, _cold!.Message.AsMemory(0, _cold.MessageLength), compressed: false).ConfigureAwait(false);
+                await DeliverAsync(data.kind, _message.AsMemory(0, _messageLength), compressed: false).ConfigureAwait(false);
             }
             finally
             {
@@ -437,8 +444,7 @@ public abstract partial class RealtimeSocket
     private bool AppendToMessage(ReadOnlySpan<byte> chunk)
     {
         if (!_server.Budget.TryReserve(chunk.Length)) return false;
-        var cold = Cold;
-        PooledBuffer.Append(ref cold.Message, ref cold.MessageLength, chunk);
+        PooledBuffer.Append(ref _message, ref _messageLength, chunk);
         return true;
     }
 
@@ -457,12 +463,11 @@ public abstract partial class RealtimeSocket
 
     private void ResetMessage()
     {
+        _server.Budget.Release(_messageLength);
+        if (_message is not null) ArrayPool<byte>.Shared.Return(_message);
+        _message = null;
+        _messageLength = 0;
         _messageInProgress = false;
-        if (_cold is not { } cold) return;
-        _server.Budget.Release(cold.MessageLength);
-        if (cold.Message is not null) ArrayPool<byte>.Shared.Return(cold.Message);
-        cold.Message = null;
-        cold.MessageLength = 0;
     }
 
     private async ValueTask DeliverAsync(MessageKind kind, ReadOnlyMemory<byte> data, bool compressed)
@@ -581,19 +586,27 @@ public abstract partial class RealtimeSocket
         {
             _native.StopReading();
             TaskCompletionSource? taken;
-            lock (_sync) taken = TakeControlTaken();
+            lock (_sync)
+            {
+                taken = _controlTaken;
+                _controlTaken = null;
+            }
             taken?.TrySetResult();
             return;
         }
-        if (TransportPipe is not { } pipe)
+        if (_pipe is null)
         {
-            _cold!.Receiving!.Cancel();
+            _receiving!.Cancel();
             return;
         }
         // The pending (or next) read returns as canceled, and a wait for pongs to be taken ends.
-        pipe.Input.CancelPendingRead();
+        _pipe.Input.CancelPendingRead();
         TaskCompletionSource? controlTaken;
-        lock (_sync) controlTaken = TakeControlTaken();
+        lock (_sync)
+        {
+            controlTaken = _controlTaken;
+            _controlTaken = null;
+        }
         controlTaken?.TrySetResult();
     }
 

@@ -17,9 +17,10 @@ public abstract partial class RealtimeSocket
     // The upgrade request's HttpContext while the request runs; on the native transport, once the
     // request has ended after Open, a RequestSnapshot, replaced by the context made from it when asked.
     private object _request;
-    // Exactly one of three carries the connection's bytes: the native connection, the stream
-    // Kestrel's HTTP upgrade returns, or the connection's own pipes when it was accepted directly
-    // (see DirectConnections); the latter two are kept in the cold state.
+    // Exactly one of the two carries the connection's bytes: the stream Kestrel's HTTP upgrade
+    // returns, or the connection's own pipes when it was accepted directly (see DirectConnections).
+    private readonly Stream? _transport;
+    private readonly System.IO.Pipelines.IDuplexPipe? _pipe;
     // Set when the native transport's loop reads the connection (and writes go to its SendAsync).
     private readonly Native.NativeConnection? _native;
 
@@ -28,9 +29,7 @@ public abstract partial class RealtimeSocket
 
     /// <summary>The native transport's connection, when the loop reads this one.</summary>
     internal Native.NativeConnection? Native => _native;
-    // On the native transport the connection's NativeConnection doubles as this lock (its own send
-    // lock is itself, held only around a syscall, never while waiting): one object less per connection.
-    private readonly object _sync;
+    private readonly object _sync = new();
 
     // The protocol core's state, both directions (sends are framed and judged there); guarded by _sync.
     private Connection _core;
@@ -40,15 +39,10 @@ public abstract partial class RealtimeSocket
         _server = server;
         _endpoint = endpoint;
         _request = context;
+        _transport = transport.Stream;
+        _pipe = transport.Pipe;
         _native = transport.Native;
-        _sync = (object?)_native ?? new object();
-        if (_native is null)
-            _cold = new ColdState
-            {
-                Stream = transport.Stream,
-                Pipe = transport.Pipe,
-                Receiving = transport.Pipe is null ? new CancellationTokenSource() : null,
-            };
+        if (_pipe is null && _native is null) _receiving = new CancellationTokenSource();
         Id = server.NextConnectionId();
         Protocol = subprotocol;
         _remoteAddress = new CompactAddress(context.Connection.RemoteIpAddress);

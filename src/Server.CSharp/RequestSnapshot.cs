@@ -20,12 +20,9 @@ internal sealed class RequestSnapshot
     private readonly PathString _path;
     private readonly QueryString _query;
     private readonly CompactAddress _localAddress;
-    // Ports fit 16 bits: with them so, the native connection's number fits beside the id at no cost.
-    private readonly ushort _localPort;
-    private readonly ushort _remotePort;
-    // The connection's id, or (when null) the native connection's number it is formatted from on demand.
-    private readonly string? _connectionId;
-    private readonly long _nativeNumber;
+    private readonly int _localPort;
+    private readonly int _remotePort;
+    private readonly string _connectionId;
 
     private RequestSnapshot(HttpContext context, string routePattern)
     {
@@ -38,12 +35,9 @@ internal sealed class RequestSnapshot
         _query = request.QueryString;
         var connection = context.Connection;
         _localAddress = new CompactAddress(connection.LocalIpAddress);
-        _localPort = (ushort)connection.LocalPort;
-        _remotePort = (ushort)connection.RemotePort;
-        if (context.Features.Get<IHttpConnectionFeature>() is Direct.DirectConnectionFeatures { UnformattedNativeId: { } number })
-            _nativeNumber = number;
-        else
-            _connectionId = connection.Id;
+        _localPort = connection.LocalPort;
+        _remotePort = connection.RemotePort;
+        _connectionId = connection.Id;
     }
 
     /// <summary>The snapshot of <paramref name="context"/>, a request to the endpoint at <paramref name="routePattern"/>.</summary>
@@ -65,7 +59,7 @@ internal sealed class RequestSnapshot
         request.Path = _path;
         request.QueryString = _query;
         var connection = context.Connection;
-        connection.Id = _connectionId ?? Native.NativeConnectionContext.IdOf(_nativeNumber);
+        connection.Id = _connectionId;
         connection.RemoteIpAddress = remoteAddress;
         connection.RemotePort = _remotePort;
         connection.LocalIpAddress = _localAddress.ToIPAddress();

@@ -128,33 +128,4 @@ let nativeRequestLifetimeTests =
                 "data of ada|ada|/echo|?name=ada|127.0.0.1|True|True|from the root services"
                 "what the public API offers after Open comes from what the connection kept of its request"
         })
-
-        testCaseTask "after Open: the connection id first asked for then is the native one, steady and distinct per connection; an id the app set is kept" (fun () -> task {
-            let handlers =
-                RealtimeHandlers<string>(
-                    Message = fun ws _ ->
-                        let connection = ws.HttpContext.Connection
-                        ws.Send(String.Join("|", [ connection.Id; ws.HttpContext.Connection.Id; string connection.LocalPort ])) |> ignore)
-            let setIdOnRenamed (app: WebApplication) =
-                app.Use(fun (context: HttpContext) (next: RequestDelegate) ->
-                    if context.Request.Query.ContainsKey "rename" then context.Connection.Id <- "renamed-by-app"
-                    next.Invoke context)
-                |> ignore
-                app.MapRealtime("/echo", handlers) |> ignore
-            use! server = startNative setIdOnRenamed
-            let askId (query: string) = task {
-                use! client = connect (server.WsUrl + "/echo" + query)
-                do! sendText client "id?"
-                let! answer = receiveText client
-                return answer.Split '|'
-            }
-            let! first = askId ""
-            let! second = askId ""
-            let! renamed = askId "?rename=1"
-            Expect.stringStarts first[0] "native-" "an id first read after Open is the native transport's"
-            Expect.equal first[1] first[0] "the id reads the same every time"
-            Expect.notEqual second[0] first[0] "two connections have different ids"
-            Expect.equal first[2] (string server.Port) "the local port is kept whole"
-            Expect.equal renamed[0] "renamed-by-app" "an id the app set during the request is the one kept"
-        })
     ]

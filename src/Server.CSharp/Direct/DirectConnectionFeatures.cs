@@ -63,6 +63,7 @@ internal sealed class DirectConnectionFeatures :
         QueryString = queryString;
         RawTarget = request.Path;
         Headers = new DirectRequestHeaders(request.Headers);
+        ConnectionId = connection.ConnectionId;
         if (connection.RemoteEndPoint is IPEndPoint remote)
         {
             RemoteIpAddress = remote.Address;
@@ -300,18 +301,7 @@ internal sealed class DirectConnectionFeatures :
 
     // ------------------------------------------------------------------ connection
 
-    // Read from the connection when first asked for: the native connection formats its id only then.
-    public string ConnectionId
-    {
-        get => _connectionId ??= _connection.ConnectionId;
-        set => _connectionId = value;
-    }
-
-    private string? _connectionId;
-
-    /// <summary>The native connection's number while its id was neither read nor set (else null).</summary>
-    internal long? UnformattedNativeId =>
-        _connectionId is null && _connection is Native.NativeConnectionContext { IdUnformatted: true } native ? native.Number : null;
+    public string ConnectionId { get; set; }
 
     public IPAddress? RemoteIpAddress { get; set; }
 

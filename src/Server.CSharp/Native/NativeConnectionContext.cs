@@ -15,7 +15,6 @@ internal sealed class NativeConnectionContext : ConnectionContext
 {
     private static long _lastId;
     private readonly NativeConnection _connection;
-    private string? _connectionId;
     private CancellationTokenSource? _closed;
     private bool _ended;
     private IDictionary<object, object?>? _items;
@@ -23,7 +22,7 @@ internal sealed class NativeConnectionContext : ConnectionContext
     public NativeConnectionContext(NativeConnection connection, int fd)
     {
         _connection = connection;
-        Number = Interlocked.Increment(ref _lastId);
+        ConnectionId = "native-" + Interlocked.Increment(ref _lastId).ToString("x");
         RemoteEndPoint = Libc.EndPointOf(fd, peer: true);
         LocalEndPoint = Libc.EndPointOf(fd, peer: false);
         Transport = new Pipe(EmptyPipeReader.Instance, new NativeResponseWriter(connection));
@@ -32,21 +31,7 @@ internal sealed class NativeConnectionContext : ConnectionContext
     /// <summary>The native connection under this context.</summary>
     public NativeConnection Connection => _connection;
 
-    /// <summary>The connection's number, from which its id is formatted.</summary>
-    public long Number { get; }
-
-    /// <summary>True while nobody has read or set <see cref="ConnectionId"/>: it is still only <see cref="Number"/>.</summary>
-    public bool IdUnformatted => Volatile.Read(ref _connectionId) is null;
-
-    /// <summary>Formatted when first asked for: most upgrades never read it, and a kept string costs every idle connection.</summary>
-    public override string ConnectionId
-    {
-        get => _connectionId ??= IdOf(Number);
-        set => _connectionId = value;
-    }
-
-    /// <summary>The id of the native connection numbered <paramref name="number"/>.</summary>
-    public static string IdOf(long number) => "native-" + number.ToString("x");
+    public override string ConnectionId { get; set; }
 
     public override IFeatureCollection Features { get; } = new FeatureCollection(0);
 
